@@ -1,0 +1,19 @@
+"""AmDb: an embedded key-value database for Python that uses every core."""
+
+from amdb.errors import (  # noqa: F401
+    ArenaFullError, ClosedError, Error, InvalidArgumentError, InvalidTypeError,
+    KeyTooLargeError, ValueTooLargeError, WorkerCrashedError, WorkerStartError,
+)
+
+SLOT_COUNT = 16384
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # ParallelDB imports the compiled extensions; import lazily so that
+    # `import amdb.errors` works in a tree that is not built yet.
+    if name in ("ParallelDB", "BatchOutcome", "BatchResult"):
+        from amdb import db
+        return getattr(db, name)
+    raise AttributeError(f"module 'amdb' has no attribute {name!r}")

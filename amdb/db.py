@@ -1,0 +1,299 @@
+"""ParallelDB: the public database object.
+
+The hot paths (reads, packing writes into the rings) live in the Cython base
+class amdb.native.engine.Engine; this module owns the lifecycle: validating
+options, creating segments, starting and supervising workers, closing.
+"""
+import os
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from typing import NamedTuple
+
+from amdb import SLOT_COUNT
+from amdb.errors import (ClosedError, InvalidArgumentError, InvalidTypeError, WorkerCrashedError,
+                         WorkerStartError)
+from amdb.native import engine as _engine
+from amdb.native.engine import BatchResult, Engine
+from amdb.shm import segment
+from amdb.shm.arena import Mapping
+
+__all__ = ["ParallelDB", "BatchOutcome", "BatchResult"]
+
+MAX_WORKERS = 256
+MIN_RING_SIZE = 64 << 10            # bytes
+DEFAULT_RING_SIZE = 32 << 20        # bytes per worker, committed at open
+DEFAULT_ARENA_SIZE = 16 << 30       # bytes per worker, reserved (sparse) not committed
+SHUTDOWN_TIMEOUT = 10.0             # seconds a worker gets to leave before it is killed
+
+
+class BatchOutcome(NamedTuple):
+    """``success, results = db.batch_put(items)``; errors raise, so success is True."""
+    success: bool
+    results: BatchResult
+
+
+def _int_option(name, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidTypeError(f"{name}= must be an int, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise InvalidArgumentError(f"{name}={value} is out of range [{low}, {high}]")
+    return value
+
+
+def _next_power_of_two(n):
+    return 1 << (n - 1).bit_length()
+
+
+def _reap(controls, procs, timeout):
+    """Ask every worker to stop, wait for them, kill the ones that do not go.
+    Shared by close() and the garbage-collection / exit finalizer."""
+    for mapping in controls:
+        _engine.request_shutdown(mapping)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for mapping in controls:
+        mapping.close()
+
+
+class ParallelDB(Engine):
+    """An embedded key-value database that spreads its keys over worker processes.
+
+    See docs/API.md for the full contract. Memory-only for now: ``path`` must be None.
+    """
+
+    def __init__(self, path=None, *, workers=None, max_batch=100_000, ring_size=DEFAULT_RING_SIZE,
+                 arena_size=DEFAULT_ARENA_SIZE, max_key_size=4096, max_value_size=None,
+                 start_timeout=30.0):
+        if path is not None:
+            raise InvalidArgumentError(
+                "path= is not supported yet: this release keeps data in memory only "
+                "(durability with a write-ahead log and checkpoints is the next milestone)",
+                code="durability_unavailable", hint="open with ParallelDB(path=None) or ParallelDB()")
+        workers = os.cpu_count() or 1 if workers is None else workers
+        self._workers = _int_option("workers", workers, 1, MAX_WORKERS)
+        max_batch = _int_option("max_batch", max_batch, 1, 1 << 31)
+        ring_size = _next_power_of_two(_int_option("ring_size", ring_size, MIN_RING_SIZE, 1 << 34))
+        arena_size = _int_option("arena_size", arena_size, 1 << 20, 1 << 46)
+        arena_size = (arena_size + 4095) // 4096 * 4096
+        record_limit = ring_size // 8 - _engine.RECORD_HEADER_BYTES
+        max_key_size = _int_option("max_key_size", max_key_size, 1, min(65536, record_limit // 2))
+        value_limit = record_limit - max_key_size
+        if max_value_size is None:
+            max_value_size = value_limit
+        max_value_size = _int_option("max_value_size", max_value_size, 0, value_limit)
+        self._procs = []
+        self._controls = []
+        self._broken = None
+        self._finalizer = None
+        self._write_lock_obj = threading.Lock()
+        self.ring_size = ring_size
+        self.arena_size = arena_size
+        self._start(max_batch, ring_size, arena_size, max_key_size, max_value_size, start_timeout)
+
+    # ---- lifecycle -----------------------------------------------------------
+
+    def _start(self, max_batch, ring_size, arena_size, max_key_size, max_value_size, start_timeout):
+        segment.sweep_stale()
+        prefix = segment.new_prefix()
+        names = []
+        arenas = []
+        try:
+            db_name = prefix + "_db"
+            db_shm = segment.create(db_name, _engine.DB_CONTROL_BYTES, _engine.DB_CONTROL_BYTES)
+            names.append(db_name)
+            db_mapping = Mapping(db_shm.fd, 0, _engine.DB_CONTROL_BYTES, True)
+            db_shm.close_fd()
+            # Initial slot table: slot s -> worker s % N.
+            _engine.init_db_control(db_mapping, self._workers,
+                                    [slot % self._workers for slot in range(SLOT_COUNT)])
+            ring_offset = _engine.CONTROL_BYTES
+            arena_offset = ring_offset + ring_size
+            segment_size = arena_offset + arena_size
+            for index in range(self._workers):
+                name = f"{prefix}_{index}"
+                shm = segment.create(name, segment_size, arena_offset)
+                names.append(name)
+                try:
+                    control = Mapping(shm.fd, 0, arena_offset, True)
+                    arenas.append(Mapping(shm.fd, arena_offset, arena_size, False))
+                finally:
+                    shm.close_fd()
+                self._controls.append(control)
+                _engine.init_partition_control(control, index, segment_size, ring_offset, ring_size,
+                                               arena_offset, arena_size)
+            env = dict(os.environ)
+            package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+            for index in range(self._workers):
+                self._procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "amdb._worker", names[index + 1], str(segment_size),
+                     str(os.getpid())],
+                    stdin=subprocess.DEVNULL, close_fds=True, env=env))
+            self._wait_ready(start_timeout)
+        except BaseException:
+            _reap(self._controls, self._procs, 2.0)
+            for name in names:
+                segment.unlink_quietly(name)
+            raise
+        # Every worker has its segment open: the names can go (see segment.py).
+        for name in names:
+            segment.unlink_quietly(name)
+        self._attach(db_mapping, list(self._controls), arenas, max_batch, max_key_size,
+                     max_value_size, self._write_lock_obj)
+        self._finalizer = weakref.finalize(self, _reap, list(self._controls), list(self._procs),
+                                           SHUTDOWN_TIMEOUT)
+
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        for index, (control, proc) in enumerate(zip(self._controls, self._procs)):
+            seen = 0
+            while _engine.worker_state(control) != 1:            # AMDB_WORKER_READY
+                if proc.poll() is not None:
+                    raise WorkerStartError(f"worker {index} exited with status {proc.returncode} "
+                                           "before it was ready")
+                if time.monotonic() > deadline:
+                    raise WorkerStartError(f"worker {index} was not ready after {timeout} s")
+                seen = _engine.wait_worker_progress(control, seen, 0.05)
+
+    def close(self):
+        """Stop the workers and release all shared memory. Idempotent."""
+        with self._write_lock_obj:
+            if self._finalizer is None or not self._finalizer.alive:
+                self._mark_closed()
+                return
+            self._mark_closed()
+            self._detach()
+            self._finalizer()            # runs _reap once
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def _check_worker(self, worker):
+        proc = self._procs[worker]
+        if proc.poll() is None:
+            return
+        code = proc.returncode
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        self._broken = (f"worker {worker} (pid {proc.pid}) {how}", worker, -code if code < 0 else None)
+        raise WorkerCrashedError(self._broken[0] + "; writes are refused, reads still work",
+                                 worker=worker, signal=self._broken[2])
+
+    def _before_write(self):
+        if self._broken is not None:
+            message, worker, signal = self._broken
+            raise WorkerCrashedError(message + "; writes are refused, reads still work",
+                                     worker=worker, signal=signal)
+        for index, proc in enumerate(self._procs):
+            if proc.poll() is not None:
+                self._check_worker(index)
+
+    # ---- writes ----------------------------------------------------------------
+
+    def batch_put(self, items):
+        """Write every (key, value) pair of `items` as one atomic batch.
+
+        Returns ``BatchOutcome(success=True, results=BatchResult)``. On any
+        error nothing of the batch is kept and the exception propagates.
+        """
+        return BatchOutcome(True, self._batch_put(items))
+
+    def batch_delete(self, keys):
+        """Delete every key of `keys` as one atomic batch."""
+        return BatchOutcome(True, self._batch_delete(keys))
+
+    def put_array(self, keys, values):
+        """Columnar batch put from two 1-D numpy arrays (S<n> or unsigned ints)."""
+        if self.closed:
+            raise ClosedError("the database is closed")
+        key_data, key_width, strip_keys, n = _fixed_width(keys, "keys")
+        value_data, value_width, strip_values, m = _fixed_width(values, "values")
+        if n != m:
+            raise InvalidArgumentError(f"put_array: {n} keys but {m} values")
+        return BatchOutcome(True, self._put_arrays(key_data, key_width, strip_keys,
+                                                   value_data, value_width, strip_values, n))
+
+    def get_array(self, keys, dtype=None):
+        """Look up a 1-D numpy array of keys; returns ``(values, found)``."""
+        import numpy as np
+        if self.closed:
+            raise ClosedError("the database is closed")
+        key_data, key_width, strip_keys, n = _fixed_width(keys, "keys")
+        if dtype is None:
+            out_dtype, width, exact = None, -1, False
+        else:
+            out_dtype = np.dtype(dtype)
+            if out_dtype.kind == "S":
+                width, exact = out_dtype.itemsize, False
+            elif out_dtype.kind == "u":
+                width, exact = out_dtype.itemsize, True
+            else:
+                raise InvalidTypeError(f"get_array: dtype must be S<n> or an unsigned integer, not {out_dtype}",
+                                       hint="use dtype=None, 'S16' or np.uint64")
+        buffer, width, found = self._get_arrays(key_data, key_width, strip_keys, n, width, exact)
+        if out_dtype is not None and out_dtype.kind == "u":
+            values = buffer.view(out_dtype.newbyteorder(">")).astype(out_dtype)
+        else:
+            values = buffer.view(f"S{width}")
+        return values, found
+
+    # ---- introspection ---------------------------------------------------------
+
+    def stats(self):
+        """Per-worker and overall counters (keys, arena and ring use, applied seq)."""
+        if self.closed:
+            raise ClosedError("the database is closed")
+        per_worker = []
+        for index, proc in enumerate(self._procs):
+            entry = self._stats_of(index)
+            entry["pid"] = proc.pid
+            entry["alive"] = proc.poll() is None
+            per_worker.append(entry)
+        return {
+            "workers": per_worker,
+            "keys": len(self),
+            "visible_seq": self._visible_seq(),
+            "closed": False,
+            "options": {"workers": self._workers, "max_batch": self.max_batch,
+                        "ring_size": self.ring_size, "arena_size": self.arena_size,
+                        "max_key_size": self.max_key_size, "max_value_size": self.max_value_size},
+        }
+
+    @property
+    def workers(self):
+        return self._workers
+
+    def __repr__(self):
+        state = "closed" if self.closed else f"{len(self)} keys"
+        return f"<amdb.ParallelDB workers={self._workers} {state}>"
+
+
+def _fixed_width(array, what):
+    """(uint8 buffer, item width, strip trailing NULs?, length) of a 1-D
+    numpy array of S<n> or unsigned integers (big-endian, so order is kept)."""
+    import numpy as np
+    if not isinstance(array, np.ndarray):
+        raise InvalidTypeError(f"{what} must be a numpy array, not {type(array).__name__}",
+                               hint="use np.asarray(...) with dtype S<n> or uint64")
+    if array.ndim != 1:
+        raise InvalidArgumentError(f"{what} must be 1-D, got shape {array.shape}")
+    kind = array.dtype.kind
+    if kind == "S":
+        data, strip = np.ascontiguousarray(array), True
+    elif kind == "u":
+        data, strip = np.ascontiguousarray(array.astype(array.dtype.newbyteorder(">"), copy=False)), False
+    else:
+        raise InvalidTypeError(f"{what} must have dtype S<n> or an unsigned integer dtype, not {array.dtype}",
+                               hint="encode strings to bytes (dtype S<n>) and use uint64 for integers")
+    width = array.dtype.itemsize
+    return data.view(np.uint8).reshape(-1), width, strip, len(array)

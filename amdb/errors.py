@@ -1,0 +1,120 @@
+"""The AmDb exception hierarchy.
+
+Every exception has ``.code`` (a short stable string) and ``.hint`` (what to do
+about it). Native code reports failures as status numbers (``AMDB_STATUS_*`` in
+``amdb/shm/layout.h``); :func:`raise_for_status` is the one place that turns a
+status into an exception.
+"""
+
+__all__ = [
+    "Error", "InvalidArgumentError", "InvalidTypeError", "KeyTooLargeError",
+    "ValueTooLargeError", "ClosedError", "ArenaFullError", "WorkerCrashedError",
+    "WorkerStartError", "raise_for_status",
+]
+
+
+class Error(Exception):
+    """Base class of every AmDb error."""
+
+    code = "error"
+    hint = ""
+
+    def __init__(self, message, *, hint=None, code=None):
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+        if code is not None:
+            self.code = code
+
+    def __str__(self):
+        message = super().__str__()
+        return f"{message} (hint: {self.hint})" if self.hint else message
+
+
+class InvalidArgumentError(Error, ValueError):
+    """An argument has the right type but an unusable value."""
+
+    code = "invalid_argument"
+
+
+class InvalidTypeError(Error, TypeError):
+    """An argument has the wrong type (for example ``str`` where bytes are needed)."""
+
+    code = "invalid_type"
+
+
+class KeyTooLargeError(InvalidArgumentError):
+    """A key is longer than ``max_key_size``."""
+
+    code = "key_too_large"
+    hint = "keep keys short or open the database with a larger max_key_size="
+
+
+class ValueTooLargeError(InvalidArgumentError):
+    """A value is longer than ``max_value_size``."""
+
+    code = "value_too_large"
+    hint = "open the database with a larger ring_size= (values may be up to ring_size/8)"
+
+
+class ClosedError(Error):
+    """The database (or an iterator of it) was used after ``close()``."""
+
+    code = "closed"
+    hint = "open a new ParallelDB; a closed one cannot be reused"
+
+
+class ArenaFullError(Error):
+    """A worker's arena (or /dev/shm behind it) has no room for a batch.
+
+    Nothing of the batch was applied.
+    """
+
+    code = "arena_full"
+    hint = "raise arena_size= or free space in /dev/shm (df -h /dev/shm)"
+
+
+class WorkerCrashedError(Error):
+    """A worker process died or stopped responding; names the worker and the signal."""
+
+    code = "worker_crashed"
+    hint = "the database must be reopened; see the worker's stderr for a backtrace"
+
+    def __init__(self, message, *, worker=None, signal=None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.worker = worker
+        self.signal = signal
+
+
+class WorkerStartError(Error):
+    """A worker process could not be started or did not attach in time."""
+
+    code = "worker_start"
+    hint = "check that 'python -m amdb._worker' runs in this environment and raise start_timeout="
+
+
+# Status numbers shared with native code (amdb/shm/layout.h, AMDB_STATUS_*).
+STATUS_OK = 0
+STATUS_ARENA_FULL = 1
+STATUS_SHM_FULL = 2
+STATUS_CORRUPT = 3
+STATUS_TIMEOUT = 4
+STATUS_NO_MEMORY = 5
+
+_STATUS_ERRORS = {
+    STATUS_ARENA_FULL: (ArenaFullError, "arena_full",
+                        "the worker's arena reservation (arena_size=) is used up"),
+    STATUS_SHM_FULL: (ArenaFullError, "shm_full",
+                      "/dev/shm has no free space to commit arena memory"),
+    STATUS_CORRUPT: (Error, "corrupt", "a shared-memory structure failed a consistency check"),
+    STATUS_NO_MEMORY: (Error, "no_memory", "a worker could not allocate private memory"),
+}
+
+
+def raise_for_status(status, context=""):
+    """Raise the exception that native status number ``status`` stands for."""
+    if status == STATUS_OK:
+        return
+    cls, code, message = _STATUS_ERRORS.get(
+        status, (Error, "status_%d" % status, "native status %d" % status))
+    raise cls(f"{context}: {message}" if context else message, code=code)

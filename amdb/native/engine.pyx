@@ -1,0 +1,1058 @@
+# cython: language_level=3
+"""The owner side of ParallelDB: packs writes into the workers' rings and
+reads every arena directly (lock-free), merging the workers' ordered lists.
+
+Process safety:
+  - Writes: one thread at a time (self._write_lock) is the single producer of
+    every ring and the single writer of visible_seq.
+  - Reads: any number of threads, without locks. Each read loads visible_seq
+    (acquire) FIRST, then the roots it follows (acquire), so everything of a
+    batch at or below visible_seq is visible to it and nothing above is.
+  - close() vs reads: reads that hold the GIL cannot overlap close()'s unmap
+    (which also runs under the GIL). Reads that release the GIL register in
+    self._nogil_readers (seq_cst) and re-check `closed`; close() sets closed,
+    then waits for that counter to reach zero before dropping the mappings.
+"""
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyObject_CheckBuffer, PyBUF_SIMPLE
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.ref cimport Py_INCREF
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memcpy, memset
+from amdb.shm.layout cimport *
+from amdb.shm.atomic cimport *
+from amdb.shm.arena cimport Mapping
+from amdb.shm.ring cimport (RingProducer, ring_wait_space, ring_reserve_nowait, ring_publish,
+                            progress_prepare_wait, progress_sleep, ring_at)
+from amdb.native.hashing cimport amdb_xxh64, SLOT_MASK
+from amdb.native.skiplist cimport skiplist_find_ge, skiplist_find_lt, compare_key_to_node
+from amdb.native.hashindex cimport hashindex_find
+from amdb.native.versions cimport visible_version, is_live
+
+from amdb.errors import (ClosedError, InvalidArgumentError, InvalidTypeError, KeyTooLargeError,
+                         ValueTooLargeError, raise_for_status)
+
+cdef enum:
+    WAIT_SLICE_NS = 100000000     # 100 ms: waits wake up this often to check worker liveness
+    PROGRESS_SPIN = 400           # pause iterations before sleeping on worker progress
+    LOOKUP_GROUP = 16             # batch reads: keys whose cache misses overlap (prefetch)
+
+cdef enum ScanMode:
+    SCAN_ITEMS = 0
+    SCAN_KEYS = 1
+    SCAN_VALUES = 2
+
+cdef enum WaitResult:
+    WAIT_DONE = 0
+    WAIT_FAILED = 1
+    WAIT_TIMEOUT = 2
+
+
+class BatchResult(object):
+    """What a batch write did: `count` records in `chunks` chunks with sequence
+    numbers `first_seq`..`last_seq`; `per_worker[i]` records went to worker i."""
+
+    __slots__ = ("count", "first_seq", "last_seq", "chunks", "per_worker")
+
+    def __init__(self, count, first_seq, last_seq, chunks, per_worker):
+        self.count = count
+        self.first_seq = first_seq
+        self.last_seq = last_seq
+        self.chunks = chunks
+        self.per_worker = per_worker
+
+    def __repr__(self):
+        return (f"BatchResult(count={self.count}, first_seq={self.first_seq}, "
+                f"last_seq={self.last_seq}, chunks={self.chunks}, per_worker={self.per_worker})")
+
+    def as_dict(self):
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+cdef int raise_not_bytes(object obj, str what) except -1:
+    """Raise the error for a key/value that is not bytes-like."""
+    if isinstance(obj, str):
+        raise InvalidTypeError(f"{what} must be bytes-like, not str",
+                               hint=f"encode it, e.g. {what}.encode('utf-8')")
+    raise InvalidTypeError(f"{what} must be bytes-like (bytes, bytearray, memoryview), "
+                           f"not {type(obj).__name__}",
+                           hint="convert it to bytes first")
+
+
+cdef inline int bytes_view(object obj, const uint8_t **data, Py_ssize_t *length,
+                           Py_buffer *view, bint *held, str what) except -1:
+    """Point at the bytes of a bytes-like object (no copy). `held` says whether
+    `view` must be released with PyBuffer_Release."""
+    held[0] = False
+    if PyBytes_Check(obj):
+        data[0] = <const uint8_t *>PyBytes_AS_STRING(obj)
+        length[0] = PyBytes_GET_SIZE(obj)
+        return 0
+    if isinstance(obj, str):
+        raise InvalidTypeError(f"{what} must be bytes-like, not str",
+                               hint=f"encode it, e.g. {what}.encode('utf-8')")
+    if not PyObject_CheckBuffer(obj):
+        raise InvalidTypeError(f"{what} must be bytes-like (bytes, bytearray, memoryview), "
+                               f"not {type(obj).__name__}",
+                               hint="convert it to bytes first")
+    try:
+        PyObject_GetBuffer(obj, view, PyBUF_SIMPLE)
+    except BufferError as exc:
+        raise InvalidArgumentError(f"{what} must be a C-contiguous buffer: {exc}",
+                                   hint="pass bytes(x) instead") from None
+    held[0] = True
+    data[0] = <const uint8_t *>view.buf
+    length[0] = view.len
+    return 0
+
+
+cdef class Engine:
+    cdef int nworkers
+    cdef PartitionView *parts
+    cdef RingProducer *producers
+    cdef amdb_db_control *dbc
+    cdef list _mappings
+    cdef readonly bint closed
+    cdef bint _attached
+    cdef uint64_t _nogil_readers
+    cdef uint64_t next_seq
+    cdef uint64_t batch_first_seq
+    cdef uint64_t committed_len
+    cdef readonly uint64_t max_batch
+    cdef readonly uint64_t max_key_size
+    cdef readonly uint64_t max_value_size
+    cdef uint64_t chunk_byte_cap
+    cdef object _write_lock
+
+    def __cinit__(self, *args, **kwargs):
+        self.parts = NULL
+        self.producers = NULL
+        self.dbc = NULL
+        self.closed = True
+        self._attached = False
+        self._mappings = []
+
+    def __dealloc__(self):
+        free(self.parts)
+        free(self.producers)
+
+    # ---- lifecycle (called by amdb.db.ParallelDB) --------------------------
+
+    def _attach(self, Mapping db_mapping, list controls, list arenas, uint64_t max_batch,
+                uint64_t max_key_size, uint64_t max_value_size, write_lock):
+        """Take the owner's view of the segments: `controls[i]` maps partition
+        i's control block and ring read-write, `arenas[i]` its arena read-only."""
+        cdef int i
+        cdef Mapping cm, am
+        cdef amdb_control *c
+        self.nworkers = len(controls)
+        self.parts = <PartitionView *>calloc(self.nworkers, sizeof(PartitionView))
+        self.producers = <RingProducer *>calloc(self.nworkers, sizeof(RingProducer))
+        if self.parts == NULL or self.producers == NULL:
+            raise MemoryError()
+        self.dbc = <amdb_db_control *>db_mapping.base
+        for i in range(self.nworkers):
+            cm = controls[i]
+            am = arenas[i]
+            c = <amdb_control *>cm.base
+            self.parts[i].ctrl = c
+            self.parts[i].ring = cm.base + c.ring_offset
+            self.parts[i].arena = am.base
+            self.parts[i].fd = -1
+            self.producers[i].ctrl = c
+            self.producers[i].ring = self.parts[i].ring
+            self.producers[i].capacity = c.ring_capacity
+            self.producers[i].mask = c.ring_capacity - 1
+            self.producers[i].head = c.ring_head
+            self.producers[i].cached_tail = c.ring_tail
+        self._mappings = [db_mapping] + controls + arenas
+        self.max_batch = max_batch
+        self.max_key_size = max_key_size
+        self.max_value_size = max_value_size
+        self.chunk_byte_cap = self.producers[0].capacity // 4
+        self.next_seq = amdb_load_acquire(&self.dbc.visible_seq) + 1
+        self._write_lock = write_lock
+        self._attached = True
+        self.closed = False
+
+    def _mark_closed(self):
+        """Refuse new operations, then wait until no GIL-free reader is inside."""
+        self.closed = True
+        amdb_fetch_add_seqcst(&self._nogil_readers, 0)
+        with nogil:
+            while amdb_load_seqcst(&self._nogil_readers) != 0:
+                amdb_cpu_relax()
+
+    def _detach(self):
+        """Forget every pointer and drop our references to the mappings."""
+        self._attached = False
+        self.dbc = NULL
+        self.nworkers = 0
+        free(self.parts)
+        free(self.producers)
+        self.parts = NULL
+        self.producers = NULL
+        self._mappings = []
+
+    def _check_worker(self, int worker):
+        """Hook: raise WorkerCrashedError if `worker` is gone (ParallelDB overrides)."""
+
+    cdef inline int _check_open(self) except -1:
+        if self.closed:
+            raise ClosedError("the database is closed")
+        return 0
+
+    cdef inline int _enter_nogil_read(self) except -1:
+        amdb_fetch_add_seqcst(&self._nogil_readers, 1)
+        if self.closed:
+            amdb_fetch_sub_seqcst(&self._nogil_readers, 1)
+            raise ClosedError("the database is closed")
+        return 0
+
+    cdef inline void _leave_nogil_read(self) noexcept:
+        amdb_fetch_sub_seqcst(&self._nogil_readers, 1)
+
+    # ---- packing writes into the rings -------------------------------------
+
+    cdef int _wait_space(self, int worker, uint64_t nbytes) except -1:
+        cdef RingProducer *r = &self.producers[worker]
+        cdef int status
+        while True:
+            with nogil:
+                status = ring_wait_space(r, nbytes, WAIT_SLICE_NS)
+            if status == AMDB_STATUS_OK:
+                return 0
+            self._check_worker(worker)
+
+    cdef uint64_t _reserve(self, int worker, uint64_t nbytes) except? 0:
+        cdef RingProducer *r = &self.producers[worker]
+        cdef uint64_t offset = r.head & r.mask
+        cdef uint64_t need = nbytes
+        if offset + nbytes > r.capacity:
+            need += r.capacity - offset        # room for the wrap as well
+        if r.capacity - (r.head - r.cached_tail) < need:
+            self._wait_space(worker, need)
+        return ring_reserve_nowait(r, nbytes)
+
+    cdef int _open_chunk(self, int worker) except -1:
+        cdef RingProducer *r = &self.producers[worker]
+        r.chunk_pos = self._reserve(worker, sizeof(amdb_ring_chunk))
+        r.chunk_seq = self.next_seq
+        self.next_seq += 1
+        r.chunk_count = 0
+        r.chunk_bytes = sizeof(amdb_ring_chunk)
+        r.chunk_flags = AMDB_CHUNK_FIRST_OF_BATCH if r.batch_chunks == 0 else 0
+        r.chunk_open = True
+        return 0
+
+    cdef void _close_chunk(self, int worker) noexcept:
+        cdef RingProducer *r = &self.producers[worker]
+        cdef amdb_ring_chunk *header = <amdb_ring_chunk *>ring_at(r.ring, r.mask, r.chunk_pos)
+        header.op = AMDB_OP_CHUNK
+        header.flags = r.chunk_flags
+        header.seq = r.chunk_seq
+        header.count = r.chunk_count
+        header.end = r.head
+        ring_publish(r)
+        r.last_seq_sent = r.chunk_seq
+        r.batch_chunks += 1
+        r.chunk_open = False
+
+    cdef int _pack(self, uint32_t op, const uint8_t *key, uint64_t key_len,
+                   const uint8_t *value, uint64_t value_len) except -1:
+        """Append one put/delete record to its worker's open chunk."""
+        cdef uint64_t h, nbytes, pos
+        cdef int worker
+        cdef RingProducer *r
+        cdef amdb_ring_record *rec
+        cdef uint8_t *out
+        if key_len > self.max_key_size:
+            raise KeyTooLargeError(f"key of {key_len} bytes exceeds max_key_size={self.max_key_size}")
+        if value_len > self.max_value_size:
+            raise ValueTooLargeError(f"value of {value_len} bytes exceeds max_value_size={self.max_value_size}")
+        h = amdb_xxh64(key, key_len, 0)
+        worker = self.dbc.slot_owner[h & SLOT_MASK]
+        r = &self.producers[worker]
+        nbytes = amdb_record_bytes(<uint32_t>key_len, <uint32_t>value_len)
+        if r.chunk_open and (r.chunk_count >= self.max_batch or r.chunk_bytes + nbytes > self.chunk_byte_cap):
+            self._close_chunk(worker)
+        if not r.chunk_open:
+            self._open_chunk(worker)
+        pos = self._reserve(worker, nbytes)
+        rec = <amdb_ring_record *>ring_at(r.ring, r.mask, pos)
+        rec.op = op
+        rec.key_len = <uint32_t>key_len
+        rec.value_len = <uint32_t>value_len
+        rec.reserved = 0
+        rec.hash = h
+        out = <uint8_t *>(rec + 1)
+        memcpy(out, key, key_len)
+        if value_len:
+            memcpy(out + key_len, value, value_len)
+        # Zero the padding: ring bytes are deterministic (and valgrind-clean).
+        memset(out + key_len + value_len, 0, nbytes - sizeof(amdb_ring_record) - key_len - value_len)
+        r.chunk_count += 1
+        r.chunk_bytes += nbytes
+        r.batch_records += 1
+        return 0
+
+    cdef void _begin_batch(self) noexcept:
+        cdef int i
+        for i in range(self.nworkers):
+            self.producers[i].batch_chunks = 0
+            self.producers[i].batch_records = 0
+            self.producers[i].last_seq_sent = 0
+            self.producers[i].chunk_open = False
+        self.batch_first_seq = self.next_seq
+
+    cdef int _wait_progress(self, int worker, uint64_t applied_target, uint64_t aborted_target) except -1:
+        """Wait until the worker applied `applied_target` (or refused a chunk of
+        this batch), or, with aborted_target, rolled that batch back.
+        Returns WAIT_DONE or WAIT_FAILED."""
+        cdef amdb_control *c = self.parts[worker].ctrl
+        cdef uint32_t seen
+        cdef int result = WAIT_TIMEOUT
+        cdef int i
+        while True:
+            with nogil:
+                for i in range(PROGRESS_SPIN + 1):
+                    if aborted_target:
+                        if amdb_load_acquire(&c.aborted_seq) == aborted_target:
+                            result = WAIT_DONE
+                    elif amdb_load_acquire(&c.applied_seq) >= applied_target:
+                        result = WAIT_DONE
+                    elif amdb_load_acquire(&c.failed_seq) >= self.batch_first_seq:
+                        result = WAIT_FAILED
+                    if result != WAIT_TIMEOUT:
+                        break
+                    if i == PROGRESS_SPIN:
+                        seen = progress_prepare_wait(c)
+                        if aborted_target:
+                            if amdb_load_acquire(&c.aborted_seq) == aborted_target:
+                                result = WAIT_DONE
+                        elif amdb_load_acquire(&c.applied_seq) >= applied_target:
+                            result = WAIT_DONE
+                        elif amdb_load_acquire(&c.failed_seq) >= self.batch_first_seq:
+                            result = WAIT_FAILED
+                        if result == WAIT_TIMEOUT:
+                            progress_sleep(c, seen, WAIT_SLICE_NS)
+                        else:
+                            amdb_store32_seqcst(&c.owner_waiting, 0)
+                    amdb_cpu_relax()
+            if result != WAIT_TIMEOUT:
+                return result
+            self._check_worker(worker)
+
+    cdef object _finish_batch(self):
+        """Publish every open chunk, wait for every worker of the batch, then
+        advance visible_seq: the batch becomes visible all at once."""
+        cdef int i
+        cdef RingProducer *r
+        cdef uint64_t count = 0, chunks = 0
+        cdef int failed_worker = -1
+        cdef uint64_t failed_status = 0
+        for i in range(self.nworkers):
+            if self.producers[i].chunk_open:
+                self._close_chunk(i)
+        for i in range(self.nworkers):
+            r = &self.producers[i]
+            if r.batch_chunks == 0:
+                continue
+            if self._wait_progress(i, r.last_seq_sent, 0) == WAIT_FAILED and failed_worker < 0:
+                failed_worker = i
+                failed_status = amdb_load_relaxed(&r.ctrl.failed_status)
+            count += r.batch_records
+            chunks += r.batch_chunks
+        if failed_worker >= 0:
+            self._abort_batch()
+            raise_for_status(<int>failed_status, f"worker {failed_worker} refused the batch; nothing of it was applied")
+        if chunks == 0:
+            return BatchResult(0, 0, 0, 0, [0] * self.nworkers)
+        # Release: every worker's versions of the batch happen-before any
+        # reader that acquires the new watermark.
+        amdb_store_release(&self.dbc.visible_seq, self.next_seq - 1)
+        self._refresh_len()
+        return BatchResult(count, self.batch_first_seq, self.next_seq - 1, chunks,
+                           [self.producers[i].batch_records for i in range(self.nworkers)])
+
+    cdef void _refresh_len(self) noexcept:
+        cdef uint64_t total = 0
+        cdef int i
+        for i in range(self.nworkers):
+            total += amdb_load_relaxed(&self.parts[i].ctrl.live_keys)
+        self.committed_len = total
+
+    cdef int _abort_batch(self) except -1:
+        """Undo the batch in flight: drop what was not published, and have every
+        worker that received part of it roll that part back."""
+        cdef int i
+        cdef RingProducer *r
+        cdef amdb_ring_chunk *rec
+        cdef uint64_t pos
+        for i in range(self.nworkers):
+            r = &self.producers[i]
+            if r.chunk_open:
+                r.head = r.ctrl.ring_head       # our own last publication
+                r.chunk_open = False
+        for i in range(self.nworkers):
+            r = &self.producers[i]
+            if r.batch_chunks == 0:
+                continue
+            pos = self._reserve(i, sizeof(amdb_ring_chunk))
+            rec = <amdb_ring_chunk *>ring_at(r.ring, r.mask, pos)
+            rec.op = AMDB_OP_ABORT
+            rec.flags = 0
+            rec.seq = self.batch_first_seq
+            rec.count = 0
+            rec.end = r.head
+            ring_publish(r)
+        for i in range(self.nworkers):
+            if self.producers[i].batch_chunks:
+                self._wait_progress(i, 0, self.batch_first_seq)
+                self.producers[i].batch_chunks = 0
+        self._refresh_len()
+        return 0
+
+    cdef object _write_pairs(self, items):
+        cdef const uint8_t *kp
+        cdef const uint8_t *vp
+        cdef Py_ssize_t kl, vl
+        cdef Py_buffer kview, vview
+        cdef bint kheld = False, vheld = False
+        cdef object key, value
+        self._begin_batch()
+        try:
+            if isinstance(items, (list, tuple)):
+                seq = items
+            else:
+                try:
+                    seq = iter(items)
+                except TypeError:
+                    raise InvalidTypeError(f"batch_put takes an iterable of (key, value) pairs, "
+                                           f"not {type(items).__name__}") from None
+            for item in seq:
+                if type(item) is tuple and len(<tuple>item) == 2:
+                    key = (<tuple>item)[0]
+                    value = (<tuple>item)[1]
+                elif isinstance(item, (tuple, list)) and len(item) == 2:
+                    key, value = item
+                else:
+                    raise InvalidArgumentError(
+                        f"batch_put items must be (key, value) pairs, got {type(item).__name__}"
+                        + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""),
+                        hint="pass an iterable of 2-tuples, e.g. zip(keys, values)")
+                bytes_view(key, &kp, &kl, &kview, &kheld, "key")
+                try:
+                    bytes_view(value, &vp, &vl, &vview, &vheld, "value")
+                    try:
+                        self._pack(AMDB_OP_PUT, kp, kl, vp, vl)
+                    finally:
+                        if vheld:
+                            PyBuffer_Release(&vview)
+                finally:
+                    if kheld:
+                        PyBuffer_Release(&kview)
+            return self._finish_batch()
+        except BaseException:
+            self._abort_batch()
+            raise
+
+    cdef object _write_deletes(self, keys):
+        cdef const uint8_t *kp
+        cdef Py_ssize_t kl
+        cdef Py_buffer kview
+        cdef bint kheld = False
+        self._begin_batch()
+        try:
+            if isinstance(keys, (bytes, bytearray, str)):
+                raise InvalidTypeError("batch_delete takes an iterable of keys, not a single key",
+                                       hint="wrap it in a list: [key]")
+            for key in keys:
+                bytes_view(key, &kp, &kl, &kview, &kheld, "key")
+                try:
+                    self._pack(AMDB_OP_DELETE, kp, kl, NULL, 0)
+                finally:
+                    if kheld:
+                        PyBuffer_Release(&kview)
+            return self._finish_batch()
+        except BaseException:
+            self._abort_batch()
+            raise
+
+    cdef object _write_arrays(self, const uint8_t[::1] keys, Py_ssize_t key_width, bint strip_keys,
+                              const uint8_t[::1] values, Py_ssize_t value_width, bint strip_values,
+                              Py_ssize_t n):
+        cdef Py_ssize_t i, kl, vl
+        cdef const uint8_t *kp
+        cdef const uint8_t *vp
+        self._begin_batch()
+        try:
+            for i in range(n):
+                kp = &keys[i * key_width] if key_width else NULL
+                vp = &values[i * value_width] if value_width else NULL
+                kl = key_width
+                vl = value_width
+                if strip_keys:
+                    while kl > 0 and kp[kl - 1] == 0:
+                        kl -= 1
+                if strip_values:
+                    while vl > 0 and vp[vl - 1] == 0:
+                        vl -= 1
+                self._pack(AMDB_OP_PUT, kp, kl, vp, vl)
+            return self._finish_batch()
+        except BaseException:
+            self._abort_batch()
+            raise
+
+    # ---- public writes -----------------------------------------------------
+
+    def put(self, key, value):
+        """Store `value` under `key` (both bytes-like)."""
+        self._check_open()
+        with self._write_lock:
+            self._check_open()
+            self._before_write()
+            self._write_pairs(((key, value),))
+
+    def delete(self, key):
+        """Delete `key`; deleting a missing key does nothing."""
+        self._check_open()
+        with self._write_lock:
+            self._check_open()
+            self._before_write()
+            self._write_deletes((key,))
+
+    def _batch_put(self, items):
+        self._check_open()
+        with self._write_lock:
+            self._check_open()
+            self._before_write()
+            return self._write_pairs(items)
+
+    def _batch_delete(self, keys):
+        self._check_open()
+        with self._write_lock:
+            self._check_open()
+            self._before_write()
+            return self._write_deletes(keys)
+
+    def _put_arrays(self, keys, Py_ssize_t key_width, bint strip_keys,
+                    values, Py_ssize_t value_width, bint strip_values, Py_ssize_t n):
+        if key_width > <Py_ssize_t>self.max_key_size:
+            raise KeyTooLargeError(f"keys of {key_width} bytes exceed max_key_size={self.max_key_size}")
+        if value_width > <Py_ssize_t>self.max_value_size:
+            raise ValueTooLargeError(f"values of {value_width} bytes exceed max_value_size={self.max_value_size}")
+        self._check_open()
+        with self._write_lock:
+            self._check_open()
+            self._before_write()
+            return self._write_arrays(keys, key_width, strip_keys, values, value_width, strip_values, n)
+
+    def _before_write(self):
+        """Hook: raise if the database can no longer accept writes."""
+
+    # ---- reads -------------------------------------------------------------
+
+    cdef inline uint64_t _lookup(self, const uint8_t *key, uint64_t key_len, uint64_t visible,
+                                 int *worker_out) noexcept nogil:
+        """Visible live version offset of `key`, or 0."""
+        cdef uint64_t h = amdb_xxh64(key, key_len, 0)
+        cdef int worker = self.dbc.slot_owner[h & SLOT_MASK]
+        cdef PartitionView *p = &self.parts[worker]
+        cdef uint64_t node_off, version_off
+        worker_out[0] = worker
+        node_off = hashindex_find(p.arena, amdb_load_acquire(&p.ctrl.hash_table), h, key, <uint32_t>key_len)
+        if node_off == 0:
+            return 0
+        version_off = visible_version(p.arena, node_at(p.arena, node_off), visible)
+        return version_off if is_live(p.arena, version_off) else 0
+
+    def get(self, key, default=None):
+        """The value of `key` as bytes, or `default` when it is absent."""
+        cdef const uint8_t *kp
+        cdef Py_ssize_t kl
+        cdef Py_buffer view
+        cdef bint held = False
+        cdef uint64_t visible, version_off
+        cdef int worker
+        cdef amdb_version *v
+        if self.closed:
+            raise ClosedError("the database is closed")
+        bytes_view(key, &kp, &kl, &view, &held, "key")
+        # Acquire first: roots loaded after it are at least as new as the batch.
+        visible = amdb_load_acquire(&self.dbc.visible_seq)
+        version_off = self._lookup(kp, kl, visible, &worker)
+        if held:
+            PyBuffer_Release(&view)
+        if version_off == 0:
+            return default
+        v = version_at(self.parts[worker].arena, version_off)
+        return PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
+
+    def __contains__(self, key):
+        cdef const uint8_t *kp
+        cdef Py_ssize_t kl
+        cdef Py_buffer view
+        cdef bint held = False
+        cdef int worker
+        cdef uint64_t found
+        if self.closed:
+            raise ClosedError("the database is closed")
+        bytes_view(key, &kp, &kl, &view, &held, "key")
+        found = self._lookup(kp, kl, amdb_load_acquire(&self.dbc.visible_seq), &worker)
+        if held:
+            PyBuffer_Release(&view)
+        return found != 0
+
+    def __len__(self):
+        if self.closed:
+            raise ClosedError("the database is closed")
+        return self.committed_len
+
+    cdef void _lookup_many(self, Py_ssize_t n, const uint8_t **keys, uint64_t *lengths,
+                           uint64_t *found, int *workers) noexcept nogil:
+        """Batch lookup with overlapping cache misses: each group of keys goes
+        through hash -> slot -> node -> version in stages, prefetching the
+        next stage for the whole group before touching any of it."""
+        cdef uint64_t visible = amdb_load_acquire(&self.dbc.visible_seq)
+        cdef uint64_t hashes[LOOKUP_GROUP]
+        cdef amdb_hash_slot *slots[LOOKUP_GROUP]
+        cdef amdb_hash_table *tables[256]
+        cdef amdb_hash_table *t
+        cdef PartitionView *p
+        cdef Py_ssize_t base, j, m, i
+        cdef uint64_t node_off, off
+        cdef int w
+        for w in range(self.nworkers if self.nworkers < 256 else 256):
+            tables[w] = table_at(self.parts[w].arena, amdb_load_acquire(&self.parts[w].ctrl.hash_table))
+        base = 0
+        while base < n:
+            m = n - base if n - base < LOOKUP_GROUP else LOOKUP_GROUP
+            for j in range(m):
+                i = base + j
+                hashes[j] = amdb_xxh64(keys[i], lengths[i], 0)
+                w = self.dbc.slot_owner[hashes[j] & SLOT_MASK]
+                workers[i] = w
+                if w < 256:
+                    t = tables[w]
+                    slots[j] = &t.slots[hashes[j] & (t.capacity - 1)]
+                    amdb_prefetch(slots[j])
+                else:
+                    slots[j] = NULL
+            for j in range(m):
+                if slots[j] != NULL:
+                    node_off = amdb_load_acquire(&slots[j].node)
+                    if node_off != 0:
+                        amdb_prefetch(self.parts[workers[base + j]].arena + node_off)
+            for j in range(m):
+                i = base + j
+                p = &self.parts[workers[i]]
+                if workers[i] < 256:
+                    node_off = hashindex_find(p.arena, <uint64_t>(<char *>tables[workers[i]] - p.arena),
+                                              hashes[j], keys[i], <uint32_t>lengths[i])
+                else:
+                    node_off = hashindex_find(p.arena, amdb_load_acquire(&p.ctrl.hash_table),
+                                              hashes[j], keys[i], <uint32_t>lengths[i])
+                found[i] = node_off
+                if node_off != 0:
+                    amdb_prefetch(p.arena + amdb_load_acquire(&node_at(p.arena, node_off).latest))
+            for j in range(m):
+                i = base + j
+                if found[i] != 0:
+                    p = &self.parts[workers[i]]
+                    off = visible_version(p.arena, node_at(p.arena, found[i]), visible)
+                    found[i] = off if is_live(p.arena, off) else 0
+            base += m
+
+    def batch_get(self, keys):
+        """Values of `keys` (None where absent), looked up with the GIL released."""
+        cdef tuple held_keys
+        cdef Py_ssize_t n, i
+        cdef const uint8_t **ptrs = NULL
+        cdef uint64_t *lengths = NULL
+        cdef uint64_t *found = NULL
+        cdef int *workers = NULL
+        cdef list result, converted
+        cdef amdb_version *v
+        cdef object key, value
+        if self.closed:
+            raise ClosedError("the database is closed")
+        if isinstance(keys, (bytes, bytearray, str)):
+            raise InvalidTypeError("batch_get takes an iterable of keys, not a single key",
+                                   hint="wrap it in a list: [key]")
+        held_keys = tuple(keys)        # our own references: safe to read without the GIL
+        n = len(held_keys)
+        converted = None
+        ptrs = <const uint8_t **>malloc(max(n, 1) * sizeof(uint8_t *))
+        lengths = <uint64_t *>malloc(max(n, 1) * sizeof(uint64_t))
+        found = <uint64_t *>malloc(max(n, 1) * sizeof(uint64_t))
+        workers = <int *>malloc(max(n, 1) * sizeof(int))
+        try:
+            if ptrs == NULL or lengths == NULL or found == NULL or workers == NULL:
+                raise MemoryError()
+            for i in range(n):
+                key = held_keys[i]
+                if not PyBytes_Check(key):
+                    if isinstance(key, str) or not PyObject_CheckBuffer(key):
+                        raise_not_bytes(key, "key")
+                    key = _as_key(key, "key")
+                    if converted is None:
+                        converted = []
+                    converted.append(key)
+                ptrs[i] = <const uint8_t *>PyBytes_AS_STRING(key)
+                lengths[i] = <uint64_t>PyBytes_GET_SIZE(key)
+            self._enter_nogil_read()
+            try:
+                with nogil:
+                    self._lookup_many(n, ptrs, lengths, found, workers)
+                result = PyList_New(n)
+                for i in range(n):
+                    if found[i] != 0:
+                        v = version_at(self.parts[workers[i]].arena, found[i])
+                        value = PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
+                    else:
+                        value = None
+                    Py_INCREF(value)
+                    PyList_SET_ITEM(result, i, value)
+            finally:
+                self._leave_nogil_read()
+            return result
+        finally:
+            free(ptrs)
+            free(lengths)
+            free(found)
+            free(workers)
+
+    def _get_arrays(self, const uint8_t[::1] keys, Py_ssize_t key_width, bint strip_keys,
+                    Py_ssize_t n, Py_ssize_t value_width, bint exact):
+        """Look up n fixed-width keys and copy their values into one zero-padded
+        buffer of n * width bytes. width = value_width, or the longest value
+        found when value_width < 0. Returns (buffer, width, found)."""
+        import numpy as np
+        cdef const uint8_t **ptrs = <const uint8_t **>malloc(max(n, 1) * sizeof(uint8_t *))
+        cdef uint64_t *lengths = <uint64_t *>malloc(max(n, 1) * sizeof(uint64_t))
+        cdef uint64_t *found = <uint64_t *>malloc(max(n, 1) * sizeof(uint64_t))
+        cdef int *workers = <int *>malloc(max(n, 1) * sizeof(int))
+        cdef Py_ssize_t i, kl, width, longest = 0
+        cdef amdb_version *v
+        cdef uint8_t[::1] out
+        cdef uint8_t[::1] found_view
+        try:
+            if ptrs == NULL or lengths == NULL or found == NULL or workers == NULL:
+                raise MemoryError()
+            for i in range(n):
+                ptrs[i] = &keys[i * key_width] if key_width else <const uint8_t *>""
+                kl = key_width
+                if strip_keys:
+                    while kl > 0 and ptrs[i][kl - 1] == 0:
+                        kl -= 1
+                lengths[i] = kl
+            self._enter_nogil_read()
+            try:
+                with nogil:
+                    self._lookup_many(n, ptrs, lengths, found, workers)
+                for i in range(n):
+                    if found[i] != 0:
+                        v = version_at(self.parts[workers[i]].arena, found[i])
+                        if v.value_len > longest:
+                            longest = v.value_len
+                        if value_width >= 0 and (v.value_len > value_width or (exact and v.value_len != value_width)):
+                            raise InvalidArgumentError(
+                                f"the value of key #{i} has {v.value_len} bytes, which does not fit "
+                                f"the requested dtype ({value_width} bytes)",
+                                hint="pass dtype=None to size the result to the longest value")
+                width = value_width if value_width >= 0 else max(longest, 1)
+                out_arr = np.zeros(n * width, dtype=np.uint8)
+                found_arr = np.zeros(n, dtype=np.uint8)
+                out = out_arr
+                found_view = found_arr
+                for i in range(n):
+                    if found[i] != 0:
+                        found_view[i] = 1
+                        v = version_at(self.parts[workers[i]].arena, found[i])
+                        if v.value_len:
+                            memcpy(&out[i * width], amdb_version_value(v), v.value_len)
+            finally:
+                self._leave_nogil_read()
+            return out_arr, width, found_arr.view(np.bool_)
+        finally:
+            free(ptrs)
+            free(lengths)
+            free(found)
+            free(workers)
+
+    def _stats_of(self, int worker):
+        cdef amdb_control *c
+        self._check_open()
+        c = self.parts[worker].ctrl
+        return {
+            "worker": worker,
+            "keys": amdb_load_relaxed(&c.live_keys),
+            "nodes": amdb_load_relaxed(&c.node_count),
+            "versions": amdb_load_relaxed(&c.version_count),
+            "chunks_applied": amdb_load_relaxed(&c.chunks_applied),
+            "arena_used": amdb_load_relaxed(&c.arena_used),
+            "arena_committed": amdb_load_relaxed(&c.arena_committed),
+            "arena_capacity": c.arena_capacity,
+            "ring_used": amdb_load_relaxed(&c.ring_head) - amdb_load_acquire(&c.ring_tail),
+            "ring_capacity": c.ring_capacity,
+            "applied_seq": amdb_load_acquire(&c.applied_seq),
+            "state": ("starting", "ready", "stopped")[min(amdb_load_acquire(&c.worker_state), 2)],
+        }
+
+    def _visible_seq(self):
+        return amdb_load_acquire(&self.dbc.visible_seq) if self.dbc != NULL else 0
+
+    def scan(self, start=None, stop=None, *, prefix=None, bint reverse=False, bint keys_only=False):
+        """Iterate (key, value) pairs (or keys) in bytewise key order across all
+        workers, from `start` (inclusive) to `stop` (exclusive), as of now."""
+        self._check_open()
+        if prefix is not None:
+            if start is not None or stop is not None:
+                raise InvalidArgumentError("scan: prefix= cannot be combined with start= or stop=")
+            start = _as_key(prefix, "prefix")
+            stop = _prefix_successor(start)
+        else:
+            start = None if start is None else _as_key(start, "start")
+            stop = None if stop is None else _as_key(stop, "stop")
+        return ScanIterator(self, start, stop, reverse, SCAN_KEYS if keys_only else SCAN_ITEMS)
+
+    def keys(self):
+        """Every key, in key order."""
+        return self.scan(keys_only=True)
+
+    def items(self):
+        """Every (key, value) pair, in key order."""
+        return self.scan()
+
+    def values(self):
+        """Every value, in key order."""
+        self._check_open()
+        return ScanIterator(self, None, None, False, SCAN_VALUES)
+
+    def __iter__(self):
+        return self.scan(keys_only=True)
+
+
+cdef bytes _as_key(obj, str what):
+    if isinstance(obj, bytes):
+        return <bytes>obj
+    cdef const uint8_t *p
+    cdef Py_ssize_t n
+    cdef Py_buffer view
+    cdef bint held = False
+    bytes_view(obj, &p, &n, &view, &held, what)
+    try:
+        return PyBytes_FromStringAndSize(<char *>p, n)
+    finally:
+        if held:
+            PyBuffer_Release(&view)
+
+
+cdef object _prefix_successor(bytes prefix):
+    """Smallest key greater than every key starting with `prefix` (None: none)."""
+    cdef bytearray b = bytearray(prefix)
+    while len(b) and b[len(b) - 1] == 0xFF:
+        b.pop()
+    if not len(b):
+        return None
+    b[len(b) - 1] += 1
+    return bytes(b)
+
+
+cdef class ScanIterator:
+    """Merges the workers' ordered lists into one ordered stream. Reads a
+    snapshot: versions newer than visible_seq at creation are skipped."""
+    cdef Engine engine
+    cdef uint64_t visible
+    cdef int nworkers
+    cdef uint64_t *cursor          # per worker: node offset with a visible live version, or 0
+    cdef uint64_t *cursor_version
+    cdef bytes start, stop
+    cdef bint reverse
+    cdef int mode
+
+    def __cinit__(self, Engine engine, start, stop, bint reverse, int mode):
+        cdef int w
+        self.engine = engine
+        self.nworkers = engine.nworkers
+        self.start = start
+        self.stop = stop
+        self.reverse = reverse
+        self.mode = mode
+        self.cursor = <uint64_t *>calloc(max(self.nworkers, 1), sizeof(uint64_t))
+        self.cursor_version = <uint64_t *>calloc(max(self.nworkers, 1), sizeof(uint64_t))
+        if self.cursor == NULL or self.cursor_version == NULL:
+            raise MemoryError()
+        self.visible = amdb_load_acquire(&engine.dbc.visible_seq)
+        for w in range(self.nworkers):
+            self._seek_first(w)
+
+    def __dealloc__(self):
+        free(self.cursor)
+        free(self.cursor_version)
+
+    cdef bint _in_bounds(self, amdb_node *n) noexcept:
+        cdef const uint8_t *k
+        if self.reverse:
+            if self.start is None:
+                return True
+            k = <const uint8_t *>PyBytes_AS_STRING(self.start)
+            return compare_key_to_node(amdb_key_prefix(k, len(self.start)), k, len(self.start), n) <= 0
+        if self.stop is None:
+            return True
+        k = <const uint8_t *>PyBytes_AS_STRING(self.stop)
+        return compare_key_to_node(amdb_key_prefix(k, len(self.stop)), k, len(self.stop), n) > 0
+
+    cdef void _settle(self, int w, uint64_t off) noexcept:
+        """Move worker w's cursor to the first node from `off` on (in scan
+        direction) that is in bounds and has a visible live version."""
+        cdef PartitionView *p = &self.engine.parts[w]
+        cdef amdb_node *n
+        cdef uint64_t version_off
+        while off != 0:
+            n = node_at(p.arena, off)
+            if not self._in_bounds(n):
+                off = 0
+                break
+            version_off = visible_version(p.arena, n, self.visible)
+            if is_live(p.arena, version_off):
+                self.cursor_version[w] = version_off
+                break
+            if self.reverse:
+                off = skiplist_find_lt(p.arena, p.ctrl.skiplist_head, n.key_prefix, amdb_node_key(n), n.key_len, False)
+            else:
+                off = amdb_load_acquire(&n.next[0])
+        self.cursor[w] = off
+
+    cdef void _seek_first(self, int w) noexcept:
+        cdef PartitionView *p = &self.engine.parts[w]
+        cdef uint64_t head = amdb_load_acquire(&p.ctrl.skiplist_head)
+        cdef const uint8_t *k
+        cdef uint64_t off
+        if self.reverse:
+            if self.stop is None:
+                off = skiplist_find_lt(p.arena, head, 0, NULL, 0, True)
+            else:
+                k = <const uint8_t *>PyBytes_AS_STRING(self.stop)
+                off = skiplist_find_lt(p.arena, head, amdb_key_prefix(k, len(self.stop)), k, len(self.stop), False)
+        else:
+            if self.start is None:
+                off = amdb_load_acquire(&node_at(p.arena, head).next[0])
+            else:
+                k = <const uint8_t *>PyBytes_AS_STRING(self.start)
+                off = skiplist_find_ge(p.arena, head, amdb_key_prefix(k, len(self.start)), k, len(self.start))
+        self._settle(w, off)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef int w, best = -1
+        cdef amdb_node *n
+        cdef amdb_node *b
+        cdef int c
+        cdef PartitionView *p
+        cdef amdb_version *v
+        if self.engine.closed:
+            raise ClosedError("the database was closed while a scan was open")
+        for w in range(self.nworkers):
+            if self.cursor[w] == 0:
+                continue
+            if best < 0:
+                best = w
+                continue
+            n = node_at(self.engine.parts[w].arena, self.cursor[w])
+            b = node_at(self.engine.parts[best].arena, self.cursor[best])
+            c = compare_key_to_node(n.key_prefix, amdb_node_key(n), n.key_len, b)
+            if (c < 0 and not self.reverse) or (c > 0 and self.reverse):
+                best = w
+        if best < 0:
+            raise StopIteration
+        p = &self.engine.parts[best]
+        n = node_at(p.arena, self.cursor[best])
+        if self.mode != SCAN_VALUES:
+            key = PyBytes_FromStringAndSize(<char *>amdb_node_key(n), n.key_len)
+        if self.mode != SCAN_KEYS:
+            v = version_at(p.arena, self.cursor_version[best])
+            value = PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
+        if self.reverse:
+            self._settle(best, skiplist_find_lt(p.arena, p.ctrl.skiplist_head, n.key_prefix,
+                                                amdb_node_key(n), n.key_len, False))
+        else:
+            self._settle(best, amdb_load_acquire(&n.next[0]))
+        if self.mode == SCAN_KEYS:
+            return key
+        if self.mode == SCAN_VALUES:
+            return value
+        return (key, value)
+
+
+# ---- segment initialisation (owner, before any worker starts) --------------
+
+CONTROL_BYTES = AMDB_CONTROL_BYTES
+DB_CONTROL_BYTES = (sizeof(amdb_db_control) + AMDB_PAGE - 1) // AMDB_PAGE * AMDB_PAGE
+RECORD_HEADER_BYTES = sizeof(amdb_ring_record)
+CHUNK_HEADER_BYTES = sizeof(amdb_ring_chunk)
+
+
+def init_db_control(Mapping m, int worker_count, slot_owner):
+    """Fill the database control block: header, visible_seq = 0, slot table."""
+    cdef amdb_db_control *d = <amdb_db_control *>m.base
+    cdef int slot
+    if len(slot_owner) != AMDB_SLOT_COUNT:
+        raise ValueError("slot table must have 16384 entries")
+    d.magic = AMDB_DATABASE_MAGIC
+    d.layout_version = AMDB_LAYOUT_VERSION
+    d.worker_count = worker_count
+    d.slot_count = AMDB_SLOT_COUNT
+    for slot in range(AMDB_SLOT_COUNT):
+        d.slot_owner[slot] = <uint16_t>slot_owner[slot]
+    amdb_store_release(&d.visible_seq, 0)
+
+
+def init_partition_control(Mapping m, int index, uint64_t segment_size, uint64_t ring_offset,
+                           uint64_t ring_capacity, uint64_t arena_offset, uint64_t arena_capacity):
+    """Fill the read-only header line of a partition's control block."""
+    cdef amdb_control *c = <amdb_control *>m.base
+    c.layout_version = AMDB_LAYOUT_VERSION
+    c.segment_size = segment_size
+    c.ring_offset = ring_offset
+    c.ring_capacity = ring_capacity
+    c.arena_offset = arena_offset
+    c.arena_capacity = arena_capacity
+    c.worker_index = index
+    # Release: the header is whole before a worker can check the magic.
+    amdb_store_release(&c.magic, AMDB_PARTITION_MAGIC)
+
+
+def worker_state(Mapping m):
+    """AMDB_WORKER_* of the partition whose control block `m` maps."""
+    return amdb_load_acquire(&(<amdb_control *>m.base).worker_state)
+
+
+def wait_worker_progress(Mapping m, uint32_t seen, double timeout):
+    """Sleep until the worker publishes progress after event value `seen`, or
+    `timeout` seconds. Returns the event value to pass next time."""
+    cdef amdb_control *c = <amdb_control *>m.base
+    cdef int64_t ns = <int64_t>(timeout * 1e9)
+    cdef uint32_t now
+    with nogil:
+        now = progress_prepare_wait(c)
+        if now == seen:
+            progress_sleep(c, seen, ns)
+        else:
+            amdb_store32_seqcst(&c.owner_waiting, 0)
+        now = amdb_load32_seqcst(&c.progress_event)
+    return now
+
+
+def request_shutdown(Mapping m):
+    """Ask the worker to leave its loop once its ring is empty, and wake it."""
+    cdef amdb_control *c = <amdb_control *>m.base
+    if c == NULL:
+        return
+    amdb_store_seqcst(&c.shutdown_requested, 1)
+    amdb_fetch_add32_seqcst(&c.ring_data_event, 1)
+    amdb_futex_wake_all(&c.ring_data_event)

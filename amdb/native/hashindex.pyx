@@ -1,0 +1,101 @@
+# cython: language_level=3
+"""The point-lookup index of one partition: open addressing over
+(hash, node offset) in the arena, linear probing (nogil).
+
+Process safety:
+  - Writer: the partition's worker (hashindex_insert). Readers: the owner's
+    threads (hashindex_find), concurrently.
+  - Invariants: (1) a slot, once used, never changes; (2) entries are never
+    removed (a deleted key keeps its node; its latest version is a
+    tombstone); (3) a grown table is a new arena block holding every entry of
+    the old one; the old table is never freed, so a reader that loaded it
+    keeps a complete view of the keys that existed when it loaded it.
+  - Memory order: the writer stores slot.hash, then slot.node with a release
+    store; a reader acquire-loads slot.node and stops at 0 (end of the probe
+    run). A new table is filled with plain stores and published by a release
+    store into control.hash_table; readers acquire-load it.
+"""
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memset
+from amdb.shm.layout cimport *
+from amdb.shm.atomic cimport amdb_load_acquire, amdb_store_release, amdb_store_relaxed
+from amdb.shm.arena cimport alloc_block
+
+
+cdef uint64_t hashindex_table_bytes(uint64_t capacity) noexcept nogil:
+    return amdb_round8(sizeof(amdb_hash_table) + capacity * sizeof(amdb_hash_slot))
+
+
+cdef uint64_t hashindex_find(const char *arena, uint64_t table_off, uint64_t hash,
+                             const uint8_t *key, uint32_t key_len) noexcept nogil:
+    """Node offset of `key` in the table at `table_off`, or 0."""
+    cdef amdb_hash_table *table = table_at(arena, table_off)
+    cdef uint64_t mask = table.capacity - 1
+    cdef uint64_t i = hash & mask
+    cdef uint64_t node_off
+    cdef amdb_node *node
+    while True:
+        # Acquire: slot.hash and the node are whole once node != 0.
+        node_off = amdb_load_acquire(&table.slots[i].node)
+        if node_off == 0:
+            return 0
+        if table.slots[i].hash == hash:
+            node = node_at(arena, node_off)
+            if node.key_len == key_len and memcmp(amdb_node_key(node), key, key_len) == 0:
+                return node_off
+        i = (i + 1) & mask
+
+
+cdef uint64_t hashindex_growth_bytes(PartitionView *p, uint64_t new_keys) noexcept nogil:
+    """Arena bytes that inserting up to `new_keys` keys may allocate for
+    grown tables (so the worker can commit them before applying a chunk)."""
+    cdef amdb_hash_table *table = table_at(p.arena, p.ctrl.hash_table)
+    cdef uint64_t capacity = table.capacity
+    cdef uint64_t count = table.count + new_keys
+    cdef uint64_t total = 0
+    while count * AMDB_HASH_MAX_LOAD_DEN > capacity * AMDB_HASH_MAX_LOAD_NUM:
+        capacity *= 2
+        total += hashindex_table_bytes(capacity)
+    return total
+
+
+cdef void _place(amdb_hash_table *table, uint64_t hash, uint64_t node_off, bint publish) noexcept nogil:
+    cdef uint64_t mask = table.capacity - 1
+    cdef uint64_t i = hash & mask
+    while table.slots[i].node != 0:
+        i = (i + 1) & mask
+    table.slots[i].hash = hash
+    if publish:
+        amdb_store_release(&table.slots[i].node, node_off)
+    else:
+        table.slots[i].node = node_off
+    table.count += 1
+
+
+cdef void _grow(PartitionView *p) noexcept nogil:
+    cdef amdb_hash_table *old = table_at(p.arena, p.ctrl.hash_table)
+    cdef uint64_t capacity = old.capacity * 2
+    cdef uint64_t nbytes = hashindex_table_bytes(capacity)
+    cdef uint64_t off = alloc_block(p, AMDB_BLOCK_HASH_TABLE, nbytes)
+    cdef amdb_hash_table *table = table_at(p.arena, off)
+    cdef uint64_t i
+    memset(<char *>table + sizeof(amdb_block), 0, nbytes - sizeof(amdb_block))
+    table.capacity = capacity
+    # Unpublished table: plain stores.
+    for i in range(old.capacity):
+        if old.slots[i].node != 0:
+            _place(table, old.slots[i].hash, old.slots[i].node, False)
+    # Release: the new table is whole before readers can load it.
+    amdb_store_release(&p.ctrl.hash_table, off)
+
+
+cdef void hashindex_insert(PartitionView *p, uint64_t hash, uint64_t node_off) noexcept nogil:
+    """Add (hash, node) for a key that is not in the index.
+
+    REQUIRES: the worker committed hashindex_growth_bytes() for this chunk.
+    """
+    cdef amdb_hash_table *table = table_at(p.arena, p.ctrl.hash_table)
+    if (table.count + 1) * AMDB_HASH_MAX_LOAD_DEN > table.capacity * AMDB_HASH_MAX_LOAD_NUM:
+        _grow(p)
+        table = table_at(p.arena, p.ctrl.hash_table)
+    _place(table, hash, node_off, True)

@@ -1,0 +1,35 @@
+# cython: language_level=3
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.string cimport memcmp
+from amdb.shm.layout cimport amdb_node, PartitionView, AMDB_MAX_HEIGHT, amdb_node_key
+
+# Worker-private search finger: the predecessors of the last inserted key at
+# every level. Valid forever (nodes are never removed), so any of them whose
+# key is below the next key is a correct place to start searching from.
+ctypedef struct SkipFinger:
+    uint64_t pred[AMDB_MAX_HEIGHT]
+    uint64_t rng_state
+
+cdef uint64_t skiplist_find_ge(const char *arena, uint64_t head, uint64_t prefix,
+                               const uint8_t *key, uint32_t key_len) noexcept nogil
+cdef uint64_t skiplist_find_lt(const char *arena, uint64_t head, uint64_t prefix,
+                               const uint8_t *key, uint32_t key_len, bint unbounded) noexcept nogil
+cdef void skiplist_insert(PartitionView *p, uint64_t node_off, SkipFinger *finger) noexcept nogil
+cdef void skiplist_finger_reset(PartitionView *p, SkipFinger *finger) noexcept nogil
+cdef uint32_t skiplist_random_height(SkipFinger *finger) noexcept nogil
+
+
+cdef inline int compare_key_to_node(uint64_t prefix, const uint8_t *key, uint32_t key_len,
+                                    const amdb_node *n) noexcept nogil:
+    """memcmp order of (key) vs (n's key): <0, 0, >0. The cached big-endian
+    prefix decides most comparisons without touching the key bytes."""
+    cdef uint32_t common
+    cdef int c
+    if prefix != n.key_prefix:
+        return -1 if prefix < n.key_prefix else 1
+    common = key_len if key_len < n.key_len else n.key_len
+    if common > 8:
+        c = memcmp(key + 8, amdb_node_key(n) + 8, common - 8)
+        if c != 0:
+            return c
+    return (key_len > n.key_len) - (key_len < n.key_len)

@@ -1,0 +1,122 @@
+# cython: language_level=3
+"""The ordered index of one partition: a skip list in the arena (nogil).
+
+Process safety:
+  - Writer: the partition's worker only (skiplist_insert). Readers: the
+    owner's threads (find_ge / find_lt / walking next[0]), concurrently.
+  - Invariants: (1) nodes are never removed or moved; (2) a node's key,
+    height, prefix and hash never change once linked; (3) at every level the
+    list is sorted by key; (4) a node is linked into level i only after it is
+    linked into level i-1, so level 0 is complete and is the commit point.
+  - Memory order: the writer fills the new node (key, next[] pointers to its
+    successors) with plain stores, then links it bottom-up with a release
+    store into each predecessor's next[i]. Readers acquire-load every next[i]
+    they follow, so they see a fully initialized node.
+Nodes are sized to their height (next[height], then key bytes); branching
+factor 4 (p = 1/4) as in LevelDB.
+"""
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from amdb.shm.layout cimport *
+from amdb.shm.atomic cimport amdb_load_acquire, amdb_load_relaxed, amdb_store_release, amdb_store_relaxed
+
+
+cdef uint64_t skiplist_find_ge(const char *arena, uint64_t head, uint64_t prefix,
+                               const uint8_t *key, uint32_t key_len) noexcept nogil:
+    """Offset of the first node whose key >= key, or 0."""
+    cdef uint64_t x = head
+    cdef uint64_t nxt
+    cdef int level
+    for level in range(AMDB_MAX_HEIGHT - 1, -1, -1):
+        while True:
+            # Acquire: we read the node's key right after.
+            nxt = amdb_load_acquire(&node_at(arena, x).next[level])
+            if nxt != 0 and compare_key_to_node(prefix, key, key_len, node_at(arena, nxt)) > 0:
+                x = nxt
+            else:
+                break
+    return amdb_load_acquire(&node_at(arena, x).next[0])
+
+
+cdef uint64_t skiplist_find_lt(const char *arena, uint64_t head, uint64_t prefix,
+                               const uint8_t *key, uint32_t key_len, bint unbounded) noexcept nogil:
+    """Offset of the last node whose key < key (the last node overall when
+    `unbounded`), or 0 when there is none."""
+    cdef uint64_t x = head
+    cdef uint64_t nxt
+    cdef int level
+    for level in range(AMDB_MAX_HEIGHT - 1, -1, -1):
+        while True:
+            nxt = amdb_load_acquire(&node_at(arena, x).next[level])
+            if nxt != 0 and (unbounded or compare_key_to_node(prefix, key, key_len, node_at(arena, nxt)) > 0):
+                x = nxt
+            else:
+                break
+    return 0 if x == head else x
+
+
+cdef uint32_t skiplist_random_height(SkipFinger *finger) noexcept nogil:
+    """Height with P(h > k) = 4^-k (xorshift64*, worker-private state)."""
+    cdef uint64_t x = finger.rng_state
+    cdef uint32_t height = 1
+    x ^= x >> 12
+    x ^= x << 25
+    x ^= x >> 27
+    finger.rng_state = x
+    x *= 0x2545F4914F6CDD1DULL
+    while height < AMDB_MAX_HEIGHT and (x & 3) == 0:
+        height += 1
+        x >>= 2
+    return height
+
+
+cdef void skiplist_finger_reset(PartitionView *p, SkipFinger *finger) noexcept nogil:
+    cdef int level
+    for level in range(AMDB_MAX_HEIGHT):
+        finger.pred[level] = p.ctrl.skiplist_head
+
+
+cdef void skiplist_insert(PartitionView *p, uint64_t node_off, SkipFinger *finger) noexcept nogil:
+    """Link the filled, unpublished node `node_off` into the list.
+
+    REQUIRES: no node with the same key is linked (the hash index says so);
+    only the partition's worker calls this. Keys inserted in ascending order
+    (the worker sorts every chunk) start from the finger and cost O(1)
+    amortised per level instead of a search from the head.
+    """
+    cdef char *arena = p.arena
+    cdef uint64_t head = p.ctrl.skiplist_head
+    cdef amdb_node *node = node_at(arena, node_off)
+    cdef const uint8_t *key = amdb_node_key(node)
+    cdef uint64_t prefix = node.key_prefix
+    cdef uint32_t key_len = node.key_len
+    cdef uint64_t update[AMDB_MAX_HEIGHT]
+    cdef uint64_t x = head
+    cdef uint64_t f, nxt
+    cdef amdb_node *fn
+    cdef int level
+    for level in range(AMDB_MAX_HEIGHT - 1, -1, -1):
+        # Start from the finger when it is further along than x and still
+        # below the key: both are valid starting points at this level.
+        f = finger.pred[level]
+        if f != head and f != x:
+            fn = node_at(arena, f)
+            if compare_key_to_node(prefix, key, key_len, fn) > 0 and (
+                    x == head or compare_key_to_node(fn.key_prefix, amdb_node_key(fn), fn.key_len,
+                                                     node_at(arena, x)) > 0):
+                x = f
+        while True:
+            # Relaxed: we are the only writer of these links.
+            nxt = amdb_load_relaxed(&node_at(arena, x).next[level])
+            if nxt != 0 and compare_key_to_node(prefix, key, key_len, node_at(arena, nxt)) > 0:
+                x = nxt
+            else:
+                break
+        update[level] = x
+    # The node is unpublished: plain stores for its own links.
+    for level in range(node.height):
+        amdb_store_relaxed(&node.next[level], amdb_load_relaxed(&node_at(arena, update[level]).next[level]))
+    # Publish bottom-up; level 0 is the commit point (invariant 4).
+    for level in range(node.height):
+        amdb_store_release(&node_at(arena, update[level]).next[level], node_off)
+    for level in range(AMDB_MAX_HEIGHT):
+        finger.pred[level] = node_off if level < node.height else update[level]

@@ -1,0 +1,94 @@
+# cython: language_level=3
+"""Version records and their hash chain (nogil).
+
+Every put or delete appends a version; a key's versions form a list, newest
+first, through `prev`, and a hash chain:
+
+    hash = xxh64(prev_hash | key | version_no | flags | value)
+
+(prev_hash, version_no: 8 bytes little-endian; flags: 4 bytes little-endian;
+prev_hash = 0 for a key's first version). The chain is computed for every
+version, whatever the batch size.
+
+Process safety: written only by the partition's worker, published through
+node.latest (release store, by the caller); immutable afterwards.
+"""
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+from amdb.shm.layout cimport *
+from amdb.shm.atomic cimport amdb_load_relaxed
+from amdb.shm.arena cimport alloc_block
+from amdb.native.hashing cimport amdb_xxh64, amdb_xxh64_state, amdb_xxh64_reset, amdb_xxh64_update, amdb_xxh64_digest
+
+cdef enum:
+    SMALL_RECORD = 512   # chain input up to this size is hashed in one shot from the stack
+
+
+cdef inline void _put_le64(uint8_t *out, uint64_t v) noexcept nogil:
+    cdef int i
+    for i in range(8):
+        out[i] = <uint8_t>(v >> (8 * i))
+
+
+cdef uint64_t chain_hash(uint64_t prev_hash, const uint8_t *key, uint32_t key_len,
+                         uint64_t version_no, uint32_t flags,
+                         const uint8_t *value, uint32_t value_len) noexcept nogil:
+    cdef uint8_t buffer[SMALL_RECORD]
+    cdef uint8_t word[8]
+    cdef amdb_xxh64_state state
+    cdef uint64_t total = 20 + <uint64_t>key_len + value_len
+    cdef uint8_t *out
+    if total <= SMALL_RECORD:
+        out = buffer
+        _put_le64(out, prev_hash)
+        memcpy(out + 8, key, key_len)
+        out += 8 + key_len
+        _put_le64(out, version_no)
+        _put_le64(word, flags)
+        memcpy(out + 8, word, 4)
+        memcpy(out + 12, value, value_len)
+        return amdb_xxh64(buffer, total, 0)
+    amdb_xxh64_reset(&state, 0)
+    _put_le64(word, prev_hash)
+    amdb_xxh64_update(&state, word, 8)
+    amdb_xxh64_update(&state, key, key_len)
+    _put_le64(word, version_no)
+    amdb_xxh64_update(&state, word, 8)
+    _put_le64(word, flags)
+    amdb_xxh64_update(&state, word, 4)
+    amdb_xxh64_update(&state, value, value_len)
+    return amdb_xxh64_digest(&state)
+
+
+cdef uint64_t version_append(PartitionView *p, uint64_t node_off, uint32_t flags,
+                             const uint8_t *value, uint32_t value_len,
+                             uint64_t seq, uint64_t timestamp_ns) noexcept nogil:
+    """Write a new version of `node_off` on top of its latest one and return
+    its offset. The caller publishes it with a release store to node.latest.
+
+    REQUIRES: room committed (commit_pages) for amdb_version_bytes(value_len).
+    """
+    cdef amdb_node *node = node_at(p.arena, node_off)
+    # Relaxed: the worker is the only writer of node.latest.
+    cdef uint64_t prev_off = amdb_load_relaxed(&node.latest)
+    cdef amdb_version *prev
+    cdef uint64_t off = alloc_block(p, AMDB_BLOCK_VERSION, amdb_version_bytes(value_len))
+    cdef amdb_version *v = version_at(p.arena, off)
+    v.prev = prev_off
+    v.node = node_off
+    v.seq = seq
+    v.timestamp_ns = timestamp_ns
+    v.flags = flags
+    v.value_len = value_len
+    if prev_off != 0:
+        prev = version_at(p.arena, prev_off)
+        v.version_no = prev.version_no + 1
+        v.prev_hash = prev.hash
+    else:
+        v.version_no = 1
+        v.prev_hash = 0
+    if value_len:
+        memcpy(<uint8_t *>amdb_version_value(v), value, value_len)
+    v.hash = chain_hash(v.prev_hash, amdb_node_key(node), node.key_len, v.version_no,
+                        flags, value, value_len)
+    return off

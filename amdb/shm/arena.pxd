@@ -1,0 +1,13 @@
+# cython: language_level=3
+from libc.stdint cimport uint32_t, uint64_t
+from amdb.shm.layout cimport PartitionView
+
+cdef int commit_pages(PartitionView *p, uint64_t nbytes) noexcept nogil
+cdef uint64_t alloc_block(PartitionView *p, uint32_t kind, uint64_t nbytes) noexcept nogil
+cdef int arena_init(PartitionView *p) noexcept nogil
+
+cdef class Mapping:
+    cdef char *base
+    cdef size_t length
+    cdef readonly bint writable
+    cdef void release(self) noexcept

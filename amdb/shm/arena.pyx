@@ -1,0 +1,139 @@
+# cython: language_level=3
+"""The append-only arena of one partition, and shared-memory mappings.
+
+Process safety: only the partition's worker calls commit_pages, alloc_block
+and arena_init (single writer). Readers never look past an offset that was
+published to them, so they never see a block before it is whole (layout.h,
+invariants 2-3), and never touch memory past arena_committed (invariant 6),
+which is the only memory guaranteed to exist in /dev/shm.
+
+Memory order: arena_used and arena_committed are written by the worker alone
+and read by the owner only for statistics (relaxed stores). Publication of
+blocks happens through the structures' own release stores (skip list, hash
+index, node.latest), never through arena_used.
+"""
+from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memset
+from libc.errno cimport errno
+from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
+from amdb.shm.layout cimport *
+from amdb.shm.atomic cimport amdb_load_relaxed, amdb_store_relaxed, amdb_store_release
+
+cdef extern from "fcntl.h" nogil:
+    int posix_fallocate(int fd, long offset, long length)
+
+
+cdef int commit_pages(PartitionView *p, uint64_t nbytes) noexcept nogil:
+    """Make sure the next `nbytes` of the arena exist in /dev/shm.
+
+    Returns AMDB_STATUS_OK, AMDB_STATUS_ARENA_FULL (the reservation is used
+    up) or AMDB_STATUS_SHM_FULL (posix_fallocate failed: /dev/shm is full).
+    Commits in AMDB_COMMIT_STEP steps so that fallocate is rare; when a full
+    step does not fit, retries with just what is needed.
+    """
+    cdef amdb_control *c = p.ctrl
+    cdef uint64_t used = c.arena_used
+    cdef uint64_t committed = c.arena_committed
+    cdef uint64_t need = used + nbytes
+    cdef uint64_t target
+    if need <= committed:
+        return AMDB_STATUS_OK
+    if need > c.arena_capacity:
+        return AMDB_STATUS_ARENA_FULL
+    target = (need + AMDB_COMMIT_STEP - 1) // AMDB_COMMIT_STEP * AMDB_COMMIT_STEP
+    if target > c.arena_capacity:
+        target = c.arena_capacity
+    if posix_fallocate(p.fd, <long>(c.arena_offset + committed), <long>(target - committed)) != 0:
+        target = (need + AMDB_PAGE - 1) // AMDB_PAGE * AMDB_PAGE
+        if target > c.arena_capacity:
+            target = c.arena_capacity
+        if posix_fallocate(p.fd, <long>(c.arena_offset + committed), <long>(target - committed)) != 0:
+            return AMDB_STATUS_SHM_FULL
+    amdb_store_relaxed(&c.arena_committed, target)
+    return AMDB_STATUS_OK
+
+
+cdef uint64_t alloc_block(PartitionView *p, uint32_t kind, uint64_t nbytes) noexcept nogil:
+    """Bump-allocate a block of `nbytes` (a multiple of 8) and write its header.
+
+    REQUIRES: commit_pages(p, >= nbytes) succeeded since the last allocation
+    that used that room. The block is unpublished: nobody else can see it
+    until the caller stores its offset with a release store.
+    """
+    cdef amdb_control *c = p.ctrl
+    cdef uint64_t off = c.arena_used
+    cdef amdb_block *block = <amdb_block *>(p.arena + off)
+    assert nbytes % 8 == 0 and off + nbytes <= c.arena_committed
+    block.kind = kind
+    block.words = <uint32_t>(nbytes // 8)
+    amdb_store_relaxed(&c.arena_used, off + nbytes)
+    return off
+
+
+cdef int arena_init(PartitionView *p) noexcept nogil:
+    """Create the skip-list head and the first hash table of an empty arena,
+    then publish both roots. Idempotent: a worker that finds roots keeps them."""
+    cdef amdb_control *c = p.ctrl
+    cdef uint64_t head_bytes = amdb_node_bytes(AMDB_MAX_HEIGHT, 0)
+    cdef uint64_t table_bytes = amdb_round8(sizeof(amdb_hash_table) + AMDB_HASH_INITIAL_CAPACITY * sizeof(amdb_hash_slot))
+    cdef uint64_t head_off, table_off
+    cdef amdb_node *head
+    cdef amdb_hash_table *table
+    cdef int status
+    if c.skiplist_head != 0:
+        return AMDB_STATUS_OK
+    if c.arena_used == 0:
+        amdb_store_relaxed(&c.arena_used, AMDB_ARENA_FIRST_BLOCK)
+    status = commit_pages(p, head_bytes + table_bytes)
+    if status != AMDB_STATUS_OK:
+        return status
+    (<uint64_t *>p.arena)[0] = AMDB_PARTITION_MAGIC
+    head_off = alloc_block(p, AMDB_BLOCK_NODE, head_bytes)
+    head = node_at(p.arena, head_off)
+    memset(<char *>head + sizeof(amdb_block), 0, head_bytes - sizeof(amdb_block))
+    head.height = AMDB_MAX_HEIGHT
+    table_off = alloc_block(p, AMDB_BLOCK_HASH_TABLE, table_bytes)
+    table = table_at(p.arena, table_off)
+    memset(<char *>table + sizeof(amdb_block), 0, table_bytes - sizeof(amdb_block))
+    table.capacity = AMDB_HASH_INITIAL_CAPACITY
+    # Release: the head and the table are whole before anyone can find them.
+    amdb_store_release(&c.hash_table, table_off)
+    amdb_store_release(&c.skiplist_head, head_off)
+    return AMDB_STATUS_OK
+
+
+cdef class Mapping:
+    """An mmap of (part of) a shared segment; unmapped when released or collected.
+
+    Whoever holds raw pointers into a Mapping keeps a reference to it, so the
+    memory outlives every pointer (ParallelDB drops its references only after
+    every reader has left).
+    """
+
+    def __cinit__(self, int fd, size_t offset, size_t length, bint writable):
+        cdef int prot = PROT_READ | (PROT_WRITE if writable else 0)
+        cdef void *addr = mmap(NULL, length, prot, MAP_SHARED, fd, <long>offset)
+        cdef int err = errno
+        if addr == MAP_FAILED:
+            import os
+            from amdb.errors import Error
+            raise Error(f"mmap of {length} bytes failed: {os.strerror(err)}", code="mmap_failed",
+                        hint="lower arena_size= or workers=")
+        self.base = <char *>addr
+        self.length = length
+        self.writable = writable
+
+    cdef void release(self) noexcept:
+        if self.base != NULL:
+            munmap(self.base, self.length)
+            self.base = NULL
+
+    def close(self):
+        self.release()
+
+    @property
+    def address(self):
+        return <size_t>self.base
+
+    def __dealloc__(self):
+        self.release()

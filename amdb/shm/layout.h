@@ -1,0 +1,250 @@
+/* layout.h — the shared-memory layout of an AmDb database.
+ *
+ * Process safety (who writes what):
+ *   - The owner process creates every segment and writes the read-only header
+ *     of each control block before any worker starts.
+ *   - Worker i is the ONLY writer of partition i's arena (nodes, versions,
+ *     hash tables) and of the consumer / progress / arena lines of its control
+ *     block. The owner maps the arena read-only.
+ *   - The owner is the only writer of the ring bytes, of the producer line and
+ *     of the database control block (visible_seq, slot table).
+ *
+ * Invariants:
+ *   1. Everything in an arena is addressed by offsets from the arena base;
+ *      offset 0 is null. Every process maps the arena at its own address.
+ *   2. The arena is append-only while the database is open: a block, once
+ *      published, is never freed or moved, and its bytes never change, except
+ *      the link fields named "published by release store" below.
+ *   3. A writer fills every byte of a block, then publishes its offset with a
+ *      release store. A reader loads any offset it will follow with an acquire
+ *      load. Fields a reader reads after such an acquire need no ordering of
+ *      their own.
+ *   4. A crash of the writer at any instruction leaves structures readers can
+ *      use: unlinked garbage at worst, never a dangling offset.
+ *   5. Every block starts with amdb_block {kind, words}: the arena can be
+ *      walked from AMDB_ARENA_FIRST_BLOCK to arena_used (rollback, checks).
+ *   6. Memory past arena_committed is never touched (it may not exist in
+ *      /dev/shm: touching it would raise SIGBUS).
+ *   7. A version with seq > visible_seq is invisible to every reader: a batch
+ *      is seen entirely or not at all.
+ *
+ * Implementation details follow.
+ */
+#ifndef AMDB_LAYOUT_H
+#define AMDB_LAYOUT_H
+
+#include <stdint.h>
+#include <string.h>
+
+#define AMDB_LINE __attribute__((aligned(64)))
+
+#define AMDB_PARTITION_MAGIC 0x5452415042444d41ULL /* "AMDBPART" little-endian */
+#define AMDB_DATABASE_MAGIC  0x4244424442444d41ULL /* "AMDBDBDB" */
+#define AMDB_LAYOUT_VERSION  1
+
+#define AMDB_SLOT_COUNT 16384        /* hash slots: slot = xxh64(key) % 16384 */
+#define AMDB_CONTROL_BYTES 4096      /* control block: one page */
+#define AMDB_PAGE 4096
+#define AMDB_ARENA_FIRST_BLOCK 64    /* offset 0 is null; bytes 0..63 hold the arena magic */
+#define AMDB_COMMIT_STEP (64ULL << 20) /* commit arena memory 64 MiB at a time */
+#define AMDB_MAX_HEIGHT 16           /* skip list: p = 1/4, fine for 4^16 keys */
+
+/* Status numbers; amdb/errors.py maps them to exceptions (raise_for_status). */
+enum {
+    AMDB_STATUS_OK = 0,
+    AMDB_STATUS_ARENA_FULL = 1,   /* arena_capacity reached */
+    AMDB_STATUS_SHM_FULL = 2,     /* posix_fallocate failed: /dev/shm full */
+    AMDB_STATUS_CORRUPT = 3,      /* a structure failed a consistency check */
+    AMDB_STATUS_TIMEOUT = 4,      /* a wait timed out (caller checks liveness) */
+    AMDB_STATUS_NO_MEMORY = 5,    /* private malloc failed */
+};
+
+/* Worker states (control.worker_state). */
+enum {
+    AMDB_WORKER_STARTING = 0,
+    AMDB_WORKER_READY = 1,        /* arena initialised, roots published */
+    AMDB_WORKER_STOPPED = 2,      /* left its apply loop cleanly */
+};
+
+/* Per-partition control block, at offset 0 of the partition segment.
+ * Each line below is a separate cache line so that the owner's and the
+ * worker's hot fields never share one. */
+typedef struct amdb_control {
+    /* Line 0 — written by the owner before the worker starts; read-only after. */
+    uint64_t magic;
+    uint64_t layout_version;
+    uint64_t segment_size;
+    uint64_t ring_offset;         /* from the segment start */
+    uint64_t ring_capacity;       /* bytes, a power of two */
+    uint64_t arena_offset;        /* from the segment start, page aligned */
+    uint64_t arena_capacity;      /* bytes reserved (sparse until committed) */
+    uint64_t worker_index;
+
+    /* Line 1 — ring producer: written by the owner, read by the worker. */
+    AMDB_LINE uint64_t ring_head;  /* bytes ever published; release store */
+    uint32_t ring_data_event;      /* futex word: bumped after each publish */
+    uint32_t consumer_sleeping;    /* worker: 1 while (about to be) asleep */
+    uint64_t shutdown_requested;   /* owner: 1 = leave the loop once the ring is empty */
+
+    /* Line 2 — ring consumer: written by the worker, read by the owner. */
+    AMDB_LINE uint64_t ring_tail;  /* bytes ever released; release store */
+    uint32_t ring_space_event;     /* futex word: bumped after each release */
+    uint32_t producer_sleeping;    /* owner: 1 while waiting for space */
+
+    /* Line 3 — progress: written by the worker, read by the owner. */
+    AMDB_LINE uint64_t applied_seq; /* seq of the last chunk applied; release store */
+    uint64_t failed_seq;           /* seq of the last chunk refused, 0 = none */
+    uint64_t failed_status;        /* AMDB_STATUS_* of that refusal */
+    uint64_t aborted_seq;          /* first seq of the last batch rolled back */
+    uint32_t progress_event;       /* futex word: bumped after any of the above */
+    uint32_t owner_waiting;        /* owner: 1 while waiting for progress */
+    uint64_t worker_state;         /* AMDB_WORKER_*; release store */
+    uint64_t worker_pid;
+
+    /* Line 4 — arena roots and counters: written by the worker.
+     * Roots are release stores; counters are statistics (relaxed). */
+    AMDB_LINE uint64_t arena_used;  /* bump pointer: every block below it is whole */
+    uint64_t arena_committed;       /* bytes backed by posix_fallocate */
+    uint64_t skiplist_head;         /* head node offset; set once at init */
+    uint64_t hash_table;            /* current hash table offset */
+    uint64_t live_keys;             /* keys whose latest version is not a tombstone */
+    uint64_t node_count;
+    uint64_t version_count;
+    uint64_t chunks_applied;
+} amdb_control;
+
+/* Database control block (its own small segment): written by the owner. */
+typedef struct amdb_db_control {
+    uint64_t magic;
+    uint64_t layout_version;
+    uint64_t worker_count;
+    uint64_t slot_count;
+    AMDB_LINE uint64_t visible_seq;   /* newest seq every reader may see; release store */
+    AMDB_LINE uint16_t slot_owner[AMDB_SLOT_COUNT]; /* slot -> worker index */
+} amdb_db_control;
+
+/* ---- Ring records (owner -> worker), 8-byte aligned ---------------------- */
+
+enum {
+    AMDB_OP_PUT = 1,
+    AMDB_OP_DELETE = 2,
+    AMDB_OP_CHUNK = 3,     /* amdb_ring_chunk: header of `count` data records */
+    AMDB_OP_ABORT = 4,     /* amdb_ring_chunk: roll back the batch starting at `seq` */
+    AMDB_OP_WRAP = 5,      /* skip to the start of the ring */
+};
+
+enum { AMDB_CHUNK_FIRST_OF_BATCH = 1 };  /* amdb_ring_chunk.flags */
+
+typedef struct amdb_ring_record {   /* a put or delete */
+    uint32_t op;
+    uint32_t key_len;
+    uint32_t value_len;
+    uint32_t reserved;
+    uint64_t hash;                  /* xxh64(key), computed once by the owner */
+    /* key bytes, value bytes, zero padding to 8 */
+} amdb_ring_record;
+
+typedef struct amdb_ring_chunk {    /* CHUNK and ABORT */
+    uint32_t op;
+    uint32_t flags;
+    uint64_t seq;                   /* global sequence number of this chunk / batch */
+    uint64_t count;                 /* data records that follow (CHUNK) */
+    uint64_t end;                   /* ring position just past the chunk's last record */
+} amdb_ring_chunk;
+
+/* ---- Arena blocks ---------------------------------------------------------- */
+
+enum {
+    AMDB_BLOCK_NODE = 1,
+    AMDB_BLOCK_VERSION = 2,
+    AMDB_BLOCK_HASH_TABLE = 3,
+};
+
+typedef struct amdb_block {
+    uint32_t kind;                  /* AMDB_BLOCK_* */
+    uint32_t words;                 /* size in 8-byte words, header included */
+} amdb_block;
+
+/* Skip-list node: one per key, sized to its height; key bytes follow next[]. */
+typedef struct amdb_node {
+    amdb_block block;
+    uint64_t latest;                /* newest version offset; published by release store */
+    uint64_t key_prefix;            /* first 8 key bytes, big-endian, zero padded */
+    uint64_t hash;                  /* xxh64(key) */
+    uint32_t key_len;
+    uint16_t height;                /* 1..AMDB_MAX_HEIGHT */
+    uint16_t reserved;
+    uint64_t next[];                /* next[i]: published by release store, level 0 first */
+} amdb_node;
+
+enum { AMDB_VERSION_TOMBSTONE = 1 };
+
+/* Version record: immutable once published through node.latest. */
+typedef struct amdb_version {
+    amdb_block block;
+    uint64_t prev;                  /* older version of the same key, 0 = first */
+    uint64_t node;                  /* owning node (for rollback and verification) */
+    uint64_t seq;                   /* sequence number of the chunk that wrote it */
+    uint64_t version_no;            /* 1, 2, 3, ... per key */
+    uint64_t timestamp_ns;          /* CLOCK_REALTIME when its chunk was applied */
+    uint64_t hash;                  /* xxh64(prev_hash | key | version_no | flags | value) */
+    uint64_t prev_hash;             /* hash of `prev` (0 for the first version) */
+    uint32_t flags;                 /* AMDB_VERSION_TOMBSTONE */
+    uint32_t value_len;
+    /* value bytes, zero padding to 8 */
+} amdb_version;
+
+/* Hash index slot: node != 0 marks it used; `hash` is written before `node`
+ * is published (release), so a reader that acquires node != 0 sees hash. */
+typedef struct amdb_hash_slot {
+    uint64_t hash;
+    uint64_t node;
+} amdb_hash_slot;
+
+/* Open-addressing table (linear probing). A grown table is a new block; the
+ * old one stays valid (and complete as of its retirement) for readers in flight. */
+typedef struct amdb_hash_table {
+    amdb_block block;
+    uint64_t capacity;              /* slots, a power of two; immutable */
+    uint64_t count;                 /* used slots; worker-private */
+    amdb_hash_slot slots[];
+} amdb_hash_table;
+
+#define AMDB_HASH_MAX_LOAD_NUM 5    /* grow past 5/8 = 62.5% full */
+#define AMDB_HASH_MAX_LOAD_DEN 8
+#define AMDB_HASH_INITIAL_CAPACITY 4096
+
+static inline uint64_t amdb_round8(uint64_t n) { return (n + 7) & ~7ULL; }
+static inline uint64_t amdb_node_bytes(uint32_t height, uint32_t key_len) {
+    return amdb_round8(sizeof(amdb_node) + 8ULL * height + key_len);
+}
+static inline uint64_t amdb_version_bytes(uint32_t value_len) {
+    return amdb_round8(sizeof(amdb_version) + value_len);
+}
+static inline uint64_t amdb_record_bytes(uint32_t key_len, uint32_t value_len) {
+    return amdb_round8(sizeof(amdb_ring_record) + (uint64_t)key_len + value_len);
+}
+static inline const uint8_t *amdb_node_key(const amdb_node *n) {
+    return (const uint8_t *)&n->next[n->height];
+}
+static inline const uint8_t *amdb_version_value(const amdb_version *v) {
+    return (const uint8_t *)(v + 1);
+}
+
+/* Big-endian 8-byte prefix, zero padded: comparing prefixes as integers
+ * orders keys like memcmp does on their first 8 bytes. */
+static inline uint64_t amdb_key_prefix(const uint8_t *key, uint32_t len) {
+    uint64_t p = 0;
+    if (len >= 8) { memcpy(&p, key, 8); return __builtin_bswap64(p); }
+    uint32_t n = len < 8 ? len : 8;
+    for (uint32_t i = 0; i < n; i++) p |= (uint64_t)key[i] << (56 - 8 * i);
+    return p;
+}
+
+_Static_assert(sizeof(amdb_control) <= AMDB_CONTROL_BYTES, "control block fits a page");
+_Static_assert(sizeof(amdb_ring_record) == 24, "ring record header is 24 bytes");
+_Static_assert(sizeof(amdb_ring_chunk) == 32, "chunk header is 32 bytes");
+_Static_assert(sizeof(amdb_node) == 40, "node header is 40 bytes");
+_Static_assert(sizeof(amdb_version) == 72, "version header is 72 bytes");
+
+#endif /* AMDB_LAYOUT_H */

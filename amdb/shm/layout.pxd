@@ -1,0 +1,158 @@
+# cython: language_level=3
+"""Declarations of layout.h: the shared-memory layout (see its header comment
+for who writes which field and the numbered invariants)."""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+cdef extern from "layout.h" nogil:
+    enum:
+        AMDB_PARTITION_MAGIC
+        AMDB_DATABASE_MAGIC
+        AMDB_LAYOUT_VERSION
+        AMDB_SLOT_COUNT
+        AMDB_CONTROL_BYTES
+        AMDB_PAGE
+        AMDB_ARENA_FIRST_BLOCK
+        AMDB_COMMIT_STEP
+        AMDB_MAX_HEIGHT
+        AMDB_STATUS_OK
+        AMDB_STATUS_ARENA_FULL
+        AMDB_STATUS_SHM_FULL
+        AMDB_STATUS_CORRUPT
+        AMDB_STATUS_TIMEOUT
+        AMDB_STATUS_NO_MEMORY
+        AMDB_WORKER_STARTING
+        AMDB_WORKER_READY
+        AMDB_WORKER_STOPPED
+        AMDB_OP_PUT
+        AMDB_OP_DELETE
+        AMDB_OP_CHUNK
+        AMDB_OP_ABORT
+        AMDB_OP_WRAP
+        AMDB_CHUNK_FIRST_OF_BATCH
+        AMDB_BLOCK_NODE
+        AMDB_BLOCK_VERSION
+        AMDB_BLOCK_HASH_TABLE
+        AMDB_VERSION_TOMBSTONE
+        AMDB_HASH_MAX_LOAD_NUM
+        AMDB_HASH_MAX_LOAD_DEN
+        AMDB_HASH_INITIAL_CAPACITY
+
+    ctypedef struct amdb_control:
+        uint64_t magic
+        uint64_t layout_version
+        uint64_t segment_size
+        uint64_t ring_offset
+        uint64_t ring_capacity
+        uint64_t arena_offset
+        uint64_t arena_capacity
+        uint64_t worker_index
+        uint64_t ring_head
+        uint32_t ring_data_event
+        uint32_t consumer_sleeping
+        uint64_t shutdown_requested
+        uint64_t ring_tail
+        uint32_t ring_space_event
+        uint32_t producer_sleeping
+        uint64_t applied_seq
+        uint64_t failed_seq
+        uint64_t failed_status
+        uint64_t aborted_seq
+        uint32_t progress_event
+        uint32_t owner_waiting
+        uint64_t worker_state
+        uint64_t worker_pid
+        uint64_t arena_used
+        uint64_t arena_committed
+        uint64_t skiplist_head
+        uint64_t hash_table
+        uint64_t live_keys
+        uint64_t node_count
+        uint64_t version_count
+        uint64_t chunks_applied
+
+    ctypedef struct amdb_db_control:
+        uint64_t magic
+        uint64_t layout_version
+        uint64_t worker_count
+        uint64_t slot_count
+        uint64_t visible_seq
+        uint16_t slot_owner[16384]
+
+    ctypedef struct amdb_ring_record:
+        uint32_t op
+        uint32_t key_len
+        uint32_t value_len
+        uint32_t reserved
+        uint64_t hash
+
+    ctypedef struct amdb_ring_chunk:
+        uint32_t op
+        uint32_t flags
+        uint64_t seq
+        uint64_t count
+        uint64_t end
+
+    ctypedef struct amdb_block:
+        uint32_t kind
+        uint32_t words
+
+    ctypedef struct amdb_node:
+        amdb_block block
+        uint64_t latest
+        uint64_t key_prefix
+        uint64_t hash
+        uint32_t key_len
+        uint16_t height
+        uint16_t reserved
+        uint64_t next[1]
+
+    ctypedef struct amdb_version:
+        amdb_block block
+        uint64_t prev
+        uint64_t node
+        uint64_t seq
+        uint64_t version_no
+        uint64_t timestamp_ns
+        uint64_t hash
+        uint64_t prev_hash
+        uint32_t flags
+        uint32_t value_len
+
+    ctypedef struct amdb_hash_slot:
+        uint64_t hash
+        uint64_t node
+
+    ctypedef struct amdb_hash_table:
+        amdb_block block
+        uint64_t capacity
+        uint64_t count
+        amdb_hash_slot slots[1]
+
+    uint64_t amdb_round8(uint64_t n) noexcept
+    uint64_t amdb_node_bytes(uint32_t height, uint32_t key_len) noexcept
+    uint64_t amdb_version_bytes(uint32_t value_len) noexcept
+    uint64_t amdb_record_bytes(uint32_t key_len, uint32_t value_len) noexcept
+    const uint8_t *amdb_node_key(const amdb_node *n) noexcept
+    const uint8_t *amdb_version_value(const amdb_version *v) noexcept
+    uint64_t amdb_key_prefix(const uint8_t *key, uint32_t length) noexcept
+
+
+# Typed views of arena offsets (invariant 1: offsets, never pointers).
+cdef inline amdb_node *node_at(const char *arena, uint64_t off) noexcept nogil:
+    return <amdb_node *>(arena + off)
+
+cdef inline amdb_version *version_at(const char *arena, uint64_t off) noexcept nogil:
+    return <amdb_version *>(arena + off)
+
+cdef inline amdb_hash_table *table_at(const char *arena, uint64_t off) noexcept nogil:
+    return <amdb_hash_table *>(arena + off)
+
+
+# One partition as a process sees it. The owner maps the arena read-only and
+# has fd == -1; the worker maps everything read-write and keeps fd for
+# posix_fallocate (commit_pages).
+ctypedef struct PartitionView:
+    amdb_control *ctrl
+    char *ring
+    char *arena
+    int fd

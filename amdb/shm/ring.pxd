@@ -1,0 +1,35 @@
+# cython: language_level=3
+from libc.stdint cimport uint32_t, uint64_t, int64_t
+from amdb.shm.layout cimport amdb_control
+
+# Owner-side state of one ring (private to the owner; guarded by its write lock).
+ctypedef struct RingProducer:
+    amdb_control *ctrl
+    char *ring
+    uint64_t capacity
+    uint64_t mask
+    uint64_t head            # next byte to write; bytes past ctrl.ring_head are unpublished
+    uint64_t cached_tail     # last ring_tail seen (acquire)
+    # the open chunk (at most one per ring)
+    bint chunk_open
+    uint64_t chunk_pos       # ring position of its header
+    uint64_t chunk_seq
+    uint64_t chunk_count
+    uint64_t chunk_bytes
+    uint32_t chunk_flags
+    # the batch in flight
+    uint64_t batch_chunks    # chunks published in this batch
+    uint64_t batch_records
+    uint64_t last_seq_sent
+
+cdef int ring_wait_space(RingProducer *r, uint64_t nbytes, int64_t timeout_ns) noexcept nogil
+cdef uint64_t ring_reserve_nowait(RingProducer *r, uint64_t nbytes) noexcept nogil
+cdef void ring_publish(RingProducer *r) noexcept nogil
+cdef uint64_t ring_wait_data(amdb_control *ctrl, uint64_t tail, int64_t timeout_ns) noexcept nogil
+cdef void ring_release(amdb_control *ctrl, uint64_t tail) noexcept nogil
+cdef void progress_publish(amdb_control *ctrl) noexcept nogil
+cdef uint32_t progress_prepare_wait(amdb_control *ctrl) noexcept nogil
+cdef void progress_sleep(amdb_control *ctrl, uint32_t seen, int64_t timeout_ns) noexcept nogil
+
+cdef inline char *ring_at(char *ring, uint64_t mask, uint64_t pos) noexcept nogil:
+    return ring + (pos & mask)
