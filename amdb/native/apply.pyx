@@ -20,7 +20,7 @@ from libc.string cimport memcmp, memcpy
 from posix.unistd cimport getppid, getpid
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport *
-from amdb.shm.arena cimport Mapping, commit_pages, alloc_block, arena_init
+from amdb.shm.arena cimport Mapping, commit_pages, alloc_block_aligned, arena_init
 from amdb.shm.ring cimport ring_wait_data, ring_release, progress_publish, ring_at
 from amdb.native.skiplist cimport SkipFinger, skiplist_insert, skiplist_finger_reset, skiplist_random_height
 from amdb.native.hashindex cimport hashindex_find, hashindex_insert, hashindex_growth_bytes
@@ -28,7 +28,7 @@ from amdb.native.versions cimport version_append, is_live
 
 cdef enum:
     IDLE_TIMEOUT_NS = 200000000   # 200 ms: how often an idle worker checks its owner is alive
-    PREFETCH_DISTANCE = 8          # records ahead whose hash slot we prefetch
+    PREFETCH_DISTANCE = 16         # records ahead whose hash slot we prefetch
     INSERTION_SORT_MAX = 16
 
 cdef enum LoopExit:
@@ -154,7 +154,7 @@ cdef int index_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos,
         entry.height = skiplist_random_height(&w.finger)
         need[0] += amdb_version_bytes(rec.value_len)
         if rec.op == AMDB_OP_PUT:
-            need[0] += amdb_node_bytes(entry.height, rec.key_len)
+            need[0] += amdb_node_bytes_padded(entry.height, rec.key_len)
             new_keys[0] += 1
         pos += amdb_record_bytes(rec.key_len, rec.value_len)
         n += 1
@@ -195,7 +195,7 @@ cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t time
         return
     # A new key: build the node and its first version, then link it.
     node_bytes = amdb_node_bytes(entry.height, rec.key_len)
-    node_off = alloc_block(p, AMDB_BLOCK_NODE, node_bytes)
+    node_off = alloc_block_aligned(p, AMDB_BLOCK_NODE, node_bytes, AMDB_NODE_ALIGN)
     node = node_at(p.arena, node_off)
     node.latest = 0
     node.key_prefix = entry.prefix
@@ -265,7 +265,7 @@ cdef void rollback_batch(Worker *w, uint64_t abort_seq) noexcept nogil:
                 # The node's first version of this batch points below the
                 # batch: that older version becomes the latest again.
                 if v.prev < start:
-                    node = node_at(p.arena, v.node)
+                    node = node_at(p.arena, amdb_version_tail_of(v).node)
                     restored = v.prev
                     live_delta += <int64_t>is_live(p.arena, restored) - <int64_t>is_live(p.arena, node.latest)
                     amdb_store_release(&node.latest, restored)

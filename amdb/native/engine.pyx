@@ -36,7 +36,8 @@ from amdb.errors import (ClosedError, InvalidArgumentError, InvalidTypeError, Ke
 cdef enum:
     WAIT_SLICE_NS = 100000000     # 100 ms: waits wake up this often to check worker liveness
     PROGRESS_SPIN = 400           # pause iterations before sleeping on worker progress
-    LOOKUP_GROUP = 16             # batch reads: keys whose cache misses overlap (prefetch)
+    LOOKUP_GROUP = 32             # batch reads: keys whose cache misses overlap (prefetch)
+    BATCH_GET_BLOCK = 512         # batch_get: keys looked up per GIL release
 
 cdef enum ScanMode:
     SCAN_ITEMS = 0
@@ -642,9 +643,9 @@ cdef class Engine:
                     slots[j] = NULL
             for j in range(m):
                 if slots[j] != NULL:
-                    node_off = amdb_load_acquire(&slots[j].node)
-                    if node_off != 0:
-                        amdb_prefetch(self.parts[workers[base + j]].arena + node_off)
+                    node_off = amdb_load_acquire(slots[j])
+                    if node_off != 0 and amdb_slot_tag(node_off) == amdb_slot_tag(hashes[j]):
+                        amdb_prefetch(self.parts[workers[base + j]].arena + (node_off & AMDB_SLOT_OFFSET_MASK))
             for j in range(m):
                 i = base + j
                 p = &self.parts[workers[i]]
@@ -674,6 +675,7 @@ cdef class Engine:
         cdef uint64_t *found = NULL
         cdef int *workers = NULL
         cdef list result, converted
+        cdef Py_ssize_t block, m
         cdef amdb_version *v
         cdef object key, value
         if self.closed:
@@ -702,19 +704,25 @@ cdef class Engine:
                     converted.append(key)
                 ptrs[i] = <const uint8_t *>PyBytes_AS_STRING(key)
                 lengths[i] = <uint64_t>PyBytes_GET_SIZE(key)
+            result = PyList_New(n)
             self._enter_nogil_read()
             try:
-                with nogil:
-                    self._lookup_many(n, ptrs, lengths, found, workers)
-                result = PyList_New(n)
-                for i in range(n):
-                    if found[i] != 0:
-                        v = version_at(self.parts[workers[i]].arena, found[i])
-                        value = PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
-                    else:
-                        value = None
-                    Py_INCREF(value)
-                    PyList_SET_ITEM(result, i, value)
+                # Blocks small enough that a block's versions are still in
+                # cache when their bytes objects are built.
+                block = 0
+                while block < n:
+                    m = min(n - block, BATCH_GET_BLOCK)
+                    with nogil:
+                        self._lookup_many(m, ptrs + block, lengths + block, found + block, workers + block)
+                    for i in range(block, block + m):
+                        if found[i] != 0:
+                            v = version_at(self.parts[workers[i]].arena, found[i])
+                            value = PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
+                        else:
+                            value = None
+                        Py_INCREF(value)
+                        PyList_SET_ITEM(result, i, value)
+                    block += m
             finally:
                 self._leave_nogil_read()
             return result

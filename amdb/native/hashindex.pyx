@@ -10,15 +10,19 @@ Process safety:
     tombstone); (3) a grown table is a new arena block holding every entry of
     the old one; the old table is never freed, so a reader that loaded it
     keeps a complete view of the keys that existed when it loaded it.
-  - Memory order: the writer stores slot.hash, then slot.node with a release
-    store; a reader acquire-loads slot.node and stops at 0 (end of the probe
-    run). A new table is filled with plain stores and published by a release
+  - Slots are single words (tag << 48 | node offset, layout.h): the writer
+    publishes one with a release store; a reader acquire-loads it, stops at 0
+    (end of the probe run), and on a tag match confirms with the node's full
+    hash and key. A new table is filled with plain stores and published by a release
     store into control.hash_table; readers acquire-load it.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memset
 from amdb.shm.layout cimport *
-from amdb.shm.atomic cimport amdb_load_acquire, amdb_store_release, amdb_store_relaxed
+from amdb.shm.atomic cimport amdb_load_acquire, amdb_store_release, amdb_store_relaxed, amdb_prefetch
+
+cdef enum:
+    GROW_PREFETCH = 16     # slots ahead whose node is prefetched while rehashing
 from amdb.shm.arena cimport alloc_block
 
 
@@ -32,16 +36,18 @@ cdef uint64_t hashindex_find(const char *arena, uint64_t table_off, uint64_t has
     cdef amdb_hash_table *table = table_at(arena, table_off)
     cdef uint64_t mask = table.capacity - 1
     cdef uint64_t i = hash & mask
-    cdef uint64_t node_off
+    cdef uint64_t tag = amdb_slot_tag(hash)
+    cdef uint64_t word, node_off
     cdef amdb_node *node
     while True:
-        # Acquire: slot.hash and the node are whole once node != 0.
-        node_off = amdb_load_acquire(&table.slots[i].node)
-        if node_off == 0:
+        # Acquire: the node is whole once its slot is non-zero.
+        word = amdb_load_acquire(&table.slots[i])
+        if word == 0:
             return 0
-        if table.slots[i].hash == hash:
+        if amdb_slot_tag(word) == tag:
+            node_off = word & AMDB_SLOT_OFFSET_MASK
             node = node_at(arena, node_off)
-            if node.key_len == key_len and memcmp(amdb_node_key(node), key, key_len) == 0:
+            if node.hash == hash and node.key_len == key_len and memcmp(amdb_node_key(node), key, key_len) == 0:
                 return node_off
         i = (i + 1) & mask
 
@@ -62,13 +68,13 @@ cdef uint64_t hashindex_growth_bytes(PartitionView *p, uint64_t new_keys) noexce
 cdef void _place(amdb_hash_table *table, uint64_t hash, uint64_t node_off, bint publish) noexcept nogil:
     cdef uint64_t mask = table.capacity - 1
     cdef uint64_t i = hash & mask
-    while table.slots[i].node != 0:
+    cdef uint64_t word = (amdb_slot_tag(hash) << 48) | node_off
+    while table.slots[i] != 0:
         i = (i + 1) & mask
-    table.slots[i].hash = hash
     if publish:
-        amdb_store_release(&table.slots[i].node, node_off)
+        amdb_store_release(&table.slots[i], word)
     else:
-        table.slots[i].node = node_off
+        table.slots[i] = word
     table.count += 1
 
 
@@ -82,9 +88,15 @@ cdef void _grow(PartitionView *p) noexcept nogil:
     memset(<char *>table + sizeof(amdb_block), 0, nbytes - sizeof(amdb_block))
     table.capacity = capacity
     # Unpublished table: plain stores.
+    cdef uint64_t node_off
+    # Re-placing needs each node's full hash: prefetch the nodes some slots
+    # ahead so that their cache misses overlap.
     for i in range(old.capacity):
-        if old.slots[i].node != 0:
-            _place(table, old.slots[i].hash, old.slots[i].node, False)
+        if i + GROW_PREFETCH < old.capacity and old.slots[i + GROW_PREFETCH] != 0:
+            amdb_prefetch(p.arena + (old.slots[i + GROW_PREFETCH] & AMDB_SLOT_OFFSET_MASK))
+        if old.slots[i] != 0:
+            node_off = old.slots[i] & AMDB_SLOT_OFFSET_MASK
+            _place(table, node_at(p.arena, node_off).hash, node_off, False)
     # Release: the new table is whole before readers can load it.
     amdb_store_release(&p.ctrl.hash_table, off)
 

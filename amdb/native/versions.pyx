@@ -14,7 +14,7 @@ Process safety: written only by the partition's worker, published through
 node.latest (release store, by the caller); immutable afterwards.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport amdb_load_relaxed
 from amdb.shm.arena cimport alloc_block
@@ -71,24 +71,29 @@ cdef uint64_t version_append(PartitionView *p, uint64_t node_off, uint32_t flags
     cdef amdb_node *node = node_at(p.arena, node_off)
     # Relaxed: the worker is the only writer of node.latest.
     cdef uint64_t prev_off = amdb_load_relaxed(&node.latest)
-    cdef amdb_version *prev
+    cdef amdb_version_tail *prev_tail
     cdef uint64_t off = alloc_block(p, AMDB_BLOCK_VERSION, amdb_version_bytes(value_len))
     cdef amdb_version *v = version_at(p.arena, off)
+    cdef amdb_version_tail *tail
+    cdef uint8_t *value_out
     v.prev = prev_off
-    v.node = node_off
     v.seq = seq
-    v.timestamp_ns = timestamp_ns
     v.flags = flags
     v.value_len = value_len
-    if prev_off != 0:
-        prev = version_at(p.arena, prev_off)
-        v.version_no = prev.version_no + 1
-        v.prev_hash = prev.hash
-    else:
-        v.version_no = 1
-        v.prev_hash = 0
+    value_out = <uint8_t *>amdb_version_value(v)
     if value_len:
-        memcpy(<uint8_t *>amdb_version_value(v), value, value_len)
-    v.hash = chain_hash(v.prev_hash, amdb_node_key(node), node.key_len, v.version_no,
-                        flags, value, value_len)
+        memcpy(value_out, value, value_len)
+    memset(value_out + value_len, 0, amdb_round8(value_len) - value_len)
+    tail = amdb_version_tail_of(v)
+    tail.node = node_off
+    tail.timestamp_ns = timestamp_ns
+    if prev_off != 0:
+        prev_tail = amdb_version_tail_of(version_at(p.arena, prev_off))
+        tail.version_no = prev_tail.version_no + 1
+        tail.prev_hash = prev_tail.hash
+    else:
+        tail.version_no = 1
+        tail.prev_hash = 0
+    tail.hash = chain_hash(tail.prev_hash, amdb_node_key(node), node.key_len, tail.version_no,
+                           flags, value, value_len)
     return off

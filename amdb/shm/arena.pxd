@@ -4,6 +4,7 @@ from amdb.shm.layout cimport PartitionView
 
 cdef int commit_pages(PartitionView *p, uint64_t nbytes) noexcept nogil
 cdef uint64_t alloc_block(PartitionView *p, uint32_t kind, uint64_t nbytes) noexcept nogil
+cdef uint64_t alloc_block_aligned(PartitionView *p, uint32_t kind, uint64_t nbytes, uint64_t align) noexcept nogil
 cdef int arena_init(PartitionView *p) noexcept nogil
 
 cdef class Mapping:

@@ -22,6 +22,19 @@ from amdb.shm.atomic cimport amdb_load_relaxed, amdb_store_relaxed, amdb_store_r
 cdef extern from "fcntl.h" nogil:
     int posix_fallocate(int fd, long offset, long length)
 
+cdef extern from "sys/mman.h" nogil:
+    int madvise(void *addr, size_t length, int advice)
+    enum: MADV_POPULATE_WRITE_OR_ZERO "AMDB_MADV_POPULATE_WRITE"
+
+cdef extern from *:
+    """
+    #ifdef MADV_POPULATE_WRITE
+    #define AMDB_MADV_POPULATE_WRITE MADV_POPULATE_WRITE
+    #else
+    #define AMDB_MADV_POPULATE_WRITE 23  /* Linux 5.14+; older kernels answer EINVAL, harmlessly */
+    #endif
+    """
+
 
 cdef int commit_pages(PartitionView *p, uint64_t nbytes) noexcept nogil:
     """Make sure the next `nbytes` of the arena exist in /dev/shm.
@@ -49,6 +62,9 @@ cdef int commit_pages(PartitionView *p, uint64_t nbytes) noexcept nogil:
             target = c.arena_capacity
         if posix_fallocate(p.fd, <long>(c.arena_offset + committed), <long>(target - committed)) != 0:
             return AMDB_STATUS_SHM_FULL
+    # Map the new pages into this process now, in one call, rather than
+    # taking a page fault per 4 KiB page while applying (best effort).
+    madvise(p.arena + committed, target - committed, MADV_POPULATE_WRITE_OR_ZERO)
     amdb_store_relaxed(&c.arena_committed, target)
     return AMDB_STATUS_OK
 
@@ -68,6 +84,23 @@ cdef uint64_t alloc_block(PartitionView *p, uint32_t kind, uint64_t nbytes) noex
     block.words = <uint32_t>(nbytes // 8)
     amdb_store_relaxed(&c.arena_used, off + nbytes)
     return off
+
+
+cdef uint64_t alloc_block_aligned(PartitionView *p, uint32_t kind, uint64_t nbytes, uint64_t align) noexcept nogil:
+    """alloc_block such that a block of at most `align` bytes does not cross
+    an `align` boundary (a power of two >= 8): a reader then touches one cache
+    line for it. The gap, if any, becomes a PAD block so the arena stays
+    walkable (layout.h, invariant 5).
+
+    REQUIRES: room committed for nbytes + align - 8.
+    """
+    cdef uint64_t offset = p.ctrl.arena_used & (align - 1)
+    cdef uint64_t pad = 0
+    if offset != 0 and (nbytes > align or offset + nbytes > align):
+        pad = align - offset
+    if pad:
+        alloc_block(p, AMDB_BLOCK_PAD, pad)
+    return alloc_block(p, kind, nbytes)
 
 
 cdef int arena_init(PartitionView *p) noexcept nogil:

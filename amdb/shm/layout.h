@@ -47,6 +47,7 @@
 #define AMDB_PAGE 4096
 #define AMDB_ARENA_FIRST_BLOCK 64    /* offset 0 is null; bytes 0..63 hold the arena magic */
 #define AMDB_COMMIT_STEP (64ULL << 20) /* commit arena memory 64 MiB at a time */
+#define AMDB_MAX_ARENA_BYTES (1ULL << 46) /* node offsets must fit a hash slot's 48 bits */
 #define AMDB_MAX_HEIGHT 16           /* skip list: p = 1/4, fine for 4^16 keys */
 
 /* Status numbers; amdb/errors.py maps them to exceptions (raise_for_status). */
@@ -158,7 +159,10 @@ enum {
     AMDB_BLOCK_NODE = 1,
     AMDB_BLOCK_VERSION = 2,
     AMDB_BLOCK_HASH_TABLE = 3,
+    AMDB_BLOCK_PAD = 4,             /* alignment filler before a node */
 };
+
+#define AMDB_NODE_ALIGN 64          /* nodes start on a cache line: header + short key = one line */
 
 typedef struct amdb_block {
     uint32_t kind;                  /* AMDB_BLOCK_* */
@@ -179,27 +183,34 @@ typedef struct amdb_node {
 
 enum { AMDB_VERSION_TOMBSTONE = 1 };
 
-/* Version record: immutable once published through node.latest. */
+/* Version record: immutable once published through node.latest. The fields a
+ * reader needs (prev, seq, flags, value_len) and the value come first, so a
+ * small version is one cache line; the fields only writers, history and
+ * verification need sit in a tail after the value (amdb_version_tail). */
 typedef struct amdb_version {
     amdb_block block;
     uint64_t prev;                  /* older version of the same key, 0 = first */
-    uint64_t node;                  /* owning node (for rollback and verification) */
     uint64_t seq;                   /* sequence number of the chunk that wrote it */
+    uint32_t flags;                 /* AMDB_VERSION_TOMBSTONE */
+    uint32_t value_len;
+    /* value bytes, zero padding to 8, then amdb_version_tail */
+} amdb_version;
+
+typedef struct amdb_version_tail {
     uint64_t version_no;            /* 1, 2, 3, ... per key */
     uint64_t timestamp_ns;          /* CLOCK_REALTIME when its chunk was applied */
     uint64_t hash;                  /* xxh64(prev_hash | key | version_no | flags | value) */
     uint64_t prev_hash;             /* hash of `prev` (0 for the first version) */
-    uint32_t flags;                 /* AMDB_VERSION_TOMBSTONE */
-    uint32_t value_len;
-    /* value bytes, zero padding to 8 */
-} amdb_version;
+    uint64_t node;                  /* owning node (rollback, verification) */
+} amdb_version_tail;
 
-/* Hash index slot: node != 0 marks it used; `hash` is written before `node`
- * is published (release), so a reader that acquires node != 0 sees hash. */
-typedef struct amdb_hash_slot {
-    uint64_t hash;
-    uint64_t node;
-} amdb_hash_slot;
+/* Hash index slot: one 8-byte word, (top 16 bits of the key's hash) << 48 |
+ * node offset; 0 = empty. One word means one release store publishes it, and
+ * half the memory of a (hash, offset) pair keeps large tables in cache. */
+typedef uint64_t amdb_hash_slot;
+#define AMDB_SLOT_OFFSET_BITS 48
+#define AMDB_SLOT_OFFSET_MASK ((1ULL << AMDB_SLOT_OFFSET_BITS) - 1)
+static inline uint64_t amdb_slot_tag(uint64_t hash) { return hash >> AMDB_SLOT_OFFSET_BITS; }
 
 /* Open-addressing table (linear probing). A grown table is a new block; the
  * old one stays valid (and complete as of its retirement) for readers in flight. */
@@ -218,8 +229,12 @@ static inline uint64_t amdb_round8(uint64_t n) { return (n + 7) & ~7ULL; }
 static inline uint64_t amdb_node_bytes(uint32_t height, uint32_t key_len) {
     return amdb_round8(sizeof(amdb_node) + 8ULL * height + key_len);
 }
+/* Worst-case arena bytes of a node including its alignment pad. */
+static inline uint64_t amdb_node_bytes_padded(uint32_t height, uint32_t key_len) {
+    return amdb_node_bytes(height, key_len) + AMDB_NODE_ALIGN - 8;
+}
 static inline uint64_t amdb_version_bytes(uint32_t value_len) {
-    return amdb_round8(sizeof(amdb_version) + value_len);
+    return sizeof(amdb_version) + amdb_round8(value_len) + sizeof(amdb_version_tail);
 }
 static inline uint64_t amdb_record_bytes(uint32_t key_len, uint32_t value_len) {
     return amdb_round8(sizeof(amdb_ring_record) + (uint64_t)key_len + value_len);
@@ -229,6 +244,9 @@ static inline const uint8_t *amdb_node_key(const amdb_node *n) {
 }
 static inline const uint8_t *amdb_version_value(const amdb_version *v) {
     return (const uint8_t *)(v + 1);
+}
+static inline amdb_version_tail *amdb_version_tail_of(const amdb_version *v) {
+    return (amdb_version_tail *)((const uint8_t *)(v + 1) + amdb_round8(v->value_len));
 }
 
 /* Big-endian 8-byte prefix, zero padded: comparing prefixes as integers
@@ -245,6 +263,7 @@ _Static_assert(sizeof(amdb_control) <= AMDB_CONTROL_BYTES, "control block fits a
 _Static_assert(sizeof(amdb_ring_record) == 24, "ring record header is 24 bytes");
 _Static_assert(sizeof(amdb_ring_chunk) == 32, "chunk header is 32 bytes");
 _Static_assert(sizeof(amdb_node) == 40, "node header is 40 bytes");
-_Static_assert(sizeof(amdb_version) == 72, "version header is 72 bytes");
+_Static_assert(sizeof(amdb_version) == 32, "version hot header is 32 bytes");
+_Static_assert(sizeof(amdb_version_tail) == 40, "version tail is 40 bytes");
 
 #endif /* AMDB_LAYOUT_H */

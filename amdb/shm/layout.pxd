@@ -13,6 +13,7 @@ cdef extern from "layout.h" nogil:
         AMDB_PAGE
         AMDB_ARENA_FIRST_BLOCK
         AMDB_COMMIT_STEP
+        AMDB_MAX_ARENA_BYTES
         AMDB_MAX_HEIGHT
         AMDB_STATUS_OK
         AMDB_STATUS_ARENA_FULL
@@ -32,6 +33,8 @@ cdef extern from "layout.h" nogil:
         AMDB_BLOCK_NODE
         AMDB_BLOCK_VERSION
         AMDB_BLOCK_HASH_TABLE
+        AMDB_BLOCK_PAD
+        AMDB_NODE_ALIGN
         AMDB_VERSION_TOMBSTONE
         AMDB_HASH_MAX_LOAD_NUM
         AMDB_HASH_MAX_LOAD_DEN
@@ -109,18 +112,20 @@ cdef extern from "layout.h" nogil:
     ctypedef struct amdb_version:
         amdb_block block
         uint64_t prev
-        uint64_t node
         uint64_t seq
+        uint32_t flags
+        uint32_t value_len
+
+    ctypedef struct amdb_version_tail:
         uint64_t version_no
         uint64_t timestamp_ns
         uint64_t hash
         uint64_t prev_hash
-        uint32_t flags
-        uint32_t value_len
-
-    ctypedef struct amdb_hash_slot:
-        uint64_t hash
         uint64_t node
+
+    ctypedef uint64_t amdb_hash_slot
+    uint64_t AMDB_SLOT_OFFSET_MASK
+    uint64_t amdb_slot_tag(uint64_t hash) noexcept
 
     ctypedef struct amdb_hash_table:
         amdb_block block
@@ -134,6 +139,8 @@ cdef extern from "layout.h" nogil:
     uint64_t amdb_record_bytes(uint32_t key_len, uint32_t value_len) noexcept
     const uint8_t *amdb_node_key(const amdb_node *n) noexcept
     const uint8_t *amdb_version_value(const amdb_version *v) noexcept
+    amdb_version_tail *amdb_version_tail_of(const amdb_version *v) noexcept
+    uint64_t amdb_node_bytes_padded(uint32_t height, uint32_t key_len) noexcept
     uint64_t amdb_key_prefix(const uint8_t *key, uint32_t length) noexcept
 
 
