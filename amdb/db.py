@@ -13,7 +13,7 @@ import weakref
 from typing import NamedTuple
 
 from amdb import SLOT_COUNT
-from amdb.errors import (ClosedError, InvalidArgumentError, InvalidTypeError, WorkerCrashedError,
+from amdb.errors import (ClosedError, Error, InvalidArgumentError, InvalidTypeError, WorkerCrashedError,
                          WorkerStartError)
 from amdb.native import engine as _engine
 from amdb.native.engine import BatchResult, Engine
@@ -89,6 +89,7 @@ class ParallelDB(Engine):
         if max_value_size is None:
             max_value_size = value_limit
         max_value_size = _int_option("max_value_size", max_value_size, 0, value_limit)
+        self._owner_pid = os.getpid()
         self._procs = []
         self._controls = []
         self._broken = None
@@ -190,6 +191,10 @@ class ParallelDB(Engine):
                                  worker=worker, signal=self._broken[2])
 
     def _before_write(self):
+        if os.getpid() != self._owner_pid:
+            raise Error("this ParallelDB belongs to process %d; a forked child cannot write to it"
+                        % self._owner_pid, code="forked",
+                        hint="open a new ParallelDB in the child, or create it after forking")
         if self._broken is not None:
             message, worker, signal = self._broken
             raise WorkerCrashedError(message + "; writes are refused, reads still work",

@@ -288,7 +288,8 @@ cdef class Engine:
         rec.reserved = 0
         rec.hash = h
         out = <uint8_t *>(rec + 1)
-        memcpy(out, key, key_len)
+        if key_len:                      # key may be NULL when empty (numpy S0)
+            memcpy(out, key, key_len)
         if value_len:
             memcpy(out + key_len, value, value_len)
         # Zero the padding: ring bytes are deterministic (and valgrind-clean).
@@ -386,11 +387,14 @@ cdef class Engine:
 
     cdef int _abort_batch(self) except -1:
         """Undo the batch in flight: drop what was not published, and have every
-        worker that received part of it roll that part back."""
+        live worker that received part of it roll that part back. A dead
+        worker is skipped (writes are refused from then on, and its versions
+        of the batch stay above visible_seq, invisible), then reported."""
         cdef int i
         cdef RingProducer *r
         cdef amdb_ring_chunk *rec
         cdef uint64_t pos
+        crashed = None
         for i in range(self.nworkers):
             r = &self.producers[i]
             if r.chunk_open:
@@ -400,7 +404,13 @@ cdef class Engine:
             r = &self.producers[i]
             if r.batch_chunks == 0:
                 continue
-            pos = self._reserve(i, sizeof(amdb_ring_chunk))
+            try:
+                self._check_worker(i)
+                pos = self._reserve(i, sizeof(amdb_ring_chunk))
+            except Exception as exc:            # WorkerCrashedError
+                crashed = crashed or exc
+                r.batch_chunks = 0
+                continue
             rec = <amdb_ring_chunk *>ring_at(r.ring, r.mask, pos)
             rec.op = AMDB_OP_ABORT
             rec.flags = 0
@@ -410,9 +420,14 @@ cdef class Engine:
             ring_publish(r)
         for i in range(self.nworkers):
             if self.producers[i].batch_chunks:
-                self._wait_progress(i, 0, self.batch_first_seq)
+                try:
+                    self._wait_progress(i, 0, self.batch_first_seq)
+                except Exception as exc:
+                    crashed = crashed or exc
                 self.producers[i].batch_chunks = 0
         self._refresh_len()
+        if crashed is not None:
+            raise crashed
         return 0
 
     cdef object _write_pairs(self, items):

@@ -41,12 +41,14 @@ cdef uint64_t chain_hash(uint64_t prev_hash, const uint8_t *key, uint32_t key_le
     if total <= SMALL_RECORD:
         out = buffer
         _put_le64(out, prev_hash)
-        memcpy(out + 8, key, key_len)
+        if key_len:
+            memcpy(out + 8, key, key_len)
         out += 8 + key_len
         _put_le64(out, version_no)
         _put_le64(word, flags)
         memcpy(out + 8, word, 4)
-        memcpy(out + 12, value, value_len)
+        if value_len:                # value may be NULL for a tombstone
+            memcpy(out + 12, value, value_len)
         return amdb_xxh64(buffer, total, 0)
     amdb_xxh64_reset(&state, 0)
     _put_le64(word, prev_hash)
