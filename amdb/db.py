@@ -26,6 +26,7 @@ MAX_WORKERS = 256
 MIN_RING_SIZE = 64 << 10            # bytes
 DEFAULT_RING_SIZE = 32 << 20        # bytes per worker, committed at open
 DEFAULT_ARENA_SIZE = 16 << 30       # bytes per worker, reserved (sparse) not committed
+DEFAULT_MAX_KEY_SIZE = 4096        # bytes (smaller when ring_size/16 is smaller)
 SHUTDOWN_TIMEOUT = 10.0             # seconds a worker gets to leave before it is killed
 
 
@@ -70,7 +71,7 @@ class ParallelDB(Engine):
     """
 
     def __init__(self, path=None, *, workers=None, max_batch=100_000, ring_size=DEFAULT_RING_SIZE,
-                 arena_size=DEFAULT_ARENA_SIZE, max_key_size=4096, max_value_size=None,
+                 arena_size=DEFAULT_ARENA_SIZE, max_key_size=None, max_value_size=None,
                  start_timeout=30.0):
         if path is not None:
             raise InvalidArgumentError(
@@ -84,7 +85,10 @@ class ParallelDB(Engine):
         arena_size = _int_option("arena_size", arena_size, 1 << 20, 1 << 46)
         arena_size = (arena_size + 4095) // 4096 * 4096
         record_limit = ring_size // 8 - _engine.RECORD_HEADER_BYTES
-        max_key_size = _int_option("max_key_size", max_key_size, 1, min(65536, record_limit // 2))
+        key_limit = min(65536, record_limit // 2)
+        if max_key_size is None:
+            max_key_size = min(DEFAULT_MAX_KEY_SIZE, key_limit)
+        max_key_size = _int_option("max_key_size", max_key_size, 1, key_limit)
         value_limit = record_limit - max_key_size
         if max_value_size is None:
             max_value_size = value_limit

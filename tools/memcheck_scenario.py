@@ -1,0 +1,19 @@
+"""A small scenario that exercises every native path (chunking, ring wrap,
+deletes, an aborted multi-chunk batch, scans both ways, batch reads, the numpy
+paths) for `make memcheck` (valgrind) and `make asan-test` smoke runs.
+Exits non-zero if any result is wrong."""
+import amdb, numpy as np
+db = amdb.ParallelDB(workers=2, max_batch=500, ring_size=1<<16)
+db.batch_put([(b"k%05d" % i, b"v" * (i % 50)) for i in range(3000)])
+db.batch_delete([b"k%05d" % i for i in range(0, 3000, 7)])
+try:
+    db.batch_put(((b"x%d" % i, b"y") if i < 2000 else ("bad", b"y")) for i in range(2001))
+except amdb.InvalidTypeError:
+    pass
+assert db.get(b"x1") is None
+assert len(list(db.scan(prefix=b"k001"))) == len([i for i in range(100, 200) if i % 7])
+assert db.batch_get([b"k00001", b"k00007"]) == [b"v", None]
+list(db.scan(reverse=True, start=b"k002", stop=b"k003"))
+a = np.arange(1000, dtype=np.uint64); db.put_array(a, a); v, f = db.get_array(a, dtype=np.uint64); assert (v == a).all()
+db.close()
+print("memcheck scenario ok")
