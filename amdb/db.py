@@ -38,9 +38,11 @@ class BatchOutcome(NamedTuple):
 
 def _int_option(name, value, low, high):
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidTypeError(f"{name}= must be an int, not {type(value).__name__}")
+        raise InvalidTypeError(f"{name}= must be an int, not {type(value).__name__}",
+                               hint=f"pass an int between {low} and {high}")
     if not low <= value <= high:
-        raise InvalidArgumentError(f"{name}={value} is out of range [{low}, {high}]")
+        raise InvalidArgumentError(f"{name}={value} is out of range [{low}, {high}]",
+                                   hint=f"pass an int between {low} and {high}")
     return value
 
 

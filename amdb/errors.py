@@ -17,7 +17,7 @@ class Error(Exception):
     """Base class of every AmDb error."""
 
     code = "error"
-    hint = ""
+    hint = "see docs/API.md"
 
     def __init__(self, message, *, hint=None, code=None):
         super().__init__(message)
@@ -35,12 +35,14 @@ class InvalidArgumentError(Error, ValueError):
     """An argument has the right type but an unusable value."""
 
     code = "invalid_argument"
+    hint = "see docs/API.md for the accepted values"
 
 
 class InvalidTypeError(Error, TypeError):
     """An argument has the wrong type (for example ``str`` where bytes are needed)."""
 
     code = "invalid_type"
+    hint = "keys and values are bytes-like; see docs/API.md"
 
 
 class KeyTooLargeError(InvalidArgumentError):

@@ -484,6 +484,11 @@ cdef class Engine:
             if isinstance(keys, (bytes, bytearray, str)):
                 raise InvalidTypeError("batch_delete takes an iterable of keys, not a single key",
                                        hint="wrap it in a list: [key]")
+            try:
+                keys = iter(keys)
+            except TypeError:
+                raise InvalidTypeError(f"batch_delete takes an iterable of keys, not {type(keys).__name__}",
+                                       hint="pass a list of bytes keys") from None
             for key in keys:
                 bytes_view(key, &kp, &kl, &kview, &kheld, "key")
                 try:
@@ -698,7 +703,11 @@ cdef class Engine:
         if isinstance(keys, (bytes, bytearray, str)):
             raise InvalidTypeError("batch_get takes an iterable of keys, not a single key",
                                    hint="wrap it in a list: [key]")
-        held_keys = tuple(keys)        # our own references: safe to read without the GIL
+        try:
+            held_keys = tuple(keys)        # our own references: safe to read without the GIL
+        except TypeError:
+            raise InvalidTypeError(f"batch_get takes an iterable of keys, not {type(keys).__name__}",
+                                   hint="pass a list of bytes keys") from None        # our own references: safe to read without the GIL
         n = len(held_keys)
         converted = None
         ptrs = <const uint8_t **>malloc(max(n, 1) * sizeof(uint8_t *))
@@ -781,7 +790,7 @@ cdef class Engine:
                         if v.value_len > longest:
                             longest = v.value_len
                         if value_width >= 0 and (v.value_len > value_width or (exact and v.value_len != value_width)):
-                            raise InvalidArgumentError(
+                            raise ValueTooLargeError(
                                 f"the value of key #{i} has {v.value_len} bytes, which does not fit "
                                 f"the requested dtype ({value_width} bytes)",
                                 hint="pass dtype=None to size the result to the longest value")
