@@ -61,25 +61,18 @@ cdef inline amdb_ring_record *record_at(Worker *w, uint64_t pos) noexcept nogil:
 
 
 cdef inline int entry_compare(Worker *w, ChunkEntry *a, ChunkEntry *b) noexcept nogil:
-    cdef amdb_ring_record *ra
-    cdef amdb_ring_record *rb
-    cdef uint32_t common
-    cdef int c
+    """Order by (8-byte key prefix, position in the chunk). Equal keys keep
+    their write order (they have equal prefixes); keys sharing a prefix stay
+    in arrival order. That is all the skip-list finger needs for locality —
+    skiplist_insert is correct for any order — and it costs integer compares
+    only, never a memcmp of the key bytes."""
     if a.prefix != b.prefix:
         return -1 if a.prefix < b.prefix else 1
-    ra = record_at(w, a.pos)
-    rb = record_at(w, b.pos)
-    common = ra.key_len if ra.key_len < rb.key_len else rb.key_len
-    c = memcmp(<char *>(ra + 1), <char *>(rb + 1), common)
-    if c != 0:
-        return c
-    if ra.key_len != rb.key_len:
-        return -1 if ra.key_len < rb.key_len else 1
     return -1 if a.order < b.order else (1 if a.order > b.order else 0)
 
 
 cdef void sort_entries(Worker *w, ChunkEntry *e, int64_t n) noexcept nogil:
-    """Sort by (key, order): quicksort, median of three, insertion sort for
+    """Sort by entry_compare: quicksort, median of three, insertion sort for
     short runs, recursion on the smaller side only (stack depth O(log n))."""
     cdef int64_t i, j, mid
     cdef ChunkEntry pivot, tmp
