@@ -4,6 +4,7 @@
 #   make bench       build (release) and run perf/bench_reference.py
 #   make debug       build with AMDB_BUILD=debug and run the tests; `make release` goes back
 #   make asan        build with AMDB_BUILD=asan; `make asan-test` runs the tests under ASan
+#   make memcheck    valgrind memcheck (debug build) of tools/memcheck_scenario.py
 #   make clean       remove build/, generated C and compiled extensions (keeps .venv)
 #   make distclean   clean, and remove .venv
 #
@@ -37,7 +38,7 @@ EXT_SUFFIX  := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_confi
 EXT_MODULES := $(patsubst %.pyx,%$(EXT_SUFFIX),$(filter %.pyx,$(EXT_SOURCES)))
 MISSING_MODULES := $(filter-out $(wildcard $(EXT_MODULES)),$(EXT_MODULES))
 
-.PHONY: help venv install build ext test bench debug release asan asan-test clean distclean FORCE
+.PHONY: help venv install build ext test bench debug release asan asan-test clean distclean FORCE memcheck
 
 help:
 	@sed -n '2,13s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
@@ -105,6 +106,14 @@ asan-test: asan
 	LD_PRELOAD=$$($(ASAN_CC) -print-file-name=libasan.so) \
 	ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
 	  $(VPY) -m pytest -q $(PYTEST_ARGS)
+
+# Valgrind memcheck of the debug build on tools/memcheck_scenario.py, owner and
+# workers (--trace-children). Suppressions cover CPython and ld.so only.
+memcheck:
+	$(MAKE) --no-print-directory build AMDB_BUILD=debug
+	PYTHONMALLOC=malloc valgrind --quiet --trace-children=yes --error-exitcode=99 \
+	  --suppressions=tools/valgrind-python.supp --leak-check=no --num-callers=30 \
+	  $(VPY) tools/memcheck_scenario.py
 
 clean:
 	rm -rf build

@@ -50,9 +50,12 @@ def _next_power_of_two(n):
     return 1 << (n - 1).bit_length()
 
 
-def _reap(controls, procs, timeout):
+def _reap(owner_pid, controls, procs, timeout):
     """Ask every worker to stop, wait for them, kill the ones that do not go.
-    Shared by close() and the garbage-collection / exit finalizer."""
+    Shared by close() and the garbage-collection / exit finalizer. Does
+    nothing in a forked child: the workers belong to the owner."""
+    if os.getpid() != owner_pid:
+        return
     for mapping in controls:
         _engine.request_shutdown(mapping)
     deadline = time.monotonic() + timeout
@@ -95,6 +98,12 @@ class ParallelDB(Engine):
         if max_value_size is None:
             max_value_size = value_limit
         max_value_size = _int_option("max_value_size", max_value_size, 0, value_limit)
+        if isinstance(start_timeout, bool) or not isinstance(start_timeout, (int, float)):
+            raise InvalidTypeError(f"start_timeout= must be a number of seconds, not {type(start_timeout).__name__}",
+                                   hint="pass e.g. start_timeout=30.0")
+        if not 0 < start_timeout <= 3600:
+            raise InvalidArgumentError(f"start_timeout={start_timeout} must be in (0, 3600] seconds",
+                                       hint="pass e.g. start_timeout=30.0")
         self._owner_pid = os.getpid()
         self._procs = []
         self._controls = []
@@ -146,7 +155,7 @@ class ParallelDB(Engine):
                     stdin=subprocess.DEVNULL, close_fds=True, env=env))
             self._wait_ready(start_timeout)
         except BaseException:
-            _reap(self._controls, self._procs, 2.0)
+            _reap(self._owner_pid, self._controls, self._procs, 2.0)
             for name in names:
                 segment.unlink_quietly(name)
             raise
@@ -155,8 +164,8 @@ class ParallelDB(Engine):
             segment.unlink_quietly(name)
         self._attach(db_mapping, list(self._controls), arenas, max_batch, max_key_size,
                      max_value_size, self._write_lock_obj)
-        self._finalizer = weakref.finalize(self, _reap, list(self._controls), list(self._procs),
-                                           SHUTDOWN_TIMEOUT)
+        self._finalizer = weakref.finalize(self, _reap, self._owner_pid, list(self._controls),
+                                           list(self._procs), SHUTDOWN_TIMEOUT)
 
     def _wait_ready(self, timeout):
         deadline = time.monotonic() + timeout

@@ -272,6 +272,8 @@ cdef void rollback_batch(Worker *w, uint64_t abort_seq) noexcept nogil:
 
 
 cdef void handle_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) noexcept nogil:
+    """Apply (or skip) one chunk. `header` is the worker's private copy: after
+    ring_release the chunk's ring bytes may already hold the owner's next data."""
     cdef amdb_control *c = w.p.ctrl
     cdef int status
     if header.flags & AMDB_CHUNK_FIRST_OF_BATCH:
@@ -287,6 +289,9 @@ cdef void handle_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) 
         amdb_store_release(&c.failed_seq, header.seq)
     else:
         amdb_store_relaxed(&c.chunks_applied, c.chunks_applied + 1)
+        # Give the ring space back first, so that an owner that sees the chunk
+        # applied also sees its space free.
+        ring_release(c, header.end)
         # Release: every version of the chunk is whole before the owner
         # (and through visible_seq, every reader) may rely on it.
         amdb_store_release(&c.applied_seq, header.seq)
@@ -298,7 +303,7 @@ cdef int worker_loop(Worker *w) noexcept nogil:
     cdef uint64_t capacity = c.ring_capacity
     cdef uint64_t tail = amdb_load_relaxed(&c.ring_tail)
     cdef uint64_t head
-    cdef amdb_ring_chunk *header
+    cdef amdb_ring_chunk header      # a private copy: the ring bytes are the owner's once released
     cdef uint32_t op
     while True:
         head = ring_wait_data(c, tail, IDLE_TIMEOUT_NS)
@@ -313,11 +318,11 @@ cdef int worker_loop(Worker *w) noexcept nogil:
             if op == AMDB_OP_WRAP:
                 tail += capacity - (tail & (capacity - 1))
             elif op == AMDB_OP_CHUNK:
-                header = <amdb_ring_chunk *>ring_at(w.p.ring, capacity - 1, tail)
-                handle_chunk(w, header, tail)
+                header = (<amdb_ring_chunk *>ring_at(w.p.ring, capacity - 1, tail))[0]
+                handle_chunk(w, &header, tail)
                 tail = header.end
             elif op == AMDB_OP_ABORT:
-                header = <amdb_ring_chunk *>ring_at(w.p.ring, capacity - 1, tail)
+                header = (<amdb_ring_chunk *>ring_at(w.p.ring, capacity - 1, tail))[0]
                 rollback_batch(w, header.seq)
                 tail += sizeof(amdb_ring_chunk)
             else:

@@ -33,11 +33,15 @@ from amdb.native.versions cimport visible_version, is_live
 from amdb.errors import (ClosedError, InvalidArgumentError, InvalidTypeError, KeyTooLargeError,
                          ValueTooLargeError, raise_for_status)
 
+cdef extern from "Python.h":
+    int PyErr_CheckSignals() except -1
+
 cdef enum:
-    WAIT_SLICE_NS = 100000000     # 100 ms: waits wake up this often to check worker liveness
+    WAIT_SLICE_NS = 50000000      # 50 ms: waits wake up this often to check liveness and Ctrl-C
     PROGRESS_SPIN = 400           # pause iterations before sleeping on worker progress
     LOOKUP_GROUP = 32             # batch reads: keys whose cache misses overlap (prefetch)
     BATCH_GET_BLOCK = 512         # batch_get: keys looked up per GIL release
+    FIRST_CHUNK_RECORDS = 512     # records in a batch's first chunk per worker; doubles per chunk
 
 cdef enum ScanMode:
     SCAN_ITEMS = 0
@@ -224,6 +228,7 @@ cdef class Engine:
                 status = ring_wait_space(r, nbytes, WAIT_SLICE_NS)
             if status == AMDB_STATUS_OK:
                 return 0
+            PyErr_CheckSignals()
             self._check_worker(worker)
 
     cdef uint64_t _reserve(self, int worker, uint64_t nbytes) except? 0:
@@ -244,6 +249,9 @@ cdef class Engine:
         r.chunk_count = 0
         r.chunk_bytes = sizeof(amdb_ring_chunk)
         r.chunk_flags = AMDB_CHUNK_FIRST_OF_BATCH if r.batch_chunks == 0 else 0
+        # Ramp up: a batch's first chunks are small so the worker starts
+        # applying while we still pack; later ones grow to max_batch.
+        r.chunk_limit = min(self.max_batch, FIRST_CHUNK_RECORDS << min(r.batch_chunks, 20))
         r.chunk_open = True
         return 0
 
@@ -276,7 +284,7 @@ cdef class Engine:
         worker = self.dbc.slot_owner[h & SLOT_MASK]
         r = &self.producers[worker]
         nbytes = amdb_record_bytes(<uint32_t>key_len, <uint32_t>value_len)
-        if r.chunk_open and (r.chunk_count >= self.max_batch or r.chunk_bytes + nbytes > self.chunk_byte_cap):
+        if r.chunk_open and (r.chunk_count >= r.chunk_limit or r.chunk_bytes + nbytes > self.chunk_byte_cap):
             self._close_chunk(worker)
         if not r.chunk_open:
             self._open_chunk(worker)
@@ -299,14 +307,16 @@ cdef class Engine:
         r.batch_records += 1
         return 0
 
-    cdef void _begin_batch(self) noexcept:
+    cdef int _begin_batch(self) except -1:
         cdef int i
+        self._settle_aborts()
         for i in range(self.nworkers):
             self.producers[i].batch_chunks = 0
             self.producers[i].batch_records = 0
             self.producers[i].last_seq_sent = 0
             self.producers[i].chunk_open = False
         self.batch_first_seq = self.next_seq
+        return 0
 
     cdef int _wait_progress(self, int worker, uint64_t applied_target, uint64_t aborted_target) except -1:
         """Wait until the worker applied `applied_target` (or refused a chunk of
@@ -320,7 +330,7 @@ cdef class Engine:
             with nogil:
                 for i in range(PROGRESS_SPIN + 1):
                     if aborted_target:
-                        if amdb_load_acquire(&c.aborted_seq) == aborted_target:
+                        if amdb_load_acquire(&c.aborted_seq) >= aborted_target:
                             result = WAIT_DONE
                     elif amdb_load_acquire(&c.applied_seq) >= applied_target:
                         result = WAIT_DONE
@@ -331,7 +341,7 @@ cdef class Engine:
                     if i == PROGRESS_SPIN:
                         seen = progress_prepare_wait(c)
                         if aborted_target:
-                            if amdb_load_acquire(&c.aborted_seq) == aborted_target:
+                            if amdb_load_acquire(&c.aborted_seq) >= aborted_target:
                                 result = WAIT_DONE
                         elif amdb_load_acquire(&c.applied_seq) >= applied_target:
                             result = WAIT_DONE
@@ -344,6 +354,7 @@ cdef class Engine:
                     amdb_cpu_relax()
             if result != WAIT_TIMEOUT:
                 return result
+            PyErr_CheckSignals()
             self._check_worker(worker)
 
     cdef object _finish_batch(self):
@@ -387,47 +398,71 @@ cdef class Engine:
 
     cdef int _abort_batch(self) except -1:
         """Undo the batch in flight: drop what was not published, and have every
-        live worker that received part of it roll that part back. A dead
-        worker is skipped (writes are refused from then on, and its versions
-        of the batch stay above visible_seq, invisible), then reported."""
+        worker that received part of it roll that part back.
+
+        Never blocks, so Ctrl-C and a stuck worker surface at once: an ABORT
+        that does not fit its ring now stays pending, and no acknowledgement
+        is awaited here; the next write settles both before it sends anything
+        (_settle_aborts).
+        Until then the batch is invisible anyway: its versions are above
+        visible_seq, which only a write after the settlement can advance.
+        """
         cdef int i
         cdef RingProducer *r
-        cdef amdb_ring_chunk *rec
-        cdef uint64_t pos
-        crashed = None
         for i in range(self.nworkers):
             r = &self.producers[i]
             if r.chunk_open:
                 r.head = r.ctrl.ring_head       # our own last publication
                 r.chunk_open = False
+            if r.batch_chunks:
+                r.abort_to_send = self.batch_first_seq
+                r.batch_chunks = 0
+        for i in range(self.nworkers):
+            self._send_abort(i, False)
+        return 0
+
+    cdef bint _send_abort(self, int worker, bint wait) except -1:
+        """Write the pending ABORT record of `worker`, if any. With wait=False,
+        only if its ring has room now. True when nothing is left to send."""
+        cdef RingProducer *r = &self.producers[worker]
+        cdef amdb_ring_chunk *rec
+        cdef uint64_t pos, need = sizeof(amdb_ring_chunk)
+        if r.abort_to_send == 0:
+            return True
+        if r.capacity - (r.head & r.mask) < need:
+            need += r.capacity - (r.head & r.mask)
+        r.cached_tail = amdb_load_acquire(&r.ctrl.ring_tail)
+        if not wait and r.capacity - (r.head - r.cached_tail) < need:
+            return False
+        pos = self._reserve(worker, sizeof(amdb_ring_chunk))
+        rec = <amdb_ring_chunk *>ring_at(r.ring, r.mask, pos)
+        rec.op = AMDB_OP_ABORT
+        rec.flags = 0
+        rec.seq = r.abort_to_send
+        rec.count = 0
+        rec.end = r.head
+        ring_publish(r)
+        r.abort_to_ack = r.abort_to_send
+        r.abort_to_send = 0
+        return True
+
+    cdef int _settle_aborts(self) except -1:
+        """Make pending rollbacks happen before a new batch: write the ABORTs
+        still owed (waiting for ring space), then wait for every rollback to be
+        acknowledged. Waits check worker liveness and Ctrl-C; what they leave
+        undone stays pending for the next write."""
+        cdef int i
+        cdef RingProducer *r
+        for i in range(self.nworkers):
+            if self.producers[i].abort_to_send:
+                self._check_worker(i)
+                self._send_abort(i, True)
         for i in range(self.nworkers):
             r = &self.producers[i]
-            if r.batch_chunks == 0:
-                continue
-            try:
+            if r.abort_to_ack:
                 self._check_worker(i)
-                pos = self._reserve(i, sizeof(amdb_ring_chunk))
-            except Exception as exc:            # WorkerCrashedError
-                crashed = crashed or exc
-                r.batch_chunks = 0
-                continue
-            rec = <amdb_ring_chunk *>ring_at(r.ring, r.mask, pos)
-            rec.op = AMDB_OP_ABORT
-            rec.flags = 0
-            rec.seq = self.batch_first_seq
-            rec.count = 0
-            rec.end = r.head
-            ring_publish(r)
-        for i in range(self.nworkers):
-            if self.producers[i].batch_chunks:
-                try:
-                    self._wait_progress(i, 0, self.batch_first_seq)
-                except Exception as exc:
-                    crashed = crashed or exc
-                self.producers[i].batch_chunks = 0
-        self._refresh_len()
-        if crashed is not None:
-            raise crashed
+                self._wait_progress(i, 0, r.abort_to_ack)
+                r.abort_to_ack = 0
         return 0
 
     cdef object _write_pairs(self, items):
@@ -437,7 +472,7 @@ cdef class Engine:
         cdef Py_buffer kview, vview
         cdef bint kheld = False, vheld = False
         cdef object key, value
-        self._begin_batch()
+        self._begin_batch()              # settles earlier aborts; raises before anything is sent
         try:
             if isinstance(items, (list, tuple)):
                 seq = items
@@ -479,7 +514,7 @@ cdef class Engine:
         cdef Py_ssize_t kl
         cdef Py_buffer kview
         cdef bint kheld = False
-        self._begin_batch()
+        self._begin_batch()              # settles earlier aborts; raises before anything is sent
         try:
             if isinstance(keys, (bytes, bytearray, str)):
                 raise InvalidTypeError("batch_delete takes an iterable of keys, not a single key",
@@ -507,7 +542,7 @@ cdef class Engine:
         cdef Py_ssize_t i, kl, vl
         cdef const uint8_t *kp
         cdef const uint8_t *vp
-        self._begin_batch()
+        self._begin_batch()              # settles earlier aborts; raises before anything is sent
         try:
             for i in range(n):
                 kp = &keys[i * key_width] if key_width else NULL
@@ -789,7 +824,12 @@ cdef class Engine:
                         v = version_at(self.parts[workers[i]].arena, found[i])
                         if v.value_len > longest:
                             longest = v.value_len
-                        if value_width >= 0 and (v.value_len > value_width or (exact and v.value_len != value_width)):
+                        if exact and value_width >= 0 and v.value_len != value_width:
+                            raise InvalidArgumentError(
+                                f"the value of key #{i} has {v.value_len} bytes; the requested unsigned "
+                                f"dtype needs exactly {value_width}",
+                                hint="store integers with put_array and the same dtype, or read bytes with dtype=None")
+                        if value_width >= 0 and v.value_len > value_width:
                             raise ValueTooLargeError(
                                 f"the value of key #{i} has {v.value_len} bytes, which does not fit "
                                 f"the requested dtype ({value_width} bytes)",

@@ -15,12 +15,16 @@ ctypedef struct RingProducer:
     uint64_t chunk_pos       # ring position of its header
     uint64_t chunk_seq
     uint64_t chunk_count
+    uint64_t chunk_limit     # records at which this chunk closes (ramps up to max_batch)
     uint64_t chunk_bytes
     uint32_t chunk_flags
     # the batch in flight
     uint64_t batch_chunks    # chunks published in this batch
     uint64_t batch_records
     uint64_t last_seq_sent
+    # a rolled-back batch this worker still has to hear about (first seq; 0 = none)
+    uint64_t abort_to_send   # ABORT not written yet (its ring was full)
+    uint64_t abort_to_ack    # ABORT written, rollback not acknowledged yet
 
 cdef int ring_wait_space(RingProducer *r, uint64_t nbytes, int64_t timeout_ns) noexcept nogil
 cdef uint64_t ring_reserve_nowait(RingProducer *r, uint64_t nbytes) noexcept nogil

@@ -1,0 +1,166 @@
+"""Process and shared-memory helpers for the AmDb tests (no psutil: /proc only).
+
+Used by conftest.py (leak checks) and by the process tests (test_hygiene,
+test_concurrency). Everything here polls with a deadline; nothing sleeps to
+synchronise.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+SHM_DIR = "/dev/shm"
+POLL_INTERVAL = 0.01  # seconds between two looks at a condition
+
+
+def wait_until(predicate, timeout=5.0, interval=POLL_INTERVAL):
+    """Poll ``predicate()`` until it is truthy or ``timeout`` seconds pass.
+
+    Returns the last value of ``predicate()`` (truthy on success), so tests
+    write ``assert wait_until(lambda: ...), "what did not happen"``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def proc_stat(pid):
+    """(state, ppid) of ``pid`` from /proc/<pid>/stat, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # comm is in parentheses and may itself contain spaces or ')': split at the last ')'.
+    rest = data.rsplit(b")", 1)[1].split()
+    return rest[0].decode(), int(rest[1])
+
+
+def proc_cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return ""
+
+
+def is_alive(pid):
+    """True while ``pid`` exists and is not a zombie (a zombie has exited)."""
+    st = proc_stat(pid)
+    return st is not None and st[0] not in ("Z", "X", "x")
+
+
+def is_resource_tracker(pid):
+    # multiprocessing's resource tracker lives as long as the process that
+    # started it; it is not an AmDb worker.
+    return "resource_tracker" in proc_cmdline(pid)
+
+
+def children_of(pid, *, include_zombies=False, include_tracker=False):
+    """Pids whose parent is ``pid`` (alive ones unless include_zombies)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        st = proc_stat(int(name))
+        if st is None or st[1] != pid:
+            continue
+        if not include_zombies and st[0] in ("Z", "X", "x"):
+            continue
+        if not include_tracker and is_resource_tracker(int(name)):
+            continue
+        found.append(int(name))
+    return sorted(found)
+
+
+def descendants_of(pid, **kwargs):
+    result, todo = [], [pid]
+    while todo:
+        for child in children_of(todo.pop(), **kwargs):
+            result.append(child)
+            todo.append(child)
+    return sorted(result)
+
+
+def shm_entries(owner_pid):
+    """/dev/shm entries that belong to AmDb databases opened by ``owner_pid``."""
+    prefix = f"amdb_{owner_pid}_"
+    try:
+        return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def kill_quietly(pid, sig=signal.SIGKILL):
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def python_child(script, *args, stdin=True):
+    """Start ``sys.executable -c script`` with line-buffered text pipes.
+
+    The child runs in the repository root so that ``import amdb`` finds the
+    same package as the tests do.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *map(str, args)],
+        cwd=root, env=env, text=True,
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+
+
+def read_line(proc, timeout=60.0):
+    """Read one stdout line of ``proc`` within ``timeout`` seconds, or fail.
+
+    A helper thread does the blocking read so that a hung child cannot hang
+    the test run.
+    """
+    import threading
+    box = []
+    reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not box:
+        raise AssertionError(f"child {proc.pid} printed nothing within {timeout}s")
+    line = box[0]
+    if not line:
+        err = ""
+        try:
+            proc.wait(timeout=5)
+            err = proc.stderr.read()
+        except subprocess.TimeoutExpired:
+            pass
+        raise AssertionError(
+            f"child {proc.pid} closed stdout (rc={proc.returncode}); stderr:\n{err}")
+    return line.rstrip("\n")
+
+
+def reap(proc, timeout=10.0):
+    """Make sure ``proc`` and every descendant it still has are gone."""
+    if proc.poll() is None:
+        for pid in descendants_of(proc.pid, include_tracker=True):
+            kill_quietly(pid)
+        kill_quietly(proc.pid)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_quietly(proc.pid)
+        proc.wait(timeout=timeout)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass

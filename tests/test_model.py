@@ -1,0 +1,227 @@
+"""Model-based test: ParallelDB against a dict, driven by a hypothesis state machine.
+
+One database per configuration is reused across examples; every example starts
+from an empty database (the previous example's keys are deleted in teardown,
+and __init__ deletes anything still left), so the dict model is exact,
+including for len() and whole-database scans.
+"""
+import os
+import random
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test,
+)
+
+# A small alphabet so that keys collide and share prefixes; includes the empty
+# key and keys with \x00 and \xff bytes.
+KEY_ATOMS = [b"\x00", b"a", b"b", b"\xff"]
+keys_st = st.lists(st.sampled_from(KEY_ATOMS), max_size=3).map(b"".join)
+values_st = st.one_of(st.just(b""), st.binary(max_size=24), st.binary(min_size=100, max_size=600))
+pairs_st = st.lists(st.tuples(keys_st, values_st), max_size=12)
+containers_st = st.sampled_from(["list", "tuple", "generator", "list_pairs", "dict_items"])
+MISSING = object()
+
+
+def as_container(pairs, kind):
+    if kind == "list":
+        return list(pairs)
+    if kind == "tuple":
+        return tuple(pairs)
+    if kind == "generator":
+        return (p for p in pairs)
+    if kind == "list_pairs":
+        return [[k, v] for k, v in pairs]
+    # dict items lose duplicates but keep the last value: same result as the batch.
+    return dict(pairs).items()
+
+
+def check_outcome(outcome, n_items, n_unique):
+    success, results = outcome
+    assert success is True
+    assert outcome.success is True and outcome.results is results
+    assert n_unique <= results.count <= n_items
+    assert sum(results.per_worker) == results.count
+    if n_items == 0:
+        assert (results.count, results.first_seq, results.last_seq) == (0, 0, 0)
+    else:
+        assert 0 < results.first_seq <= results.last_seq
+    return results
+
+
+class DBMachine(RuleBasedStateMachine):
+    db = None  # set by the test before running the machine
+
+    def __init__(self):
+        super().__init__()
+        leftover = list(self.db.keys())
+        if leftover:
+            self.db.batch_delete(leftover)
+        self.model = {}
+        self.last_seq = 0
+
+    @initialize()
+    def starts_empty(self):
+        assert len(self.db) == 0
+        assert list(self.db.scan()) == []
+
+    def teardown(self):
+        keys = set(self.model)
+        keys.update(self.db.keys())
+        if keys:
+            self.db.batch_delete(list(keys))
+
+    def _seq_advances(self, results):
+        if results.count:
+            assert results.first_seq > self.last_seq
+            self.last_seq = results.last_seq
+
+    # -- writes ---------------------------------------------------------------
+    @rule(key=keys_st, value=values_st)
+    def put(self, key, value):
+        assert self.db.put(key, value) is None
+        self.model[key] = value
+
+    @rule(key=keys_st)
+    def delete(self, key):
+        assert self.db.delete(key) is None
+        self.model.pop(key, None)
+
+    @rule(pairs=pairs_st, kind=containers_st)
+    def batch_put(self, pairs, kind):
+        n_items = len(dict(pairs)) if kind == "dict_items" else len(pairs)
+        outcome = self.db.batch_put(as_container(pairs, kind))
+        results = check_outcome(outcome, n_items, len({k for k, _ in pairs}))
+        self._seq_advances(results)
+        for k, v in pairs:  # last one wins
+            self.model[k] = v
+
+    @rule(keys=st.lists(keys_st, max_size=10), as_generator=st.booleans())
+    def batch_delete(self, keys, as_generator):
+        source = (k for k in keys) if as_generator else list(keys)
+        outcome = self.db.batch_delete(source)
+        success, results = outcome
+        assert success is True
+        assert sum(results.per_worker) == results.count
+        assert results.count <= len(keys)
+        self._seq_advances(results)
+        for k in keys:
+            self.model.pop(k, None)
+
+    @rule(pairs=pairs_st, keys=st.lists(keys_st, max_size=6))
+    def put_then_delete_in_two_batches(self, pairs, keys):
+        # A key put in one batch and deleted in the next must end up deleted,
+        # also when both batches land in several chunks.
+        self.db.batch_put(pairs)
+        self.db.batch_delete(keys + [k for k, _ in pairs[:2]])
+        for k, v in pairs:
+            self.model[k] = v
+        for k in keys + [k for k, _ in pairs[:2]]:
+            self.model.pop(k, None)
+
+    # -- reads ----------------------------------------------------------------
+    @rule(key=keys_st)
+    def get(self, key):
+        got = self.db.get(key)
+        assert got == self.model.get(key)
+        if got is not None:
+            assert type(got) is bytes
+        if key in self.model:
+            assert self.db.get(key, MISSING) == self.model[key]
+        else:
+            assert self.db.get(key, MISSING) is MISSING
+            assert self.db.get(key, default=b"dflt") == b"dflt"
+
+    @rule(keys=st.lists(keys_st, max_size=12))
+    def batch_get(self, keys):
+        got = self.db.batch_get(keys)
+        assert isinstance(got, list)
+        assert got == [self.model.get(k) for k in keys]
+
+    @rule(key=keys_st)
+    def contains(self, key):
+        assert (key in self.db) == (key in self.model)
+
+    @rule(start=st.none() | keys_st, stop=st.none() | keys_st,
+          reverse=st.booleans(), keys_only=st.booleans())
+    def scan_range(self, start, stop, reverse, keys_only):
+        keys = sorted(k for k in self.model
+                      if (start is None or k >= start) and (stop is None or k < stop))
+        if reverse:
+            keys.reverse()
+        expected = keys if keys_only else [(k, self.model[k]) for k in keys]
+        got = list(self.db.scan(start, stop, reverse=reverse, keys_only=keys_only))
+        assert got == expected, (start, stop, reverse, keys_only)
+
+    @rule(prefix=keys_st, reverse=st.booleans(), keys_only=st.booleans())
+    def scan_prefix(self, prefix, reverse, keys_only):
+        keys = sorted(k for k in self.model if k.startswith(prefix))
+        if reverse:
+            keys.reverse()
+        expected = keys if keys_only else [(k, self.model[k]) for k in keys]
+        got = list(self.db.scan(prefix=prefix, reverse=reverse, keys_only=keys_only))
+        assert got == expected, (prefix, reverse, keys_only)
+
+    @rule()
+    def whole_db_iterators(self):
+        keys = sorted(self.model)
+        assert list(self.db.keys()) == keys
+        assert list(iter(self.db)) == keys
+        assert list(self.db.values()) == [self.model[k] for k in keys]
+        assert list(self.db.items()) == [(k, self.model[k]) for k in keys]
+
+    @invariant()
+    def length_matches(self):
+        assert len(self.db) == len(self.model)
+
+
+# (workers, max_batch): a tiny max_batch splits even small batches into several
+# chunks per worker, so "last one wins" must hold across chunks too.
+CONFIGS = [(1, 100_000), (3, 3)]
+
+
+@pytest.mark.parametrize("workers,max_batch", CONFIGS, ids=["w1", "w3-chunked"])
+def test_db_matches_dict_model(make_db, workers, max_batch):
+    db = make_db(workers=workers, max_batch=max_batch)
+
+    class Machine(DBMachine):
+        pass
+
+    Machine.db = db
+    run_state_machine_as_test(
+        Machine, settings=settings(max_examples=60, stateful_step_count=30, deadline=None))
+    # The machine really ran against this database.
+    assert db.stats()["visible_seq"] > 0
+    assert not db.closed
+
+
+def test_random_sizes_up_to_the_limits_through_a_tiny_ring(make_db):
+    """Keys and values of every size up to max_key_size / max_value_size, packed
+    through the smallest ring (64 KiB), so records wrap at every alignment."""
+    rng = random.Random(2024)
+    max_key, max_value = 1000, 6000  # a record of both still fits ring_size // 8
+    db = make_db(workers=2, ring_size=1 << 16, max_batch=7,
+                 max_key_size=max_key, max_value_size=max_value)
+    model = {}
+    for rnd in range(120):
+        items = []
+        for _ in range(rng.randint(0, 40)):
+            key_len = rng.choice([0, 1, 7, 8, 9, 16, 17, max_key - 1, max_key,
+                                  rng.randint(0, max_key)])
+            value_len = rng.choice([0, 1, 7, 8, 9, max_value - 1, max_value,
+                                    rng.randint(0, max_value), rng.randint(0, 64)])
+            items.append((bytes([rng.randint(0, 3)]) * key_len, os.urandom(value_len)))
+        if model and rng.random() < 0.25:
+            doomed = [k for k, _ in items[:3]] + rng.sample(sorted(model), min(3, len(model)))
+            db.batch_delete(doomed)
+            for k in doomed:
+                model.pop(k, None)
+        db.batch_put(items)
+        model.update(items)
+        if rnd % 10 == 0:
+            assert len(db) == len(model)
+            assert list(db.items()) == sorted(model.items())
+    assert db.batch_get(list(model)) == list(model.values())
+    assert list(db.scan(reverse=True, keys_only=True)) == sorted(model, reverse=True)
