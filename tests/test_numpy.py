@@ -225,3 +225,18 @@ def test_million_item_round_trip(make_db):
     probe = keys[:: 99_991]
     assert db.batch_get([int(k).to_bytes(8, "big") for k in probe]) == \
         [bytes(s_values[i]) for i in range(0, n, 99_991)]
+
+
+def test_hash_index_grows_past_tag_bits(make_db):
+    # Tables of up to 2^21 slots grow from the slot tags alone; past that the
+    # worker re-reads every node's full hash. 3M keys in one worker cross it
+    # (3M / 0.625 load > 2^22 slots): every key must still be found.
+    db = make_db(workers=1)
+    keys = np.arange(3_000_000, dtype=np.uint64)
+    db.put_array(keys, keys * np.uint64(3))
+    values, found = db.get_array(keys, dtype=np.uint64)
+    assert found.all()
+    assert (values == keys * np.uint64(3)).all()
+    assert len(db) == len(keys)
+    missing, found = db.get_array(np.arange(3_000_000, 3_000_100, dtype=np.uint64))
+    assert not found.any()

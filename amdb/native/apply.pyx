@@ -231,7 +231,7 @@ cdef int apply_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) no
         if i + PREFETCH_DISTANCE < count:
             table = table_at(w.p.arena, w.p.ctrl.hash_table)
             ahead = record_at(w, w.entries[i + PREFETCH_DISTANCE].pos)
-            amdb_prefetch(&table.slots[ahead.hash & (table.capacity - 1)])
+            amdb_prefetch(&table.slots[amdb_slot_home(ahead.hash, table.log2_capacity)])
         apply_record(w, &w.entries[i], header.seq, timestamp_ns)
     return AMDB_STATUS_OK
 

@@ -692,15 +692,15 @@ cdef class Engine:
                 workers[i] = w
                 if w < 256:
                     t = tables[w]
-                    slots[j] = &t.slots[hashes[j] & (t.capacity - 1)]
+                    slots[j] = &t.slots[amdb_slot_home(hashes[j], t.log2_capacity)]
                     amdb_prefetch(slots[j])
                 else:
                     slots[j] = NULL
             for j in range(m):
                 if slots[j] != NULL:
                     node_off = amdb_load_acquire(slots[j])
-                    if node_off != 0 and amdb_slot_tag(node_off) == amdb_slot_tag(hashes[j]):
-                        amdb_prefetch(self.parts[workers[base + j]].arena + (node_off & AMDB_SLOT_OFFSET_MASK))
+                    if node_off != 0 and amdb_slot_word_tag(node_off) == amdb_slot_tag(hashes[j]):
+                        amdb_prefetch(self.parts[workers[base + j]].arena + amdb_slot_node(node_off))
             for j in range(m):
                 i = base + j
                 p = &self.parts[workers[i]]

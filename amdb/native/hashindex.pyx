@@ -10,10 +10,11 @@ Process safety:
     tombstone); (3) a grown table is a new arena block holding every entry of
     the old one; the old table is never freed, so a reader that loaded it
     keeps a complete view of the keys that existed when it loaded it.
-  - Slots are single words (tag << 48 | node offset, layout.h): the writer
-    publishes one with a release store; a reader acquire-loads it, stops at 0
-    (end of the probe run), and on a tag match confirms with the node's full
-    hash and key. A new table is filled with plain stores and published by a release
+  - Slots are single words (21-bit hash tag | node offset / 8, layout.h):
+    the writer publishes one with a release store; a reader acquire-loads it,
+    stops at 0 (end of the probe run), and on a tag match confirms with the
+    node's full hash and key. Home slots come from the hash's top bits, so a
+    table of up to 2^21 slots grows without reading any node. A new table is filled with plain stores and published by a release
     store into control.hash_table; readers acquire-load it.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
@@ -35,7 +36,7 @@ cdef uint64_t hashindex_find(const char *arena, uint64_t table_off, uint64_t has
     """Node offset of `key` in the table at `table_off`, or 0."""
     cdef amdb_hash_table *table = table_at(arena, table_off)
     cdef uint64_t mask = table.capacity - 1
-    cdef uint64_t i = hash & mask
+    cdef uint64_t i = amdb_slot_home(hash, table.log2_capacity)
     cdef uint64_t tag = amdb_slot_tag(hash)
     cdef uint64_t word, node_off
     cdef amdb_node *node
@@ -44,8 +45,8 @@ cdef uint64_t hashindex_find(const char *arena, uint64_t table_off, uint64_t has
         word = amdb_load_acquire(&table.slots[i])
         if word == 0:
             return 0
-        if amdb_slot_tag(word) == tag:
-            node_off = word & AMDB_SLOT_OFFSET_MASK
+        if amdb_slot_word_tag(word) == tag:
+            node_off = amdb_slot_node(word)
             node = node_at(arena, node_off)
             if node.hash == hash and node.key_len == key_len and memcmp(amdb_node_key(node), key, key_len) == 0:
                 return node_off
@@ -65,10 +66,9 @@ cdef uint64_t hashindex_growth_bytes(PartitionView *p, uint64_t new_keys) noexce
     return total
 
 
-cdef void _place(amdb_hash_table *table, uint64_t hash, uint64_t node_off, bint publish) noexcept nogil:
+cdef void _place(amdb_hash_table *table, uint64_t home, uint64_t word, bint publish) noexcept nogil:
     cdef uint64_t mask = table.capacity - 1
-    cdef uint64_t i = hash & mask
-    cdef uint64_t word = (amdb_slot_tag(hash) << 48) | node_off
+    cdef uint64_t i = home
     while table.slots[i] != 0:
         i = (i + 1) & mask
     if publish:
@@ -81,22 +81,28 @@ cdef void _place(amdb_hash_table *table, uint64_t hash, uint64_t node_off, bint 
 cdef void _grow(PartitionView *p) noexcept nogil:
     cdef amdb_hash_table *old = table_at(p.arena, p.ctrl.hash_table)
     cdef uint64_t capacity = old.capacity * 2
+    cdef uint32_t log2_capacity = old.log2_capacity + 1
     cdef uint64_t nbytes = hashindex_table_bytes(capacity)
     cdef uint64_t off = alloc_block(p, AMDB_BLOCK_HASH_TABLE, nbytes)
     cdef amdb_hash_table *table = table_at(p.arena, off)
-    cdef uint64_t i
+    cdef uint64_t i, word, home
     memset(<char *>table + sizeof(amdb_block), 0, nbytes - sizeof(amdb_block))
     table.capacity = capacity
-    # Unpublished table: plain stores.
-    cdef uint64_t node_off
-    # Re-placing needs each node's full hash: prefetch the nodes some slots
-    # ahead so that their cache misses overlap.
+    table.log2_capacity = log2_capacity
+    # Unpublished table: plain stores. The tag holds the top 21 hash bits,
+    # enough to place an entry in tables of up to 2^21 slots; beyond that the
+    # node's full hash is read (prefetched some slots ahead).
     for i in range(old.capacity):
-        if i + GROW_PREFETCH < old.capacity and old.slots[i + GROW_PREFETCH] != 0:
-            amdb_prefetch(p.arena + (old.slots[i + GROW_PREFETCH] & AMDB_SLOT_OFFSET_MASK))
-        if old.slots[i] != 0:
-            node_off = old.slots[i] & AMDB_SLOT_OFFSET_MASK
-            _place(table, node_at(p.arena, node_off).hash, node_off, False)
+        word = old.slots[i]
+        if log2_capacity > AMDB_SLOT_TAG_BITS:
+            if i + GROW_PREFETCH < old.capacity and old.slots[i + GROW_PREFETCH] != 0:
+                amdb_prefetch(p.arena + amdb_slot_node(old.slots[i + GROW_PREFETCH]))
+        if word != 0:
+            if log2_capacity <= AMDB_SLOT_TAG_BITS:
+                home = amdb_slot_word_tag(word) >> (AMDB_SLOT_TAG_BITS - log2_capacity)
+            else:
+                home = amdb_slot_home(node_at(p.arena, amdb_slot_node(word)).hash, log2_capacity)
+            _place(table, home, word, False)
     # Release: the new table is whole before readers can load it.
     amdb_store_release(&p.ctrl.hash_table, off)
 
@@ -110,4 +116,4 @@ cdef void hashindex_insert(PartitionView *p, uint64_t hash, uint64_t node_off) n
     if (table.count + 1) * AMDB_HASH_MAX_LOAD_DEN > table.capacity * AMDB_HASH_MAX_LOAD_NUM:
         _grow(p)
         table = table_at(p.arena, p.ctrl.hash_table)
-    _place(table, hash, node_off, True)
+    _place(table, amdb_slot_home(hash, table.log2_capacity), amdb_slot_word(hash, node_off), True)

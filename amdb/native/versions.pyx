@@ -24,10 +24,24 @@ cdef enum:
     SMALL_RECORD = 512   # chain input up to this size is hashed in one shot from the stack
 
 
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* One 8-byte store: a later 8-byte load of the hash input can then be
+     * forwarded from it (byte-wise stores made every such load stall). */
+    static inline void amdb_put_le64(uint8_t *out, uint64_t v) {
+    #if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        v = __builtin_bswap64(v);
+    #endif
+        memcpy(out, &v, 8);
+    }
+    """
+    void amdb_put_le64(uint8_t *out, uint64_t v) noexcept nogil
+
+
 cdef inline void _put_le64(uint8_t *out, uint64_t v) noexcept nogil:
-    cdef int i
-    for i in range(8):
-        out[i] = <uint8_t>(v >> (8 * i))
+    amdb_put_le64(out, v)
 
 
 cdef uint64_t chain_hash(uint64_t prev_hash, const uint8_t *key, uint32_t key_len,

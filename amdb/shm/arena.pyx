@@ -129,6 +129,8 @@ cdef int arena_init(PartitionView *p) noexcept nogil:
     table = table_at(p.arena, table_off)
     memset(<char *>table + sizeof(amdb_block), 0, table_bytes - sizeof(amdb_block))
     table.capacity = AMDB_HASH_INITIAL_CAPACITY
+    table.log2_capacity = 12
+    assert (1 << table.log2_capacity) == AMDB_HASH_INITIAL_CAPACITY
     # Release: the head and the table are whole before anyone can find them.
     amdb_store_release(&c.hash_table, table_off)
     amdb_store_release(&c.skiplist_head, head_off)

@@ -47,7 +47,7 @@
 #define AMDB_PAGE 4096
 #define AMDB_ARENA_FIRST_BLOCK 64    /* offset 0 is null; bytes 0..63 hold the arena magic */
 #define AMDB_COMMIT_STEP (64ULL << 20) /* commit arena memory 64 MiB at a time */
-#define AMDB_MAX_ARENA_BYTES (1ULL << 46) /* node offsets must fit a hash slot's 48 bits */
+#define AMDB_MAX_ARENA_BYTES (1ULL << 46) /* node offset / 8 must fit a hash slot's 43 bits */
 #define AMDB_MAX_HEIGHT 16           /* skip list: p = 1/4, fine for 4^16 keys */
 
 /* Status numbers; amdb/errors.py maps them to exceptions (raise_for_status). */
@@ -204,13 +204,27 @@ typedef struct amdb_version_tail {
     uint64_t node;                  /* owning node (rollback, verification) */
 } amdb_version_tail;
 
-/* Hash index slot: one 8-byte word, (top 16 bits of the key's hash) << 48 |
- * node offset; 0 = empty. One word means one release store publishes it, and
- * half the memory of a (hash, offset) pair keeps large tables in cache. */
+/* Hash index slot: one 8-byte word, 0 = empty:
+ *   bits 63..43  the top 21 bits of the key's xxh64 (the tag)
+ *   bits 42..0   node offset / 8 (offsets are 8-aligned; arenas <= 64 TiB)
+ * Tables index slots by the TOP bits of the hash (hash >> (64 - log2 cap)),
+ * so for tables of up to 2^21 slots the tag alone says where an entry
+ * belongs and growing a table never touches the nodes. One word means one
+ * release store publishes a slot; 8 bytes a slot keeps large tables in cache. */
 typedef uint64_t amdb_hash_slot;
-#define AMDB_SLOT_OFFSET_BITS 48
+#define AMDB_SLOT_TAG_BITS 21
+#define AMDB_SLOT_OFFSET_BITS 43
 #define AMDB_SLOT_OFFSET_MASK ((1ULL << AMDB_SLOT_OFFSET_BITS) - 1)
-static inline uint64_t amdb_slot_tag(uint64_t hash) { return hash >> AMDB_SLOT_OFFSET_BITS; }
+static inline uint64_t amdb_slot_tag(uint64_t hash) { return hash >> (64 - AMDB_SLOT_TAG_BITS); }
+static inline uint64_t amdb_slot_word(uint64_t hash, uint64_t node_off) {
+    return (amdb_slot_tag(hash) << AMDB_SLOT_OFFSET_BITS) | (node_off >> 3);
+}
+static inline uint64_t amdb_slot_node(uint64_t word) { return (word & AMDB_SLOT_OFFSET_MASK) << 3; }
+static inline uint64_t amdb_slot_word_tag(uint64_t word) { return word >> AMDB_SLOT_OFFSET_BITS; }
+/* Home slot of `hash` in a table of 2^log2_capacity slots. */
+static inline uint64_t amdb_slot_home(uint64_t hash, uint32_t log2_capacity) {
+    return log2_capacity ? hash >> (64 - log2_capacity) : 0;
+}
 
 /* Open-addressing table (linear probing). A grown table is a new block; the
  * old one stays valid (and complete as of its retirement) for readers in flight. */
@@ -218,6 +232,8 @@ typedef struct amdb_hash_table {
     amdb_block block;
     uint64_t capacity;              /* slots, a power of two; immutable */
     uint64_t count;                 /* used slots; worker-private */
+    uint32_t log2_capacity;         /* immutable */
+    uint32_t reserved;
     amdb_hash_slot slots[];
 } amdb_hash_table;
 

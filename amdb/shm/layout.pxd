@@ -39,6 +39,7 @@ cdef extern from "layout.h" nogil:
         AMDB_HASH_MAX_LOAD_NUM
         AMDB_HASH_MAX_LOAD_DEN
         AMDB_HASH_INITIAL_CAPACITY
+        AMDB_SLOT_TAG_BITS
 
     ctypedef struct amdb_control:
         uint64_t magic
@@ -124,13 +125,17 @@ cdef extern from "layout.h" nogil:
         uint64_t node
 
     ctypedef uint64_t amdb_hash_slot
-    uint64_t AMDB_SLOT_OFFSET_MASK
     uint64_t amdb_slot_tag(uint64_t hash) noexcept
+    uint64_t amdb_slot_word(uint64_t hash, uint64_t node_off) noexcept
+    uint64_t amdb_slot_node(uint64_t word) noexcept
+    uint64_t amdb_slot_word_tag(uint64_t word) noexcept
+    uint64_t amdb_slot_home(uint64_t hash, uint32_t log2_capacity) noexcept
 
     ctypedef struct amdb_hash_table:
         amdb_block block
         uint64_t capacity
         uint64_t count
+        uint32_t log2_capacity
         amdb_hash_slot slots[1]
 
     uint64_t amdb_round8(uint64_t n) noexcept
