@@ -243,6 +243,25 @@ class ParallelDB(Engine):
         return BatchOutcome(True, self._put_arrays(key_data, key_width, strip_keys,
                                                    value_data, value_width, strip_values, n))
 
+    def put_packed(self, keys, key_offsets, values, value_offsets):
+        """Batch put from packed buffers: item i is keys[key_offsets[i]:key_offsets[i+1]]
+        and values[value_offsets[i]:value_offsets[i+1]]; offsets are int64 arrays
+        of n + 1 entries (the layout amdb.native.routing.group_pairs produces).
+        One atomic batch, no Python object per item."""
+        import numpy as np
+        if self.closed:
+            raise ClosedError("the database is closed")
+        arrays = []
+        for name, array, dtype in (("keys", keys, np.uint8), ("key_offsets", key_offsets, np.int64),
+                                   ("values", values, np.uint8), ("value_offsets", value_offsets, np.int64)):
+            if not isinstance(array, np.ndarray) or array.ndim != 1 or array.dtype != dtype:
+                raise InvalidTypeError(f"put_packed: {name} must be a 1-D numpy array of {np.dtype(dtype)}",
+                                       hint="see amdb.native.routing.group_pairs for the layout")
+            arrays.append(np.ascontiguousarray(array))
+        if len(arrays[1]) != len(arrays[3]) or len(arrays[1]) == 0:
+            raise InvalidArgumentError("put_packed: key_offsets and value_offsets must both have n + 1 entries")
+        return BatchOutcome(True, self._put_packed(*arrays))
+
     def get_array(self, keys, dtype=None):
         """Look up a 1-D numpy array of keys; returns ``(values, found)``."""
         import numpy as np

@@ -561,6 +561,36 @@ cdef class Engine:
             self._abort_batch()
             raise
 
+    cdef object _write_packed(self, const uint8_t[::1] keys, const int64_t[::1] key_offsets,
+                              const uint8_t[::1] values, const int64_t[::1] value_offsets):
+        cdef Py_ssize_t i, n = key_offsets.shape[0] - 1
+        cdef const uint8_t *kbase = &keys[0] if keys.shape[0] else <const uint8_t *>""
+        cdef const uint8_t *vbase = &values[0] if values.shape[0] else <const uint8_t *>""
+        cdef int64_t kl, vl
+        # Validate every offset before anything is packed.
+        for i in range(n):
+            kl = key_offsets[i + 1] - key_offsets[i]
+            vl = value_offsets[i + 1] - value_offsets[i]
+            if kl < 0 or vl < 0 or key_offsets[i] < 0 or value_offsets[i] < 0 \
+                    or key_offsets[i + 1] > keys.shape[0] or value_offsets[i + 1] > values.shape[0]:
+                raise InvalidArgumentError(f"put_packed: offsets of item {i} are out of order or out of bounds")
+        self._begin_batch()
+        try:
+            for i in range(n):
+                self._pack(AMDB_OP_PUT, kbase + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
+                           vbase + value_offsets[i], value_offsets[i + 1] - value_offsets[i])
+            return self._finish_batch()
+        except BaseException:
+            self._abort_batch()
+            raise
+
+    def _put_packed(self, keys, key_offsets, values, value_offsets):
+        self._check_open()
+        with self._write_lock:
+            self._check_open()
+            self._before_write()
+            return self._write_packed(keys, key_offsets, values, value_offsets)
+
     # ---- public writes -----------------------------------------------------
 
     def put(self, key, value):

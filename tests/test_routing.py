@@ -1,0 +1,75 @@
+"""Bulk routing helpers (amdb.native.routing) and ParallelDB.put_packed."""
+import random
+
+import numpy as np
+import pytest
+import xxhash
+
+import amdb
+from amdb.native import routing
+
+
+def _packed(keys):
+    offsets = np.zeros(len(keys) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(k) for k in keys])
+    return np.frombuffer(b"".join(keys), dtype=np.uint8).copy(), offsets
+
+
+def test_slots_match_xxhash_for_lists_and_packed_buffers():
+    rng = random.Random(7)
+    keys = [bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 40))) for _ in range(2000)]
+    expected = [xxhash.xxh64_intdigest(k) % amdb.SLOT_COUNT for k in keys]
+    assert routing.slots_of_keys(keys).tolist() == expected
+    data, offsets = _packed(keys)
+    assert routing.slots_of_packed(data, offsets).tolist() == expected
+
+
+def test_group_pairs_splits_by_owner_and_keeps_order():
+    owners = 3
+    slot_owner = np.array([(s * 7) % owners for s in range(amdb.SLOT_COUNT)], dtype=np.uint16)
+    items = [(b"k%04d" % i, b"v" * (i % 5)) for i in range(3000)] + [(b"k0001", b"again")]
+    groups = routing.group_pairs(items, slot_owner, owners)
+    assert len(groups) == owners
+    seen = []
+    for owner, (keys, key_offsets, values, value_offsets) in enumerate(groups):
+        for i in range(len(key_offsets) - 1):
+            key = keys[key_offsets[i]:key_offsets[i + 1]].tobytes()
+            value = values[value_offsets[i]:value_offsets[i + 1]].tobytes()
+            assert slot_owner[xxhash.xxh64_intdigest(key) % amdb.SLOT_COUNT] == owner
+            seen.append((owner, key, value))
+    assert sorted((k, v) for _, k, v in seen) == sorted(items)
+    # Order within an owner is the input order (the duplicate comes last).
+    dup = [v for _, k, v in seen if k == b"k0001"]
+    assert dup == [b"v", b"again"]
+
+
+def test_group_pairs_rejects_bad_input():
+    slot_owner = np.zeros(amdb.SLOT_COUNT, dtype=np.uint16)
+    with pytest.raises(amdb.InvalidTypeError):
+        routing.group_pairs([("k", b"v")], slot_owner, 1)
+    with pytest.raises(amdb.InvalidArgumentError):
+        routing.group_pairs([(b"k",)], slot_owner, 1)
+    with pytest.raises(amdb.InvalidArgumentError):
+        routing.group_pairs([(b"k", b"v")], slot_owner, 0)
+    with pytest.raises(amdb.InvalidArgumentError):
+        routing.group_pairs([], np.zeros(5, dtype=np.uint16), 1)
+
+
+def test_put_packed_round_trip_and_atomic_on_bad_offsets(make_db):
+    db = make_db(workers=2)
+    items = [(b"p%05d" % i, b"x" * (i % 9)) for i in range(5000)]
+    slot_owner = np.zeros(amdb.SLOT_COUNT, dtype=np.uint16)
+    keys, key_offsets, values, value_offsets = routing.group_pairs(items, slot_owner, 1)[0]
+    success, results = db.put_packed(keys, key_offsets, values, value_offsets)
+    assert success and results.count == len(items)
+    assert db.batch_get([k for k, _ in items]) == [v for _, v in items]
+    before = len(db)
+    bad = key_offsets.copy()
+    bad[-1] = len(keys) + 10                       # past the end of the buffer
+    with pytest.raises(amdb.InvalidArgumentError):
+        db.put_packed(keys, bad, values, value_offsets)
+    with pytest.raises(amdb.InvalidTypeError):
+        db.put_packed(keys, key_offsets.astype(np.int32), values, value_offsets)
+    with pytest.raises(amdb.InvalidArgumentError):
+        db.put_packed(keys, key_offsets[:-1], values, value_offsets)
+    assert len(db) == before
