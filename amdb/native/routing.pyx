@@ -10,6 +10,7 @@ entries; item i is buffer[offsets[i]:offsets[i + 1]].
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
 from libc.stdint cimport uint8_t, uint16_t, int64_t, uint64_t
 from libc.string cimport memcpy
+from cpython.mem cimport PyMem_Malloc, PyMem_Calloc, PyMem_Free
 from amdb.native.hashing cimport amdb_xxh64, SLOT_MASK
 
 import numpy as np
@@ -71,8 +72,10 @@ def group_pairs(items, const uint16_t[::1] slot_owner, int owners):
         if type(item) is not tuple or len(<tuple>item) != 2:
             if not isinstance(item, (tuple, list)) or len(item) != 2:
                 raise InvalidArgumentError("items must be (key, value) pairs")
-            item = tuple(item)
-        key, value = item
+            raise InvalidTypeError("items must be 2-tuples for group_pairs",
+                                   hint="pass a list of (key, value) tuples")
+        key = (<tuple>item)[0]
+        value = (<tuple>item)[1]
         if not PyBytes_Check(key) or not PyBytes_Check(value):
             if isinstance(key, str) or isinstance(value, str):
                 raise InvalidTypeError("keys and values must be bytes, not str",
@@ -87,36 +90,50 @@ def group_pairs(items, const uint16_t[::1] slot_owner, int owners):
         kb[owner] += PyBytes_GET_SIZE(key)
         vb[owner] += PyBytes_GET_SIZE(value)
         cnt[owner] += 1
-    groups = []
-    cdef list key_bufs = [], key_offs = [], value_bufs = [], value_offs = []
-    for owner in range(owners):
-        key_bufs.append(np.empty(kb[owner], dtype=np.uint8))
-        value_bufs.append(np.empty(vb[owner], dtype=np.uint8))
-        key_offs.append(np.empty(cnt[owner] + 1, dtype=np.int64))
-        value_offs.append(np.empty(cnt[owner] + 1, dtype=np.int64))
-    cdef int64_t[::1] kpos = np.zeros(owners, dtype=np.int64), vpos = np.zeros(owners, dtype=np.int64)
-    cdef int64_t[::1] ipos = np.zeros(owners, dtype=np.int64)
-    cdef uint8_t[::1] kbuf, vbuf
-    cdef int64_t[::1] koff, voff
+    # Second pass: copy into one packed buffer set per owner, through raw
+    # pointers taken once per owner (no per-item memoryview).
+    cdef list arrays = []
+    cdef uint8_t **key_out = <uint8_t **>PyMem_Malloc(owners * sizeof(uint8_t *))
+    cdef uint8_t **value_out = <uint8_t **>PyMem_Malloc(owners * sizeof(uint8_t *))
+    cdef int64_t **key_off_out = <int64_t **>PyMem_Malloc(owners * sizeof(int64_t *))
+    cdef int64_t **value_off_out = <int64_t **>PyMem_Malloc(owners * sizeof(int64_t *))
+    cdef int64_t *kpos = <int64_t *>PyMem_Calloc(owners, sizeof(int64_t))
+    cdef int64_t *vpos = <int64_t *>PyMem_Calloc(owners, sizeof(int64_t))
+    cdef int64_t *ipos = <int64_t *>PyMem_Calloc(owners, sizeof(int64_t))
     cdef Py_ssize_t kl, vl
-    for i in range(n):
-        owner = owner_view[i]
-        key, value = pairs[i]
-        kbuf = key_bufs[owner]; vbuf = value_bufs[owner]
-        koff = key_offs[owner]; voff = value_offs[owner]
-        kl = PyBytes_GET_SIZE(key); vl = PyBytes_GET_SIZE(value)
-        koff[ipos[owner]] = kpos[owner]
-        voff[ipos[owner]] = vpos[owner]
-        if kl:
-            memcpy(&kbuf[kpos[owner]], PyBytes_AS_STRING(key), kl)
-        if vl:
-            memcpy(&vbuf[vpos[owner]], PyBytes_AS_STRING(value), vl)
-        kpos[owner] += kl
-        vpos[owner] += vl
-        ipos[owner] += 1
-    for owner in range(owners):
-        koff = key_offs[owner]; voff = value_offs[owner]
-        koff[cnt[owner]] = kpos[owner]
-        voff[cnt[owner]] = vpos[owner]
-        groups.append((key_bufs[owner], key_offs[owner], value_bufs[owner], value_offs[owner]))
+    cdef object key_obj, value_obj
+    try:
+        if not (key_out and value_out and key_off_out and value_off_out and kpos and vpos and ipos):
+            raise MemoryError()
+        for owner in range(owners):
+            group = (np.empty(kb[owner], dtype=np.uint8), np.empty(cnt[owner] + 1, dtype=np.int64),
+                     np.empty(vb[owner], dtype=np.uint8), np.empty(cnt[owner] + 1, dtype=np.int64))
+            arrays.append(group)
+            key_out[owner] = <uint8_t *><size_t>group[0].ctypes.data
+            key_off_out[owner] = <int64_t *><size_t>group[1].ctypes.data
+            value_out[owner] = <uint8_t *><size_t>group[2].ctypes.data
+            value_off_out[owner] = <int64_t *><size_t>group[3].ctypes.data
+        for i in range(n):
+            owner = owner_view[i]
+            item = pairs[i]
+            key_obj = item[0]
+            value_obj = item[1]
+            kl = PyBytes_GET_SIZE(key_obj)
+            vl = PyBytes_GET_SIZE(value_obj)
+            key_off_out[owner][ipos[owner]] = kpos[owner]
+            value_off_out[owner][ipos[owner]] = vpos[owner]
+            if kl:
+                memcpy(key_out[owner] + kpos[owner], PyBytes_AS_STRING(key_obj), kl)
+            if vl:
+                memcpy(value_out[owner] + vpos[owner], PyBytes_AS_STRING(value_obj), vl)
+            kpos[owner] += kl
+            vpos[owner] += vl
+            ipos[owner] += 1
+        for owner in range(owners):
+            key_off_out[owner][cnt[owner]] = kpos[owner]
+            value_off_out[owner][cnt[owner]] = vpos[owner]
+    finally:
+        PyMem_Free(key_out); PyMem_Free(value_out); PyMem_Free(key_off_out)
+        PyMem_Free(value_off_out); PyMem_Free(kpos); PyMem_Free(vpos); PyMem_Free(ipos)
+    groups = arrays
     return groups
