@@ -12,6 +12,14 @@ from amdb_testutil import python_child, reap, wait_until
 
 JOIN_TIMEOUT_S = 120
 
+
+def _check_readers(readers):
+    """After the readers were joined: fail if one hung, re-raise the first reader error."""
+    assert not any(r.is_alive() for r in readers), "a reader hung"
+    for r in readers:
+        if r.error is not None:
+            raise AssertionError(f"{r.name} failed: {r.error!r}") from r.error
+
 # -- (a) generation-stamped batches, readers check atomic visibility ------------
 
 K = 48
@@ -133,10 +141,7 @@ def test_one_writer_many_readers_atomic_generations(make_db, workers, max_batch)
         done.set()
         for r in readers:
             r.join(JOIN_TIMEOUT_S)
-    assert not any(r.is_alive() for r in readers), "a reader hung"
-    for r in readers:
-        if r.error is not None:
-            raise AssertionError(f"{r.name} failed: {r.error!r}") from r.error
+    _check_readers(readers)
     for r in readers:
         assert r.reads >= 2 and r.last == GENERATIONS - 1
     # The readers really overlapped the writer.
@@ -361,9 +366,7 @@ def test_readers_while_the_database_grows(make_db):
         state["done"] = True
         for r in readers:
             r.join(JOIN_TIMEOUT_S)
-    assert not any(r.is_alive() for r in readers), "a reader hung"
+    _check_readers(readers)
     for r in readers:
-        if r.error is not None:
-            raise AssertionError(f"{r.name} failed: {r.error!r}") from r.error
         assert r.reads >= 2
     assert len(db) == GROW_BATCHES * GROW_BATCH_SIZE
