@@ -13,6 +13,7 @@ import weakref
 from typing import NamedTuple
 
 from amdb import SLOT_COUNT
+from amdb.history import Break, Snapshot, VerifyReport, Version
 from amdb.errors import (ClosedError, Error, InvalidArgumentError, InvalidTypeError, WorkerCrashedError,
                          WorkerStartError)
 from amdb.native import engine as _engine
@@ -50,12 +51,18 @@ def _next_power_of_two(n):
     return 1 << (n - 1).bit_length()
 
 
-def _reap(owner_pid, controls, procs, timeout):
+def _close_all(fds):
+    while fds:
+        os.close(fds.pop())
+
+
+def _reap(owner_pid, controls, procs, timeout, fds):
     """Ask every worker to stop, wait for them, kill the ones that do not go.
     Shared by close() and the garbage-collection / exit finalizer. Does
     nothing in a forked child: the workers belong to the owner."""
     if os.getpid() != owner_pid:
         return
+    _close_all(fds)
     for mapping in controls:
         _engine.request_shutdown(mapping)
     deadline = time.monotonic() + timeout
@@ -105,6 +112,8 @@ class ParallelDB(Engine):
             raise InvalidArgumentError(f"start_timeout={start_timeout} must be in (0, 3600] seconds",
                                        hint="pass e.g. start_timeout=30.0")
         self._owner_pid = os.getpid()
+        self._segment_fds = []
+        self._arena_offset = 0
         self._procs = []
         self._controls = []
         self._broken = None
@@ -132,6 +141,7 @@ class ParallelDB(Engine):
                                     [slot % self._workers for slot in range(SLOT_COUNT)])
             ring_offset = _engine.CONTROL_BYTES
             arena_offset = ring_offset + ring_size
+            self._arena_offset = arena_offset
             segment_size = arena_offset + arena_size
             for index in range(self._workers):
                 name = f"{prefix}_{index}"
@@ -140,6 +150,7 @@ class ParallelDB(Engine):
                 try:
                     control = Mapping(shm.fd, 0, arena_offset, True)
                     arenas.append(Mapping(shm.fd, arena_offset, arena_size, False))
+                    self._segment_fds.append(os.dup(shm.fd))    # for _debug_flip_bit only
                 finally:
                     shm.close_fd()
                 self._controls.append(control)
@@ -155,7 +166,7 @@ class ParallelDB(Engine):
                     stdin=subprocess.DEVNULL, close_fds=True, env=env))
             self._wait_ready(start_timeout)
         except BaseException:
-            _reap(self._owner_pid, self._controls, self._procs, 2.0)
+            _reap(self._owner_pid, self._controls, self._procs, 2.0, self._segment_fds)
             for name in names:
                 segment.unlink_quietly(name)
             raise
@@ -165,7 +176,7 @@ class ParallelDB(Engine):
         self._attach(db_mapping, list(self._controls), arenas, max_batch, max_key_size,
                      max_value_size, self._write_lock_obj)
         self._finalizer = weakref.finalize(self, _reap, self._owner_pid, list(self._controls),
-                                           list(self._procs), SHUTDOWN_TIMEOUT)
+                                           list(self._procs), SHUTDOWN_TIMEOUT, self._segment_fds)
 
     def _wait_ready(self, timeout):
         deadline = time.monotonic() + timeout
@@ -182,12 +193,24 @@ class ParallelDB(Engine):
     def close(self):
         """Stop the workers and release all shared memory. Idempotent."""
         with self._write_lock_obj:
-            if self._finalizer is None or not self._finalizer.alive:
-                self._mark_closed()
-                return
             self._mark_closed()
-            self._detach()
-            self._finalizer()            # runs _reap once
+            if self._finalizer is not None and self._finalizer.alive:
+                self._detach()
+                self._finalizer()        # runs _reap once: workers, mappings, fds
+
+    def _debug_flip_bit(self, worker, arena_offset, bit):
+        """Test hook: flip one bit of worker `worker`'s arena, as a stray write
+        or a bad memory cell would. Corrupts the database on purpose."""
+        import mmap
+        if self.closed:
+            raise ClosedError("the database is closed")
+        position = self._arena_offset + arena_offset
+        page = position - position % mmap.PAGESIZE
+        view = mmap.mmap(self._segment_fds[worker], mmap.PAGESIZE, offset=page)
+        try:
+            view[position - page] ^= 1 << bit
+        finally:
+            view.close()
 
     def __enter__(self):
         return self
@@ -285,6 +308,46 @@ class ParallelDB(Engine):
         else:
             values = buffer.view(f"S{width}")
         return values, found
+
+    # ---- history -----------------------------------------------------------------
+
+    def history(self, key, *, oldest_first=False, at_seq=None):
+        """Every version of `key` as amdb.Version records, newest first (or
+        oldest first), including deletions; [] for a key never written."""
+        versions = [Version(n, seq, ts / 1e9, value, deleted, h, ph)
+                    for n, seq, ts, value, deleted, h, ph in self._history(key, at_seq)]
+        if oldest_first:
+            versions.reverse()
+        return versions
+
+    def verify(self, key=None):
+        """Recompute hash chains — of one key, or of every key with one thread
+        per worker — and return an amdb.VerifyReport listing every break.
+        Writes wait while a full verification runs; reads go on."""
+        import concurrent.futures
+        if self.closed:
+            raise ClosedError("the database is closed")
+        started = time.perf_counter()
+        if key is not None:
+            parts = [self._verify_key(key)]
+        else:
+            with self._write_lock_obj:
+                if self.closed:
+                    raise ClosedError("the database is closed")
+                with concurrent.futures.ThreadPoolExecutor(max_workers=self._workers) as pool:
+                    parts = list(pool.map(self._verify_partition, range(self._workers)))
+        breaks = [Break(*b) for part in parts for b in part[3]]
+        return VerifyReport(keys_checked=sum(p[0] for p in parts),
+                            versions_checked=sum(p[1] for p in parts),
+                            breaks=breaks[:10000], breaks_total=sum(p[2] for p in parts),
+                            seconds=time.perf_counter() - started)
+
+    def snapshot(self):
+        """A read view as of the newest finished batch: its get/batch_get/scan
+        keep answering as of that moment while writes go on."""
+        if self.closed:
+            raise ClosedError("the database is closed")
+        return Snapshot(self, self._visible_seq())
 
     # ---- introspection ---------------------------------------------------------
 

@@ -34,9 +34,11 @@ print(json.dumps({"pid": os.getpid(),
 CASES = {
     "close": "db.close()\nprint('done', flush=True)\nsys.stdin.readline()\n",
     "del_gc": "del db\ngc.collect()\nprint('done', flush=True)\nsys.stdin.readline()\n",
-    "exit_without_close": "print('done', flush=True)\n",
-    "sys_exit_with_error": "print('done', flush=True)\nsys.exit(3)\n",
-    "os_exit": "print('done', flush=True)\nos._exit(0)\n",
+    # The exit cases wait for a line first: the test checks the workers'
+    # parentage before the owner goes.
+    "exit_without_close": "sys.stdin.readline()\nprint('done', flush=True)\n",
+    "sys_exit_with_error": "sys.stdin.readline()\nprint('done', flush=True)\nsys.exit(3)\n",
+    "os_exit": "sys.stdin.readline()\nprint('done', flush=True)\nos._exit(0)\n",
     "idle": "print('done', flush=True)\nsys.stdin.readline()\n",
     "in_flight": r"""
 def items():
@@ -103,6 +105,8 @@ def test_owner_exit_without_close(case):
     proc, workers = _start(case)
     try:
         _assert_started_cleanly(proc, workers)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
         assert read_line(proc) == "done"
         rc = proc.wait(timeout=30)
         assert rc == {"exit_without_close": 0, "sys_exit_with_error": 3, "os_exit": 0}[case], \
@@ -115,6 +119,8 @@ def test_owner_exit_without_close(case):
 def test_interpreter_exit_is_quick_and_quiet():
     proc, workers = _start("exit_without_close")
     try:
+        proc.stdin.write("\n")
+        proc.stdin.flush()
         assert read_line(proc) == "done"
         proc.wait(timeout=15)
         err = proc.stderr.read()

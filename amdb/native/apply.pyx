@@ -8,7 +8,7 @@ as a chunk is applied, and sleeps on a futex when the ring is empty.
 
 Batch atomicity: a chunk is applied whole or not at all — the worker commits
 the arena memory the whole chunk may need before it changes anything, and
-refuses the chunk (failed_seq) if it cannot. A batch of several chunks is
+refuses the chunk (failed_chunk) if it cannot. A batch of several chunks is
 undone by an ABORT record: the worker walks the blocks it allocated since the
 batch's first chunk (the arena is walkable, layout.h invariant 5) and points
 every touched node back at its version from before the batch. Versions of the
@@ -50,7 +50,7 @@ ctypedef struct Worker:
     SkipFinger finger
     ChunkEntry *entries
     uint64_t entries_capacity
-    uint64_t batch_first_seq     # seq of this worker's first chunk of the open batch; 0 = none
+    uint64_t batch_first_seq     # seq of the open batch (set by its first chunk here); 0 = none
     uint64_t batch_start_off     # arena_used when that chunk arrived
     bint refusing                # a chunk of the open batch failed: skip the rest until ABORT
     int parent_pid
@@ -286,15 +286,16 @@ cdef void handle_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) 
     if status != AMDB_STATUS_OK:
         w.refusing = True
         amdb_store_relaxed(&c.failed_status, <uint64_t>status)
-        amdb_store_release(&c.failed_seq, header.seq)
+        amdb_store_release(&c.failed_chunk, header.chunk_no)
     else:
         amdb_store_relaxed(&c.chunks_applied, c.chunks_applied + 1)
         # Give the ring space back first, so that an owner that sees the chunk
         # applied also sees its space free.
         ring_release(c, header.end)
+        amdb_store_relaxed(&c.applied_seq, header.seq)
         # Release: every version of the chunk is whole before the owner
         # (and through visible_seq, every reader) may rely on it.
-        amdb_store_release(&c.applied_seq, header.seq)
+        amdb_store_release(&c.applied_chunk, header.chunk_no)
     progress_publish(c)
 
 

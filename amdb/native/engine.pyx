@@ -29,6 +29,7 @@ from amdb.native.hashing cimport amdb_xxh64, SLOT_MASK
 from amdb.native.skiplist cimport skiplist_find_ge, skiplist_find_lt, compare_key_to_node
 from amdb.native.hashindex cimport hashindex_find
 from amdb.native.versions cimport visible_version, is_live
+from amdb.native.verify cimport VerifyResult, BreakRecord, verify_partition, verify_node, node_readable
 
 from amdb.errors import (ClosedError, InvalidArgumentError, InvalidTypeError, KeyTooLargeError,
                          ValueTooLargeError, raise_for_status)
@@ -121,8 +122,9 @@ cdef class Engine:
     cdef readonly bint closed
     cdef bint _attached
     cdef uint64_t _nogil_readers
-    cdef uint64_t next_seq
-    cdef uint64_t batch_first_seq
+    cdef uint64_t next_seq         # seq the next batch will carry
+    cdef uint64_t batch_seq        # seq of the batch being written
+    cdef bint batch_used_seq       # it has opened a chunk (so its seq is spent)
     cdef uint64_t committed_len
     cdef readonly uint64_t max_batch
     cdef readonly uint64_t max_key_size
@@ -244,8 +246,7 @@ cdef class Engine:
     cdef int _open_chunk(self, int worker) except -1:
         cdef RingProducer *r = &self.producers[worker]
         r.chunk_pos = self._reserve(worker, sizeof(amdb_ring_chunk))
-        r.chunk_seq = self.next_seq
-        self.next_seq += 1
+        self.batch_used_seq = True
         r.chunk_count = 0
         r.chunk_bytes = sizeof(amdb_ring_chunk)
         r.chunk_flags = AMDB_CHUNK_FIRST_OF_BATCH if r.batch_chunks == 0 else 0
@@ -260,11 +261,15 @@ cdef class Engine:
         cdef amdb_ring_chunk *header = <amdb_ring_chunk *>ring_at(r.ring, r.mask, r.chunk_pos)
         header.op = AMDB_OP_CHUNK
         header.flags = r.chunk_flags
-        header.seq = r.chunk_seq
+        header.seq = self.batch_seq
         header.count = r.chunk_count
         header.end = r.head
+        r.chunks_published += 1
+        header.chunk_no = r.chunks_published
         ring_publish(r)
-        r.last_seq_sent = r.chunk_seq
+        if r.batch_chunks == 0:
+            r.batch_first_chunk = r.chunks_published
+        r.last_chunk_sent = r.chunks_published
         r.batch_chunks += 1
         r.chunk_open = False
 
@@ -313,16 +318,25 @@ cdef class Engine:
         for i in range(self.nworkers):
             self.producers[i].batch_chunks = 0
             self.producers[i].batch_records = 0
-            self.producers[i].last_seq_sent = 0
+            self.producers[i].last_chunk_sent = 0
+            self.producers[i].batch_first_chunk = 0
             self.producers[i].chunk_open = False
-        self.batch_first_seq = self.next_seq
+        self.batch_seq = self.next_seq
+        self.batch_used_seq = False
         return 0
 
+    cdef void _end_batch_seq(self) noexcept:
+        """A batch that opened a chunk used its seq up, committed or not."""
+        if self.batch_used_seq:
+            self.next_seq += 1
+            self.batch_used_seq = False
+
     cdef int _wait_progress(self, int worker, uint64_t applied_target, uint64_t aborted_target) except -1:
-        """Wait until the worker applied `applied_target` (or refused a chunk of
-        this batch), or, with aborted_target, rolled that batch back.
-        Returns WAIT_DONE or WAIT_FAILED."""
+        """Wait until the worker applied chunk `applied_target` (or refused a
+        chunk of this batch), or, with aborted_target, rolled batch
+        `aborted_target` back. Returns WAIT_DONE or WAIT_FAILED."""
         cdef amdb_control *c = self.parts[worker].ctrl
+        cdef uint64_t first_chunk = self.producers[worker].batch_first_chunk
         cdef uint32_t seen
         cdef int result = WAIT_TIMEOUT
         cdef int i
@@ -332,9 +346,9 @@ cdef class Engine:
                     if aborted_target:
                         if amdb_load_acquire(&c.aborted_seq) >= aborted_target:
                             result = WAIT_DONE
-                    elif amdb_load_acquire(&c.applied_seq) >= applied_target:
+                    elif amdb_load_acquire(&c.applied_chunk) >= applied_target:
                         result = WAIT_DONE
-                    elif amdb_load_acquire(&c.failed_seq) >= self.batch_first_seq:
+                    elif amdb_load_acquire(&c.failed_chunk) >= first_chunk:
                         result = WAIT_FAILED
                     if result != WAIT_TIMEOUT:
                         break
@@ -343,9 +357,9 @@ cdef class Engine:
                         if aborted_target:
                             if amdb_load_acquire(&c.aborted_seq) >= aborted_target:
                                 result = WAIT_DONE
-                        elif amdb_load_acquire(&c.applied_seq) >= applied_target:
+                        elif amdb_load_acquire(&c.applied_chunk) >= applied_target:
                             result = WAIT_DONE
-                        elif amdb_load_acquire(&c.failed_seq) >= self.batch_first_seq:
+                        elif amdb_load_acquire(&c.failed_chunk) >= first_chunk:
                             result = WAIT_FAILED
                         if result == WAIT_TIMEOUT:
                             progress_sleep(c, seen, WAIT_SLICE_NS)
@@ -372,7 +386,7 @@ cdef class Engine:
             r = &self.producers[i]
             if r.batch_chunks == 0:
                 continue
-            if self._wait_progress(i, r.last_seq_sent, 0) == WAIT_FAILED and failed_worker < 0:
+            if self._wait_progress(i, r.last_chunk_sent, 0) == WAIT_FAILED and failed_worker < 0:
                 failed_worker = i
                 failed_status = amdb_load_relaxed(&r.ctrl.failed_status)
             count += r.batch_records
@@ -384,9 +398,10 @@ cdef class Engine:
             return BatchResult(0, 0, 0, 0, [0] * self.nworkers)
         # Release: every worker's versions of the batch happen-before any
         # reader that acquires the new watermark.
-        amdb_store_release(&self.dbc.visible_seq, self.next_seq - 1)
+        amdb_store_release(&self.dbc.visible_seq, self.batch_seq)
+        self._end_batch_seq()
         self._refresh_len()
-        return BatchResult(count, self.batch_first_seq, self.next_seq - 1, chunks,
+        return BatchResult(count, self.batch_seq, self.batch_seq, chunks,
                            [self.producers[i].batch_records for i in range(self.nworkers)])
 
     cdef void _refresh_len(self) noexcept:
@@ -415,8 +430,9 @@ cdef class Engine:
                 r.head = r.ctrl.ring_head       # our own last publication
                 r.chunk_open = False
             if r.batch_chunks:
-                r.abort_to_send = self.batch_first_seq
+                r.abort_to_send = self.batch_seq
                 r.batch_chunks = 0
+        self._end_batch_seq()
         for i in range(self.nworkers):
             self._send_abort(i, False)
         return 0
@@ -441,6 +457,7 @@ cdef class Engine:
         rec.seq = r.abort_to_send
         rec.count = 0
         rec.end = r.head
+        rec.chunk_no = 0
         ring_publish(r)
         r.abort_to_ack = r.abort_to_send
         r.abort_to_send = 0
@@ -654,8 +671,12 @@ cdef class Engine:
         version_off = visible_version(p.arena, node_at(p.arena, node_off), visible)
         return version_off if is_live(p.arena, version_off) else 0
 
-    def get(self, key, default=None):
-        """The value of `key` as bytes, or `default` when it is absent."""
+    def get(self, key, default=None, *, version=None, at_seq=None):
+        """The value of `key` as bytes, or `default` when it is absent.
+
+        version=n: the key's n-th version (1 = first); at_seq=s: the value as
+        of sequence number s. Either gives `default` when that version does
+        not exist or is a deletion (see docs/API.md)."""
         cdef const uint8_t *kp
         cdef Py_ssize_t kl
         cdef Py_buffer view
@@ -665,6 +686,8 @@ cdef class Engine:
         cdef amdb_version *v
         if self.closed:
             raise ClosedError("the database is closed")
+        if version is not None or at_seq is not None:
+            return self._get_versioned(key, default, version, at_seq)
         bytes_view(key, &kp, &kl, &view, &held, "key")
         # Acquire first: roots loaded after it are at least as new as the batch.
         visible = amdb_load_acquire(&self.dbc.visible_seq)
@@ -675,6 +698,103 @@ cdef class Engine:
             return default
         v = version_at(self.parts[worker].arena, version_off)
         return PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
+
+    cdef uint64_t _limit_seq(self, at_seq) except? 0:
+        """The newest seq a read may see: visible_seq, or at_seq (validated)."""
+        cdef uint64_t visible = amdb_load_acquire(&self.dbc.visible_seq)
+        if at_seq is None:
+            return visible
+        if isinstance(at_seq, bool) or not isinstance(at_seq, int):
+            raise InvalidTypeError(f"at_seq= must be an int, not {type(at_seq).__name__}",
+                                   hint="pass a sequence number from BatchResult.last_seq or snapshot().seq")
+        if at_seq < 0:
+            raise InvalidArgumentError(f"at_seq={at_seq} is negative", hint="sequence numbers start at 0")
+        if at_seq > visible:
+            raise InvalidArgumentError(f"at_seq={at_seq} is in the future: the newest visible sequence "
+                                       f"number is {visible}", hint="use db.snapshot().seq for 'now'")
+        return at_seq
+
+    cdef uint64_t _find_node(self, const uint8_t *key, uint64_t key_len, int *worker_out) noexcept nogil:
+        cdef uint64_t h = amdb_xxh64(key, key_len, 0)
+        cdef int worker = self.dbc.slot_owner[h & SLOT_MASK]
+        cdef PartitionView *p = &self.parts[worker]
+        worker_out[0] = worker
+        return hashindex_find(p.arena, amdb_load_acquire(&p.ctrl.hash_table), h, key, <uint32_t>key_len)
+
+    def _get_versioned(self, key, default, version, at_seq):
+        cdef const uint8_t *kp
+        cdef Py_ssize_t kl
+        cdef Py_buffer view
+        cdef bint held = False
+        cdef int worker
+        cdef uint64_t limit, node_off, off, wanted = 0
+        cdef amdb_version *v
+        cdef amdb_version_tail *tail
+        cdef PartitionView *p
+        if version is not None:
+            if isinstance(version, bool) or not isinstance(version, int):
+                raise InvalidTypeError(f"version= must be an int, not {type(version).__name__}",
+                                       hint="versions count 1, 2, 3... per key (see db.history(key))")
+            if version < 1:
+                raise InvalidArgumentError(f"version={version}: versions count from 1",
+                                           hint="version=1 is a key's first version; see db.history(key)")
+            wanted = version
+        limit = self._limit_seq(at_seq)
+        bytes_view(key, &kp, &kl, &view, &held, "key")
+        node_off = self._find_node(kp, kl, &worker)
+        if held:
+            PyBuffer_Release(&view)
+        if node_off == 0:
+            return default
+        p = &self.parts[worker]
+        off = amdb_load_acquire(&node_at(p.arena, node_off).latest)
+        while off != 0:
+            v = version_at(p.arena, off)
+            if v.seq <= limit:
+                tail = amdb_version_tail_of(v)
+                if wanted == 0 or tail.version_no == wanted:
+                    if v.flags & AMDB_VERSION_TOMBSTONE:
+                        return default
+                    return PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
+                if tail.version_no < wanted:
+                    return default
+            off = v.prev
+        return default
+
+    def _history(self, key, at_seq):
+        """[(version_no, seq, timestamp_ns, value or None, deleted, hash, prev_hash)],
+        newest first, of the versions visible as of at_seq (None: now)."""
+        cdef const uint8_t *kp
+        cdef Py_ssize_t kl
+        cdef Py_buffer view
+        cdef bint held = False
+        cdef int worker
+        cdef uint64_t limit, node_off, off
+        cdef amdb_version *v
+        cdef amdb_version_tail *tail
+        cdef PartitionView *p
+        cdef list out = []
+        if self.closed:
+            raise ClosedError("the database is closed")
+        limit = self._limit_seq(at_seq)
+        bytes_view(key, &kp, &kl, &view, &held, "key")
+        node_off = self._find_node(kp, kl, &worker)
+        if held:
+            PyBuffer_Release(&view)
+        if node_off == 0:
+            return out
+        p = &self.parts[worker]
+        off = amdb_load_acquire(&node_at(p.arena, node_off).latest)
+        while off != 0:
+            v = version_at(p.arena, off)
+            if v.seq <= limit:
+                tail = amdb_version_tail_of(v)
+                deleted = bool(v.flags & AMDB_VERSION_TOMBSTONE)
+                out.append((tail.version_no, v.seq, tail.timestamp_ns,
+                            None if deleted else PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len),
+                            deleted, tail.hash, tail.prev_hash))
+            off = v.prev
+        return out
 
     def __contains__(self, key):
         cdef const uint8_t *kp
@@ -697,11 +817,11 @@ cdef class Engine:
         return self.committed_len
 
     cdef void _lookup_many(self, Py_ssize_t n, const uint8_t **keys, uint64_t *lengths,
-                           uint64_t *found, int *workers) noexcept nogil:
+                           uint64_t *found, int *workers, uint64_t visible) noexcept nogil:
         """Batch lookup with overlapping cache misses: each group of keys goes
         through hash -> slot -> node -> version in stages, prefetching the
-        next stage for the whole group before touching any of it."""
-        cdef uint64_t visible = amdb_load_acquire(&self.dbc.visible_seq)
+        next stage for the whole group before touching any of it. Reads as of
+        `visible` (loaded by the caller before this call: acquire first)."""
         cdef uint64_t hashes[LOOKUP_GROUP]
         cdef amdb_hash_slot *slots[LOOKUP_GROUP]
         cdef amdb_hash_table *tables[256]
@@ -751,8 +871,9 @@ cdef class Engine:
                     found[i] = off if is_live(p.arena, off) else 0
             base += m
 
-    def batch_get(self, keys):
-        """Values of `keys` (None where absent), looked up with the GIL released."""
+    def batch_get(self, keys, *, at_seq=None):
+        """Values of `keys` (None where absent), looked up with the GIL released;
+        as of sequence number at_seq when given."""
         cdef tuple held_keys
         cdef Py_ssize_t n, i
         cdef const uint8_t **ptrs = NULL
@@ -761,6 +882,7 @@ cdef class Engine:
         cdef int *workers = NULL
         cdef list result, converted
         cdef Py_ssize_t block, m
+        cdef uint64_t limit
         cdef amdb_version *v
         cdef object key, value
         if self.closed:
@@ -794,6 +916,7 @@ cdef class Engine:
                 ptrs[i] = <const uint8_t *>PyBytes_AS_STRING(key)
                 lengths[i] = <uint64_t>PyBytes_GET_SIZE(key)
             result = PyList_New(n)
+            limit = self._limit_seq(at_seq)
             self._enter_nogil_read()
             try:
                 # Blocks small enough that a block's versions are still in
@@ -802,7 +925,7 @@ cdef class Engine:
                 while block < n:
                     m = min(n - block, BATCH_GET_BLOCK)
                     with nogil:
-                        self._lookup_many(m, ptrs + block, lengths + block, found + block, workers + block)
+                        self._lookup_many(m, ptrs + block, lengths + block, found + block, workers + block, limit)
                     for i in range(block, block + m):
                         if found[i] != 0:
                             v = version_at(self.parts[workers[i]].arena, found[i])
@@ -832,6 +955,7 @@ cdef class Engine:
         cdef uint64_t *found = <uint64_t *>malloc(max(n, 1) * sizeof(uint64_t))
         cdef int *workers = <int *>malloc(max(n, 1) * sizeof(int))
         cdef Py_ssize_t i, kl, width, longest = 0
+        cdef uint64_t limit
         cdef amdb_version *v
         cdef uint8_t[::1] out
         cdef uint8_t[::1] found_view
@@ -847,8 +971,9 @@ cdef class Engine:
                 lengths[i] = kl
             self._enter_nogil_read()
             try:
+                limit = amdb_load_acquire(&self.dbc.visible_seq)
                 with nogil:
-                    self._lookup_many(n, ptrs, lengths, found, workers)
+                    self._lookup_many(n, ptrs, lengths, found, workers, limit)
                 for i in range(n):
                     if found[i] != 0:
                         v = version_at(self.parts[workers[i]].arena, found[i])
@@ -884,6 +1009,96 @@ cdef class Engine:
             free(found)
             free(workers)
 
+    cdef list _breaks_of(self, int worker, VerifyResult *r):
+        cdef list out = []
+        cdef uint64_t i
+        cdef BreakRecord *b
+        cdef amdb_node *n
+        kinds = {1: "hash", 2: "link", 3: "version_no", 4: "node", 5: "key_hash", 6: "order",
+                 7: "first", 8: "bounds", 9: "count"}
+        for i in range(r.breaks_len):
+            b = &r.breaks[i]
+            key = None
+            if b.node_off != 0 and node_readable(&self.parts[worker], b.node_off):
+                n = node_at(self.parts[worker].arena, b.node_off)
+                key = PyBytes_FromStringAndSize(<char *>amdb_node_key(n), n.key_len)
+            out.append((worker, key, b.version_no or None, kinds.get(b.kind, str(b.kind)),
+                        b.expected, b.stored))
+        return out
+
+    def _verify_partition(self, int worker):
+        """(keys, versions, breaks_total, [break tuples]) of one partition,
+        checked with the GIL released (callers run partitions in threads)."""
+        cdef VerifyResult r
+        memset(&r, 0, sizeof(r))
+        self._enter_nogil_read()
+        try:
+            with nogil:
+                verify_partition(&self.parts[worker], &r)
+            return (r.keys, r.versions, r.breaks_total, self._breaks_of(worker, &r))
+        finally:
+            free(r.breaks)
+            self._leave_nogil_read()
+
+    def _verify_key(self, key):
+        cdef const uint8_t *kp
+        cdef Py_ssize_t kl
+        cdef Py_buffer view
+        cdef bint held = False
+        cdef int worker
+        cdef uint64_t node_off
+        cdef VerifyResult r
+        self._check_open()
+        memset(&r, 0, sizeof(r))
+        bytes_view(key, &kp, &kl, &view, &held, "key")
+        node_off = self._find_node(kp, kl, &worker)
+        if held:
+            PyBuffer_Release(&view)
+        try:
+            if node_off != 0 and node_readable(&self.parts[worker], node_off):
+                verify_node(&self.parts[worker], node_off, &r)
+            return (r.keys, r.versions, r.breaks_total, self._breaks_of(worker, &r))
+        finally:
+            free(r.breaks)
+
+    def _debug_layout(self, key):
+        """Arena offsets of `key`'s node fields and versions (tests corrupt them)."""
+        cdef const uint8_t *kp
+        cdef Py_ssize_t kl
+        cdef Py_buffer view
+        cdef bint held = False
+        cdef int worker
+        cdef uint64_t node_off, off
+        cdef amdb_node *n
+        cdef amdb_version *v
+        cdef amdb_version_tail *t
+        self._check_open()
+        bytes_view(key, &kp, &kl, &view, &held, "key")
+        node_off = self._find_node(kp, kl, &worker)
+        if held:
+            PyBuffer_Release(&view)
+        if node_off == 0:
+            return None
+        n = node_at(self.parts[worker].arena, node_off)
+        versions = []
+        off = amdb_load_acquire(&n.latest)
+        while off != 0:
+            v = version_at(self.parts[worker].arena, off)
+            t = amdb_version_tail_of(v)
+            versions.append({
+                "version": t.version_no, "off": off,
+                "prev_off": off + <size_t>&v.prev - <size_t>v,
+                "value_off": off + sizeof(amdb_version), "value_len": v.value_len,
+                "hash_off": <size_t>&t.hash - <size_t>self.parts[worker].arena,
+                "prev_hash_off": <size_t>&t.prev_hash - <size_t>self.parts[worker].arena,
+            })
+            off = v.prev
+        return {"worker": worker, "node_off": node_off,
+                "latest_off": node_off + <size_t>&n.latest - <size_t>n,
+                "next0_off": node_off + <size_t>&n.next[0] - <size_t>n,
+                "key_off": node_off + <size_t>amdb_node_key(n) - <size_t>n, "key_len": n.key_len,
+                "versions": versions}
+
     def _stats_of(self, int worker):
         cdef amdb_control *c
         self._check_open()
@@ -906,10 +1121,13 @@ cdef class Engine:
     def _visible_seq(self):
         return amdb_load_acquire(&self.dbc.visible_seq) if self.dbc != NULL else 0
 
-    def scan(self, start=None, stop=None, *, prefix=None, bint reverse=False, bint keys_only=False):
+    def scan(self, start=None, stop=None, *, prefix=None, bint reverse=False, bint keys_only=False,
+             at_seq=None):
         """Iterate (key, value) pairs (or keys) in bytewise key order across all
-        workers, from `start` (inclusive) to `stop` (exclusive), as of now."""
+        workers, from `start` (inclusive) to `stop` (exclusive), as of now (or
+        as of sequence number at_seq)."""
         self._check_open()
+        cdef uint64_t limit = self._limit_seq(at_seq)
         if prefix is not None:
             if start is not None or stop is not None:
                 raise InvalidArgumentError("scan: prefix= cannot be combined with start= or stop=")
@@ -918,7 +1136,7 @@ cdef class Engine:
         else:
             start = None if start is None else _as_key(start, "start")
             stop = None if stop is None else _as_key(stop, "stop")
-        return ScanIterator(self, start, stop, reverse, SCAN_KEYS if keys_only else SCAN_ITEMS)
+        return ScanIterator(self, start, stop, reverse, SCAN_KEYS if keys_only else SCAN_ITEMS, limit)
 
     def keys(self):
         """Every key, in key order."""
@@ -931,7 +1149,7 @@ cdef class Engine:
     def values(self):
         """Every value, in key order."""
         self._check_open()
-        return ScanIterator(self, None, None, False, SCAN_VALUES)
+        return ScanIterator(self, None, None, False, SCAN_VALUES, amdb_load_acquire(&self.dbc.visible_seq))
 
     def __iter__(self):
         return self.scan(keys_only=True)
@@ -975,7 +1193,7 @@ cdef class ScanIterator:
     cdef bint reverse
     cdef int mode
 
-    def __cinit__(self, Engine engine, start, stop, bint reverse, int mode):
+    def __cinit__(self, Engine engine, start, stop, bint reverse, int mode, uint64_t visible):
         cdef int w
         self.engine = engine
         self.nworkers = engine.nworkers
@@ -987,7 +1205,7 @@ cdef class ScanIterator:
         self.cursor_version = <uint64_t *>calloc(max(self.nworkers, 1), sizeof(uint64_t))
         if self.cursor == NULL or self.cursor_version == NULL:
             raise MemoryError()
-        self.visible = amdb_load_acquire(&engine.dbc.visible_seq)
+        self.visible = visible
         for w in range(self.nworkers):
             self._seek_first(w)
 

@@ -26,7 +26,8 @@
  *   6. Memory past arena_committed is never touched (it may not exist in
  *      /dev/shm: touching it would raise SIGBUS).
  *   7. A version with seq > visible_seq is invisible to every reader: a batch
- *      is seen entirely or not at all.
+ *      is seen entirely or not at all. Every version of a batch carries the
+ *      batch's seq, so a read as of any seq also sees whole batches only.
  *
  * Implementation details follow.
  */
@@ -93,10 +94,11 @@ typedef struct amdb_control {
     uint32_t producer_sleeping;    /* owner: 1 while waiting for space */
 
     /* Line 3 — progress: written by the worker, read by the owner. */
-    AMDB_LINE uint64_t applied_seq; /* seq of the last chunk applied; release store */
-    uint64_t failed_seq;           /* seq of the last chunk refused, 0 = none */
+    AMDB_LINE uint64_t applied_chunk; /* chunk_no of the last chunk applied; release store */
+    uint64_t applied_seq;          /* batch seq of that chunk (statistics) */
+    uint64_t failed_chunk;         /* chunk_no of the last chunk refused, 0 = none; release store */
     uint64_t failed_status;        /* AMDB_STATUS_* of that refusal */
-    uint64_t aborted_seq;          /* first seq of the last batch rolled back */
+    uint64_t aborted_seq;          /* seq of the last batch rolled back; release store */
     uint32_t progress_event;       /* futex word: bumped after any of the above */
     uint32_t owner_waiting;        /* owner: 1 while waiting for progress */
     uint64_t worker_state;         /* AMDB_WORKER_*; release store */
@@ -148,9 +150,10 @@ typedef struct amdb_ring_record {   /* a put or delete */
 typedef struct amdb_ring_chunk {    /* CHUNK and ABORT */
     uint32_t op;
     uint32_t flags;
-    uint64_t seq;                   /* global sequence number of this chunk / batch */
+    uint64_t seq;                   /* sequence number of the batch (all its chunks share it) */
     uint64_t count;                 /* data records that follow (CHUNK) */
     uint64_t end;                   /* ring position just past the chunk's last record */
+    uint64_t chunk_no;              /* 1, 2, 3... per ring: what progress is counted in */
 } amdb_ring_chunk;
 
 /* ---- Arena blocks ---------------------------------------------------------- */
@@ -277,7 +280,7 @@ static inline uint64_t amdb_key_prefix(const uint8_t *key, uint32_t len) {
 
 _Static_assert(sizeof(amdb_control) <= AMDB_CONTROL_BYTES, "control block fits a page");
 _Static_assert(sizeof(amdb_ring_record) == 24, "ring record header is 24 bytes");
-_Static_assert(sizeof(amdb_ring_chunk) == 32, "chunk header is 32 bytes");
+_Static_assert(sizeof(amdb_ring_chunk) == 40, "chunk header is 40 bytes");
 _Static_assert(sizeof(amdb_node) == 40, "node header is 40 bytes");
 _Static_assert(sizeof(amdb_version) == 32, "version hot header is 32 bytes");
 _Static_assert(sizeof(amdb_version_tail) == 40, "version tail is 40 bytes");

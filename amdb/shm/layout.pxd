@@ -57,8 +57,9 @@ cdef extern from "layout.h" nogil:
         uint64_t ring_tail
         uint32_t ring_space_event
         uint32_t producer_sleeping
+        uint64_t applied_chunk
         uint64_t applied_seq
-        uint64_t failed_seq
+        uint64_t failed_chunk
         uint64_t failed_status
         uint64_t aborted_seq
         uint32_t progress_event
@@ -95,6 +96,7 @@ cdef extern from "layout.h" nogil:
         uint64_t seq
         uint64_t count
         uint64_t end
+        uint64_t chunk_no
 
     ctypedef struct amdb_block:
         uint32_t kind

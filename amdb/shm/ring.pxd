@@ -13,15 +13,16 @@ ctypedef struct RingProducer:
     # the open chunk (at most one per ring)
     bint chunk_open
     uint64_t chunk_pos       # ring position of its header
-    uint64_t chunk_seq
     uint64_t chunk_count
     uint64_t chunk_limit     # records at which this chunk closes (ramps up to max_batch)
     uint64_t chunk_bytes
     uint32_t chunk_flags
+    uint64_t chunks_published  # chunk_no of the last chunk published (ever)
     # the batch in flight
     uint64_t batch_chunks    # chunks published in this batch
     uint64_t batch_records
-    uint64_t last_seq_sent
+    uint64_t batch_first_chunk # chunk_no of its first chunk on this ring
+    uint64_t last_chunk_sent
     # a rolled-back batch this worker still has to hear about (first seq; 0 = none)
     uint64_t abort_to_send   # ABORT not written yet (its ring was full)
     uint64_t abort_to_ack    # ABORT written, rollback not acknowledged yet

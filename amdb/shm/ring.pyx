@@ -122,7 +122,7 @@ cdef void ring_release(amdb_control *c, uint64_t tail) noexcept nogil:
 
 
 cdef void progress_publish(amdb_control *c) noexcept nogil:
-    """Worker: after release-storing applied_seq / failed_seq / aborted_seq."""
+    """Worker: after release-storing applied_chunk / failed_chunk / aborted_seq."""
     amdb_fetch_add32_seqcst(&c.progress_event, 1)
     if amdb_load32_seqcst(&c.owner_waiting):
         amdb_futex_wake_all(&c.progress_event)

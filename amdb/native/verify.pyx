@@ -1,0 +1,144 @@
+# cython: language_level=3
+"""Verification of a partition's hash chains (nogil, read-only).
+
+Process safety: runs in the owner, which maps the arena read-only, while the
+worker may still append (ParallelDB.verify holds the write lock, so no batch
+is in flight, but that is not needed for memory safety). Every offset is
+checked before it is followed — inside the arena, 8-aligned, pointing at a
+block of the right kind and size — so corrupted data is reported as a break
+and never dereferenced. Walks are bounded by the number of blocks the arena
+could hold, so a corrupted link that loops ends as a break too.
+"""
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport realloc
+from amdb.shm.layout cimport *
+from amdb.shm.atomic cimport amdb_load_acquire, amdb_load_relaxed
+from amdb.native.hashing cimport amdb_xxh64
+from amdb.native.versions cimport chain_hash
+from amdb.native.skiplist cimport compare_key_to_node
+
+
+cdef void add_break(VerifyResult *r, uint64_t node_off, uint64_t version_no, uint32_t kind,
+                    uint64_t expected, uint64_t stored) noexcept nogil:
+    cdef BreakRecord *grown
+    cdef uint64_t capacity
+    r.breaks_total += 1
+    if r.breaks_len == r.breaks_capacity:
+        if r.breaks_capacity >= 10000:
+            return
+        capacity = 64 if r.breaks_capacity == 0 else r.breaks_capacity * 2
+        grown = <BreakRecord *>realloc(r.breaks, capacity * sizeof(BreakRecord))
+        if grown == NULL:
+            return
+        r.breaks = grown
+        r.breaks_capacity = capacity
+    r.breaks[r.breaks_len].node_off = node_off
+    r.breaks[r.breaks_len].version_no = version_no
+    r.breaks[r.breaks_len].kind = kind
+    r.breaks[r.breaks_len].expected = expected
+    r.breaks[r.breaks_len].stored = stored
+    r.breaks_len += 1
+
+
+cdef inline bint block_readable(const PartitionView *p, uint64_t off, uint32_t kind) noexcept nogil:
+    """Whether a block of `kind` starts at `off` and lies inside the arena."""
+    cdef uint64_t used = amdb_load_relaxed(&p.ctrl.arena_used)
+    cdef const amdb_block *b
+    if off < AMDB_ARENA_FIRST_BLOCK or (off & 7) or off + sizeof(amdb_block) > used:
+        return False
+    b = <const amdb_block *>(p.arena + off)
+    return b.kind == kind and b.words != 0 and off + <uint64_t>b.words * 8 <= used
+
+
+cdef bint node_readable(const PartitionView *p, uint64_t off) noexcept nogil:
+    cdef const amdb_node *n
+    if not block_readable(p, off, AMDB_BLOCK_NODE):
+        return False
+    n = node_at(p.arena, off)
+    return (1 <= n.height <= AMDB_MAX_HEIGHT
+            and amdb_node_bytes(n.height, n.key_len) == <uint64_t>n.block.words * 8)
+
+
+cdef inline bint version_readable(const PartitionView *p, uint64_t off) noexcept nogil:
+    cdef const amdb_version *v
+    if not block_readable(p, off, AMDB_BLOCK_VERSION):
+        return False
+    v = version_at(p.arena, off)
+    return amdb_version_bytes(v.value_len) == <uint64_t>v.block.words * 8
+
+
+cdef void verify_node(const PartitionView *p, uint64_t node_off, VerifyResult *r) noexcept nogil:
+    """Check one key: its node and every version of its chain.
+    REQUIRES: node_readable(p, node_off)."""
+    cdef amdb_node *n = node_at(p.arena, node_off)
+    cdef const uint8_t *key = amdb_node_key(n)
+    cdef uint64_t off = amdb_load_acquire(&n.latest)
+    cdef uint64_t expect_no = 0, recomputed, steps = 0
+    cdef uint64_t max_steps = amdb_load_relaxed(&p.ctrl.arena_used) // sizeof(amdb_version) + 1
+    cdef amdb_version *v
+    cdef amdb_version_tail *t
+    cdef amdb_version_tail *pt
+    r.keys += 1
+    recomputed = amdb_xxh64(key, n.key_len, 0)
+    if recomputed != n.hash:
+        add_break(r, node_off, 0, BREAK_KEY_HASH, recomputed, n.hash)
+    elif amdb_key_prefix(key, n.key_len) != n.key_prefix:
+        add_break(r, node_off, 0, BREAK_KEY_HASH, amdb_key_prefix(key, n.key_len), n.key_prefix)
+    while off != 0:
+        steps += 1
+        if steps > max_steps or not version_readable(p, off):
+            add_break(r, node_off, expect_no, BREAK_BOUNDS, 0, off)
+            return
+        v = version_at(p.arena, off)
+        t = amdb_version_tail_of(v)
+        r.versions += 1
+        recomputed = chain_hash(t.prev_hash, key, n.key_len, t.version_no, v.flags,
+                                amdb_version_value(v), v.value_len)
+        if recomputed != t.hash:
+            add_break(r, node_off, t.version_no, BREAK_HASH, recomputed, t.hash)
+        if t.node != node_off:
+            add_break(r, node_off, t.version_no, BREAK_NODE, node_off, t.node)
+        if expect_no != 0 and t.version_no != expect_no:
+            add_break(r, node_off, t.version_no, BREAK_VERSION_NO, expect_no, t.version_no)
+        expect_no = t.version_no - 1 if t.version_no > 1 else 0
+        off = v.prev
+        if off != 0:
+            if version_readable(p, off):
+                pt = amdb_version_tail_of(version_at(p.arena, off))
+                if pt.hash != t.prev_hash:
+                    add_break(r, node_off, t.version_no, BREAK_LINK, pt.hash, t.prev_hash)
+            # an unreadable prev is reported by the next iteration
+        elif t.version_no != 1 or t.prev_hash != 0:
+            add_break(r, node_off, t.version_no, BREAK_FIRST, 1, t.version_no)
+
+
+cdef void verify_partition(const PartitionView *p, VerifyResult *r) noexcept nogil:
+    """Walk the skip list in key order and verify every key; then check that
+    the walk met every node the worker created (a corrupted link that skips
+    nodes shows up here)."""
+    cdef uint64_t head = amdb_load_acquire(&p.ctrl.skiplist_head)
+    cdef uint64_t off, prev = 0, walked = 0, created
+    cdef uint64_t max_steps = amdb_load_relaxed(&p.ctrl.arena_used) // sizeof(amdb_node) + 1
+    cdef amdb_node *n
+    cdef amdb_node *pn
+    if not block_readable(p, head, AMDB_BLOCK_NODE):
+        add_break(r, 0, 0, BREAK_BOUNDS, 0, head)
+        return
+    off = amdb_load_acquire(&node_at(p.arena, head).next[0])
+    while off != 0:
+        if walked > max_steps or not node_readable(p, off):
+            add_break(r, prev, 0, BREAK_BOUNDS, 0, off)
+            return
+        n = node_at(p.arena, off)
+        if prev != 0:
+            pn = node_at(p.arena, prev)
+            if compare_key_to_node(pn.key_prefix, amdb_node_key(pn), pn.key_len, n) >= 0:
+                add_break(r, off, 0, BREAK_ORDER, prev, off)
+                return                    # a loop or a wrong link: the rest cannot be trusted
+        verify_node(p, off, r)
+        walked += 1
+        prev = off
+        off = amdb_load_acquire(&n.next[0])
+    created = amdb_load_relaxed(&p.ctrl.node_count)
+    if walked < created:
+        add_break(r, 0, 0, BREAK_COUNT, created, walked)
