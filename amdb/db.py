@@ -334,6 +334,7 @@ class ParallelDB(Engine):
             with self._write_lock_obj:
                 if self.closed:
                     raise ClosedError("the database is closed")
+                self._quiesce()
                 with concurrent.futures.ThreadPoolExecutor(max_workers=self._workers) as pool:
                     parts = list(pool.map(self._verify_partition, range(self._workers)))
         breaks = [Break(*b) for part in parts for b in part[3]]
@@ -341,6 +342,28 @@ class ParallelDB(Engine):
                             versions_checked=sum(p[1] for p in parts),
                             breaks=breaks[:10000], breaks_total=sum(p[2] for p in parts),
                             seconds=time.perf_counter() - started)
+
+    def digest(self):
+        """The SHA-256 ledger: {"root", "workers", "chunks", "seq"}.
+
+        Each worker folds the hashes of the versions of every chunk it applies
+        into a SHA-256 chain; "workers" are their heads (hex) and "root" is
+        SHA-256 over all heads. Two databases with the same workers, max_batch
+        and ring_size, fed the same batches in the same order, have the same
+        digest; any rewritten version changes it (see amdb/history.py)."""
+        import hashlib
+        if self.closed:
+            raise ClosedError("the database is closed")
+        with self._write_lock_obj:
+            if self.closed:
+                raise ClosedError("the database is closed")
+            self._quiesce()
+            heads = self._ledger_heads()
+            seq = self._visible_seq()
+        root = hashlib.sha256(b"amdb-ledger-v1" + len(heads).to_bytes(8, "little")
+                              + b"".join(h for h, _ in heads))
+        return {"root": root.hexdigest(), "workers": [h.hex() for h, _ in heads],
+                "chunks": [n for _, n in heads], "seq": seq}
 
     def snapshot(self):
         """A read view as of the newest finished batch: its get/batch_get/scan

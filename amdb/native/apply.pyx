@@ -20,7 +20,8 @@ from libc.string cimport memcmp, memcpy
 from posix.unistd cimport getppid, getpid
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport *
-from amdb.shm.arena cimport Mapping, commit_pages, alloc_block_aligned, arena_init
+from amdb.shm.arena cimport Mapping, commit_pages, alloc_block, alloc_block_aligned, arena_init
+from amdb.native.hashing cimport amdb_sha256, amdb_sha256_init, amdb_sha256_update, amdb_sha256_final
 from amdb.shm.ring cimport ring_wait_data, ring_release, progress_publish, ring_at
 from amdb.native.skiplist cimport SkipFinger, skiplist_insert, skiplist_finger_reset, skiplist_random_height
 from amdb.native.hashindex cimport hashindex_find, hashindex_insert, hashindex_growth_bytes
@@ -50,6 +51,10 @@ ctypedef struct Worker:
     SkipFinger finger
     ChunkEntry *entries
     uint64_t entries_capacity
+    uint64_t *chunk_hashes       # hashes of the versions the current chunk appended (ledger)
+    uint64_t chunk_hashes_len
+    uint8_t batch_ledger_head[32]  # ledger head before the open batch (for rollback)
+    uint64_t batch_ledger_chunks
     uint64_t batch_first_seq     # seq of the open batch (set by its first chunk here); 0 = none
     uint64_t batch_start_off     # arena_used when that chunk arrived
     bint refusing                # a chunk of the open batch failed: skip the rest until ABORT
@@ -123,11 +128,16 @@ cdef int index_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos,
     cdef amdb_ring_record *rec
     cdef ChunkEntry *entry
     cdef ChunkEntry *grown
+    cdef uint64_t *grown_hashes
     if header.count > w.entries_capacity:
         grown = <ChunkEntry *>realloc(w.entries, header.count * sizeof(ChunkEntry))
         if grown == NULL:
             return AMDB_STATUS_NO_MEMORY
         w.entries = grown
+        grown_hashes = <uint64_t *>realloc(w.chunk_hashes, header.count * sizeof(uint64_t))
+        if grown_hashes == NULL:
+            return AMDB_STATUS_NO_MEMORY
+        w.chunk_hashes = grown_hashes
         w.entries_capacity = header.count
     need[0] = 0
     new_keys[0] = 0
@@ -153,7 +163,37 @@ cdef int index_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos,
         n += 1
     if pos != header.end:
         return AMDB_STATUS_CORRUPT
+    need[0] += sizeof(amdb_ledger_block)
     return AMDB_STATUS_OK
+
+
+cdef inline void record_for_ledger(Worker *w, uint64_t version_off) noexcept nogil:
+    w.chunk_hashes[w.chunk_hashes_len] = amdb_version_tail_of(version_at(w.p.arena, version_off)).hash
+    w.chunk_hashes_len += 1
+
+
+cdef void fold_ledger(Worker *w, uint64_t seq) noexcept nogil:
+    """Fold the chunk's version hashes into the ledger and leave a LEDGER
+    block in the arena. REQUIRES: room committed (index_chunk counted it)."""
+    cdef amdb_control *c = w.p.ctrl
+    cdef amdb_sha256 state
+    cdef uint64_t words[2]
+    cdef uint64_t off
+    cdef amdb_ledger_block *block
+    words[0] = seq                  # little-endian hosts: the in-memory bytes are LE
+    words[1] = w.chunk_hashes_len
+    amdb_sha256_init(&state)
+    amdb_sha256_update(&state, c.ledger_head, 32)
+    amdb_sha256_update(&state, words, 16)
+    if w.chunk_hashes_len:
+        amdb_sha256_update(&state, w.chunk_hashes, w.chunk_hashes_len * 8)
+    off = alloc_block(&w.p, AMDB_BLOCK_LEDGER, sizeof(amdb_ledger_block))
+    block = <amdb_ledger_block *>(w.p.arena + off)
+    block.seq = seq
+    block.versions = w.chunk_hashes_len
+    amdb_sha256_final(&state, block.head)
+    memcpy(c.ledger_head, block.head, 32)
+    amdb_store_relaxed(&c.ledger_chunks, c.ledger_chunks + 1)
 
 
 cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t timestamp_ns) noexcept nogil:
@@ -173,6 +213,7 @@ cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t time
         if not is_live(p.arena, latest):
             return                                  # deleting a missing key: nothing to record
         version_off = version_append(p, node_off, AMDB_VERSION_TOMBSTONE, NULL, 0, seq, timestamp_ns)
+        record_for_ledger(w, version_off)
         # Release: the tombstone is whole before readers can reach it.
         amdb_store_release(&node_at(p.arena, node_off).latest, version_off)
         amdb_store_relaxed(&c.live_keys, c.live_keys - 1)
@@ -181,6 +222,7 @@ cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t time
     if node_off != 0:
         latest = amdb_load_relaxed(&node_at(p.arena, node_off).latest)
         version_off = version_append(p, node_off, 0, value, rec.value_len, seq, timestamp_ns)
+        record_for_ledger(w, version_off)
         amdb_store_release(&node_at(p.arena, node_off).latest, version_off)
         if not is_live(p.arena, latest):
             amdb_store_relaxed(&c.live_keys, c.live_keys + 1)
@@ -198,6 +240,7 @@ cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t time
     node.reserved = 0
     memcpy(<uint8_t *>amdb_node_key(node), key, rec.key_len)
     version_off = version_append(p, node_off, 0, value, rec.value_len, seq, timestamp_ns)
+    record_for_ledger(w, version_off)
     node.latest = version_off                       # unpublished node: plain store
     skiplist_insert(p, node_off, &w.finger)         # publishes (level 0 = commit point)
     hashindex_insert(p, rec.hash, node_off)         # publishes
@@ -227,17 +270,20 @@ cdef int apply_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) no
     if not sorted_already:
         sort_entries(w, w.entries, <int64_t>count)
     timestamp_ns = amdb_now_ns()
+    w.chunk_hashes_len = 0
     for i in range(count):
         if i + PREFETCH_DISTANCE < count:
             table = table_at(w.p.arena, w.p.ctrl.hash_table)
             ahead = record_at(w, w.entries[i + PREFETCH_DISTANCE].pos)
             amdb_prefetch(&table.slots[amdb_slot_home(ahead.hash, table.log2_capacity)])
         apply_record(w, &w.entries[i], header.seq, timestamp_ns)
+    fold_ledger(w, header.seq)
     return AMDB_STATUS_OK
 
 
-cdef void rollback_batch(Worker *w, uint64_t abort_seq) noexcept nogil:
-    """Undo this worker's part of the batch whose first seq is abort_seq."""
+cdef void rollback_batch(Worker *w, uint64_t abort_seq, uint64_t abort_no) noexcept nogil:
+    """Undo this worker's part of batch `abort_seq` (if it has one) and
+    acknowledge ABORT number `abort_no`."""
     cdef PartitionView *p = &w.p
     cdef amdb_control *c = p.ctrl
     cdef uint64_t off, end, start, restored
@@ -263,11 +309,21 @@ cdef void rollback_batch(Worker *w, uint64_t abort_seq) noexcept nogil:
                     live_delta += <int64_t>is_live(p.arena, restored) - <int64_t>is_live(p.arena, node.latest)
                     amdb_store_release(&node.latest, restored)
             off += <uint64_t>block.words * 8
+        # Now unreachable: retag the batch's versions and ledger blocks so that
+        # a walk of the arena (ledger verification) skips them.
+        off = start
+        while off < end:
+            block = <amdb_block *>(p.arena + off)
+            if block.kind == AMDB_BLOCK_VERSION or block.kind == AMDB_BLOCK_LEDGER:
+                block.kind = AMDB_BLOCK_GARBAGE
+            off += <uint64_t>block.words * 8
+        memcpy(c.ledger_head, w.batch_ledger_head, 32)
+        amdb_store_relaxed(&c.ledger_chunks, w.batch_ledger_chunks)
         amdb_store_relaxed(&c.live_keys, <uint64_t>(<int64_t>c.live_keys + live_delta))
         amdb_store_relaxed(&c.version_count, c.version_count - undone)
     w.batch_first_seq = 0
     w.refusing = False
-    amdb_store_release(&c.aborted_seq, abort_seq)
+    amdb_store_release(&c.aborts_done, abort_no)
     progress_publish(c)
 
 
@@ -279,6 +335,8 @@ cdef void handle_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) 
     if header.flags & AMDB_CHUNK_FIRST_OF_BATCH:
         w.batch_first_seq = header.seq
         w.batch_start_off = c.arena_used
+        memcpy(w.batch_ledger_head, c.ledger_head, 32)
+        w.batch_ledger_chunks = c.ledger_chunks
         w.refusing = False
     elif w.refusing:
         return                    # the rest of a refused batch: the owner sends ABORT
@@ -324,7 +382,7 @@ cdef int worker_loop(Worker *w) noexcept nogil:
                 tail = header.end
             elif op == AMDB_OP_ABORT:
                 header = (<amdb_ring_chunk *>ring_at(w.p.ring, capacity - 1, tail))[0]
-                rollback_batch(w, header.seq)
+                rollback_batch(w, header.seq, header.chunk_no)
                 tail += sizeof(amdb_ring_chunk)
             else:
                 return EXIT_CORRUPT
@@ -347,6 +405,8 @@ def run_worker(int fd, size_t segment_size, int parent_pid):
     w.p.arena = mapping.base + c.arena_offset
     w.p.fd = fd
     w.entries = NULL
+    w.chunk_hashes = NULL
+    w.chunk_hashes_len = 0
     w.entries_capacity = 0
     w.batch_first_seq = 0
     w.batch_start_off = 0
@@ -366,6 +426,7 @@ def run_worker(int fd, size_t segment_size, int parent_pid):
             result = worker_loop(&w)
     finally:
         free(w.entries)
+        free(w.chunk_hashes)
         amdb_store_release(&c.worker_state, AMDB_WORKER_STOPPED)
         progress_publish(c)
         mapping.release()

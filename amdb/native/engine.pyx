@@ -29,7 +29,7 @@ from amdb.native.hashing cimport amdb_xxh64, SLOT_MASK
 from amdb.native.skiplist cimport skiplist_find_ge, skiplist_find_lt, compare_key_to_node
 from amdb.native.hashindex cimport hashindex_find
 from amdb.native.versions cimport visible_version, is_live
-from amdb.native.verify cimport VerifyResult, BreakRecord, verify_partition, verify_node, node_readable
+from amdb.native.verify cimport VerifyResult, BreakRecord, verify_partition, verify_node, node_readable, verify_ledger
 
 from amdb.errors import (ClosedError, InvalidArgumentError, InvalidTypeError, KeyTooLargeError,
                          ValueTooLargeError, raise_for_status)
@@ -39,7 +39,6 @@ cdef extern from "Python.h":
 
 cdef enum:
     WAIT_SLICE_NS = 50000000      # 50 ms: waits wake up this often to check liveness and Ctrl-C
-    PROGRESS_SPIN = 400           # pause iterations before sleeping on worker progress
     LOOKUP_GROUP = 32             # batch reads: keys whose cache misses overlap (prefetch)
     BATCH_GET_BLOCK = 512         # batch_get: keys looked up per GIL release
     FIRST_CHUNK_RECORDS = 512     # records in a batch's first chunk per worker; doubles per chunk
@@ -326,15 +325,15 @@ cdef class Engine:
         return 0
 
     cdef void _end_batch_seq(self) noexcept:
-        """A batch that opened a chunk used its seq up, committed or not."""
+        """A committed batch that opened a chunk has used its seq up."""
         if self.batch_used_seq:
             self.next_seq += 1
             self.batch_used_seq = False
 
     cdef int _wait_progress(self, int worker, uint64_t applied_target, uint64_t aborted_target) except -1:
         """Wait until the worker applied chunk `applied_target` (or refused a
-        chunk of this batch), or, with aborted_target, rolled batch
-        `aborted_target` back. Returns WAIT_DONE or WAIT_FAILED."""
+        chunk of this batch), or, with aborted_target, handled ABORT number
+        `aborted_target`. Returns WAIT_DONE or WAIT_FAILED."""
         cdef amdb_control *c = self.parts[worker].ctrl
         cdef uint64_t first_chunk = self.producers[worker].batch_first_chunk
         cdef uint32_t seen
@@ -342,9 +341,9 @@ cdef class Engine:
         cdef int i
         while True:
             with nogil:
-                for i in range(PROGRESS_SPIN + 1):
+                for i in range(AMDB_SPIN_STEPS + 1):
                     if aborted_target:
-                        if amdb_load_acquire(&c.aborted_seq) >= aborted_target:
+                        if amdb_load_acquire(&c.aborts_done) >= aborted_target:
                             result = WAIT_DONE
                     elif amdb_load_acquire(&c.applied_chunk) >= applied_target:
                         result = WAIT_DONE
@@ -352,10 +351,10 @@ cdef class Engine:
                         result = WAIT_FAILED
                     if result != WAIT_TIMEOUT:
                         break
-                    if i == PROGRESS_SPIN:
+                    if i == AMDB_SPIN_STEPS:
                         seen = progress_prepare_wait(c)
                         if aborted_target:
-                            if amdb_load_acquire(&c.aborted_seq) >= aborted_target:
+                            if amdb_load_acquire(&c.aborts_done) >= aborted_target:
                                 result = WAIT_DONE
                         elif amdb_load_acquire(&c.applied_chunk) >= applied_target:
                             result = WAIT_DONE
@@ -365,7 +364,7 @@ cdef class Engine:
                             progress_sleep(c, seen, WAIT_SLICE_NS)
                         else:
                             amdb_store32_seqcst(&c.owner_waiting, 0)
-                    amdb_cpu_relax()
+                    amdb_spin_step(i)
             if result != WAIT_TIMEOUT:
                 return result
             PyErr_CheckSignals()
@@ -432,7 +431,10 @@ cdef class Engine:
             if r.batch_chunks:
                 r.abort_to_send = self.batch_seq
                 r.batch_chunks = 0
-        self._end_batch_seq()
+        # The seq is not used up: the next batch reuses it once every rollback
+        # is acknowledged (_settle_aborts), so seqs count committed batches
+        # and a failed attempt leaves no trace in seqs or in the ledger.
+        self.batch_used_seq = False
         for i in range(self.nworkers):
             self._send_abort(i, False)
         return 0
@@ -454,12 +456,13 @@ cdef class Engine:
         rec = <amdb_ring_chunk *>ring_at(r.ring, r.mask, pos)
         rec.op = AMDB_OP_ABORT
         rec.flags = 0
+        r.aborts_sent += 1
         rec.seq = r.abort_to_send
         rec.count = 0
         rec.end = r.head
-        rec.chunk_no = 0
+        rec.chunk_no = r.aborts_sent
         ring_publish(r)
-        r.abort_to_ack = r.abort_to_send
+        r.abort_to_ack = r.aborts_sent
         r.abort_to_send = 0
         return True
 
@@ -1015,7 +1018,7 @@ cdef class Engine:
         cdef BreakRecord *b
         cdef amdb_node *n
         kinds = {1: "hash", 2: "link", 3: "version_no", 4: "node", 5: "key_hash", 6: "order",
-                 7: "first", 8: "bounds", 9: "count"}
+                 7: "first", 8: "bounds", 9: "count", 10: "ledger"}
         for i in range(r.breaks_len):
             b = &r.breaks[i]
             key = None
@@ -1035,6 +1038,7 @@ cdef class Engine:
         try:
             with nogil:
                 verify_partition(&self.parts[worker], &r)
+                verify_ledger(&self.parts[worker], &r)
             return (r.keys, r.versions, r.breaks_total, self._breaks_of(worker, &r))
         finally:
             free(r.breaks)
@@ -1060,6 +1064,24 @@ cdef class Engine:
             return (r.keys, r.versions, r.breaks_total, self._breaks_of(worker, &r))
         finally:
             free(r.breaks)
+
+    def _quiesce(self):
+        """REQUIRES the write lock: settle pending rollbacks, so that the
+        arenas hold exactly the committed batches."""
+        self._settle_aborts()
+
+    def _ledger_heads(self):
+        """[(head bytes, chunks)] per worker. REQUIRES the write lock and _quiesce()."""
+        cdef int i
+        cdef amdb_control *c
+        self._check_open()
+        out = []
+        for i in range(self.nworkers):
+            c = self.parts[i].ctrl
+            amdb_load_acquire(&c.applied_chunk)
+            out.append((PyBytes_FromStringAndSize(<char *>c.ledger_head, 32),
+                        amdb_load_relaxed(&c.ledger_chunks)))
+        return out
 
     def _debug_layout(self, key):
         """Arena offsets of `key`'s node fields and versions (tests corrupt them)."""

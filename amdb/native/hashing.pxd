@@ -14,3 +14,10 @@ cdef extern from "xxh64.h" nogil:
 cdef enum:
     SLOT_COUNT = 16384
     SLOT_MASK = 16383
+
+cdef extern from "sha256.h" nogil:
+    ctypedef struct amdb_sha256:
+        pass
+    void amdb_sha256_init(amdb_sha256 *s) noexcept
+    void amdb_sha256_update(amdb_sha256 *s, const void *data, size_t length) noexcept
+    void amdb_sha256_final(amdb_sha256 *s, uint8_t *out) noexcept

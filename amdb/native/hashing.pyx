@@ -33,3 +33,20 @@ def xxh64_stream(pieces, unsigned long long seed=0):
 def slot_of(key):
     """The hash slot (0..16383) that owns ``key``."""
     return xxh64(key) & SLOT_MASK
+
+
+def sha256(data):
+    """SHA-256 of a bytes-like object with the ledger's implementation
+    (equal to hashlib.sha256(data).digest())."""
+    cdef Py_buffer view
+    cdef amdb_sha256 state
+    cdef unsigned char out[32]
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        with nogil:
+            amdb_sha256_init(&state)
+            amdb_sha256_update(&state, view.buf, <size_t>view.len)
+            amdb_sha256_final(&state, out)
+    finally:
+        PyBuffer_Release(&view)
+    return bytes(out[:32])

@@ -12,6 +12,7 @@ cdef enum BreakKind:
     BREAK_FIRST = 7         # the oldest version is not version 1 with prev_hash 0
     BREAK_BOUNDS = 8        # an offset leads outside the arena or to a malformed block
     BREAK_COUNT = 9         # the skip list holds fewer nodes than the worker created
+    BREAK_LEDGER = 10       # a chunk's recomputed ledger head differs from the stored one
 
 ctypedef struct BreakRecord:
     uint64_t node_off       # 0 when no node could be read
@@ -30,4 +31,5 @@ ctypedef struct VerifyResult:
 
 cdef void verify_partition(const PartitionView *p, VerifyResult *result) noexcept nogil
 cdef void verify_node(const PartitionView *p, uint64_t node_off, VerifyResult *result) noexcept nogil
+cdef void verify_ledger(const PartitionView *p, VerifyResult *result) noexcept nogil
 cdef bint node_readable(const PartitionView *p, uint64_t off) noexcept nogil

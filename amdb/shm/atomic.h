@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/syscall.h>
+#include <sched.h>
 #include <linux/futex.h>
 
 static inline uint64_t amdb_load_acquire(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
@@ -42,6 +43,17 @@ static inline void amdb_cpu_relax(void) {
 }
 
 static inline void amdb_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
+
+/* One step of a bounded busy wait before sleeping on a futex. The first
+ * steps pause (the other side is usually a few hundred ns away); later ones
+ * yield the core, because when the owner and the workers outnumber the cores
+ * a pure spin would hold the very core the process it waits for needs. */
+#define AMDB_SPIN_STEPS 256
+#define AMDB_SPIN_PAUSES 64
+static inline void amdb_spin_step(int step) {
+    if (step < AMDB_SPIN_PAUSES) amdb_cpu_relax();
+    else sched_yield();
+}
 
 /* Sleep while *word == expected, at most timeout_ns. Returns 0 when woken or
  * when *word had already changed, 1 on timeout. EINTR counts as a wake-up:

@@ -17,6 +17,8 @@ cdef extern from "atomic.h" nogil:
     uint32_t amdb_fetch_add32_seqcst(uint32_t *p, uint32_t v) noexcept
     void amdb_cpu_relax() noexcept
     void amdb_prefetch(const void *p) noexcept
+    void amdb_spin_step(int step) noexcept
+    enum: AMDB_SPIN_STEPS
     int amdb_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns) noexcept
     void amdb_futex_wake_all(uint32_t *word) noexcept
     uint64_t amdb_now_ns() noexcept

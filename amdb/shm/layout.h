@@ -98,7 +98,7 @@ typedef struct amdb_control {
     uint64_t applied_seq;          /* batch seq of that chunk (statistics) */
     uint64_t failed_chunk;         /* chunk_no of the last chunk refused, 0 = none; release store */
     uint64_t failed_status;        /* AMDB_STATUS_* of that refusal */
-    uint64_t aborted_seq;          /* seq of the last batch rolled back; release store */
+    uint64_t aborts_done;          /* abort_no of the last ABORT record handled; release store */
     uint32_t progress_event;       /* futex word: bumped after any of the above */
     uint32_t owner_waiting;        /* owner: 1 while waiting for progress */
     uint64_t worker_state;         /* AMDB_WORKER_*; release store */
@@ -114,6 +114,11 @@ typedef struct amdb_control {
     uint64_t node_count;
     uint64_t version_count;
     uint64_t chunks_applied;
+
+    /* Line 5 — the SHA-256 ledger: written by the worker before it
+     * release-stores applied_chunk; the owner reads it after acquiring it. */
+    AMDB_LINE uint8_t ledger_head[32];
+    uint64_t ledger_chunks;
 } amdb_control;
 
 /* Database control block (its own small segment): written by the owner. */
@@ -153,7 +158,7 @@ typedef struct amdb_ring_chunk {    /* CHUNK and ABORT */
     uint64_t seq;                   /* sequence number of the batch (all its chunks share it) */
     uint64_t count;                 /* data records that follow (CHUNK) */
     uint64_t end;                   /* ring position just past the chunk's last record */
-    uint64_t chunk_no;              /* 1, 2, 3... per ring: what progress is counted in */
+    uint64_t chunk_no;              /* CHUNK: 1, 2, 3... per ring (progress); ABORT: its abort_no */
 } amdb_ring_chunk;
 
 /* ---- Arena blocks ---------------------------------------------------------- */
@@ -163,7 +168,11 @@ enum {
     AMDB_BLOCK_VERSION = 2,
     AMDB_BLOCK_HASH_TABLE = 3,
     AMDB_BLOCK_PAD = 4,             /* alignment filler before a node */
+    AMDB_BLOCK_LEDGER = 5,          /* amdb_ledger_block: end of a chunk, its ledger head */
+    AMDB_BLOCK_GARBAGE = 6,         /* a rolled-back version or ledger block (unreachable) */
 };
+
+
 
 #define AMDB_NODE_ALIGN 64          /* nodes start on a cache line: header + short key = one line */
 
@@ -171,6 +180,17 @@ typedef struct amdb_block {
     uint32_t kind;                  /* AMDB_BLOCK_* */
     uint32_t words;                 /* size in 8-byte words, header included */
 } amdb_block;
+
+/* Written after every applied chunk: head = SHA-256(previous head | seq (8 LE)
+ * | versions (8 LE) | the chunk's version hashes (8 LE each, apply order)).
+ * Versions and ledger blocks lie in the arena in apply order, so the ledger
+ * can be recomputed from the arena alone (ParallelDB.verify). */
+typedef struct amdb_ledger_block {
+    amdb_block block;
+    uint64_t seq;
+    uint64_t versions;              /* versions the chunk appended */
+    uint8_t head[32];
+} amdb_ledger_block;
 
 /* Skip-list node: one per key, sized to its height; key bytes follow next[]. */
 typedef struct amdb_node {
@@ -284,5 +304,6 @@ _Static_assert(sizeof(amdb_ring_chunk) == 40, "chunk header is 40 bytes");
 _Static_assert(sizeof(amdb_node) == 40, "node header is 40 bytes");
 _Static_assert(sizeof(amdb_version) == 32, "version hot header is 32 bytes");
 _Static_assert(sizeof(amdb_version_tail) == 40, "version tail is 40 bytes");
+_Static_assert(sizeof(amdb_ledger_block) == 56, "ledger block is 56 bytes");
 
 #endif /* AMDB_LAYOUT_H */

@@ -34,6 +34,8 @@ cdef extern from "layout.h" nogil:
         AMDB_BLOCK_VERSION
         AMDB_BLOCK_HASH_TABLE
         AMDB_BLOCK_PAD
+        AMDB_BLOCK_LEDGER
+        AMDB_BLOCK_GARBAGE
         AMDB_NODE_ALIGN
         AMDB_VERSION_TOMBSTONE
         AMDB_HASH_MAX_LOAD_NUM
@@ -61,7 +63,7 @@ cdef extern from "layout.h" nogil:
         uint64_t applied_seq
         uint64_t failed_chunk
         uint64_t failed_status
-        uint64_t aborted_seq
+        uint64_t aborts_done
         uint32_t progress_event
         uint32_t owner_waiting
         uint64_t worker_state
@@ -74,6 +76,8 @@ cdef extern from "layout.h" nogil:
         uint64_t node_count
         uint64_t version_count
         uint64_t chunks_applied
+        uint8_t ledger_head[32]
+        uint64_t ledger_chunks
 
     ctypedef struct amdb_db_control:
         uint64_t magic
@@ -132,6 +136,12 @@ cdef extern from "layout.h" nogil:
     uint64_t amdb_slot_node(uint64_t word) noexcept
     uint64_t amdb_slot_word_tag(uint64_t word) noexcept
     uint64_t amdb_slot_home(uint64_t hash, uint32_t log2_capacity) noexcept
+
+    ctypedef struct amdb_ledger_block:
+        amdb_block block
+        uint64_t seq
+        uint64_t versions
+        uint8_t head[32]
 
     ctypedef struct amdb_hash_table:
         amdb_block block

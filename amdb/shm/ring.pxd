@@ -24,8 +24,9 @@ ctypedef struct RingProducer:
     uint64_t batch_first_chunk # chunk_no of its first chunk on this ring
     uint64_t last_chunk_sent
     # a rolled-back batch this worker still has to hear about (first seq; 0 = none)
-    uint64_t abort_to_send   # ABORT not written yet (its ring was full)
-    uint64_t abort_to_ack    # ABORT written, rollback not acknowledged yet
+    uint64_t abort_to_send   # seq of a batch whose ABORT is not written yet (its ring was full)
+    uint64_t abort_to_ack    # abort_no of an ABORT written but not acknowledged yet
+    uint64_t aborts_sent     # abort_no of the last ABORT written (1, 2, 3... per ring)
 
 cdef int ring_wait_space(RingProducer *r, uint64_t nbytes, int64_t timeout_ns) noexcept nogil
 cdef uint64_t ring_reserve_nowait(RingProducer *r, uint64_t nbytes) noexcept nogil

@@ -23,7 +23,8 @@ Memory order:
   - Consumer: finishes reading, then tail by release store; the producer
     acquire-loads tail before it reuses that space.
 
-Sleeping (no busy-wait while idle): each side spins briefly, then announces
+Sleeping (no busy-wait while idle): each side spins briefly (pausing, then
+yielding the core: amdb_spin_step), then announces
 `*_sleeping = 1` (seq_cst), re-checks its condition, and futex-waits on an
 event counter whose value it read BEFORE announcing. The other side bumps the
 counter (seq_cst RMW) after publishing and wakes only if the flag is set. A
@@ -36,10 +37,6 @@ from libc.stdint cimport uint32_t, uint64_t, int64_t
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport *
 
-cdef enum:
-    SPIN_ITERATIONS = 2000     # ~ a few microseconds of pause before sleeping
-
-
 cdef int ring_wait_space(RingProducer *r, uint64_t nbytes, int64_t timeout_ns) noexcept nogil:
     """Wait until `nbytes` past r.head are free. AMDB_STATUS_OK or _TIMEOUT."""
     cdef amdb_control *c = r.ctrl
@@ -47,12 +44,12 @@ cdef int ring_wait_space(RingProducer *r, uint64_t nbytes, int64_t timeout_ns) n
     cdef int i
     if r.capacity - (r.head - r.cached_tail) >= nbytes:
         return AMDB_STATUS_OK
-    for i in range(SPIN_ITERATIONS):
+    for i in range(AMDB_SPIN_STEPS):
         # Acquire: the worker is done with every byte before tail.
         r.cached_tail = amdb_load_acquire(&c.ring_tail)
         if r.capacity - (r.head - r.cached_tail) >= nbytes:
             return AMDB_STATUS_OK
-        amdb_cpu_relax()
+        amdb_spin_step(i)
     seen = amdb_load32_seqcst(&c.ring_space_event)
     amdb_store32_seqcst(&c.producer_sleeping, 1)
     r.cached_tail = amdb_load_seqcst(&c.ring_tail)
@@ -97,11 +94,11 @@ cdef uint64_t ring_wait_data(amdb_control *c, uint64_t tail, int64_t timeout_ns)
     cdef uint64_t head
     cdef uint32_t seen
     cdef int i
-    for i in range(SPIN_ITERATIONS):
+    for i in range(AMDB_SPIN_STEPS):
         head = amdb_load_acquire(&c.ring_head)
         if head != tail:
             return head
-        amdb_cpu_relax()
+        amdb_spin_step(i)
     seen = amdb_load32_seqcst(&c.ring_data_event)
     amdb_store32_seqcst(&c.consumer_sleeping, 1)
     head = amdb_load_seqcst(&c.ring_head)
@@ -122,7 +119,7 @@ cdef void ring_release(amdb_control *c, uint64_t tail) noexcept nogil:
 
 
 cdef void progress_publish(amdb_control *c) noexcept nogil:
-    """Worker: after release-storing applied_chunk / failed_chunk / aborted_seq."""
+    """Worker: after release-storing applied_chunk / failed_chunk / aborts_done."""
     amdb_fetch_add32_seqcst(&c.progress_event, 1)
     if amdb_load32_seqcst(&c.owner_waiting):
         amdb_futex_wake_all(&c.progress_event)
