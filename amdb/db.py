@@ -84,7 +84,7 @@ class ParallelDB(Engine):
 
     def __init__(self, path=None, *, workers=None, max_batch=100_000, ring_size=DEFAULT_RING_SIZE,
                  arena_size=DEFAULT_ARENA_SIZE, max_key_size=None, max_value_size=None,
-                 start_timeout=30.0):
+                 start_timeout=30.0, audit=None, audit_max_bytes=64 << 20):
         if path is not None:
             raise InvalidArgumentError(
                 "path= is not supported yet: this release keeps data in memory only "
@@ -121,7 +121,15 @@ class ParallelDB(Engine):
         self._write_lock_obj = threading.Lock()
         self.ring_size = ring_size
         self.arena_size = arena_size
+        if audit is not None and not isinstance(audit, (str, os.PathLike)):
+            raise InvalidTypeError(f"audit= must be a file path or None, not {type(audit).__name__}",
+                                   hint="pass e.g. audit='amdb-audit.jsonl'")
         self._start(max_batch, ring_size, arena_size, max_key_size, max_value_size, start_timeout)
+        if audit is not None:
+            from amdb.audit import AuditLog
+            self._audit = AuditLog(os.fspath(audit), max_bytes=audit_max_bytes)
+            self._audit.event("open", workers=self._workers, max_batch=max_batch, ring_size=ring_size,
+                              arena_size=arena_size)
 
     # ---- lifecycle -----------------------------------------------------------
 
@@ -193,6 +201,11 @@ class ParallelDB(Engine):
     def close(self):
         """Stop the workers and release all shared memory. Idempotent."""
         with self._write_lock_obj:
+            audit, self._audit = self._audit, None
+            if audit is not None and not self.closed:
+                audit.event("close", keys=len(self), seq=self._visible_seq())
+            if audit is not None:
+                audit.close()
             self._mark_closed()
             if self._finalizer is not None and self._finalizer.alive:
                 self._detach()
@@ -389,6 +402,7 @@ class ParallelDB(Engine):
             "keys": len(self),
             "visible_seq": self._visible_seq(),
             "closed": False,
+            "audit": self._audit.stats() if self._audit is not None else None,
             "options": {"workers": self._workers, "max_batch": self.max_batch,
                         "ring_size": self.ring_size, "arena_size": self.arena_size,
                         "max_key_size": self.max_key_size, "max_value_size": self.max_value_size},

@@ -55,21 +55,29 @@ cdef enum WaitResult:
 
 
 class BatchResult(object):
-    """What a batch write did: `count` records in `chunks` chunks with sequence
-    numbers `first_seq`..`last_seq`; `per_worker[i]` records went to worker i."""
+    """What a batch write did: `count` records in `chunks` chunks; `seq` is the
+    batch's sequence number (first_seq == last_seq == seq: a batch has one);
+    `per_worker[i]` records went to worker i; `key_digest` folds the keys'
+    xxh64 (audit log)."""
 
-    __slots__ = ("count", "first_seq", "last_seq", "chunks", "per_worker")
+    __slots__ = ("count", "first_seq", "last_seq", "chunks", "per_worker", "key_digest")
 
-    def __init__(self, count, first_seq, last_seq, chunks, per_worker):
+    def __init__(self, count, first_seq, last_seq, chunks, per_worker, key_digest=0):
         self.count = count
         self.first_seq = first_seq
         self.last_seq = last_seq
         self.chunks = chunks
         self.per_worker = per_worker
+        self.key_digest = key_digest
+
+    @property
+    def seq(self):
+        """The batch's sequence number (every version of it carries it)."""
+        return self.last_seq
 
     def __repr__(self):
-        return (f"BatchResult(count={self.count}, first_seq={self.first_seq}, "
-                f"last_seq={self.last_seq}, chunks={self.chunks}, per_worker={self.per_worker})")
+        return (f"BatchResult(count={self.count}, seq={self.last_seq}, chunks={self.chunks}, "
+                f"per_worker={self.per_worker})")
 
     def as_dict(self):
         return {name: getattr(self, name) for name in self.__slots__}
@@ -124,6 +132,8 @@ cdef class Engine:
     cdef uint64_t next_seq         # seq the next batch will carry
     cdef uint64_t batch_seq        # seq of the batch being written
     cdef bint batch_used_seq       # it has opened a chunk (so its seq is spent)
+    cdef uint64_t batch_key_digest # rolling xxh64 digest of the batch's keys (audit log)
+    cdef public object _audit      # amdb.audit.AuditLog or None
     cdef uint64_t committed_len
     cdef readonly uint64_t max_batch
     cdef readonly uint64_t max_key_size
@@ -138,6 +148,7 @@ cdef class Engine:
         self.closed = True
         self._attached = False
         self._mappings = []
+        self._audit = None
 
     def __dealloc__(self):
         free(self.parts)
@@ -285,6 +296,8 @@ cdef class Engine:
         if value_len > self.max_value_size:
             raise ValueTooLargeError(f"value of {value_len} bytes exceeds max_value_size={self.max_value_size}")
         h = amdb_xxh64(key, key_len, 0)
+        # Order-sensitive digest of the batch's keys, for the audit log.
+        self.batch_key_digest = ((self.batch_key_digest << 5) | (self.batch_key_digest >> 59)) ^ h
         worker = self.dbc.slot_owner[h & SLOT_MASK]
         r = &self.producers[worker]
         nbytes = amdb_record_bytes(<uint32_t>key_len, <uint32_t>value_len)
@@ -322,6 +335,7 @@ cdef class Engine:
             self.producers[i].chunk_open = False
         self.batch_seq = self.next_seq
         self.batch_used_seq = False
+        self.batch_key_digest = 0
         return 0
 
     cdef void _end_batch_seq(self) noexcept:
@@ -394,14 +408,15 @@ cdef class Engine:
             self._abort_batch()
             raise_for_status(<int>failed_status, f"worker {failed_worker} refused the batch; nothing of it was applied")
         if chunks == 0:
-            return BatchResult(0, 0, 0, 0, [0] * self.nworkers)
+            return BatchResult(0, 0, 0, 0, [0] * self.nworkers, 0)
         # Release: every worker's versions of the batch happen-before any
         # reader that acquires the new watermark.
         amdb_store_release(&self.dbc.visible_seq, self.batch_seq)
         self._end_batch_seq()
         self._refresh_len()
         return BatchResult(count, self.batch_seq, self.batch_seq, chunks,
-                           [self.producers[i].batch_records for i in range(self.nworkers)])
+                           [self.producers[i].batch_records for i in range(self.nworkers)],
+                           self.batch_key_digest)
 
     cdef void _refresh_len(self) noexcept:
         cdef uint64_t total = 0
@@ -609,7 +624,11 @@ cdef class Engine:
         with self._write_lock:
             self._check_open()
             self._before_write()
-            return self._write_packed(keys, key_offsets, values, value_offsets)
+            result = self._write_packed(keys, key_offsets, values, value_offsets)
+            if self._audit is not None:
+                self._audit.write_op("put_packed", result.count, result.first_seq, result.last_seq,
+                                     result.key_digest)
+            return result
 
     # ---- public writes -----------------------------------------------------
 
@@ -619,7 +638,10 @@ cdef class Engine:
         with self._write_lock:
             self._check_open()
             self._before_write()
-            self._write_pairs(((key, value),))
+            result = self._write_pairs(((key, value),))
+            if self._audit is not None:
+                self._audit.write_op("put", result.count, result.first_seq, result.last_seq,
+                                     result.key_digest)
 
     def delete(self, key):
         """Delete `key`; deleting a missing key does nothing."""
@@ -627,21 +649,32 @@ cdef class Engine:
         with self._write_lock:
             self._check_open()
             self._before_write()
-            self._write_deletes((key,))
+            result = self._write_deletes((key,))
+            if self._audit is not None:
+                self._audit.write_op("delete", result.count, result.first_seq, result.last_seq,
+                                     result.key_digest)
 
     def _batch_put(self, items):
         self._check_open()
         with self._write_lock:
             self._check_open()
             self._before_write()
-            return self._write_pairs(items)
+            result = self._write_pairs(items)
+            if self._audit is not None:
+                self._audit.write_op("batch_put", result.count, result.first_seq, result.last_seq,
+                                     result.key_digest)
+            return result
 
     def _batch_delete(self, keys):
         self._check_open()
         with self._write_lock:
             self._check_open()
             self._before_write()
-            return self._write_deletes(keys)
+            result = self._write_deletes(keys)
+            if self._audit is not None:
+                self._audit.write_op("batch_delete", result.count, result.first_seq, result.last_seq,
+                                     result.key_digest)
+            return result
 
     def _put_arrays(self, keys, Py_ssize_t key_width, bint strip_keys,
                     values, Py_ssize_t value_width, bint strip_values, Py_ssize_t n):
@@ -653,7 +686,11 @@ cdef class Engine:
         with self._write_lock:
             self._check_open()
             self._before_write()
-            return self._write_arrays(keys, key_width, strip_keys, values, value_width, strip_values, n)
+            result = self._write_arrays(keys, key_width, strip_keys, values, value_width, strip_values, n)
+            if self._audit is not None:
+                self._audit.write_op("put_array", result.count, result.first_seq, result.last_seq,
+                                     result.key_digest)
+            return result
 
     def _before_write(self):
         """Hook: raise if the database can no longer accept writes."""
