@@ -29,10 +29,8 @@ when an engine raised or returned wrong data, else 0.
     python perf/bench_reference.py --json perf/results/ref.json
 """
 import argparse
-import gc
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -41,12 +39,15 @@ import tempfile
 import time
 import traceback
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import engines  # noqa: E402  (perf/engines.py)
+from engines import (PEERS, AmdbEngine, filesystem_of, machine_info,  # noqa: E402,F401
+                     timed)
+
 WRITE_BATCH = 5_000         # records per batch_put call in batch_put_5k
 GET_BATCH = 100_000         # keys per batch_get call
 PUT_ARRAY_GOAL = 10_000_000  # items/s that put_array is meant to reach
-LMDB_MAP_SIZE = 8 << 30     # bytes; LMDB reserves the map up front (sparse file)
 VERIFY_SAMPLE = 1_000       # keys read back after each timed step
-PEERS = ("plyvel", "rocksdict", "lmdb")
 
 WORKLOADS = (
     # name,          column heading
@@ -68,213 +69,20 @@ def expected_value(key):
 
 # --- engines -------------------------------------------------------------------
 #
-# Each engine: load() imports it (ImportError = not installed, skipped),
-# version(), settings (printed), open(tmp) / close(db), put_batches(db, chunks)
-# with one engine batch per chunk, get_each(db, keys) reading one key per call,
-# lookup(db, key) for verification. AmDb has two extra workloads.
-
-class DictEngine:
-    name = "dict"
-    settings = "dict.update(batch) per batch; d.get(key) per read"
-
-    def load(self):
-        pass
-
-    def version(self):
-        return "Python " + platform.python_version()
-
-    def open(self, tmp):
-        return {}
-
-    def close(self, db):
-        db.clear()
-
-    def put_batches(self, db, chunks):
-        update = db.update
-        for chunk in chunks:
-            update(chunk)
-
-    def get_each(self, db, keys):
-        get = db.get
-        for key in keys:
-            get(key)
-
-    def lookup(self, db, key):
-        return db.get(key)
-
-
-class PlyvelEngine:
-    name = "plyvel"
-    settings = "LevelDB defaults, one WriteBatch(sync=False) per batch"
-
-    def load(self):
-        import plyvel
-        self.plyvel = plyvel
-
-    def version(self):
-        return f"plyvel {self.plyvel.__version__}, LevelDB {self.plyvel.__leveldb_version__}"
-
-    def open(self, tmp):
-        return self.plyvel.DB(tempfile.mkdtemp(dir=tmp), create_if_missing=True)
-
-    def close(self, db):
-        db.close()
-
-    def put_batches(self, db, chunks):
-        for chunk in chunks:
-            with db.write_batch(sync=False) as batch:
-                put = batch.put
-                for key, value in chunk:
-                    put(key, value)
-
-    def get_each(self, db, keys):
-        get = db.get
-        for key in keys:
-            get(key)
-
-    def lookup(self, db, key):
-        return db.get(key)
-
-
-class RocksdictEngine:
-    name = "rocksdict"
-    settings = ("RocksDB defaults in raw_mode (WAL on, not synced), "
-                "one WriteBatch per batch")
-
-    def load(self):
-        import rocksdict
-        self.rocksdict = rocksdict
-
-    def version(self):
-        from importlib.metadata import version
-        return f"rocksdict {version('rocksdict')}"
-
-    def open(self, tmp):
-        options = self.rocksdict.Options(raw_mode=True)
-        return self.rocksdict.Rdict(tempfile.mkdtemp(dir=tmp), options)
-
-    def close(self, db):
-        db.close()
-
-    def put_batches(self, db, chunks):
-        WriteBatch = self.rocksdict.WriteBatch
-        write = db.write
-        for chunk in chunks:
-            batch = WriteBatch(raw_mode=True)
-            put = batch.put
-            for key, value in chunk:
-                put(key, value)
-            write(batch)
-
-    def get_each(self, db, keys):
-        get = db.get
-        for key in keys:
-            get(key)
-
-    def lookup(self, db, key):
-        return db.get(key)
-
-
-class LmdbEngine:
-    name = "lmdb"
-    settings = (f"map_size={LMDB_MAP_SIZE >> 30} GiB, sync=False, metasync=False, "
-                "one write txn + cursor.putmulti per batch; all gets in one read txn")
-
-    def load(self):
-        import lmdb
-        self.lmdb = lmdb
-
-    def version(self):
-        return f"lmdb {self.lmdb.__version__}, LMDB {'.'.join(map(str, self.lmdb.version()))}"
-
-    def open(self, tmp):
-        return self.lmdb.open(tempfile.mkdtemp(dir=tmp), map_size=LMDB_MAP_SIZE,
-                              sync=False, metasync=False)
-
-    def close(self, env):
-        env.close()
-
-    def put_batches(self, env, chunks):
-        begin = env.begin
-        for chunk in chunks:
-            with begin(write=True) as txn:
-                txn.cursor().putmulti(chunk)
-
-    def get_each(self, env, keys):
-        with env.begin() as txn:
-            get = txn.get
-            for key in keys:
-                get(key)
-
-    def lookup(self, env, key):
-        with env.begin() as txn:
-            return txn.get(key)
-
-
-class AmdbEngine:
-    name = "amdb"
-
-    def __init__(self, workers):
-        self.workers = workers
-        self.settings = (f"ParallelDB(workers={workers}), memory only, defaults "
-                         "otherwise; db.batch_put(list) per batch")
-
-    def load(self):
-        import numpy
-        import amdb
-        amdb.ParallelDB   # imports the compiled engine: fails here if it is not built
-        self.amdb, self.numpy = amdb, numpy
-
-    def version(self):
-        return f"amdb {self.amdb.__version__} ({os.path.dirname(self.amdb.__file__)})"
-
-    def open(self, tmp):
-        return self.amdb.ParallelDB(workers=self.workers)
-
-    def close(self, db):
-        db.close()
-
-    def put_batches(self, db, chunks):
-        batch_put = db.batch_put
-        for chunk in chunks:
-            batch_put(chunk)
-
-    def get_each(self, db, keys):
-        get = db.get
-        for key in keys:
-            get(key)
-
-    def lookup(self, db, key):
-        return db.get(key)
-
-    def batch_get_all(self, db, key_chunks):
-        batch_get = db.batch_get
-        return [batch_get(chunk) for chunk in key_chunks]
-
+# The adapters (perf/engines.py, shared with perf/run_matrix.py): load() imports
+# the engine (ImportError = not installed, skipped), version(), settings (printed),
+# open(tmp) / close(db), put_batches(db, chunks) with one engine batch per chunk,
+# get_each(db, keys) reading one key per call, lookup(db, key) for verification.
+# AmDb has two extra workloads.
 
 ENGINES = ("amdb", "plyvel", "rocksdict", "lmdb", "dict")
 
 
 def make_engine(name, args):
-    if name == "amdb":
-        return AmdbEngine(args.workers)
-    return {"plyvel": PlyvelEngine, "rocksdict": RocksdictEngine,
-            "lmdb": LmdbEngine, "dict": DictEngine}[name]()
+    return engines.make_engine(name, args.workers)
 
 
 # --- measuring -----------------------------------------------------------------
-
-def timed(fn, *args):
-    """Seconds that fn(*args) takes, with the garbage collector off; and its result."""
-    gc.collect()
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        result = fn(*args)
-        return time.perf_counter() - start, result
-    finally:
-        gc.enable()
-
 
 def verify_lookups(engine, db, sample_keys, what):
     for key in sample_keys:
@@ -365,56 +173,6 @@ def verify_batch_get(work, results):
 
 
 # --- reporting -----------------------------------------------------------------
-
-def read_cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def read_memory_gib():
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return round(int(line.split()[1]) / (1 << 20), 1)
-    except OSError:
-        pass
-    return None
-
-
-def filesystem_of(path):
-    """The mount (target, fstype) that holds path: the longest matching /proc/mounts entry."""
-    path = os.path.realpath(path)
-    best = ("", "?")
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                target, fstype = line.split()[1:3]
-                inside = path == target or path.startswith(target.rstrip("/") + "/")
-                if inside and len(target) >= len(best[0]):
-                    best = (target, fstype)
-    except OSError:
-        pass
-    return best
-
-
-def machine_info():
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "cpu_model": read_cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": affinity,
-        "memory_gib": read_memory_gib(),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "platform": platform.platform(),
-    }
-
 
 def ratio(numerator, denominator):
     if numerator is None or not denominator:
