@@ -1,18 +1,21 @@
 # AmDb: build, test and benchmark in a local virtualenv (.venv).
 #
 #   make test        build (release) and run the tests
-#   make bench       build (release) and run perf/bench_reference.py
+#   make bench       build (release), run perf/run_matrix.py --quick and print its summary
+#   make bench-reference  build (release) and run perf/bench_reference.py
 #   make debug       build with AMDB_BUILD=debug and run the tests; `make release` goes back
 #   make asan        build with AMDB_BUILD=asan; `make asan-test` runs the tests under ASan
 #   make memcheck    valgrind memcheck (debug build) of tools/memcheck_scenario.py
 #   make clean       remove build/, generated C and compiled extensions (keeps .venv)
 #   make distclean   clean, and remove .venv
 #
-# Variables: PYTHON (interpreter the venv is made from), JOBS (parallel compiles),
-# PYTEST_ARGS, BENCH_ARGS, AMDB_BUILD (release | debug | asan; see setup.py).
+# Variables: PYTHON (interpreter the venv is made from), JOBS (parallel compiles), EXTRAS,
+# PYTEST_ARGS, BENCH_ARGS (more perf/run_matrix.py flags), REFERENCE_ARGS (bench_reference.py),
+# AMDB_BUILD (release | debug | asan; see setup.py).
 # Requires GNU make, python3 (with the venv module), a C compiler.
 
 SHELL := /bin/bash
+comma := ,
 .DEFAULT_GOAL := help
 
 PYTHON      ?= python3
@@ -21,11 +24,15 @@ VPY         := $(VENV)/bin/python
 JOBS        ?= 2
 AMDB_BUILD  ?= release
 PYTEST_ARGS ?=
-BENCH_ARGS  ?= --json perf/results/bench_reference.json
+BENCH_ARGS  ?=
+REFERENCE_ARGS ?= --json perf/results/bench_reference.json
 ASAN_CC     ?= gcc
 
-# Dependencies installed: redone when the metadata (dependencies, extras) changes.
-VENV_STAMP  := $(VENV)/.amdb-installed
+# Extras installed into the venv (`cluster` brings Ray, for tests/test_distributed.py).
+EXTRAS      ?= test,bench,cluster
+# Dependencies installed: redone when the metadata (dependencies, extras) changes,
+# or when EXTRAS changes (the stamp's name carries the extras).
+VENV_STAMP  := $(VENV)/.amdb-installed-$(subst $(comma),-,$(EXTRAS))
 # Extensions in place, built in mode $(AMDB_BUILD). Only one mode stamp exists at a
 # time: it names the mode of the .so files now in amdb/. A stamp carries the time
 # its build started, so that a source saved during a build is rebuilt next time.
@@ -38,10 +45,10 @@ EXT_SUFFIX  := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_confi
 EXT_MODULES := $(patsubst %.pyx,%$(EXT_SUFFIX),$(filter %.pyx,$(EXT_SOURCES)))
 MISSING_MODULES := $(filter-out $(wildcard $(EXT_MODULES)),$(EXT_MODULES))
 
-.PHONY: help venv install build ext test bench debug release asan asan-test clean distclean FORCE memcheck
+.PHONY: help venv install build ext test bench bench-reference debug release asan asan-test clean distclean FORCE memcheck
 
 help:
-	@sed -n '2,13s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '2,/^$$/s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
 
 venv install: $(VENV_STAMP)
 
@@ -54,8 +61,9 @@ $(VENV_STAMP): pyproject.toml setup.cfg | $(CYTHON_STAMP)
 	rm -rf build/.ext-*.stamp build/lib.*
 	touch $(BUILD_STAMP).new
 	AMDB_BUILD=$(AMDB_BUILD) AMDB_CYTHON_JOBS=$(JOBS) \
-	  $(VPY) -m pip install --no-build-isolation -e ".[test,bench]"
+	  $(VPY) -m pip install --no-build-isolation -e ".[$(EXTRAS)]"
 	mv $(BUILD_STAMP).new $(BUILD_STAMP)
+	rm -f $(VENV)/.amdb-installed*
 	touch $@
 
 # A second make, so that it sees what the install step just built.
@@ -87,8 +95,12 @@ FORCE:
 test: build
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
+# The quick sweep (a minute or two): tables and plots in perf/results/<timestamp>/.
 bench: build
-	$(VPY) perf/bench_reference.py $(BENCH_ARGS)
+	$(VPY) perf/run_matrix.py --quick $(BENCH_ARGS)
+
+bench-reference: build
+	$(VPY) perf/bench_reference.py $(REFERENCE_ARGS)
 
 debug:
 	$(MAKE) --no-print-directory test AMDB_BUILD=debug

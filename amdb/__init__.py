@@ -2,7 +2,8 @@
 
 from amdb.errors import (  # noqa: F401
     ArenaFullError, ClosedError, Error, InvalidArgumentError, InvalidTypeError,
-    KeyTooLargeError, ValueTooLargeError, WorkerCrashedError, WorkerStartError,
+    KeyTooLargeError, NodeUnavailableError, ValueTooLargeError, WorkerCrashedError,
+    WorkerStartError,
 )
 
 SLOT_COUNT = 16384

@@ -9,7 +9,7 @@ status into an exception.
 __all__ = [
     "Error", "InvalidArgumentError", "InvalidTypeError", "KeyTooLargeError",
     "ValueTooLargeError", "ClosedError", "ArenaFullError", "WorkerCrashedError",
-    "WorkerStartError", "raise_for_status",
+    "WorkerStartError", "NodeUnavailableError", "raise_for_status",
 ]
 
 
@@ -86,6 +86,24 @@ class WorkerCrashedError(Error):
         super().__init__(message, **kwargs)
         self.worker = worker
         self.signal = signal
+
+
+class NodeUnavailableError(Error):
+    """A node of a DistributedCluster cannot serve a call; ``.node_id`` names it.
+
+    ``code`` says why: ``node_unavailable`` (its actor died or is restarting),
+    ``node_data_lost`` (it restarted without a path, so the slots it owned lost
+    their data; ``cluster.lost_slots()`` lists them), ``node_timeout`` (no answer
+    in time).
+    """
+
+    code = "node_unavailable"
+    hint = ("see cluster.lost_slots() and cluster.stats(); Ray restarts a dead node actor "
+            "(max_restarts=), but without path= its data is lost")
+
+    def __init__(self, message, *, node_id=None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.node_id = node_id
 
 
 class WorkerStartError(Error):

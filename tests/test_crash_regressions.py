@@ -4,7 +4,6 @@ Each test names the crash, how it showed, and the fix. They run in every
 build; `make asan-test` and `make memcheck` are what turn a silent memory
 error into a failure, so run those after touching native code.
 """
-import amdb
 
 
 def test_prototype_million_item_batch_write(make_db):

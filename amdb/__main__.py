@@ -1,0 +1,140 @@
+"""Command line: ``python -m amdb <command>``.
+
+Commands:
+  cluster-bench   aggregate batch_put throughput of a DistributedCluster with 1, 2
+                  and 4 nodes on this host, against one ParallelDB with the same
+                  total number of workers (needs Ray: pip install amdb[cluster]).
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+
+def _items(n, tag):
+    return [(b"%s/key_%d" % (tag, i), b"value_%d" % i) for i in range(n)]
+
+
+def _timed_batch_put(target, items):
+    start = time.perf_counter()
+    success, results = target.batch_put(items)
+    elapsed = time.perf_counter() - start
+    if not success:
+        raise SystemExit(f"batch_put failed: {results}")
+    return elapsed
+
+
+def cluster_bench(args):
+
+    import amdb
+    from amdb._routing import pack_keys, slots_of_packed
+    from amdb.native.routing import pack_pairs
+    from amdb.native.hashing import slot_of
+    try:
+        import ray
+
+        from amdb.distributed import DistributedCluster
+    except ImportError as exc:
+        raise SystemExit(str(exc))
+
+    cores = os.cpu_count() or 1
+    workers = args.workers or cores
+    node_counts = [int(x) for x in args.nodes.split(",")]
+    n = args.items
+    print(f"# amdb cluster-bench: {n:,} items per batch_put (key_<i> -> value_<i>), median of {args.repeat}")
+    print(f"# host: {platform.node()} {platform.machine()}, {cores} cores, Python {platform.python_version()}, "
+          f"Ray {ray.__version__}, amdb {amdb.__version__}")
+    print("# durability: memory-only (path=None) everywhere: nothing is written to disk")
+    datasets = [_items(n, b"r%d" % r) for r in range(args.repeat)]
+
+    # routing alone: what DistributedCluster.batch_put does before sending —
+    # one native pass from (key, value) tuples to packed buffers and slots —
+    # and, for comparison, the numpy slot function on packed keys and a
+    # per-key Python loop.
+    keys = [k for k, _ in datasets[0]]
+    pairs_s = min(_time(lambda: pack_pairs(datasets[0], 1 << 16, 1 << 30)) for _ in range(3))
+    buf, offsets, _ = pack_keys(keys)
+    route_s = min(_time(lambda: slots_of_packed(buf, offsets)) for _ in range(3))
+    per_key_s = _time(lambda: [slot_of(k) for k in keys])
+    routing = {"native_pack_pairs_keys_per_s": n / pairs_s, "numpy_keys_per_s": n / route_s,
+               "per_key_slot_of_keys_per_s": n / per_key_s}
+    print(f"routing: native pack_pairs (tuples -> packed buffers + slots) {n / pairs_s / 1e6:.1f} M keys/s; "
+          f"numpy slots_of_packed {n / route_s / 1e6:.1f} M keys/s; "
+          f"per-key slot_of loop {n / per_key_s / 1e6:.1f} M keys/s")
+
+    results = {"items": n, "repeat": args.repeat, "cores": cores, "workers_total": workers,
+               "durability": "memory-only (path=None)", "routing": routing, "rows": []}
+    times = []
+    with amdb.ParallelDB(workers=workers) as db:
+        for items in datasets:
+            times.append(_timed_batch_put(db, items))
+    base = n / statistics.median(times)
+    results["rows"].append({"config": f"ParallelDB(workers={workers})", "nodes": 0, "workers_per_node": workers,
+                            "items_per_s": base, "ratio": 1.0})
+    header = f"{'configuration':<44} {'items/s':>12} {'per node':>12} {'per core':>12} {'vs ParallelDB':>14}"
+    rows = [f"{'ParallelDB(workers=%d) (baseline)' % workers:<44} {base:>12,.0f} {'-':>12} "
+            f"{base / cores:>12,.0f} {1.0:>14.2f}"]
+
+    started_ray = False
+    if not ray.is_initialized():
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        started_ray = True
+    try:
+        for nodes in node_counts:
+            per_node = max(1, workers // nodes)
+            times = []
+            with DistributedCluster(node_count=nodes, workers_per_node=per_node) as cluster:
+                cluster.batch_put(_items(1000, b"warm"))
+                for items in datasets:
+                    times.append(_timed_batch_put(cluster, items))
+                assert len(cluster) == 1000 + n * len(datasets)
+            rate = n / statistics.median(times)
+            label = f"DistributedCluster({nodes} nodes x {per_node} workers)"
+            rows.append(f"{label:<44} {rate:>12,.0f} {rate / nodes:>12,.0f} {rate / cores:>12,.0f} "
+                        f"{rate / base:>14.2f}")
+            results["rows"].append({"config": label, "nodes": nodes, "workers_per_node": per_node,
+                                    "items_per_s": rate, "per_node": rate / nodes, "per_core": rate / cores,
+                                    "ratio": rate / base, "times_s": times})
+    finally:
+        if started_ray:
+            ray.shutdown()
+    print(header)
+    print("\n".join(rows))
+    if cores < max(node_counts) * 1:
+        print(f"# note: {cores} cores for up to {max(node_counts)} nodes: node actors, their workers and "
+              "this driver share the cores; figures on such a host measure contention, not scaling")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"# JSON written to {args.json}")
+    return 0
+
+
+def _time(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m amdb", description="AmDb command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser("cluster-bench", help="DistributedCluster batch_put throughput (1, 2, 4 nodes)")
+    bench.add_argument("--items", type=int, default=1_000_000, help="items per batch_put (default 1,000,000)")
+    bench.add_argument("--nodes", default="1,2,4", help="node counts to run (default 1,2,4)")
+    bench.add_argument("--workers", type=int, default=None,
+                       help="total ParallelDB workers (default: cpu count), split over the nodes")
+    bench.add_argument("--repeat", type=int, default=3, help="timed batch_put calls per configuration")
+    bench.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    if args.command == "cluster-bench":
+        return cluster_bench(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
