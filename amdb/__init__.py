@@ -6,6 +6,8 @@ from amdb.errors import (  # noqa: F401
     WorkerStartError,
 )
 
+from amdb.history import Break, Snapshot, Version, VerifyReport  # noqa: F401
+
 SLOT_COUNT = 16384
 
 __version__ = "0.1.0"
