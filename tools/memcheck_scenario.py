@@ -1,6 +1,7 @@
 """A small scenario that exercises every native path (chunking, ring wrap,
 deletes, an aborted multi-chunk batch, scans both ways, batch reads, the numpy
-paths) for `make memcheck` (valgrind) and `make asan-test` smoke runs.
+paths, history, snapshots, verify and the ledger) for `make memcheck`
+(valgrind) and `make asan-test` smoke runs.
 Exits non-zero if any result is wrong."""
 import amdb, numpy as np
 db = amdb.ParallelDB(workers=2, max_batch=500, ring_size=1<<16)
@@ -15,5 +16,11 @@ assert len(list(db.scan(prefix=b"k001"))) == len([i for i in range(100, 200) if 
 assert db.batch_get([b"k00001", b"k00007"]) == [b"v", None]
 list(db.scan(reverse=True, start=b"k002", stop=b"k003"))
 a = np.arange(1000, dtype=np.uint64); db.put_array(a, a); v, f = db.get_array(a, dtype=np.uint64); assert (v == a).all()
+assert db.get(b"k00014", version=1) == b"v" * 14 and db.history(b"k00007")[0].deleted
+snap = db.snapshot()
+db.put(b"k00001", b"changed")
+assert snap.get(b"k00001") == b"v" and db.get(b"k00001") == b"changed"
+assert db.verify().ok and db.verify(b"k00001").versions_checked == 2
+assert len(db.digest()["workers"]) == 2
 db.close()
 print("memcheck scenario ok")
