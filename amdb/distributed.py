@@ -52,6 +52,7 @@ from amdb._routing import n_types_not_bytes, pack_keys, slots_of_packed
 from amdb.errors import (ClosedError, Error, InvalidArgumentError, InvalidTypeError, KeyTooLargeError,
                          NodeUnavailableError, ValueTooLargeError)
 from amdb.native.hashing import slot_of
+from amdb.history import Break, VerifyReport, Version
 
 __all__ = ["DistributedCluster", "ClusterBatchResult", "AmDbNode", "AmDbCoordinator"]
 
@@ -221,6 +222,20 @@ class AmDbNode:
         if refused:
             return refused
         return OK, self.db.get(key)
+
+    def history_one(self, version, slot, key):
+        refused = self._refuse(version, slot, False)
+        if refused:
+            return refused
+        return OK, [tuple(v) for v in self.db.history(key)]
+
+    def verify(self):
+        report = self.db.verify()
+        return (report.keys_checked, report.versions_checked, report.breaks_total,
+                [tuple(b) for b in report.breaks[:1000]], report.seconds)
+
+    def digest(self):
+        return self.db.digest()
 
     def scan_page(self, start, stop, reverse, keys_only, limit):
         """(node version, items of served slots, last key examined, exhausted)."""
@@ -703,6 +718,45 @@ class DistributedCluster:
 
     def __contains__(self, key):
         return self.get(key) is not None
+
+    def history(self, key, *, oldest_first=False):
+        """Every version of ``key`` on the node that owns it (amdb.Version, newest
+        first). A key whose slot moved to another node starts a new history
+        there: a move copies the latest value, not the versions."""
+        rows = self._one("history_one", self._check_key(key))
+        versions = [Version(*row) for row in rows]
+        if oldest_first:
+            versions.reverse()
+        return versions
+
+    def verify(self):
+        """Verify every node's hash chains and ledgers in parallel:
+        {"ok", "keys_checked", "versions_checked", "breaks_total", "nodes": {id: VerifyReport}}."""
+        self._check_open()
+        nodes = self._view[2]
+        refs = [(n, h.verify.remote()) for n, h in nodes.items()]
+        reports = {}
+        for n, ref in refs:
+            keys, versions, total, breaks, seconds = self._get(n, ref)
+            reports[n] = VerifyReport(keys, versions, [Break(*b) for b in breaks], total, seconds)
+        return {"ok": all(r.ok for r in reports.values()),
+                "keys_checked": sum(r.keys_checked for r in reports.values()),
+                "versions_checked": sum(r.versions_checked for r in reports.values()),
+                "breaks_total": sum(r.breaks_total for r in reports.values()),
+                "nodes": reports}
+
+    def digest(self):
+        """Every node's ledger digest and a root over them (SHA-256 of the node
+        ids and roots in node order): {"root", "nodes": {id: digest}}."""
+        import hashlib
+        self._check_open()
+        nodes = self._view[2]
+        refs = [(n, h.digest.remote()) for n, h in nodes.items()]
+        digests = {n: self._get(n, ref) for n, ref in refs}
+        root = hashlib.sha256(b"amdb-cluster-ledger-v1")
+        for n in sorted(digests):
+            root.update(int(n).to_bytes(8, "little") + bytes.fromhex(digests[n]["root"]))
+        return {"root": root.hexdigest(), "nodes": digests}
 
     def node_of(self, key):
         """The node that owns ``key`` in the cached table."""

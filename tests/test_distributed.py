@@ -196,6 +196,29 @@ def test_batch_put_get_scan_across_nodes(cluster):
     assert ok and res.count == 0 and res.per_node == {}
 
 
+def test_history_verify_and_digest_across_nodes(cluster):
+    keys = [b"hist-%04d" % i for i in range(300)]
+    cluster.batch_put([(k, b"one") for k in keys])
+    cluster.batch_put([(k, b"two") for k in keys[::2]])
+    cluster.delete(keys[1])
+    history = cluster.history(keys[0])
+    assert [(v.version, v.value) for v in history] == [(2, b"two"), (1, b"one")]
+    assert history[0].prev_hash == history[1].hash
+    assert cluster.history(keys[1], oldest_first=True)[-1].deleted
+    assert cluster.history(b"hist-never") == []
+    report = cluster.verify()
+    assert report["ok"] and report["breaks_total"] == 0
+    assert report["keys_checked"] >= len(keys)
+    assert set(report["nodes"]) == set(cluster.nodes)
+    before = cluster.digest()
+    assert before == cluster.digest()
+    assert set(before["nodes"]) == set(cluster.nodes)
+    cluster.put(keys[2], b"three")
+    after = cluster.digest()
+    assert after["root"] != before["root"]
+    assert sum(after["nodes"][n]["root"] != before["nodes"][n]["root"] for n in cluster.nodes) == 1
+
+
 def test_add_and_remove_node_under_concurrent_writes(cluster):
     rng = random.Random(3)
     fixed = {b"mv/fixed/%06d" % i: b"f%d" % i for i in range(3000)}

@@ -294,6 +294,9 @@ def test_compare_from_the_command_line(tmp_path, capsys):
 
 def test_tiny_end_to_end_run_writes_every_file(tmp_path, capsys):
     pytest.importorskip("matplotlib")
+    if "libasan" in os.environ.get("LD_PRELOAD", ""):
+        pytest.skip("make asan-test: matplotlib's ft2font throws C++ exceptions that a preloaded "
+                    "ASan runtime cannot intercept (CHECK failed in __cxa_throw), not AmDb code")
     out = tmp_path / "out"
     code = rm.main(["--engines", "amdb,dict", "--workers", "1,2", "--workload", "put,get,scan",
                     "--batch", "1,50", "--value-size", "16", "--keys", "200",
