@@ -28,7 +28,8 @@ MIN_RING_SIZE = 64 << 10            # bytes
 DEFAULT_RING_SIZE = 32 << 20        # bytes per worker, committed at open
 DEFAULT_ARENA_SIZE = 16 << 30       # bytes per worker, reserved (sparse) not committed
 DEFAULT_MAX_KEY_SIZE = 4096        # bytes (smaller when ring_size/16 is smaller)
-SHUTDOWN_TIMEOUT = 10.0             # seconds a worker gets to leave before it is killed
+SHUTDOWN_TIMEOUT = 10.0
+LIVENESS_INTERVAL = 0.05            # seconds between worker-liveness polls before writes             # seconds a worker gets to leave before it is killed
 
 
 class BatchOutcome(NamedTuple):
@@ -112,6 +113,7 @@ class ParallelDB(Engine):
             raise InvalidArgumentError(f"start_timeout={start_timeout} must be in (0, 3600] seconds",
                                        hint="pass e.g. start_timeout=30.0")
         self._owner_pid = os.getpid()
+        self._liveness_checked = 0.0
         self._segment_fds = []
         self._arena_offset = 0
         self._procs = []
@@ -250,9 +252,15 @@ class ParallelDB(Engine):
             message, worker, signal = self._broken
             raise WorkerCrashedError(message + "; writes are refused, reads still work",
                                      worker=worker, signal=signal)
-        for index, proc in enumerate(self._procs):
-            if proc.poll() is not None:
-                self._check_worker(index)
+        # Polling every worker costs a waitpid each (a third of a small put):
+        # do it at most every LIVENESS_INTERVAL. A write that reaches a dead
+        # worker finds out anyway, in its first wait slice.
+        now = time.monotonic()
+        if now - self._liveness_checked >= LIVENESS_INTERVAL:
+            self._liveness_checked = now
+            for index, proc in enumerate(self._procs):
+                if proc.poll() is not None:
+                    self._check_worker(index)
 
     # ---- writes ----------------------------------------------------------------
 
