@@ -761,11 +761,20 @@ cdef class Engine:
         worker_out[0] = worker
         return hashindex_find(p.arena, amdb_load_acquire(&p.ctrl.hash_table), h, key, <uint32_t>key_len)
 
-    def _get_versioned(self, key, default, version, at_seq):
+    cdef uint64_t _node_of(self, key, int *worker_out) except? 0:
+        """Node offset of `key` (0 when absent) and its worker; validates the key."""
         cdef const uint8_t *kp
         cdef Py_ssize_t kl
         cdef Py_buffer view
         cdef bint held = False
+        cdef uint64_t node_off
+        bytes_view(key, &kp, &kl, &view, &held, "key")
+        node_off = self._find_node(kp, kl, worker_out)
+        if held:
+            PyBuffer_Release(&view)
+        return node_off
+
+    def _get_versioned(self, key, default, version, at_seq):
         cdef int worker
         cdef uint64_t limit, node_off, off, wanted = 0
         cdef amdb_version *v
@@ -780,10 +789,7 @@ cdef class Engine:
                                            hint="version=1 is a key's first version; see db.history(key)")
             wanted = version
         limit = self._limit_seq(at_seq)
-        bytes_view(key, &kp, &kl, &view, &held, "key")
-        node_off = self._find_node(kp, kl, &worker)
-        if held:
-            PyBuffer_Release(&view)
+        node_off = self._node_of(key, &worker)
         if node_off == 0:
             return default
         p = &self.parts[worker]
@@ -804,10 +810,6 @@ cdef class Engine:
     def _history(self, key, at_seq):
         """[(version_no, seq, timestamp_ns, value or None, deleted, hash, prev_hash)],
         newest first, of the versions visible as of at_seq (None: now)."""
-        cdef const uint8_t *kp
-        cdef Py_ssize_t kl
-        cdef Py_buffer view
-        cdef bint held = False
         cdef int worker
         cdef uint64_t limit, node_off, off
         cdef amdb_version *v
@@ -817,10 +819,7 @@ cdef class Engine:
         if self.closed:
             raise ClosedError("the database is closed")
         limit = self._limit_seq(at_seq)
-        bytes_view(key, &kp, &kl, &view, &held, "key")
-        node_off = self._find_node(kp, kl, &worker)
-        if held:
-            PyBuffer_Release(&view)
+        node_off = self._node_of(key, &worker)
         if node_off == 0:
             return out
         p = &self.parts[worker]
@@ -1082,19 +1081,12 @@ cdef class Engine:
             self._leave_nogil_read()
 
     def _verify_key(self, key):
-        cdef const uint8_t *kp
-        cdef Py_ssize_t kl
-        cdef Py_buffer view
-        cdef bint held = False
         cdef int worker
         cdef uint64_t node_off
         cdef VerifyResult r
         self._check_open()
         memset(&r, 0, sizeof(r))
-        bytes_view(key, &kp, &kl, &view, &held, "key")
-        node_off = self._find_node(kp, kl, &worker)
-        if held:
-            PyBuffer_Release(&view)
+        node_off = self._node_of(key, &worker)
         try:
             if node_off != 0 and node_readable(&self.parts[worker], node_off):
                 verify_node(&self.parts[worker], node_off, &r)
@@ -1122,20 +1114,13 @@ cdef class Engine:
 
     def _debug_layout(self, key):
         """Arena offsets of `key`'s node fields and versions (tests corrupt them)."""
-        cdef const uint8_t *kp
-        cdef Py_ssize_t kl
-        cdef Py_buffer view
-        cdef bint held = False
         cdef int worker
         cdef uint64_t node_off, off
         cdef amdb_node *n
         cdef amdb_version *v
         cdef amdb_version_tail *t
         self._check_open()
-        bytes_view(key, &kp, &kl, &view, &held, "key")
-        node_off = self._find_node(kp, kl, &worker)
-        if held:
-            PyBuffer_Release(&view)
+        node_off = self._node_of(key, &worker)
         if node_off == 0:
             return None
         n = node_at(self.parts[worker].arena, node_off)
