@@ -180,6 +180,8 @@ class DBMachine(RuleBasedStateMachine):
 # (workers, max_batch): a tiny max_batch splits even small batches into several
 # chunks per worker, so "last one wins" must hold across chunks too.
 CONFIGS = [(1, 100_000), (3, 3)]
+# AMDB_MODEL_EXAMPLES=2000 for a soak run; CI runs the default.
+MODEL_EXAMPLES = int(os.environ.get("AMDB_MODEL_EXAMPLES", "60"))
 
 
 @pytest.mark.parametrize("workers,max_batch", CONFIGS, ids=["w1", "w3-chunked"])
@@ -191,7 +193,7 @@ def test_db_matches_dict_model(make_db, workers, max_batch):
 
     Machine.db = db
     run_state_machine_as_test(
-        Machine, settings=settings(max_examples=60, stateful_step_count=30, deadline=None))
+        Machine, settings=settings(max_examples=MODEL_EXAMPLES, stateful_step_count=30, deadline=None))
     # The machine really ran against this database.
     assert db.stats()["visible_seq"] > 0
     assert not db.closed
