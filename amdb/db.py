@@ -290,7 +290,7 @@ class ParallelDB(Engine):
     def put_packed(self, keys, key_offsets, values, value_offsets):
         """Batch put from packed buffers: item i is keys[key_offsets[i]:key_offsets[i+1]]
         and values[value_offsets[i]:value_offsets[i+1]]; offsets are int64 arrays
-        of n + 1 entries (the layout amdb.native.routing.group_pairs produces).
+        of n + 1 entries (the layout amdb.native.routing.pack_pairs produces).
         One atomic batch, no Python object per item."""
         import numpy as np
         if self.closed:
@@ -300,7 +300,7 @@ class ParallelDB(Engine):
                                    ("values", values, np.uint8), ("value_offsets", value_offsets, np.int64)):
             if not isinstance(array, np.ndarray) or array.ndim != 1 or array.dtype != dtype:
                 raise InvalidTypeError(f"put_packed: {name} must be a 1-D numpy array of {np.dtype(dtype)}",
-                                       hint="see amdb.native.routing.group_pairs for the layout")
+                                       hint="see amdb.native.routing.pack_pairs for the layout")
             arrays.append(np.ascontiguousarray(array))
         if len(arrays[1]) != len(arrays[3]) or len(arrays[1]) == 0:
             raise InvalidArgumentError("put_packed: key_offsets and value_offsets must both have n + 1 entries")

@@ -24,11 +24,22 @@ def test_slots_match_xxhash_for_lists_and_packed_buffers():
     assert routing.slots_of_packed(data, offsets).tolist() == expected
 
 
-def test_group_pairs_splits_by_owner_and_keeps_order():
+def _split_by_owner(items, slot_owner, owners):
+    keys, key_offsets, values, value_offsets, slots = routing.pack_pairs(items, 1 << 16, 1 << 30)
+    owner_of = slot_owner[slots]
+    groups = []
+    for owner in range(owners):
+        index = np.flatnonzero(owner_of == owner).astype(np.int64)
+        groups.append(routing.take_packed(keys, key_offsets, index)
+                      + routing.take_packed(values, value_offsets, index))
+    return groups
+
+
+def test_pack_and_take_split_by_owner_and_keep_order():
     owners = 3
     slot_owner = np.array([(s * 7) % owners for s in range(amdb.SLOT_COUNT)], dtype=np.uint16)
     items = [(b"k%04d" % i, b"v" * (i % 5)) for i in range(3000)] + [(b"k0001", b"again")]
-    groups = routing.group_pairs(items, slot_owner, owners)
+    groups = _split_by_owner(items, slot_owner, owners)
     assert len(groups) == owners
     seen = []
     for owner, (keys, key_offsets, values, value_offsets) in enumerate(groups):
@@ -43,23 +54,24 @@ def test_group_pairs_splits_by_owner_and_keeps_order():
     assert dup == [b"v", b"again"]
 
 
-def test_group_pairs_rejects_bad_input():
-    slot_owner = np.zeros(amdb.SLOT_COUNT, dtype=np.uint16)
+def test_pack_pairs_and_take_packed_reject_bad_input():
     with pytest.raises(amdb.InvalidTypeError):
-        routing.group_pairs([("k", b"v")], slot_owner, 1)
+        routing.pack_pairs([("k", b"v")], 100, 100)
     with pytest.raises(amdb.InvalidArgumentError):
-        routing.group_pairs([(b"k",)], slot_owner, 1)
+        routing.pack_pairs([(b"k",)], 100, 100)
+    with pytest.raises(amdb.KeyTooLargeError):
+        routing.pack_pairs([(b"k" * 101, b"v")], 100, 100)
+    with pytest.raises(amdb.ValueTooLargeError):
+        routing.pack_pairs([(b"k", b"v" * 101)], 100, 100)
+    data, offsets = _packed([b"a", b"bc"])
     with pytest.raises(amdb.InvalidArgumentError):
-        routing.group_pairs([(b"k", b"v")], slot_owner, 0)
-    with pytest.raises(amdb.InvalidArgumentError):
-        routing.group_pairs([], np.zeros(5, dtype=np.uint16), 1)
+        routing.take_packed(data, offsets, np.array([2], dtype=np.int64))
 
 
 def test_put_packed_round_trip_and_atomic_on_bad_offsets(make_db):
     db = make_db(workers=2)
     items = [(b"p%05d" % i, b"x" * (i % 9)) for i in range(5000)]
-    slot_owner = np.zeros(amdb.SLOT_COUNT, dtype=np.uint16)
-    keys, key_offsets, values, value_offsets = routing.group_pairs(items, slot_owner, 1)[0]
+    keys, key_offsets, values, value_offsets, _ = routing.pack_pairs(items, 4096, 1 << 20)
     success, results = db.put_packed(keys, key_offsets, values, value_offsets)
     assert success and results.count == len(items)
     assert db.batch_get([k for k, _ in items]) == [v for _, v in items]
