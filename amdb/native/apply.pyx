@@ -308,12 +308,9 @@ cdef void rollback_batch(Worker *w, uint64_t abort_seq, uint64_t abort_no) noexc
                     restored = v.prev
                     live_delta += <int64_t>is_live(p.arena, restored) - <int64_t>is_live(p.arena, node.latest)
                     amdb_store_release(&node.latest, restored)
-            off += <uint64_t>block.words * 8
-        # Now unreachable: retag the batch's versions and ledger blocks so that
-        # a walk of the arena (ledger verification) skips them.
-        off = start
-        while off < end:
-            block = <amdb_block *>(p.arena + off)
+            # Unreachable from here on (or once its node is restored, above):
+            # retag it so that a walk of the arena (ledger verification)
+            # skips it. Readers never look at block kinds.
             if block.kind == AMDB_BLOCK_VERSION or block.kind == AMDB_BLOCK_LEDGER:
                 block.kind = AMDB_BLOCK_GARBAGE
             off += <uint64_t>block.words * 8

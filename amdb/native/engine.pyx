@@ -196,6 +196,9 @@ cdef class Engine:
     def _mark_closed(self):
         """Refuse new operations, then wait until no GIL-free reader is inside."""
         self.closed = True
+        # A full fence (seq_cst RMW): our `closed` store is ordered before the
+        # reader count we load next, as each reader's increment is ordered
+        # before its load of `closed` (Dekker) — no reader can slip past both.
         amdb_fetch_add_seqcst(&self._nogil_readers, 0)
         with nogil:
             while amdb_load_seqcst(&self._nogil_readers) != 0:
@@ -774,9 +777,19 @@ cdef class Engine:
             PyBuffer_Release(&view)
         return node_off
 
+    cdef uint64_t _chain_of(self, key, at_seq, uint64_t *limit, int *worker) except? 0:
+        """Newest version offset of `key` (0: never written) and, in *limit,
+        the newest seq the read may see (validated at_seq, or visible_seq)."""
+        cdef uint64_t node_off
+        limit[0] = self._limit_seq(at_seq)
+        node_off = self._node_of(key, worker)
+        if node_off == 0:
+            return 0
+        return amdb_load_acquire(&node_at(self.parts[worker[0]].arena, node_off).latest)
+
     def _get_versioned(self, key, default, version, at_seq):
         cdef int worker
-        cdef uint64_t limit, node_off, off, wanted = 0
+        cdef uint64_t limit, off, wanted = 0
         cdef amdb_version *v
         cdef amdb_version_tail *tail
         cdef PartitionView *p
@@ -788,12 +801,8 @@ cdef class Engine:
                 raise InvalidArgumentError(f"version={version}: versions count from 1",
                                            hint="version=1 is a key's first version; see db.history(key)")
             wanted = version
-        limit = self._limit_seq(at_seq)
-        node_off = self._node_of(key, &worker)
-        if node_off == 0:
-            return default
+        off = self._chain_of(key, at_seq, &limit, &worker)
         p = &self.parts[worker]
-        off = amdb_load_acquire(&node_at(p.arena, node_off).latest)
         while off != 0:
             v = version_at(p.arena, off)
             if v.seq <= limit:
@@ -811,19 +820,15 @@ cdef class Engine:
         """[(version_no, seq, timestamp_ns, value or None, deleted, hash, prev_hash)],
         newest first, of the versions visible as of at_seq (None: now)."""
         cdef int worker
-        cdef uint64_t limit, node_off, off
+        cdef uint64_t limit, off
         cdef amdb_version *v
         cdef amdb_version_tail *tail
         cdef PartitionView *p
         cdef list out = []
         if self.closed:
             raise ClosedError("the database is closed")
-        limit = self._limit_seq(at_seq)
-        node_off = self._node_of(key, &worker)
-        if node_off == 0:
-            return out
+        off = self._chain_of(key, at_seq, &limit, &worker)
         p = &self.parts[worker]
-        off = amdb_load_acquire(&node_at(p.arena, node_off).latest)
         while off != 0:
             v = version_at(p.arena, off)
             if v.seq <= limit:
