@@ -267,18 +267,22 @@ class AmDbNode:
         self.track_mask[slots] = True
         self.tracking = {int(s): set() for s in np.asarray(slots).tolist()}
         found = 0
+        for slot, key in self._keys_in(self.track_mask):
+            self.tracking[slot].add(key)
+            found += 1
+        return found
+
+    def _keys_in(self, slot_mask):
+        """(slot, key) of every stored key whose slot is set in ``slot_mask``."""
         it = self.db.scan(keys_only=True)
         while True:
             chunk = list(itertools.islice(it, 1 << 16))
             if not chunk:
-                break
+                return
             buf, offs, keys = pack_keys(chunk)
             sl = slots_of_packed(buf, offs)
-            hit = np.flatnonzero(self.track_mask[sl])
-            for i in hit.tolist():
-                self.tracking[int(sl[i])].add(keys[i])
-            found += len(hit)
-        return found
+            for i in np.flatnonzero(slot_mask[sl]).tolist():
+                yield int(sl[i]), keys[i]
 
     def export_slots(self, slots):
         """Freeze ``slots`` (writes refused from now on) and return their data."""
@@ -336,14 +340,7 @@ class AmDbNode:
         """Drop what was imported into ``slots`` (a step that failed before its flip)."""
         mask = np.zeros(SLOT_COUNT, dtype=bool)
         mask[slots[self.state[slots] == INCOMING]] = True
-        doomed = []
-        it = self.db.scan(keys_only=True)
-        while True:
-            chunk = list(itertools.islice(it, 1 << 16))
-            if not chunk:
-                break
-            buf, offs, keys = pack_keys(chunk)
-            doomed.extend(keys[i] for i in np.flatnonzero(mask[slots_of_packed(buf, offs)]).tolist())
+        doomed = [key for _, key in self._keys_in(mask)]
         if doomed:
             self.db.batch_delete(doomed)
         self.incoming_count -= int(self.incoming_per_slot[mask].sum())
