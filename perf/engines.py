@@ -552,16 +552,21 @@ def read_memory_gib():
     return None
 
 
-def read_meminfo_bytes(field):
-    """A /proc/meminfo field (e.g. "MemAvailable") in bytes, or None."""
+def read_proc_kib(path, field):
+    """A "<field>: <n> kB" line of a /proc file (meminfo, <pid>/status) in bytes, or None."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def read_meminfo_bytes(field):
+    """A /proc/meminfo field (e.g. "MemAvailable") in bytes, or None."""
+    return read_proc_kib("/proc/meminfo", field)
 
 
 def filesystem_of(path):

@@ -469,14 +469,7 @@ def make_mixed_plan(data, workload, batch, seed):
 
 def read_status_kib(pid, field):
     """A field (VmHWM, VmRSS) of /proc/<pid>/status in bytes, or None."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return eng.read_proc_kib(f"/proc/{pid}/status", field)
 
 
 def reset_peak_rss():

@@ -184,16 +184,20 @@ CONFIGS = [(1, 100_000), (3, 3)]
 MODEL_EXAMPLES = int(os.environ.get("AMDB_MODEL_EXAMPLES", "60"))
 
 
-@pytest.mark.parametrize("workers,max_batch", CONFIGS, ids=["w1", "w3-chunked"])
-def test_db_matches_dict_model(make_db, workers, max_batch):
-    db = make_db(workers=workers, max_batch=max_batch)
-
+def run_model(db, examples, steps):
+    """Run the dict-model state machine against `db` (shared with test_soak.py)."""
     class Machine(DBMachine):
         pass
 
     Machine.db = db
     run_state_machine_as_test(
-        Machine, settings=settings(max_examples=MODEL_EXAMPLES, stateful_step_count=30, deadline=None))
+        Machine, settings=settings(max_examples=examples, stateful_step_count=steps, deadline=None))
+
+
+@pytest.mark.parametrize("workers,max_batch", CONFIGS, ids=["w1", "w3-chunked"])
+def test_db_matches_dict_model(make_db, workers, max_batch):
+    db = make_db(workers=workers, max_batch=max_batch)
+    run_model(db, MODEL_EXAMPLES, steps=30)
     # The machine really ran against this database.
     assert db.stats()["visible_seq"] > 0
     assert not db.closed

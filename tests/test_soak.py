@@ -9,9 +9,7 @@ import random
 import pytest
 
 from test_history import _run_random_history
-from test_model import DBMachine
-from hypothesis import settings
-from hypothesis.stateful import run_state_machine_as_test
+from test_model import run_model
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +32,5 @@ def test_history_model_many_seeds(make_db, seed):
 @pytest.mark.parametrize("workers,max_batch", [(1, 100_000), (2, 2), (3, 5)])
 def test_dict_model_long(make_db, workers, max_batch):
     db = make_db(workers=workers, max_batch=max_batch)
-
-    class Machine(DBMachine):
-        pass
-
-    Machine.db = db
-    run_state_machine_as_test(
-        Machine, settings=settings(max_examples=2000, stateful_step_count=40, deadline=None))
+    run_model(db, 2000, steps=40)
     assert db.verify().ok
