@@ -1,9 +1,9 @@
 """AmDb: an embedded key-value database for Python that uses every core."""
 
 from amdb.errors import (  # noqa: F401
-    ArenaFullError, ClosedError, Error, InvalidArgumentError, InvalidTypeError,
-    KeyTooLargeError, NodeUnavailableError, ValueTooLargeError, WorkerCrashedError,
-    WorkerStartError,
+    ArenaFullError, ClosedError, CorruptionError, Error, InvalidArgumentError, InvalidTypeError,
+    KeyTooLargeError, LockedError, NodeUnavailableError, StorageError, ValueTooLargeError,
+    WorkerCrashedError, WorkerStartError,
 )
 
 from amdb.history import Break, Snapshot, Version, VerifyReport  # noqa: F401
@@ -19,4 +19,7 @@ def __getattr__(name):
     if name in ("ParallelDB", "BatchOutcome", "BatchResult"):
         from amdb import db
         return getattr(db, name)
+    if name == "backup":
+        from amdb.storage import backup
+        return backup
     raise AttributeError(f"module 'amdb' has no attribute {name!r}")

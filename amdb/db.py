@@ -4,7 +4,9 @@ The hot paths (reads, packing writes into the rings) live in the Cython base
 class amdb.native.engine.Engine; this module owns the lifecycle: validating
 options, creating segments, starting and supervising workers, closing.
 """
+import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -14,10 +16,11 @@ from typing import NamedTuple
 
 from amdb import SLOT_COUNT
 from amdb.history import Break, Snapshot, VerifyReport, Version
-from amdb.errors import (ClosedError, Error, InvalidArgumentError, InvalidTypeError, WorkerCrashedError,
-                         WorkerStartError)
+from amdb.errors import (ClosedError, Error, InvalidArgumentError, InvalidTypeError, StorageError,
+                         WorkerCrashedError, WorkerStartError)
 from amdb.native import engine as _engine
 from amdb.native.engine import BatchResult, Engine
+from amdb import storage
 from amdb.shm import segment
 from amdb.shm.arena import Mapping
 
@@ -28,8 +31,10 @@ MIN_RING_SIZE = 64 << 10            # bytes
 DEFAULT_RING_SIZE = 32 << 20        # bytes per worker, committed at open
 DEFAULT_ARENA_SIZE = 16 << 30       # bytes per worker, reserved (sparse) not committed
 DEFAULT_MAX_KEY_SIZE = 4096        # bytes (smaller when ring_size/16 is smaller)
-SHUTDOWN_TIMEOUT = 10.0
-LIVENESS_INTERVAL = 0.05            # seconds between worker-liveness polls before writes             # seconds a worker gets to leave before it is killed
+SHUTDOWN_TIMEOUT = 10.0             # seconds a worker gets to leave before it is killed
+LIVENESS_INTERVAL = 0.05            # seconds between worker-liveness polls before writes
+DEFAULT_LOG_SEGMENT_BYTES = 64 << 20
+DEFAULT_CHECKPOINT_BYTES = 512 << 20  # log bytes (any worker) past which a checkpoint is written
 
 
 class BatchOutcome(NamedTuple):
@@ -80,17 +85,39 @@ def _reap(owner_pid, controls, procs, timeout, fds):
 class ParallelDB(Engine):
     """An embedded key-value database that spreads its keys over worker processes.
 
-    See docs/API.md for the full contract. Memory-only for now: ``path`` must be None.
+    See docs/API.md for the full contract. With ``path``, a directory that
+    keeps every acknowledged write (write-ahead logs and checkpoints,
+    amdb/storage.py); without, memory only.
     """
 
     def __init__(self, path=None, *, workers=None, max_batch=100_000, ring_size=DEFAULT_RING_SIZE,
                  arena_size=DEFAULT_ARENA_SIZE, max_key_size=None, max_value_size=None,
-                 start_timeout=30.0, audit=None, audit_max_bytes=64 << 20):
+                 start_timeout=30.0, audit=None, audit_max_bytes=64 << 20, sync="none",
+                 sync_interval_ms=100, log_segment_bytes=DEFAULT_LOG_SEGMENT_BYTES,
+                 checkpoint_bytes=DEFAULT_CHECKPOINT_BYTES):
+        self._path = None
+        self._lock_fd = None
+        self._recovery = None
+        self._backups_running = 0
         if path is not None:
-            raise InvalidArgumentError(
-                "path= is not supported yet: this release keeps data in memory only "
-                "(durability with a write-ahead log and checkpoints is the next milestone)",
-                code="durability_unavailable", hint="open with ParallelDB(path=None) or ParallelDB()")
+            if not isinstance(path, (str, bytes, os.PathLike)):
+                raise InvalidTypeError(f"path= must be a directory path or None, not {type(path).__name__}",
+                                       hint="pass e.g. path='data/mydb'")
+            if sync not in storage.SYNC_MODES:
+                raise InvalidArgumentError(f"sync={sync!r} is not one of 'none', 'batch', 'interval'",
+                                           hint="'none' survives process crashes, 'batch' power loss")
+            self._sync = sync
+            self._sync_interval_ms = _int_option("sync_interval_ms", sync_interval_ms, 1, 3_600_000)
+            self._log_segment_bytes = _int_option("log_segment_bytes", log_segment_bytes, 1 << 16, 1 << 40)
+            if checkpoint_bytes is not None:
+                checkpoint_bytes = _int_option("checkpoint_bytes", checkpoint_bytes, 1 << 16, 1 << 50)
+            self._checkpoint_bytes = checkpoint_bytes
+            path = os.fsdecode(os.path.abspath(path))
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise InvalidArgumentError(f"path={path!r} exists and is not a directory")
+            manifest = storage.read_manifest(path) if os.path.isdir(path) else None
+            if manifest is not None and workers is None:
+                workers = manifest["workers"]
         workers = os.cpu_count() or 1 if workers is None else workers
         self._workers = _int_option("workers", workers, 1, MAX_WORKERS)
         max_batch = _int_option("max_batch", max_batch, 1, 1 << 31)
@@ -126,16 +153,63 @@ class ParallelDB(Engine):
         if audit is not None and not isinstance(audit, (str, os.PathLike)):
             raise InvalidTypeError(f"audit= must be a file path or None, not {type(audit).__name__}",
                                    hint="pass e.g. audit='amdb-audit.jsonl'")
-        self._start(max_batch, ring_size, arena_size, max_key_size, max_value_size, start_timeout)
+        plan = None
+        slot_owner = [slot % self._workers for slot in range(SLOT_COUNT)]
+        if path is not None:
+            plan, slot_owner = self._open_directory(path, manifest, max_key_size, max_value_size)
+        try:
+            self._start(max_batch, ring_size, arena_size, max_key_size, max_value_size, start_timeout,
+                        slot_owner, plan)
+        except BaseException:
+            self._release_lock()
+            raise
         if audit is not None:
             from amdb.audit import AuditLog
             self._audit = AuditLog(os.fspath(audit), max_bytes=audit_max_bytes)
             self._audit.event("open", workers=self._workers, max_batch=max_batch, ring_size=ring_size,
-                              arena_size=arena_size)
+                              arena_size=arena_size, path=self._path,
+                              recovered_seq=self._recovery["recovered_seq"] if self._recovery else None)
+            if self._recovery and (self._recovery["logs_cut"] or self._recovery["checkpoints_rejected"]):
+                self._audit.event("recovery", **self._recovery)
+
+    def _open_directory(self, path, manifest, max_key_size, max_value_size):
+        """Create or lock the directory and plan recovery. Returns (plan, slot table)."""
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create {path}: {exc.strerror}") from None
+        storage.check_directory_writable(path)
+        self._lock_fd = storage.lock_directory(path)
+        try:
+            manifest = storage.read_manifest(path)        # again, now that we hold the lock
+            if manifest is None:
+                slot_owner = [slot % self._workers for slot in range(SLOT_COUNT)]
+                storage.write_manifest(path, self._workers, slot_owner,
+                                       {"max_key_size": max_key_size, "max_value_size": max_value_size})
+            else:
+                if manifest["workers"] != self._workers:
+                    raise InvalidArgumentError(
+                        f"{path} was written with workers={manifest['workers']}; reopening with "
+                        f"workers={self._workers} is not supported yet",
+                        code="workers_changed", hint=f"open it with workers={manifest['workers']} (or None)")
+                slot_owner = manifest["slot_owner"]
+            plan = storage.plan_recovery(path, self._workers)
+        except BaseException:
+            self._release_lock()
+            raise
+        self._path = path
+        self._recovery = plan.report
+        return plan, slot_owner
+
+    def _release_lock(self):
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # ---- lifecycle -----------------------------------------------------------
 
-    def _start(self, max_batch, ring_size, arena_size, max_key_size, max_value_size, start_timeout):
+    def _start(self, max_batch, ring_size, arena_size, max_key_size, max_value_size, start_timeout,
+               slot_owner, plan):
         segment.sweep_stale()
         prefix = segment.new_prefix()
         names = []
@@ -146,9 +220,8 @@ class ParallelDB(Engine):
             names.append(db_name)
             db_mapping = Mapping(db_shm.fd, 0, _engine.DB_CONTROL_BYTES, True)
             db_shm.close_fd()
-            # Initial slot table: slot s -> worker s % N.
-            _engine.init_db_control(db_mapping, self._workers,
-                                    [slot % self._workers for slot in range(SLOT_COUNT)])
+            _engine.init_db_control(db_mapping, self._workers, slot_owner,
+                                    plan.recovered_seq if plan is not None else 0)
             ring_offset = _engine.CONTROL_BYTES
             arena_offset = ring_offset + ring_size
             self._arena_offset = arena_offset
@@ -170,10 +243,17 @@ class ParallelDB(Engine):
             package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
             for index in range(self._workers):
+                argv = [sys.executable, "-m", "amdb._worker", names[index + 1], str(segment_size),
+                        str(os.getpid())]
+                if plan is not None:
+                    argv.append(json.dumps(storage.worker_plan(
+                        self._path, plan.workers[index], self._sync, self._sync_interval_ms,
+                        self._log_segment_bytes)))
+                # Workers inherit the directory lock: it is held until the
+                # last of them is gone, not only the owner (storage.lock_directory).
                 self._procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "amdb._worker", names[index + 1], str(segment_size),
-                     str(os.getpid())],
-                    stdin=subprocess.DEVNULL, close_fds=True, env=env))
+                    argv, stdin=subprocess.DEVNULL, close_fds=True, env=env,
+                    pass_fds=() if self._lock_fd is None else (self._lock_fd,)))
             self._wait_ready(start_timeout)
         except BaseException:
             _reap(self._owner_pid, self._controls, self._procs, 2.0, self._segment_fds)
@@ -184,7 +264,11 @@ class ParallelDB(Engine):
         for name in names:
             segment.unlink_quietly(name)
         self._attach(db_mapping, list(self._controls), arenas, max_batch, max_key_size,
-                     max_value_size, self._write_lock_obj)
+                     max_value_size, self._write_lock_obj, plan is not None)
+        if self._lock_fd is not None:
+            # Closed by _reap with the segment fds (after close() stops writes).
+            self._segment_fds.append(self._lock_fd)
+            self._lock_fd = None
         self._finalizer = weakref.finalize(self, _reap, self._owner_pid, list(self._controls),
                                            list(self._procs), SHUTDOWN_TIMEOUT, self._segment_fds)
 
@@ -195,7 +279,8 @@ class ParallelDB(Engine):
             while _engine.worker_state(control) != 1:            # AMDB_WORKER_READY
                 if proc.poll() is not None:
                     raise WorkerStartError(f"worker {index} exited with status {proc.returncode} "
-                                           "before it was ready")
+                                           "before it was ready" + (" (recovery failed: its error is on stderr)"
+                                                                    if self._path else ""))
                 if time.monotonic() > deadline:
                     raise WorkerStartError(f"worker {index} was not ready after {timeout} s")
                 seen = _engine.wait_worker_progress(control, seen, 0.05)
@@ -261,6 +346,88 @@ class ParallelDB(Engine):
             for index, proc in enumerate(self._procs):
                 if proc.poll() is not None:
                     self._check_worker(index)
+            if self._path is not None:
+                self._check_log()
+
+    def _check_log(self):
+        """Refuse writes once a log is broken; checkpoint when a log grew past
+        checkpoint_bytes. REQUIRES the write lock."""
+        stats = [self._stats_of(i) for i in range(self._workers)]
+        broken = [s["worker"] for s in stats if s["log_broken"]]
+        if broken:
+            raise StorageError(f"the write-ahead log of worker {broken[0]} could not be written or "
+                               "repaired; writes are refused until the database is reopened, reads go on")
+        if self._checkpoint_bytes and max(s["log_bytes"] for s in stats) >= self._checkpoint_bytes:
+            self._checkpoint_locked("automatic")
+
+    # ---- durability ------------------------------------------------------------
+
+    def checkpoint(self):
+        """Write every worker's arena to a checkpoint file and start new log
+        segments, so that opening replays less; older files go once two newer
+        checkpoints exist. Writes wait meanwhile; reads go on. Returns the seq
+        the checkpoint holds."""
+        self._require_durable("checkpoint")
+        with self._write_lock_obj:
+            if self.closed:
+                raise ClosedError("the database is closed")
+            if self._broken is not None:
+                self._before_write()
+            return self._checkpoint_locked("requested")
+
+    def _checkpoint_locked(self, why):
+        started = time.perf_counter()
+        seq = self._visible_seq()
+        failed = self._checkpoint_workers()
+        if failed:
+            worker, status = failed[0]
+            raise StorageError(f"worker {worker} could not write its checkpoint (status {status}); "
+                               "the log still holds everything, nothing is lost")
+        removed = [] if self._backups_running else storage.remove_obsolete(self._path, self._workers)
+        if self._audit is not None:
+            self._audit.event("checkpoint", seq=seq, why=why, removed=len(removed),
+                              seconds=round(time.perf_counter() - started, 3))
+        return seq
+
+    def backup(self, dest):
+        """Copy the database, consistent as of one batch, into the new
+        directory `dest` while writes go on: a checkpoint (writes wait for
+        it), then the checkpoint files are copied (hard-linked when `dest` is
+        on the same file system) without holding writes. Open the copy with
+        ParallelDB(dest). Returns the seq the copy holds."""
+        self._require_durable("backup")
+        dest = os.fsdecode(os.path.abspath(os.fspath(dest)))
+        if os.path.exists(dest):
+            raise InvalidArgumentError(f"backup destination {dest!r} already exists",
+                                       hint="pass a path that does not exist yet")
+        with self._write_lock_obj:
+            if self.closed:
+                raise ClosedError("the database is closed")
+            seq = self._checkpoint_locked("backup")
+            names = [storage.checkpoint_name(w, seq) for w in range(self._workers)]
+            manifest = storage.read_manifest(self._path)
+            self._backups_running += 1
+        try:
+            tmp = dest + ".tmp-backup"
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+            storage.copy_files(self._path, names, tmp)
+            storage.write_manifest(tmp, manifest["workers"], manifest["slot_owner"], manifest["options"])
+            os.rename(tmp, dest)
+            storage._fsync_dir(os.path.dirname(dest))
+        finally:
+            with self._write_lock_obj:
+                self._backups_running -= 1
+        if self._audit is not None:
+            self._audit.event("backup", seq=seq, dest=dest)
+        return seq
+
+    def _require_durable(self, what):
+        if self.closed:
+            raise ClosedError("the database is closed")
+        if self._path is None:
+            raise InvalidArgumentError(f"{what}() needs a durable database: open it with ParallelDB(path)",
+                                       code="memory_only")
 
     # ---- writes ----------------------------------------------------------------
 
@@ -411,6 +578,12 @@ class ParallelDB(Engine):
             "visible_seq": self._visible_seq(),
             "closed": False,
             "audit": self._audit.stats() if self._audit is not None else None,
+            "durability": None if self._path is None else {
+                "path": self._path, "sync": self._sync, "recovery": self._recovery,
+                "log_bytes": sum(w["log_bytes"] for w in per_worker),
+                "checkpoint_seq": min(w["checkpoint_seq"] for w in per_worker),
+                "log_errors": sum(w["log_errors"] for w in per_worker),
+                "log_broken": any(w["log_broken"] for w in per_worker)},
             "options": {"workers": self._workers, "max_batch": self.max_batch,
                         "ring_size": self.ring_size, "arena_size": self.arena_size,
                         "max_key_size": self.max_key_size, "max_value_size": self.max_value_size},

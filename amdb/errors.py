@@ -113,6 +113,30 @@ class WorkerStartError(Error):
     hint = "check that 'python -m amdb._worker' runs in this environment and raise start_timeout="
 
 
+class StorageError(Error):
+    """The write-ahead log, a checkpoint or the database directory could not be
+    written or read (disk full, read-only, I/O error). Nothing of the failed
+    write is kept; what was acknowledged before stays; reads go on."""
+
+    code = "io_error"
+    hint = "check free space and permissions of the database directory, then reopen it"
+
+
+class LockedError(StorageError):
+    """Another ParallelDB (in this or another process) has the directory open."""
+
+    code = "locked"
+    hint = "close the other ParallelDB first; a lock left by a dead process is taken over"
+
+
+class CorruptionError(StorageError):
+    """A database directory holds data AmDb cannot use (bad manifest or
+    checkpoint with nothing to fall back on)."""
+
+    code = "corrupt"
+    hint = "run 'python -m amdb verify PATH'; restore from a backup (amdb.backup)"
+
+
 # Status numbers shared with native code (amdb/shm/layout.h, AMDB_STATUS_*).
 STATUS_OK = 0
 STATUS_ARENA_FULL = 1
@@ -120,6 +144,7 @@ STATUS_SHM_FULL = 2
 STATUS_CORRUPT = 3
 STATUS_TIMEOUT = 4
 STATUS_NO_MEMORY = 5
+STATUS_IO_ERROR = 6
 
 _STATUS_ERRORS = {
     STATUS_ARENA_FULL: (ArenaFullError, "arena_full",
@@ -128,6 +153,9 @@ _STATUS_ERRORS = {
                       "/dev/shm has no free space to commit arena memory"),
     STATUS_CORRUPT: (Error, "corrupt", "a shared-memory structure failed a consistency check"),
     STATUS_NO_MEMORY: (Error, "no_memory", "a worker could not allocate private memory"),
+    STATUS_IO_ERROR: (StorageError, "io_error",
+                      "the write-ahead log or a checkpoint could not be written (disk full, read-only "
+                      "or I/O error); nothing of this write was kept"),
 }
 
 

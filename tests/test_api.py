@@ -457,13 +457,15 @@ def test_context_manager_closes_on_exception():
     assert db.closed is True
 
 
-def test_path_rejected_mentions_durability():
-    with pytest.raises(amdb.InvalidArgumentError) as info:
-        amdb.ParallelDB("somedir", workers=1)
-    assert "durab" in str(info.value).lower()
+def test_path_must_be_a_directory_path(tmp_path):
+    with pytest.raises(amdb.InvalidTypeError):
+        amdb.ParallelDB(123, workers=1)
+    (tmp_path / "file").write_bytes(b"x")
     with pytest.raises(amdb.InvalidArgumentError):
-        amdb.ParallelDB(path="somedir", workers=1)
-    assert not os.path.exists("somedir")
+        amdb.ParallelDB(tmp_path / "file", workers=1)
+    with pytest.raises(amdb.InvalidArgumentError):
+        amdb.ParallelDB(tmp_path / "db", workers=1, sync="always")
+    assert not (tmp_path / "db").exists()          # refused before anything was created
 
 
 @pytest.mark.parametrize("workers", [0, -1, 257])

@@ -311,14 +311,14 @@ def test_tiny_end_to_end_run_writes_every_file(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     rows = results["results"]
     measured = [r for r in rows if r["status"] == "ok"]
-    # memory only, nodes=1: amdb w=1, w=2 and dict in put/get, amdb only in scan
-    assert len(measured) == 3 * 2 * 2 + 2 * 2
+    # memory only, nodes=1: amdb w=1, w=2 and dict in put/get, amdb only in scan;
+    # durable: amdb w=1, w=2 in put/get/scan (dict has no durable mode)
+    assert len(measured) == 3 * 2 * 2 + 2 * 2 + 2 * 3 * 2
     assert all(r["median_ops_s"] > 0 and r["repeats"] == 1 for r in measured)
     amdb = [r for r in measured if r["engine"] == "amdb"]
     assert all(r["bytes_per_key"] > 16 and r["peak_rss_workers_mib"] > 0 for r in amdb)
     durable = [r for r in rows if r["engine"] == "amdb" and r["durable"] and r["nodes"] == 1]
-    assert durable and all(r["status"] == "skipped" and "durability_unavailable" in r["reason"]
-                           for r in durable)
+    assert len(durable) == 2 * 3 * 2 and all(r["status"] == "ok" for r in durable)
     clustered = [r for r in rows if r["nodes"] == 2]
     assert clustered and all(r["status"] == "skipped" for r in clustered)
     assert results["machine"]["cpu_count"] == os.cpu_count()
@@ -326,4 +326,4 @@ def test_tiny_end_to_end_run_writes_every_file(tmp_path, capsys):
     with open(out / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     assert "| put | 50 | 16 | 200 | random | off | 2 |" in (out / "summary.md").read_text()
-    assert "amdb ops/s" in printed and "durability_unavailable" in printed
+    assert "amdb ops/s" in printed

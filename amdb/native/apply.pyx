@@ -26,6 +26,8 @@ from amdb.shm.ring cimport ring_wait_data, ring_release, progress_publish, ring_
 from amdb.native.skiplist cimport SkipFinger, skiplist_insert, skiplist_finger_reset, skiplist_random_height
 from amdb.native.hashindex cimport hashindex_find, hashindex_insert, hashindex_growth_bytes
 from amdb.native.versions cimport version_append, is_live
+from amdb.native.hashing cimport amdb_xxh64
+from amdb.native.wal cimport *
 
 cdef enum:
     IDLE_TIMEOUT_NS = 200000000   # 200 ms: how often an idle worker checks its owner is alive
@@ -58,11 +60,17 @@ ctypedef struct Worker:
     uint64_t batch_first_seq     # seq of the open batch (set by its first chunk here); 0 = none
     uint64_t batch_start_off     # arena_used when that chunk arrived
     bint refusing                # a chunk of the open batch failed: skip the rest until ABORT
+    bint batch_committed         # the open batch's COMMIT was handled (durable databases)
     int parent_pid
+    char *records                # where ring positions of records point: the ring, or a log
+    uint64_t records_mask        #   segment being replayed (mask ~0: positions are offsets)
+    uint64_t wrap_pos            # ring position of the current chunk's WRAP record, 0 = none
+    uint64_t chunk_timestamp     # timestamp_ns of the versions of the last applied chunk
+    LogWriter log                # the write-ahead log (log.dir_fd < 0: memory-only)
 
 
 cdef inline amdb_ring_record *record_at(Worker *w, uint64_t pos) noexcept nogil:
-    return <amdb_ring_record *>ring_at(w.p.ring, w.p.ctrl.ring_capacity - 1, pos)
+    return <amdb_ring_record *>ring_at(w.records, w.records_mask, pos)
 
 
 cdef inline int entry_compare(Worker *w, ChunkEntry *a, ChunkEntry *b) noexcept nogil:
@@ -141,14 +149,20 @@ cdef int index_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos,
         w.entries_capacity = header.count
     need[0] = 0
     new_keys[0] = 0
+    w.wrap_pos = 0
     while n < header.count:
-        if pos >= header.end:
+        if pos + sizeof(amdb_ring_record) > header.end:
             return AMDB_STATUS_CORRUPT
         rec = record_at(w, pos)
         if rec.op == AMDB_OP_WRAP:
+            if w.records_mask != capacity - 1:
+                return AMDB_STATUS_CORRUPT      # a replayed log holds no WRAP records
+            w.wrap_pos = pos
             pos += capacity - (pos & (capacity - 1))
             continue
         if rec.op != AMDB_OP_PUT and rec.op != AMDB_OP_DELETE:
+            return AMDB_STATUS_CORRUPT
+        if pos + amdb_record_bytes(rec.key_len, rec.value_len) > header.end:
             return AMDB_STATUS_CORRUPT
         entry = &w.entries[n]
         entry.prefix = amdb_key_prefix(<uint8_t *>(rec + 1), rec.key_len)
@@ -249,10 +263,10 @@ cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t time
     amdb_store_relaxed(&c.version_count, c.version_count + 1)
 
 
-cdef int apply_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) noexcept nogil:
-    """Apply one chunk whole, or refuse it having changed nothing."""
+cdef int apply_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos, uint64_t timestamp_ns) noexcept nogil:
+    """Apply one chunk whole, or refuse it having changed nothing. The
+    versions get `timestamp_ns`, or the time now when it is 0."""
     cdef uint64_t need, new_keys, i, count = header.count
-    cdef uint64_t timestamp_ns
     cdef amdb_hash_table *table
     cdef amdb_ring_record *ahead
     cdef bint sorted_already = True
@@ -269,7 +283,9 @@ cdef int apply_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) no
             break
     if not sorted_already:
         sort_entries(w, w.entries, <int64_t>count)
-    timestamp_ns = amdb_now_ns()
+    if timestamp_ns == 0:
+        timestamp_ns = amdb_now_ns()
+    w.chunk_timestamp = timestamp_ns
     w.chunk_hashes_len = 0
     for i in range(count):
         if i + PREFETCH_DISTANCE < count:
@@ -324,20 +340,103 @@ cdef void rollback_batch(Worker *w, uint64_t abort_seq, uint64_t abort_no) noexc
     progress_publish(c)
 
 
+cdef void begin_batch(Worker *w, uint64_t seq) noexcept nogil:
+    """Remember where the batch starts, so that ABORT can roll it back."""
+    cdef amdb_control *c = w.p.ctrl
+    w.batch_first_seq = seq
+    w.batch_start_off = c.arena_used
+    memcpy(w.batch_ledger_head, c.ledger_head, 32)
+    w.batch_ledger_chunks = c.ledger_chunks
+    w.refusing = False
+    w.batch_committed = False
+
+
+cdef int log_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) noexcept nogil:
+    """Append the chunk just applied to the log: its records as they lie in
+    the ring, in one or (when the chunk wraps) two pieces, WRAP left out."""
+    cdef amdb_log_chunk meta
+    cdef LogPiece pieces[3]
+    cdef uint64_t mask = w.p.ctrl.ring_capacity - 1
+    cdef uint64_t start = header_pos + sizeof(amdb_ring_chunk)
+    cdef uint64_t resume
+    meta.timestamp_ns = w.chunk_timestamp
+    meta.count = header.count
+    meta.flags = header.flags
+    meta.reserved = 0
+    pieces[0].data = &meta
+    pieces[0].length = sizeof(meta)
+    if w.wrap_pos == 0 or w.wrap_pos < start:
+        pieces[1].data = w.p.ring + (start & mask)
+        pieces[1].length = header.end - start
+        return log_append(&w.log, AMDB_LOG_CHUNK, header.seq, pieces, 2)
+    resume = w.wrap_pos + (mask + 1) - (w.wrap_pos & mask)
+    pieces[1].data = w.p.ring + (start & mask)
+    pieces[1].length = w.wrap_pos - start
+    pieces[2].data = w.p.ring + (resume & mask)
+    pieces[2].length = header.end - resume
+    return log_append(&w.log, AMDB_LOG_CHUNK, header.seq, pieces, 3)
+
+
+cdef void handle_commit(Worker *w, amdb_ring_chunk *header) noexcept nogil:
+    """A batch is whole on this worker: log COMMIT (synced per sync=), then
+    acknowledge it like a chunk. Skipped for a refused batch (ABORT follows)."""
+    cdef amdb_control *c = w.p.ctrl
+    cdef LogPiece piece
+    cdef uint64_t participants = header.count
+    cdef int status
+    if w.refusing:
+        return
+    piece.data = &participants
+    piece.length = 8
+    status = log_append(&w.log, AMDB_LOG_COMMIT, header.seq, &piece, 1)
+    if status == AMDB_STATUS_OK:
+        status = log_after_commit(&w.log)
+    if status != AMDB_STATUS_OK:
+        w.refusing = True
+        amdb_store_relaxed(&c.failed_status, <uint64_t>status)
+        amdb_store_release(&c.failed_chunk, header.chunk_no)
+    else:
+        w.batch_committed = True
+        amdb_store_relaxed(&c.applied_seq, header.seq)
+        amdb_store_release(&c.applied_chunk, header.chunk_no)
+    progress_publish(c)
+
+
+cdef void handle_checkpoint(Worker *w, amdb_ring_chunk *header) noexcept nogil:
+    cdef amdb_control *c = w.p.ctrl
+    cdef int status = checkpoint_write(&w.p, &w.log, header.seq)
+    if status != AMDB_STATUS_OK:
+        amdb_store_relaxed(&c.failed_status, <uint64_t>status)
+        amdb_store_release(&c.failed_chunk, header.chunk_no)
+    else:
+        amdb_store_release(&c.applied_chunk, header.chunk_no)
+    progress_publish(c)
+
+
+cdef void handle_abort(Worker *w, amdb_ring_chunk *header) noexcept nogil:
+    cdef bint had_part = w.batch_first_seq != 0 and w.batch_first_seq >= header.seq
+    if had_part and w.log.dir_fd >= 0 and log_append(&w.log, AMDB_LOG_ABORT, header.seq, NULL, 0) != AMDB_STATUS_OK:
+        # Without its ABORT frame the log could show this attempt as
+        # committed (wal.h, invariant 3): refuse every later write instead.
+        amdb_store_relaxed(&w.p.ctrl.log_broken, 1)
+    rollback_batch(w, header.seq, header.chunk_no)
+
+
 cdef void handle_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) noexcept nogil:
     """Apply (or skip) one chunk. `header` is the worker's private copy: after
     ring_release the chunk's ring bytes may already hold the owner's next data."""
     cdef amdb_control *c = w.p.ctrl
     cdef int status
     if header.flags & AMDB_CHUNK_FIRST_OF_BATCH:
-        w.batch_first_seq = header.seq
-        w.batch_start_off = c.arena_used
-        memcpy(w.batch_ledger_head, c.ledger_head, 32)
-        w.batch_ledger_chunks = c.ledger_chunks
-        w.refusing = False
+        begin_batch(w, header.seq)
     elif w.refusing:
         return                    # the rest of a refused batch: the owner sends ABORT
-    status = apply_chunk(w, header, header_pos)
+    status = apply_chunk(w, header, header_pos, 0)
+    if status == AMDB_STATUS_OK and w.log.dir_fd >= 0:
+        # Logged after applying (the frame carries the versions' timestamp)
+        # and before acknowledging (wal.h, invariant 2). A failure refuses the
+        # chunk; the owner's ABORT then rolls back what it applied.
+        status = log_chunk(w, header, header_pos)
     if status != AMDB_STATUS_OK:
         w.refusing = True
         amdb_store_relaxed(&c.failed_status, <uint64_t>status)
@@ -354,6 +453,57 @@ cdef void handle_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) 
     progress_publish(c)
 
 
+cdef int replay_log(Worker *w, char *data, uint64_t length, uint64_t *frames_out) noexcept nogil:
+    """Re-apply one log segment, as the worker first applied it: chunks with
+    their logged timestamps, ABORTs as rollbacks. Every frame is checked
+    again (the owner checked the file, but this code trusts no byte it
+    reads). The owner has already cut every frame past the recovered seq."""
+    cdef uint64_t pos = 0, payload, records
+    cdef amdb_log_frame *frame
+    cdef amdb_log_chunk *meta
+    cdef amdb_ring_chunk header
+    cdef int status
+    frames_out[0] = 0
+    while pos < length:
+        if length - pos < sizeof(amdb_log_frame):
+            return AMDB_STATUS_CORRUPT
+        frame = <amdb_log_frame *>(data + pos)
+        payload = pos + sizeof(amdb_log_frame)
+        if (frame.magic != AMDB_LOG_MAGIC or frame.header_check != amdb_xxh64(frame, 32, 0)
+                or frame.payload_len > length - payload
+                or frame.payload_check != amdb_xxh64(data + payload, frame.payload_len, frame.seq)):
+            return AMDB_STATUS_CORRUPT
+        if frame.kind == AMDB_LOG_CHUNK:
+            if frame.payload_len < sizeof(amdb_log_chunk):
+                return AMDB_STATUS_CORRUPT
+            meta = <amdb_log_chunk *>(data + payload)
+            records = payload + sizeof(amdb_log_chunk)
+            header.op = AMDB_OP_CHUNK
+            header.flags = meta.flags
+            header.seq = frame.seq
+            header.count = meta.count
+            header.end = payload + frame.payload_len
+            header.chunk_no = 0
+            if header.flags & AMDB_CHUNK_FIRST_OF_BATCH:
+                if w.batch_first_seq != 0 and not w.batch_committed:
+                    rollback_batch(w, w.batch_first_seq, 0)     # an attempt nobody finished
+                begin_batch(w, frame.seq)
+            if meta.count > length:        # cannot be: records take 24 bytes or more
+                return AMDB_STATUS_CORRUPT
+            status = apply_chunk(w, &header, records - sizeof(amdb_ring_chunk), meta.timestamp_ns)
+            if status != AMDB_STATUS_OK:
+                return status
+        elif frame.kind == AMDB_LOG_COMMIT:
+            w.batch_committed = True
+        elif frame.kind == AMDB_LOG_ABORT:
+            rollback_batch(w, frame.seq, 0)
+        else:
+            return AMDB_STATUS_CORRUPT
+        frames_out[0] += 1
+        pos = payload + frame.payload_len
+    return AMDB_STATUS_OK
+
+
 cdef int worker_loop(Worker *w) noexcept nogil:
     cdef amdb_control *c = w.p.ctrl
     cdef uint64_t capacity = c.ring_capacity
@@ -361,9 +511,13 @@ cdef int worker_loop(Worker *w) noexcept nogil:
     cdef uint64_t head
     cdef amdb_ring_chunk header      # a private copy: the ring bytes are the owner's once released
     cdef uint32_t op
+    cdef int64_t idle_ns = IDLE_TIMEOUT_NS
+    if w.log.sync_mode == SYNC_INTERVAL and w.log.interval_ns < <uint64_t>idle_ns:
+        idle_ns = <int64_t>w.log.interval_ns
     while True:
-        head = ring_wait_data(c, tail, IDLE_TIMEOUT_NS)
+        head = ring_wait_data(c, tail, idle_ns)
         if head == tail:
+            log_idle(&w.log)
             if amdb_load_acquire(&c.shutdown_requested):
                 return EXIT_SHUTDOWN
             if getppid() != w.parent_pid:
@@ -379,28 +533,49 @@ cdef int worker_loop(Worker *w) noexcept nogil:
                 tail = header.end
             elif op == AMDB_OP_ABORT:
                 header = (<amdb_ring_chunk *>ring_at(w.p.ring, capacity - 1, tail))[0]
-                rollback_batch(w, header.seq, header.chunk_no)
+                handle_abort(w, &header)
                 tail += sizeof(amdb_ring_chunk)
+            elif op == AMDB_OP_COMMIT or op == AMDB_OP_CHECKPOINT:
+                header = (<amdb_ring_chunk *>ring_at(w.p.ring, capacity - 1, tail))[0]
+                tail += sizeof(amdb_ring_chunk)
+                # Space back first: an owner that sees the acknowledgement
+                # also sees the ring space free.
+                ring_release(c, tail)
+                if op == AMDB_OP_COMMIT:
+                    handle_commit(w, &header)
+                else:
+                    handle_checkpoint(w, &header)
             else:
                 return EXIT_CORRUPT
             ring_release(c, tail)
 
 
-def run_worker(int fd, size_t segment_size, int parent_pid):
+def run_worker(int fd, size_t segment_size, int parent_pid, durable=None):
     """Attach to a partition segment and apply what the owner sends until it
-    asks us to stop (returns "shutdown") or disappears ("owner_gone")."""
+    asks us to stop (returns "shutdown") or disappears ("owner_gone").
+
+    `durable` (a dict, see amdb.storage.worker_plan) makes the worker first
+    rebuild its arena from a checkpoint and the log segments the owner kept,
+    then log everything it applies to a new segment."""
+    import mmap
+    import os
     from amdb.errors import Error, raise_for_status
     cdef Mapping mapping = Mapping(fd, 0, segment_size, True)
     cdef Worker w
     cdef amdb_control *c = <amdb_control *>mapping.base
     cdef int status
     cdef int result
+    cdef uint64_t checkpoint_seq = 0, frames = 0, replayed = 0
+    cdef const uint8_t[::1] segment_bytes
     if c.magic != AMDB_PARTITION_MAGIC or c.layout_version != AMDB_LAYOUT_VERSION:
         raise Error("not an AmDb partition segment (magic or layout version differs)", code="corrupt")
     w.p.ctrl = c
     w.p.ring = mapping.base + c.ring_offset
     w.p.arena = mapping.base + c.arena_offset
     w.p.fd = fd
+    w.records = w.p.ring
+    w.records_mask = c.ring_capacity - 1
+    w.wrap_pos = 0
     w.entries = NULL
     w.chunk_hashes = NULL
     w.chunk_hashes_len = 0
@@ -408,14 +583,71 @@ def run_worker(int fd, size_t segment_size, int parent_pid):
     w.batch_first_seq = 0
     w.batch_start_off = 0
     w.refusing = False
+    w.batch_committed = False
     w.parent_pid = parent_pid
+    w.log.dir_fd = -1
+    w.log.fd = -1
+    w.log.ctrl = c
+    w.log.sync_mode = SYNC_NONE
+    w.log.dirty = False
+    w.log.offset = 0
+    w.log.segment_no = 0
+    w.log.interval_ns = 0
+    w.log.last_sync_ns = amdb_monotonic_ns()
+    w.log.segment_bytes = 1ULL << 62
     w.finger.rng_state = 0x9E3779B97F4A7C15ULL ^ (<uint64_t>c.worker_index * 0xBF58476D1CE4E5B9ULL) ^ amdb_monotonic_ns()
     if w.finger.rng_state == 0:
         w.finger.rng_state = 1
     amdb_store_relaxed(&c.worker_pid, <uint64_t>getpid())
-    status = arena_init(&w.p)
-    raise_for_status(status, "initialising the arena")
-    skiplist_finger_reset(&w.p, &w.finger)
+    try:
+        if durable is not None:
+            w.log.dir_fd = os.open(durable["dir"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            w.log.sync_mode = durable["sync"]
+            w.log.interval_ns = <uint64_t>durable["interval_ms"] * 1000000
+            w.log.segment_bytes = durable["segment_bytes"]
+            if durable["checkpoint"] is not None:
+                name = os.fsencode(durable["checkpoint"])
+                status = checkpoint_load(&w.p, w.log.dir_fd, name, &checkpoint_seq)
+                raise_for_status(status, f"loading checkpoint {durable['checkpoint']}")
+        status = arena_init(&w.p)
+        raise_for_status(status, "initialising the arena")
+        skiplist_finger_reset(&w.p, &w.finger)
+        if durable is not None:
+            for name in durable["replay"]:
+                with open(os.path.join(durable["dir"], name), "rb") as f:
+                    if os.fstat(f.fileno()).st_size == 0:
+                        continue
+                    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                        segment_bytes = view
+                        w.records = <char *>&segment_bytes[0]
+                        w.records_mask = <uint64_t>-1
+                        with nogil:
+                            status = replay_log(&w, w.records, segment_bytes.shape[0], &frames)
+                        w.records = w.p.ring
+                        w.records_mask = c.ring_capacity - 1
+                        segment_bytes = None
+                raise_for_status(status, f"replaying {name}")
+                replayed += frames
+            if w.batch_first_seq != 0 and not w.batch_committed:
+                rollback_batch(&w, w.batch_first_seq, 0)    # its COMMIT is not in this log
+            # This session's progress counters start from zero (the owner's
+            # chunk and abort numbers do); the ledger and the arena carry on.
+            w.batch_first_seq = 0
+            w.batch_committed = False
+            amdb_store_relaxed(&c.applied_chunk, 0)
+            amdb_store_relaxed(&c.failed_chunk, 0)
+            amdb_store_relaxed(&c.aborts_done, 0)
+            amdb_store_relaxed(&c.chunks_applied, 0)
+            amdb_store_relaxed(&c.log_bytes, durable["log_bytes"])
+            status = log_start_segment(&w.log, durable["next_segment"])
+            raise_for_status(status, "starting a new log segment")
+            skiplist_finger_reset(&w.p, &w.finger)
+    except BaseException:
+        log_close(&w.log)
+        if w.log.dir_fd >= 0:
+            os.close(w.log.dir_fd)
+        mapping.release()
+        raise
     amdb_store_release(&c.worker_state, AMDB_WORKER_READY)
     progress_publish(c)
     try:
@@ -424,6 +656,9 @@ def run_worker(int fd, size_t segment_size, int parent_pid):
     finally:
         free(w.entries)
         free(w.chunk_hashes)
+        log_close(&w.log)
+        if w.log.dir_fd >= 0:
+            os.close(w.log.dir_fd)
         amdb_store_release(&c.worker_state, AMDB_WORKER_STOPPED)
         progress_publish(c)
         mapping.release()

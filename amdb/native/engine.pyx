@@ -140,6 +140,7 @@ cdef class Engine:
     cdef readonly uint64_t max_value_size
     cdef uint64_t chunk_byte_cap
     cdef object _write_lock
+    cdef readonly bint durable     # a write-ahead log: batches end with COMMIT records
 
     def __cinit__(self, *args, **kwargs):
         self.parts = NULL
@@ -157,7 +158,7 @@ cdef class Engine:
     # ---- lifecycle (called by amdb.db.ParallelDB) --------------------------
 
     def _attach(self, Mapping db_mapping, list controls, list arenas, uint64_t max_batch,
-                uint64_t max_key_size, uint64_t max_value_size, write_lock):
+                uint64_t max_key_size, uint64_t max_value_size, write_lock, bint durable=False):
         """Take the owner's view of the segments: `controls[i]` maps partition
         i's control block and ring read-write, `arenas[i]` its arena read-only."""
         cdef int i
@@ -190,6 +191,8 @@ cdef class Engine:
         self.chunk_byte_cap = self.producers[0].capacity // 4
         self.next_seq = amdb_load_acquire(&self.dbc.visible_seq) + 1
         self._write_lock = write_lock
+        self.durable = durable
+        self._refresh_len()              # a recovered database starts with keys
         self._attached = True
         self.closed = False
 
@@ -387,17 +390,63 @@ cdef class Engine:
             PyErr_CheckSignals()
             self._check_worker(worker)
 
+    cdef int _send_control(self, int worker, uint32_t op, uint64_t seq, uint64_t count) except -1:
+        """Publish a COMMIT or CHECKPOINT record; the worker acknowledges it
+        like a chunk (applied_chunk or failed_chunk = its chunk_no)."""
+        cdef RingProducer *r = &self.producers[worker]
+        cdef uint64_t pos = self._reserve(worker, sizeof(amdb_ring_chunk))
+        cdef amdb_ring_chunk *rec = <amdb_ring_chunk *>ring_at(r.ring, r.mask, pos)
+        rec.op = op
+        rec.flags = 0
+        rec.seq = seq
+        rec.count = count
+        rec.end = r.head
+        r.chunks_published += 1
+        rec.chunk_no = r.chunks_published
+        ring_publish(r)
+        r.last_chunk_sent = r.chunks_published
+        return 0
+
+    def _checkpoint_workers(self):
+        """Have every worker write a checkpoint as of the newest batch and
+        wait for all of them. REQUIRES the write lock (a batch boundary).
+        Returns [(worker, status)] of the workers that failed."""
+        cdef int i
+        cdef RingProducer *r
+        cdef uint64_t seq
+        self._check_open()
+        self._settle_aborts()
+        seq = amdb_load_acquire(&self.dbc.visible_seq)
+        for i in range(self.nworkers):
+            r = &self.producers[i]
+            self._send_control(i, AMDB_OP_CHECKPOINT, seq, 0)
+            r.batch_first_chunk = r.last_chunk_sent
+        failed = []
+        for i in range(self.nworkers):
+            r = &self.producers[i]
+            if self._wait_progress(i, r.last_chunk_sent, 0) == WAIT_FAILED:
+                failed.append((i, amdb_load_relaxed(&r.ctrl.failed_status)))
+        return failed
+
     cdef object _finish_batch(self):
         """Publish every open chunk, wait for every worker of the batch, then
         advance visible_seq: the batch becomes visible all at once."""
         cdef int i
         cdef RingProducer *r
-        cdef uint64_t count = 0, chunks = 0
+        cdef uint64_t count = 0, chunks = 0, participants = 0
         cdef int failed_worker = -1
         cdef uint64_t failed_status = 0
         for i in range(self.nworkers):
             if self.producers[i].chunk_open:
                 self._close_chunk(i)
+            if self.producers[i].batch_chunks:
+                participants += 1
+        if self.durable and participants:
+            # wal.h, invariants 2-3: the batch is acknowledged only once every
+            # worker in it has logged its COMMIT.
+            for i in range(self.nworkers):
+                if self.producers[i].batch_chunks:
+                    self._send_control(i, AMDB_OP_COMMIT, self.batch_seq, participants)
         for i in range(self.nworkers):
             r = &self.producers[i]
             if r.batch_chunks == 0:
@@ -1165,6 +1214,12 @@ cdef class Engine:
             "ring_capacity": c.ring_capacity,
             "applied_seq": amdb_load_acquire(&c.applied_seq),
             "state": ("starting", "ready", "stopped")[min(amdb_load_acquire(&c.worker_state), 2)],
+            "log_segment": amdb_load_relaxed(&c.log_segment),
+            "log_bytes": amdb_load_relaxed(&c.log_bytes),
+            "checkpoint_seq": amdb_load_relaxed(&c.checkpoint_seq),
+            "log_syncs": amdb_load_relaxed(&c.log_syncs),
+            "log_errors": amdb_load_relaxed(&c.log_errors),
+            "log_broken": bool(amdb_load_relaxed(&c.log_broken)),
         }
 
     def _visible_seq(self):
@@ -1366,8 +1421,8 @@ RECORD_HEADER_BYTES = sizeof(amdb_ring_record)
 CHUNK_HEADER_BYTES = sizeof(amdb_ring_chunk)
 
 
-def init_db_control(Mapping m, int worker_count, slot_owner):
-    """Fill the database control block: header, visible_seq = 0, slot table."""
+def init_db_control(Mapping m, int worker_count, slot_owner, uint64_t visible_seq=0):
+    """Fill the database control block: header, visible_seq, slot table."""
     cdef amdb_db_control *d = <amdb_db_control *>m.base
     cdef int slot
     if len(slot_owner) != AMDB_SLOT_COUNT:
@@ -1378,7 +1433,7 @@ def init_db_control(Mapping m, int worker_count, slot_owner):
     d.slot_count = AMDB_SLOT_COUNT
     for slot in range(AMDB_SLOT_COUNT):
         d.slot_owner[slot] = <uint16_t>slot_owner[slot]
-    amdb_store_release(&d.visible_seq, 0)
+    amdb_store_release(&d.visible_seq, visible_seq)
 
 
 def init_partition_control(Mapping m, int index, uint64_t segment_size, uint64_t ring_offset,

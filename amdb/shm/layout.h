@@ -59,6 +59,7 @@ enum {
     AMDB_STATUS_CORRUPT = 3,      /* a structure failed a consistency check */
     AMDB_STATUS_TIMEOUT = 4,      /* a wait timed out (caller checks liveness) */
     AMDB_STATUS_NO_MEMORY = 5,    /* private malloc failed */
+    AMDB_STATUS_IO_ERROR = 6,     /* the write-ahead log or a checkpoint could not be written */
 };
 
 /* Worker states (control.worker_state). */
@@ -119,6 +120,15 @@ typedef struct amdb_control {
      * release-stores applied_chunk; the owner reads it after acquiring it. */
     AMDB_LINE uint8_t ledger_head[32];
     uint64_t ledger_chunks;
+
+    /* Line 6 — durability (wal.h): written by the worker, read by the owner
+     * for statistics and to decide on automatic checkpoints (relaxed). */
+    AMDB_LINE uint64_t log_segment;  /* number of the log segment being appended */
+    uint64_t log_bytes;             /* log bytes written since the last checkpoint */
+    uint64_t checkpoint_seq;        /* seq of the newest checkpoint written (0 = none) */
+    uint64_t log_syncs;             /* fdatasync calls on the log */
+    uint64_t log_errors;            /* failed log or checkpoint writes */
+    uint64_t log_broken;            /* 1: the log could not be repaired; writes are refused */
 } amdb_control;
 
 /* Database control block (its own small segment): written by the owner. */
@@ -139,6 +149,9 @@ enum {
     AMDB_OP_CHUNK = 3,     /* amdb_ring_chunk: header of `count` data records */
     AMDB_OP_ABORT = 4,     /* amdb_ring_chunk: roll back the batch starting at `seq` */
     AMDB_OP_WRAP = 5,      /* skip to the start of the ring */
+    AMDB_OP_COMMIT = 6,    /* amdb_ring_chunk: batch `seq` is whole here; `count` = workers in it.
+                            * Durable databases only: logged, then acknowledged as chunk `chunk_no` */
+    AMDB_OP_CHECKPOINT = 7,/* amdb_ring_chunk: write a checkpoint as of `seq`; acknowledged as `chunk_no` */
 };
 
 enum { AMDB_CHUNK_FIRST_OF_BATCH = 1 };  /* amdb_ring_chunk.flags */
@@ -152,13 +165,14 @@ typedef struct amdb_ring_record {   /* a put or delete */
     /* key bytes, value bytes, zero padding to 8 */
 } amdb_ring_record;
 
-typedef struct amdb_ring_chunk {    /* CHUNK and ABORT */
+typedef struct amdb_ring_chunk {    /* CHUNK, ABORT, COMMIT, CHECKPOINT */
     uint32_t op;
     uint32_t flags;
     uint64_t seq;                   /* sequence number of the batch (all its chunks share it) */
     uint64_t count;                 /* data records that follow (CHUNK) */
     uint64_t end;                   /* ring position just past the chunk's last record */
-    uint64_t chunk_no;              /* CHUNK: 1, 2, 3... per ring (progress); ABORT: its abort_no */
+    uint64_t chunk_no;              /* CHUNK, COMMIT, CHECKPOINT: 1, 2, 3... per ring (progress);
+                                     * ABORT: its abort_no */
 } amdb_ring_chunk;
 
 /* ---- Arena blocks ---------------------------------------------------------- */

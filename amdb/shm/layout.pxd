@@ -21,6 +21,7 @@ cdef extern from "layout.h" nogil:
         AMDB_STATUS_CORRUPT
         AMDB_STATUS_TIMEOUT
         AMDB_STATUS_NO_MEMORY
+        AMDB_STATUS_IO_ERROR
         AMDB_WORKER_STARTING
         AMDB_WORKER_READY
         AMDB_WORKER_STOPPED
@@ -29,6 +30,8 @@ cdef extern from "layout.h" nogil:
         AMDB_OP_CHUNK
         AMDB_OP_ABORT
         AMDB_OP_WRAP
+        AMDB_OP_COMMIT
+        AMDB_OP_CHECKPOINT
         AMDB_CHUNK_FIRST_OF_BATCH
         AMDB_BLOCK_NODE
         AMDB_BLOCK_VERSION
@@ -78,6 +81,12 @@ cdef extern from "layout.h" nogil:
         uint64_t chunks_applied
         uint8_t ledger_head[32]
         uint64_t ledger_chunks
+        uint64_t log_segment
+        uint64_t log_bytes
+        uint64_t checkpoint_seq
+        uint64_t log_syncs
+        uint64_t log_errors
+        uint64_t log_broken
 
     ctypedef struct amdb_db_control:
         uint64_t magic

@@ -1,0 +1,353 @@
+# cython: language_level=3
+"""The worker's write-ahead log and checkpoints (formats and invariants: wal.h).
+
+Process safety: a LogWriter belongs to one worker, which alone appends to its
+log segments and writes its checkpoints (wal.h, "who writes what"). The owner
+reads the durability line of the control block for statistics only, so every
+store to it here is relaxed; log_broken is re-read by the worker itself only.
+
+Failure policy: a failed append is cut back (ftruncate to the last whole
+frame) and reported as AMDB_STATUS_IO_ERROR, so the log never holds garbage
+between whole frames. If even the cut fails, or an fdatasync fails (the
+kernel may have dropped the dirty pages: retrying would lie), the log is
+marked broken and every later write is refused until the database is
+reopened; reads go on.
+"""
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset, memcpy
+from libc.errno cimport errno, EINTR
+from libc.stdio cimport snprintf
+from amdb.shm.layout cimport *
+from amdb.shm.atomic cimport amdb_store_relaxed, amdb_store_release, amdb_load_relaxed, amdb_monotonic_ns
+from amdb.shm.arena cimport commit_pages
+from amdb.native.hashing cimport amdb_xxh64, amdb_xxh64_state, amdb_xxh64_reset, amdb_xxh64_update, amdb_xxh64_digest
+
+cdef extern from "<fcntl.h>" nogil:
+    int openat(int dirfd, const char *path, int flags, ...)
+    enum:
+        O_WRONLY
+        O_RDONLY
+        O_CREAT
+        O_EXCL
+        O_TRUNC
+        O_APPEND
+        O_CLOEXEC
+        AT_FDCWD
+
+cdef extern from "<stdio.h>" nogil:
+    int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t write(int fd, const void *buf, size_t count)
+    ssize_t pread(int fd, void *buf, size_t count, long offset)
+    ssize_t read(int fd, void *buf, size_t count)
+    int close(int fd)
+    int fsync(int fd)
+    int fdatasync(int fd)
+    int ftruncate(int fd, long length)
+    int unlinkat(int dirfd, const char *path, int flags)
+
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+    ssize_t writev(int fd, const iovec *iov, int iovcnt)
+
+cdef enum:
+    MAX_PIECES = 4
+    NAME_BYTES = 64
+
+
+cdef inline void segment_name(char *out, uint64_t worker, uint64_t segment_no) noexcept nogil:
+    snprintf(out, NAME_BYTES, "wal-%04llu-%08llu.log", <unsigned long long>worker,
+             <unsigned long long>segment_no)
+
+
+cdef inline void checkpoint_name(char *out, uint64_t worker, uint64_t seq, const char *suffix) noexcept nogil:
+    snprintf(out, NAME_BYTES, "ckpt-%04llu-%016llu.%s", <unsigned long long>worker,
+             <unsigned long long>seq, suffix)
+
+
+cdef int write_all(int fd, const void *data, uint64_t length) noexcept nogil:
+    cdef const uint8_t *p = <const uint8_t *>data
+    cdef ssize_t n
+    while length:
+        n = write(fd, p, length if length < (1ULL << 30) else (1ULL << 30))
+        if n < 0:
+            if errno == EINTR:
+                continue
+            return -1
+        p += n
+        length -= <uint64_t>n
+    return 0
+
+
+cdef int writev_all(int fd, iovec *iov, int count) noexcept nogil:
+    """writev until every byte is out (a short write continues where it stopped)."""
+    cdef ssize_t n
+    cdef int first = 0
+    while first < count:
+        n = writev(fd, iov + first, count - first)
+        if n < 0:
+            if errno == EINTR:
+                continue
+            return -1
+        while first < count and <size_t>n >= iov[first].iov_len:
+            n -= iov[first].iov_len
+            first += 1
+        if first < count:
+            iov[first].iov_base = <uint8_t *>iov[first].iov_base + n
+            iov[first].iov_len -= n
+    return 0
+
+
+cdef inline void mark_broken(LogWriter *log) noexcept nogil:
+    amdb_store_relaxed(&log.ctrl.log_broken, 1)
+
+
+cdef inline int count_error(LogWriter *log) noexcept nogil:
+    amdb_store_relaxed(&log.ctrl.log_errors, log.ctrl.log_errors + 1)
+    return AMDB_STATUS_IO_ERROR
+
+
+cdef int sync_log(LogWriter *log) noexcept nogil:
+    if not log.dirty:
+        return AMDB_STATUS_OK
+    if fdatasync(log.fd) != 0:
+        mark_broken(log)           # the kernel may have dropped the pages: never retry
+        return count_error(log)
+    log.dirty = False
+    log.last_sync_ns = amdb_monotonic_ns()
+    amdb_store_relaxed(&log.ctrl.log_syncs, log.ctrl.log_syncs + 1)
+    return AMDB_STATUS_OK
+
+
+cdef int log_start_segment(LogWriter *log, uint64_t segment_no) noexcept nogil:
+    """Continue the log in a new, empty segment file (the old one is synced
+    first unless sync="none"). The new name is made durable (directory fsync)
+    before anything is acknowledged from it."""
+    cdef char name[NAME_BYTES]
+    cdef int fd
+    if log.fd >= 0 and log.sync_mode != SYNC_NONE and sync_log(log) != AMDB_STATUS_OK:
+        return AMDB_STATUS_IO_ERROR
+    segment_name(name, log.ctrl.worker_index, segment_no)
+    fd = openat(log.dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0o600)
+    if fd < 0:
+        mark_broken(log)
+        return count_error(log)
+    if log.sync_mode != SYNC_NONE and fsync(log.dir_fd) != 0:
+        close(fd)
+        mark_broken(log)
+        return count_error(log)
+    if log.fd >= 0:
+        close(log.fd)
+    log.fd = fd
+    log.segment_no = segment_no
+    log.offset = 0
+    log.dirty = False
+    amdb_store_relaxed(&log.ctrl.log_segment, segment_no)
+    return AMDB_STATUS_OK
+
+
+cdef int log_append(LogWriter *log, uint32_t kind, uint64_t seq, LogPiece *pieces, int npieces) noexcept nogil:
+    """Append one whole frame (header + the pieces as its payload), or nothing.
+    REQUIRES npieces <= MAX_PIECES."""
+    cdef amdb_log_frame frame
+    cdef amdb_xxh64_state state
+    cdef iovec iov[MAX_PIECES + 1]
+    cdef int i, count = 1
+    cdef uint64_t payload_len = 0
+    if amdb_load_relaxed(&log.ctrl.log_broken) or log.fd < 0:
+        return AMDB_STATUS_IO_ERROR
+    amdb_xxh64_reset(&state, seq)
+    for i in range(npieces):
+        if pieces[i].length == 0:
+            continue
+        amdb_xxh64_update(&state, pieces[i].data, pieces[i].length)
+        payload_len += pieces[i].length
+        iov[count].iov_base = <void *>pieces[i].data
+        iov[count].iov_len = pieces[i].length
+        count += 1
+    frame.magic = AMDB_LOG_MAGIC
+    frame.kind = kind
+    frame.seq = seq
+    frame.payload_len = payload_len
+    frame.payload_check = amdb_xxh64_digest(&state)
+    frame.header_check = amdb_xxh64(&frame, 32, 0)
+    iov[0].iov_base = &frame
+    iov[0].iov_len = sizeof(amdb_log_frame)
+    if writev_all(log.fd, iov, count) != 0:
+        # Cut the torn frame off, so later frames follow whole ones (wal.h, 1).
+        if ftruncate(log.fd, <long>log.offset) != 0:
+            mark_broken(log)
+        return count_error(log)
+    log.offset += sizeof(amdb_log_frame) + payload_len
+    log.dirty = True
+    amdb_store_relaxed(&log.ctrl.log_bytes, log.ctrl.log_bytes + sizeof(amdb_log_frame) + payload_len)
+    return AMDB_STATUS_OK
+
+
+cdef int log_after_commit(LogWriter *log) noexcept nogil:
+    """After a COMMIT frame: sync as the mode says, then roll over if the
+    segment is full (a batch boundary, so segments end between batches)."""
+    cdef int status = AMDB_STATUS_OK
+    if log.sync_mode == SYNC_BATCH:
+        status = sync_log(log)
+    elif log.sync_mode == SYNC_INTERVAL and amdb_monotonic_ns() - log.last_sync_ns >= log.interval_ns:
+        status = sync_log(log)
+    if status == AMDB_STATUS_OK and log.offset >= log.segment_bytes:
+        status = log_start_segment(log, log.segment_no + 1)
+    return status
+
+
+cdef void log_idle(LogWriter *log) noexcept nogil:
+    """Called when the worker has nothing to do: sync="interval" syncs here too."""
+    if log.fd >= 0 and log.sync_mode == SYNC_INTERVAL and log.dirty \
+            and amdb_monotonic_ns() - log.last_sync_ns >= log.interval_ns:
+        sync_log(log)
+
+
+cdef void log_close(LogWriter *log) noexcept nogil:
+    if log.fd >= 0:
+        if log.sync_mode != SYNC_NONE:
+            sync_log(log)
+        close(log.fd)
+        log.fd = -1
+
+
+cdef int checkpoint_write(PartitionView *p, LogWriter *log, uint64_t seq) noexcept nogil:
+    """Write the arena as of batch `seq` to ckpt-W-seq.ckpt (wal.h, 5) and
+    continue the log in a new segment. REQUIRES: called between batches.
+    The file is complete and durable before its name appears."""
+    cdef amdb_control *c = p.ctrl
+    cdef amdb_checkpoint_header header
+    cdef char tmp[NAME_BYTES]
+    cdef char final[NAME_BYTES]
+    cdef uint64_t used = c.arena_used
+    cdef uint64_t blocks = (used + AMDB_CHECKPOINT_BLOCK - 1) // AMDB_CHECKPOINT_BLOCK
+    cdef uint64_t *checks
+    cdef uint64_t i, start, length
+    cdef int fd
+    if amdb_load_relaxed(&c.log_broken):
+        return AMDB_STATUS_IO_ERROR
+    # The log first: a checkpoint must never be more durable than the log
+    # frames of the batches before it in other workers' eyes (wal.h, 3).
+    if sync_log(log) != AMDB_STATUS_OK:
+        return AMDB_STATUS_IO_ERROR
+    checks = <uint64_t *>malloc((blocks if blocks else 1) * sizeof(uint64_t))
+    if checks == NULL:
+        return AMDB_STATUS_NO_MEMORY
+    memset(&header, 0, sizeof(header))
+    header.magic = AMDB_CHECKPOINT_MAGIC
+    header.format_version = AMDB_FORMAT_VERSION
+    header.layout_version = AMDB_LAYOUT_VERSION
+    header.worker_index = c.worker_index
+    header.seq = seq
+    header.log_segment = log.segment_no + 1
+    header.arena_used = used
+    header.skiplist_head = c.skiplist_head
+    header.hash_table = c.hash_table
+    header.live_keys = c.live_keys
+    header.node_count = c.node_count
+    header.version_count = c.version_count
+    header.ledger_chunks = c.ledger_chunks
+    memcpy(header.ledger_head, c.ledger_head, 32)
+    header.header_check = amdb_xxh64(&header, sizeof(header) - 8, 0)
+    for i in range(blocks):
+        start = i * AMDB_CHECKPOINT_BLOCK
+        length = used - start if used - start < AMDB_CHECKPOINT_BLOCK else AMDB_CHECKPOINT_BLOCK
+        checks[i] = amdb_xxh64(p.arena + start, length, i)
+    checkpoint_name(tmp, c.worker_index, seq, "tmp")
+    checkpoint_name(final, c.worker_index, seq, "ckpt")
+    fd = openat(log.dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    if fd < 0:
+        free(checks)
+        return count_error(log)
+    if (write_all(fd, &header, sizeof(header)) != 0 or write_all(fd, p.arena, used) != 0
+            or write_all(fd, checks, blocks * sizeof(uint64_t)) != 0 or fsync(fd) != 0):
+        free(checks)
+        close(fd)
+        unlinkat(log.dir_fd, tmp, 0)
+        return count_error(log)
+    free(checks)
+    close(fd)
+    if renameat(log.dir_fd, tmp, log.dir_fd, final) != 0 or fsync(log.dir_fd) != 0:
+        unlinkat(log.dir_fd, tmp, 0)
+        return count_error(log)
+    amdb_store_relaxed(&c.checkpoint_seq, seq)
+    amdb_store_relaxed(&c.log_bytes, 0)
+    return log_start_segment(log, log.segment_no + 1)
+
+
+cdef int read_exact(int fd, void *out, uint64_t length, uint64_t offset) noexcept nogil:
+    cdef uint8_t *p = <uint8_t *>out
+    cdef ssize_t n
+    while length:
+        n = pread(fd, p, length if length < (1ULL << 30) else (1ULL << 30), <long>offset)
+        if n < 0:
+            if errno == EINTR:
+                continue
+            return -1
+        if n == 0:
+            return -1               # short file
+        p += n
+        length -= <uint64_t>n
+        offset += <uint64_t>n
+    return 0
+
+
+cdef int checkpoint_load(PartitionView *p, int dir_fd, const char *name, uint64_t *seq_out) noexcept nogil:
+    """Fill an empty arena from a checkpoint file and publish its roots.
+    Checks everything it reads: AMDB_STATUS_CORRUPT for a damaged file,
+    AMDB_STATUS_ARENA_FULL when the arena reservation is too small for it."""
+    cdef amdb_control *c = p.ctrl
+    cdef amdb_checkpoint_header header
+    cdef uint64_t blocks, i, start, length, stored
+    cdef int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC)
+    cdef int status = AMDB_STATUS_OK
+    if fd < 0:
+        return AMDB_STATUS_IO_ERROR
+    if read_exact(fd, &header, sizeof(header), 0) != 0:
+        close(fd)
+        return AMDB_STATUS_CORRUPT
+    if (header.magic != AMDB_CHECKPOINT_MAGIC or header.format_version != AMDB_FORMAT_VERSION
+            or header.layout_version != AMDB_LAYOUT_VERSION
+            or header.header_check != amdb_xxh64(&header, sizeof(header) - 8, 0)
+            or header.arena_used < AMDB_ARENA_FIRST_BLOCK or header.arena_used % 8
+            or header.skiplist_head >= header.arena_used or header.hash_table >= header.arena_used):
+        close(fd)
+        return AMDB_STATUS_CORRUPT
+    if header.arena_used > c.arena_capacity:
+        close(fd)
+        return AMDB_STATUS_ARENA_FULL
+    amdb_store_relaxed(&c.arena_used, 0)
+    status = commit_pages(p, header.arena_used)
+    if status != AMDB_STATUS_OK:
+        close(fd)
+        return status
+    blocks = (header.arena_used + AMDB_CHECKPOINT_BLOCK - 1) // AMDB_CHECKPOINT_BLOCK
+    for i in range(blocks):
+        start = i * AMDB_CHECKPOINT_BLOCK
+        length = header.arena_used - start
+        if length > AMDB_CHECKPOINT_BLOCK:
+            length = AMDB_CHECKPOINT_BLOCK
+        if (read_exact(fd, p.arena + start, length, sizeof(header) + start) != 0
+                or read_exact(fd, &stored, 8, sizeof(header) + header.arena_used + i * 8) != 0
+                or stored != amdb_xxh64(p.arena + start, length, i)):
+            close(fd)
+            memset(p.arena, 0, start + length)     # leave no half-loaded arena behind
+            return AMDB_STATUS_CORRUPT
+    close(fd)
+    amdb_store_relaxed(&c.arena_used, header.arena_used)
+    amdb_store_relaxed(&c.live_keys, header.live_keys)
+    amdb_store_relaxed(&c.node_count, header.node_count)
+    amdb_store_relaxed(&c.version_count, header.version_count)
+    memcpy(c.ledger_head, header.ledger_head, 32)
+    amdb_store_relaxed(&c.ledger_chunks, header.ledger_chunks)
+    amdb_store_relaxed(&c.checkpoint_seq, header.seq)
+    # Release: the loaded bytes are whole before the roots lead anyone to them.
+    amdb_store_release(&c.hash_table, header.hash_table)
+    amdb_store_release(&c.skiplist_head, header.skiplist_head)
+    seq_out[0] = header.seq
+    return AMDB_STATUS_OK
