@@ -94,8 +94,9 @@ class ParallelDB(Engine):
                  arena_size=DEFAULT_ARENA_SIZE, max_key_size=None, max_value_size=None,
                  start_timeout=30.0, audit=None, audit_max_bytes=64 << 20, sync="none",
                  sync_interval_ms=100, log_segment_bytes=DEFAULT_LOG_SEGMENT_BYTES,
-                 checkpoint_bytes=DEFAULT_CHECKPOINT_BYTES):
+                 checkpoint_bytes=DEFAULT_CHECKPOINT_BYTES, read_only=False):
         self._path = None
+        self._read_only = bool(read_only)
         self._lock_fd = None
         self._recovery = None
         self._backups_running = 0
@@ -118,6 +119,10 @@ class ParallelDB(Engine):
             manifest = storage.read_manifest(path) if os.path.isdir(path) else None
             if manifest is not None and workers is None:
                 workers = manifest["workers"]
+            if read_only and manifest is None:
+                raise InvalidArgumentError(f"read_only=True needs an existing database; {path} has none")
+        elif read_only:
+            raise InvalidArgumentError("read_only=True needs a path")
         workers = os.cpu_count() or 1 if workers is None else workers
         self._workers = _int_option("workers", workers, 1, MAX_WORKERS)
         max_batch = _int_option("max_batch", max_batch, 1, 1 << 31)
@@ -173,13 +178,15 @@ class ParallelDB(Engine):
                 self._audit.event("recovery", **self._recovery)
 
     def _open_directory(self, path, manifest, max_key_size, max_value_size):
-        """Create or lock the directory and plan recovery. Returns (plan, slot table)."""
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"cannot create {path}: {exc.strerror}") from None
-        storage.check_directory_writable(path)
-        self._lock_fd = storage.lock_directory(path)
+        """Create or lock the directory and plan recovery. Returns (plan, slot table).
+        Read-only: a shared lock, and nothing in the directory changes."""
+        if not self._read_only:
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot create {path}: {exc.strerror}") from None
+            storage.check_directory_writable(path)
+        self._lock_fd = storage.lock_directory(path, shared=self._read_only)
         try:
             manifest = storage.read_manifest(path)        # again, now that we hold the lock
             if manifest is None:
@@ -193,7 +200,7 @@ class ParallelDB(Engine):
                         f"workers={self._workers} is not supported yet",
                         code="workers_changed", hint=f"open it with workers={manifest['workers']} (or None)")
                 slot_owner = manifest["slot_owner"]
-            plan = storage.plan_recovery(path, self._workers)
+            plan = storage.plan_recovery(path, self._workers, repair=not self._read_only)
         except BaseException:
             self._release_lock()
             raise
@@ -248,7 +255,7 @@ class ParallelDB(Engine):
                 if plan is not None:
                     argv.append(json.dumps(storage.worker_plan(
                         self._path, plan.workers[index], self._sync, self._sync_interval_ms,
-                        self._log_segment_bytes)))
+                        self._log_segment_bytes, self._read_only)))
                 # Workers inherit the directory lock: it is held until the
                 # last of them is gone, not only the owner (storage.lock_directory).
                 self._procs.append(subprocess.Popen(
@@ -333,6 +340,9 @@ class ParallelDB(Engine):
             raise Error("this ParallelDB belongs to process %d; a forked child cannot write to it"
                         % self._owner_pid, code="forked",
                         hint="open a new ParallelDB in the child, or create it after forking")
+        if self._read_only:
+            raise StorageError("this database was opened with read_only=True", code="read_only",
+                               hint="reopen it without read_only=True to write")
         if self._broken is not None:
             message, worker, signal = self._broken
             raise WorkerCrashedError(message + "; writes are refused, reads still work",
@@ -346,18 +356,17 @@ class ParallelDB(Engine):
             for index, proc in enumerate(self._procs):
                 if proc.poll() is not None:
                     self._check_worker(index)
-            if self._path is not None:
-                self._check_log()
+        if self._path is not None:
+            self._check_log()
 
     def _check_log(self):
         """Refuse writes once a log is broken; checkpoint when a log grew past
         checkpoint_bytes. REQUIRES the write lock."""
-        stats = [self._stats_of(i) for i in range(self._workers)]
-        broken = [s["worker"] for s in stats if s["log_broken"]]
-        if broken:
-            raise StorageError(f"the write-ahead log of worker {broken[0]} could not be written or "
+        most, broken = self._log_state()
+        if broken >= 0:
+            raise StorageError(f"the write-ahead log of worker {broken} could not be written or "
                                "repaired; writes are refused until the database is reopened, reads go on")
-        if self._checkpoint_bytes and max(s["log_bytes"] for s in stats) >= self._checkpoint_bytes:
+        if self._checkpoint_bytes and most >= self._checkpoint_bytes:
             self._checkpoint_locked("automatic")
 
     # ---- durability ------------------------------------------------------------
@@ -428,6 +437,9 @@ class ParallelDB(Engine):
         if self._path is None:
             raise InvalidArgumentError(f"{what}() needs a durable database: open it with ParallelDB(path)",
                                        code="memory_only")
+        if self._read_only:
+            raise StorageError("this database was opened with read_only=True", code="read_only",
+                               hint="reopen it without read_only=True to write")
 
     # ---- writes ----------------------------------------------------------------
 
@@ -580,6 +592,7 @@ class ParallelDB(Engine):
             "audit": self._audit.stats() if self._audit is not None else None,
             "durability": None if self._path is None else {
                 "path": self._path, "sync": self._sync, "recovery": self._recovery,
+                "read_only": self._read_only,
                 "log_bytes": sum(w["log_bytes"] for w in per_worker),
                 "checkpoint_seq": min(w["checkpoint_seq"] for w in per_worker),
                 "log_errors": sum(w["log_errors"] for w in per_worker),

@@ -144,7 +144,7 @@ def _pid_alive(pid):
     return True
 
 
-def lock_directory(directory, stale_wait=10.0):
+def lock_directory(directory, stale_wait=10.0, shared=False):
     """flock LOCK exclusively and write our pid in it; returns the fd.
 
     The workers inherit the fd, so the lock lasts until the owner and every
@@ -152,12 +152,15 @@ def lock_directory(directory, stale_wait=10.0):
     leave within a fraction of a second, and we wait up to `stale_wait`
     seconds for them before giving up."""
     path = os.path.join(directory, LOCK)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    if shared:      # read-only opening: the directory may be on a read-only disk
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    else:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     deadline = time.monotonic() + stale_wait
     try:
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 pass
@@ -172,8 +175,9 @@ def lock_directory(directory, stale_wait=10.0):
                                      " (dead; its workers still hold the lock)"))
             # The holder is dead: its workers are on their way out.
             time.sleep(0.02)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if not shared:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     except BaseException:
         os.close(fd)
         raise
@@ -298,7 +302,7 @@ def check_checkpoint(path, worker=None):
 class WorkerPlan(NamedTuple):
     checkpoint: str          # file to load, or None
     checkpoint_seq: int
-    replay: list             # segment names, in order
+    replay: list             # [segment name, bytes to replay], in order
     next_segment: int
     log_bytes: int
 
@@ -414,7 +418,7 @@ def plan_recovery(directory, workers, repair=True):
                     with open(os.path.join(directory, name), "r+b") as f:
                         f.truncate(keep)
                         os.fsync(f.fileno())
-            replay.append(name)
+            replay.append([name, keep])
             last_kept = number
             log_bytes += keep
             if keep < scan.size:
@@ -476,11 +480,11 @@ def check_checkpoint_header(path):
     return CheckpointInfo(os.path.basename(path), fields[3], fields[4], fields[5], fields[6], fields[9], fields[11])
 
 
-def worker_plan(directory, plan, sync, interval_ms, segment_bytes):
+def worker_plan(directory, plan, sync, interval_ms, segment_bytes, read_only=False):
     """The `durable` argument of amdb.native.apply.run_worker."""
     return {"dir": os.path.abspath(directory), "checkpoint": plan.checkpoint, "replay": plan.replay,
             "next_segment": plan.next_segment, "sync": SYNC_MODES[sync], "interval_ms": interval_ms,
-            "segment_bytes": segment_bytes, "log_bytes": plan.log_bytes}
+            "segment_bytes": segment_bytes, "log_bytes": plan.log_bytes, "read_only": read_only}
 
 
 # ---- inspection, backup --------------------------------------------------------

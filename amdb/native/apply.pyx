@@ -353,27 +353,29 @@ cdef void begin_batch(Worker *w, uint64_t seq) noexcept nogil:
 
 cdef int log_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) noexcept nogil:
     """Append the chunk just applied to the log: its records as they lie in
-    the ring, in one or (when the chunk wraps) two pieces, WRAP left out."""
+    the ring, in one piece, or two when they cross the ring's end (with or
+    without a WRAP record before it: the record before may end exactly there)."""
     cdef amdb_log_chunk meta
     cdef LogPiece pieces[3]
     cdef uint64_t mask = w.p.ctrl.ring_capacity - 1
     cdef uint64_t start = header_pos + sizeof(amdb_ring_chunk)
-    cdef uint64_t resume
+    cdef uint64_t boundary = (start & ~mask) + mask + 1    # the ring's next end, in positions
+    cdef uint64_t first_end
     meta.timestamp_ns = w.chunk_timestamp
     meta.count = header.count
     meta.flags = header.flags
     meta.reserved = 0
     pieces[0].data = &meta
     pieces[0].length = sizeof(meta)
-    if w.wrap_pos == 0 or w.wrap_pos < start:
-        pieces[1].data = w.p.ring + (start & mask)
+    pieces[1].data = w.p.ring + (start & mask)
+    if header.end <= boundary:
         pieces[1].length = header.end - start
         return log_append(&w.log, AMDB_LOG_CHUNK, header.seq, pieces, 2)
-    resume = w.wrap_pos + (mask + 1) - (w.wrap_pos & mask)
-    pieces[1].data = w.p.ring + (start & mask)
-    pieces[1].length = w.wrap_pos - start
-    pieces[2].data = w.p.ring + (resume & mask)
-    pieces[2].length = header.end - resume
+    # Bytes between a WRAP record and the ring's end are not records.
+    first_end = w.wrap_pos if start <= w.wrap_pos < boundary else boundary
+    pieces[1].length = first_end - start
+    pieces[2].data = w.p.ring
+    pieces[2].length = header.end - boundary
     return log_append(&w.log, AMDB_LOG_CHUNK, header.seq, pieces, 3)
 
 
@@ -565,7 +567,7 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None):
     cdef amdb_control *c = <amdb_control *>mapping.base
     cdef int status
     cdef int result
-    cdef uint64_t checkpoint_seq = 0, frames = 0, replayed = 0
+    cdef uint64_t checkpoint_seq = 0, frames = 0, replayed = 0, replay_length
     cdef const uint8_t[::1] segment_bytes
     if c.magic != AMDB_PARTITION_MAGIC or c.layout_version != AMDB_LAYOUT_VERSION:
         raise Error("not an AmDb partition segment (magic or layout version differs)", code="corrupt")
@@ -613,16 +615,19 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None):
         raise_for_status(status, "initialising the arena")
         skiplist_finger_reset(&w.p, &w.finger)
         if durable is not None:
-            for name in durable["replay"]:
+            for name, length in durable["replay"]:
                 with open(os.path.join(durable["dir"], name), "rb") as f:
-                    if os.fstat(f.fileno()).st_size == 0:
+                    if length == 0:
                         continue
+                    if os.fstat(f.fileno()).st_size < length:
+                        raise Error(f"{name} is shorter than the {length} bytes to replay", code="corrupt")
                     with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
                         segment_bytes = view
                         w.records = <char *>&segment_bytes[0]
                         w.records_mask = <uint64_t>-1
+                        replay_length = length
                         with nogil:
-                            status = replay_log(&w, w.records, segment_bytes.shape[0], &frames)
+                            status = replay_log(&w, w.records, replay_length, &frames)
                         w.records = w.p.ring
                         w.records_mask = c.ring_capacity - 1
                         segment_bytes = None
@@ -639,8 +644,9 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None):
             amdb_store_relaxed(&c.aborts_done, 0)
             amdb_store_relaxed(&c.chunks_applied, 0)
             amdb_store_relaxed(&c.log_bytes, durable["log_bytes"])
-            status = log_start_segment(&w.log, durable["next_segment"])
-            raise_for_status(status, "starting a new log segment")
+            if not durable["read_only"]:
+                status = log_start_segment(&w.log, durable["next_segment"])
+                raise_for_status(status, "starting a new log segment")
             skiplist_finger_reset(&w.p, &w.finger)
     except BaseException:
         log_close(&w.log)

@@ -1222,6 +1222,21 @@ cdef class Engine:
             "log_broken": bool(amdb_load_relaxed(&c.log_broken)),
         }
 
+    def _log_state(self):
+        """(largest log_bytes of any worker, first worker whose log is broken or -1):
+        cheap enough to ask before every write."""
+        cdef int i
+        cdef uint64_t most = 0, n
+        cdef int broken = -1
+        self._check_open()
+        for i in range(self.nworkers):
+            n = amdb_load_relaxed(&self.parts[i].ctrl.log_bytes)
+            if n > most:
+                most = n
+            if broken < 0 and amdb_load_relaxed(&self.parts[i].ctrl.log_broken):
+                broken = i
+        return most, broken
+
     def _visible_seq(self):
         return amdb_load_acquire(&self.dbc.visible_seq) if self.dbc != NULL else 0
 
