@@ -160,7 +160,13 @@ class ParallelDB(Engine):
                                    hint="pass e.g. audit='amdb-audit.jsonl'")
         plan = None
         slot_owner = [slot % self._workers for slot in range(SLOT_COUNT)]
+        self._sweep_pending = False
         if path is not None:
+            if manifest is not None and manifest["workers"] != self._workers and not self._read_only:
+                _reshard(path, manifest, self._workers, dict(
+                    max_batch=max_batch, ring_size=ring_size, arena_size=arena_size, start_timeout=start_timeout,
+                    sync=sync, sync_interval_ms=sync_interval_ms, log_segment_bytes=log_segment_bytes,
+                    checkpoint_bytes=checkpoint_bytes))
             plan, slot_owner = self._open_directory(path, manifest, max_key_size, max_value_size)
         try:
             self._start(max_batch, ring_size, arena_size, max_key_size, max_value_size, start_timeout,
@@ -168,6 +174,16 @@ class ParallelDB(Engine):
         except BaseException:
             self._release_lock()
             raise
+        if self._sweep_pending:
+            try:
+                with self._write_lock_obj:
+                    self._sweep_locked()
+                    manifest = storage.read_manifest(self._path)
+                    storage.write_manifest(self._path, manifest["workers"], manifest["slot_owner"],
+                                           manifest["options"])
+            except BaseException:
+                self.close()
+                raise
         if audit is not None:
             from amdb.audit import AuditLog
             self._audit = AuditLog(os.fspath(audit), max_bytes=audit_max_bytes)
@@ -196,10 +212,11 @@ class ParallelDB(Engine):
             else:
                 if manifest["workers"] != self._workers:
                     raise InvalidArgumentError(
-                        f"{path} was written with workers={manifest['workers']}; reopening with "
-                        f"workers={self._workers} is not supported yet",
+                        f"{path} was written with workers={manifest['workers']}; a read-only opening "
+                        f"cannot move slots to workers={self._workers}",
                         code="workers_changed", hint=f"open it with workers={manifest['workers']} (or None)")
                 slot_owner = manifest["slot_owner"]
+                self._sweep_pending = bool(manifest.get("sweep")) and not self._read_only
             plan = storage.plan_recovery(path, self._workers, repair=not self._read_only)
         except BaseException:
             self._release_lock()
@@ -431,6 +448,20 @@ class ParallelDB(Engine):
             self._audit.event("backup", seq=seq, dest=dest)
         return seq
 
+    def _sweep_locked(self):
+        """Delete every key stored in a partition that does not own its slot
+        (left there by an interrupted reshard). REQUIRES the write lock."""
+        from amdb.native.hashing import slot_of
+        table = self._slot_table()
+        stale = [(w, key, None) for w in range(self._workers)
+                 for key, _ in self._partition_items(w) if table[slot_of(key)] != w]
+        if stale:
+            self._write_routed(stale)
+        return len(stale)
+
+    def _slot_table(self):
+        return storage.read_manifest(self._path)["slot_owner"]
+
     def _require_durable(self, what):
         if self.closed:
             raise ClosedError("the database is closed")
@@ -609,6 +640,43 @@ class ParallelDB(Engine):
     def __repr__(self):
         state = "closed" if self.closed else f"{len(self)} keys"
         return f"<amdb.ParallelDB workers={self._workers} {state}>"
+
+
+def _reshard(path, manifest, workers, options):
+    """Reopen `path` with `workers` workers, moving only the slots that change
+    owner (storage.rebalance). Every step survives a crash: the manifest says
+    "sweep" from the first step on, so an interrupted move is finished (or
+    its copies removed) by the next opening. Moved keys keep their latest
+    value; their history starts again at version 1 in the new partition."""
+    from amdb.native.hashing import slot_of
+    old_workers, old_table = manifest["workers"], manifest["slot_owner"]
+    wide = max(old_workers, workers)
+    new_table = storage.rebalance(old_table, workers)
+    lock_fd = storage.lock_directory(path)          # nobody else between the steps below
+    try:
+        storage.remove_worker_files(path, old_workers)
+        storage.write_manifest(path, wide, old_table, manifest["options"], sweep=True)
+    finally:
+        os.close(lock_fd)
+    with ParallelDB(path, workers=wide, **options) as db:      # sweeps what an earlier try left
+        with db._write_lock_obj:
+            # Opening swept and cleared the flag: set it again before copying.
+            storage.write_manifest(path, wide, old_table, manifest["options"], sweep=True)
+            moved = [(new_table[slot], key, value) for w in range(wide) for key, value in db._partition_items(w)
+                     for slot in (slot_of(key),) if new_table[slot] != old_table[slot]]
+            if moved:
+                db._write_routed(moved)                 # copies at the new owners, one atomic batch
+            db._checkpoint_locked("reshard")
+            storage.write_manifest(path, wide, new_table, manifest["options"], sweep=True)
+            db._set_slot_owner(new_table)
+            db._sweep_locked()                          # the old copies go
+            db._checkpoint_locked("reshard")
+    lock_fd = storage.lock_directory(path)
+    try:
+        storage.remove_worker_files(path, workers)
+        storage.write_manifest(path, workers, new_table, manifest["options"])
+    finally:
+        os.close(lock_fd)
 
 
 def _fixed_width(array, what):

@@ -515,7 +515,7 @@ class DistributedCluster:
     Ray cluster to join (None: use the Ray already initialised in this process, or
     start a local one, which ``close()`` then shuts down); ``workers_per_node``
     (default: the host's cpu count divided by the number of nodes on it, at least
-    1); ``path`` (must be None: ParallelDB is memory-only in this release);
+    1); ``path`` (must be None: durable cluster nodes are not supported yet);
     ``db_options`` (more ParallelDB options, e.g. ``{"ring_size": 1 << 20}``);
     ``max_restarts`` for the node actors; ``retry_timeout`` for refused requests;
     ``call_timeout`` for one node call; ``ray_init_kwargs`` for a local start.
@@ -526,8 +526,8 @@ class DistributedCluster:
                  ray_init_kwargs=None, start_timeout=120.0):
         if path is not None:
             raise InvalidArgumentError(
-                "DistributedCluster(path=...) is not available yet: ParallelDB is memory-only in this "
-                "release, so nodes cannot recover their data from disk",
+                "DistributedCluster(path=...) is not available yet: a ParallelDB can be durable, but "
+                "cluster nodes do not yet keep their slots' data in a directory to recover from",
                 hint="pass path=None; a node that dies loses its slots' data, reported by lost_slots()")
         if isinstance(node_count, bool) or not isinstance(node_count, int) or not 1 <= node_count <= 1024:
             raise InvalidArgumentError(f"node_count={node_count!r} must be an int in 1..1024")

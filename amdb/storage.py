@@ -86,13 +86,15 @@ def _manifest_check(body):
     return xxhash.xxh64_hexdigest(json.dumps(body, sort_keys=True).encode())
 
 
-def write_manifest(directory, workers, slot_owner, options):
+def write_manifest(directory, workers, slot_owner, options, sweep=False):
     import numpy as np
     table = np.asarray(slot_owner, dtype="<u2")
     if table.shape != (SLOT_COUNT,):
         raise InvalidArgumentError("a slot table has 16384 entries")
     body = {"magic": MANIFEST_MAGIC, "format_version": FORMAT_VERSION, "workers": workers,
             "slot_owner": base64.b64encode(table.tobytes()).decode(), "options": options}
+    if sweep:       # keys may sit in a partition that does not own their slot (resharding)
+        body["sweep"] = True
     body["check"] = _manifest_check(body)
     _write_atomically(os.path.join(directory, MANIFEST), json.dumps(body, indent=1).encode())
     return body
@@ -130,6 +132,37 @@ def read_manifest(directory):
         raise CorruptionError(f"{path} is damaged ({exc.__class__.__name__}: {exc})") from None
     body["slot_owner"] = table.astype(int).tolist()
     return body
+
+
+def rebalance(slot_owner, workers):
+    """A slot table for `workers` workers that moves as few slots as possible
+    from `slot_owner`: slots of workers that go away, and the excess of
+    workers above an even share, go to the workers below it."""
+    table = list(slot_owner)
+    share = [SLOT_COUNT // workers + (1 if w < SLOT_COUNT % workers else 0) for w in range(workers)]
+    owned = {w: [] for w in range(workers)}
+    pool = []
+    for slot, w in enumerate(table):
+        (owned[w] if w < workers else pool).append(slot)
+    for w in range(workers):
+        while len(owned[w]) > share[w]:
+            pool.append(owned[w].pop())
+    pool.sort()
+    for w in range(workers):
+        while len(owned[w]) < share[w]:
+            slot = pool.pop()
+            table[slot] = w
+            owned[w].append(slot)
+    assert not pool
+    return table
+
+
+def remove_worker_files(directory, first_worker):
+    """Delete the logs and checkpoints of workers >= first_worker."""
+    for name in os.listdir(directory):
+        m = SEGMENT_NAME.match(name) or CHECKPOINT_NAME.match(name)
+        if m and int(m.group(1)) >= first_worker:
+            os.unlink(os.path.join(directory, name))
 
 
 # ---- lock ----------------------------------------------------------------------

@@ -110,8 +110,10 @@ class Workload:
         self.sample_keys = rng.sample(self.shuffled_keys, min(VERIFY_SAMPLE, n))
 
 
-def run_engine_once(engine, work, tmp, record, say):
-    """One repeat of every workload of one engine; calls record(workload, items/s)."""
+def run_engine_once(engine, work, tmp, record, say, durable=False):
+    """One repeat of every workload of one engine; calls record(workload, items/s).
+    durable: AmDb opens a directory (write-ahead log, sync="none"); the peers
+    always write theirs (LevelDB and RocksDB their log, LMDB its map, unsynced)."""
     n = work.n
 
     def step(workload, seconds):
@@ -119,7 +121,7 @@ def run_engine_once(engine, work, tmp, record, say):
         record(workload, rate)
         say(f"  {engine.name:<10} {workload:<14} {rate:>14,.0f} items/s  ({seconds:.3f} s)")
 
-    db = engine.open(tmp)
+    db = engine.open(tmp, durable) if engine.name == "amdb" else engine.open(tmp)
     try:
         seconds, _ = timed(engine.put_batches, db, work.chunks)
         verify_lookups(engine, db, work.sample_keys, "batch_put_5k")
@@ -127,7 +129,7 @@ def run_engine_once(engine, work, tmp, record, say):
     finally:
         engine.close(db)
 
-    db = engine.open(tmp)
+    db = engine.open(tmp, durable) if engine.name == "amdb" else engine.open(tmp)
     try:
         seconds, _ = timed(engine.put_batches, db, [work.items])
         verify_lookups(engine, db, work.sample_keys, "batch_put_all")
@@ -149,7 +151,7 @@ def run_engine_once(engine, work, tmp, record, say):
         np = engine.numpy
         keys = np.arange(n, dtype=np.uint64)
         values = np.arange(n, dtype=np.uint64)
-        db = engine.open(tmp)
+        db = engine.open(tmp, durable) if engine.name == "amdb" else engine.open(tmp)
         try:
             seconds, _ = timed(db.put_array, keys, values)
             for i in random.Random(n).sample(range(n), min(VERIFY_SAMPLE, n)):
@@ -248,6 +250,8 @@ def parse_args(argv):
     parser.add_argument("--tmpdir", default=None,
                         help="where the on-disk peers keep their files (default: system temp)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--durable", action="store_true",
+                        help='AmDb with a path (write-ahead log, sync="none") instead of memory only')
     args = parser.parse_args(argv)
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = [e for e in args.engines if e not in ENGINES]
@@ -308,7 +312,7 @@ def main(argv=None):
                 record = lambda workload, rate, name=engine.name: \
                     samples[name].setdefault(workload, []).append(rate)  # noqa: E731
                 try:
-                    run_engine_once(engine, work, tmp, record, say)
+                    run_engine_once(engine, work, tmp, record, say, args.durable)
                 except KeyboardInterrupt:
                     raise
                 except Exception as exc:

@@ -123,8 +123,8 @@ def test_import_error_names_the_extra():
     assert "pip install amdb[cluster]" in out.stdout, out
 
 
-def test_path_is_refused_until_paralleldb_has_durability():
-    with pytest.raises(amdb.InvalidArgumentError, match="memory-only"):
+def test_path_is_refused_until_cluster_nodes_are_durable():
+    with pytest.raises(amdb.InvalidArgumentError, match="not available yet"):
         DistributedCluster(node_count=2, path="/tmp/amdb-cluster-data")
 
 

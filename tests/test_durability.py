@@ -209,14 +209,67 @@ def test_lock_refuses_a_second_owner(tmp_path):
         assert db.get(b"x") is None
 
 
-def test_workers_count_change_is_refused_clearly(tmp_path):
+def test_reopening_with_another_worker_count_moves_only_changed_slots(tmp_path):
+    path = tmp_path / "db"
+    rng = random.Random(11)
+    model = {}
+    with amdb.ParallelDB(path, **SMALL) as db:
+        write_random(db, rng, model, 30)
+    tables = [storage.read_manifest(path)["slot_owner"]]
+    for workers in (3, 1, 4, 2):
+        with amdb.ParallelDB(path, workers=workers, max_batch=64, ring_size=1 << 16) as db:
+            assert db.workers == workers
+            assert contents(db) == model and len(db) == len(model) and db.verify().ok
+            assert all(db.get(k) == v for k, v in list(model.items())[:50])
+            write_random(db, rng, model, 5)
+        manifest = storage.read_manifest(path)
+        assert manifest["workers"] == workers and "sweep" not in manifest
+        old, new = tables[-1], manifest["slot_owner"]
+        moved = sum(a != b for a, b in zip(old, new))
+        old_workers = max(old) + 1
+        # Only what must move: the slots of workers that went, or an even share for new ones.
+        must = sum(1 for w in old if w >= workers) if workers < old_workers else 16384 - sum(
+            min(old.count(w), 16384 // workers + 1) for w in range(old_workers))
+        assert moved <= must + workers, (old_workers, workers, moved, must)
+        assert sorted(set(new)) == list(range(workers))
+        assert max(new.count(w) for w in range(workers)) - min(new.count(w) for w in range(workers)) <= 1
+        tables.append(new)
+        assert not [n for n in os.listdir(path) if n.endswith((".log", ".ckpt"))
+                    and int(n.split("-")[1]) >= workers]
+    with amdb.ParallelDB(path) as db:
+        assert db.workers == 2 and contents(db) == model
+
+
+def test_interrupted_reshard_is_finished_or_undone_by_the_next_opening(tmp_path, monkeypatch):
+    path = tmp_path / "db"
+    model = {}
+    with amdb.ParallelDB(path, **SMALL) as db:
+        write_random(db, random.Random(12), model, 30)
+    real = amdb.ParallelDB._checkpoint_locked
+
+    def crash_after_copying(self, why):
+        if why == "reshard":
+            raise RuntimeError("simulated crash in the middle of a reshard")
+        return real(self, why)
+    monkeypatch.setattr(amdb.ParallelDB, "_checkpoint_locked", crash_after_copying)
+    with pytest.raises(RuntimeError):
+        amdb.ParallelDB(path, workers=3, max_batch=64, ring_size=1 << 16)
+    monkeypatch.undo()
+    assert storage.read_manifest(path)["sweep"] is True
+    with amdb.ParallelDB(path, max_batch=64, ring_size=1 << 16) as db:    # the count it was left at
+        assert contents(db) == model and db.verify().ok                  # copies swept: no duplicates
+    with amdb.ParallelDB(path, workers=3, max_batch=64, ring_size=1 << 16) as db:
+        assert contents(db) == model and db.verify().ok
+
+
+def test_read_only_opening_cannot_change_the_worker_count(tmp_path):
     path = tmp_path / "db"
     with amdb.ParallelDB(path, workers=2) as db:
         db.put(b"a", b"b")
     with pytest.raises(amdb.InvalidArgumentError) as info:
-        amdb.ParallelDB(path, workers=1)
+        amdb.ParallelDB(path, workers=1, read_only=True)
     assert info.value.code == "workers_changed"
-    with amdb.ParallelDB(path, workers=2) as db:
+    with amdb.ParallelDB(path, read_only=True) as db:
         assert db.get(b"a") == b"b"
 
 

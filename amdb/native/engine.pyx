@@ -25,7 +25,7 @@ from amdb.shm.atomic cimport *
 from amdb.shm.arena cimport Mapping
 from amdb.shm.ring cimport (RingProducer, ring_wait_space, ring_reserve_nowait, ring_publish,
                             progress_prepare_wait, progress_sleep, ring_at)
-from amdb.native.hashing cimport amdb_xxh64, SLOT_MASK
+from amdb.native.hashing cimport amdb_xxh64, SLOT_MASK, SLOT_COUNT
 from amdb.native.skiplist cimport skiplist_find_ge, skiplist_find_lt, compare_key_to_node
 from amdb.native.hashindex cimport hashindex_find
 from amdb.native.versions cimport visible_version, is_live
@@ -141,6 +141,7 @@ cdef class Engine:
     cdef uint64_t chunk_byte_cap
     cdef object _write_lock
     cdef readonly bint durable     # a write-ahead log: batches end with COMMIT records
+    cdef int forced_worker         # >= 0: _pack sends every record there (resharding), not by slot
 
     def __cinit__(self, *args, **kwargs):
         self.parts = NULL
@@ -150,6 +151,7 @@ cdef class Engine:
         self._attached = False
         self._mappings = []
         self._audit = None
+        self.forced_worker = -1
 
     def __dealloc__(self):
         free(self.parts)
@@ -304,7 +306,7 @@ cdef class Engine:
         h = amdb_xxh64(key, key_len, 0)
         # Order-sensitive digest of the batch's keys, for the audit log.
         self.batch_key_digest = ((self.batch_key_digest << 5) | (self.batch_key_digest >> 59)) ^ h
-        worker = self.dbc.slot_owner[h & SLOT_MASK]
+        worker = self.dbc.slot_owner[h & SLOT_MASK] if self.forced_worker < 0 else self.forced_worker
         r = &self.producers[worker]
         nbytes = amdb_record_bytes(<uint32_t>key_len, <uint32_t>value_len)
         if r.chunk_open and (r.chunk_count >= r.chunk_limit or r.chunk_bytes + nbytes > self.chunk_byte_cap):
@@ -595,6 +597,65 @@ cdef class Engine:
         except BaseException:
             self._abort_batch()
             raise
+
+    def _write_routed(self, ops):
+        """One atomic batch of (worker, key, value or None for a delete), each
+        record sent to the given worker whatever the slot table says. For
+        moving slots between workers (ParallelDB reopened with another count).
+        REQUIRES the write lock."""
+        cdef int worker
+        self._check_open()
+        self._begin_batch()
+        try:
+            for worker, key, value in ops:
+                if not 0 <= worker < self.nworkers or not isinstance(key, bytes):
+                    raise InvalidArgumentError(f"bad routed record for worker {worker}")
+                self.forced_worker = worker
+                if value is None:
+                    self._pack(AMDB_OP_DELETE, <const uint8_t *>PyBytes_AS_STRING(key), len(key), NULL, 0)
+                else:
+                    self._pack(AMDB_OP_PUT, <const uint8_t *>PyBytes_AS_STRING(key), len(key),
+                               <const uint8_t *>PyBytes_AS_STRING(value), len(value))
+            self.forced_worker = -1
+            return self._finish_batch()
+        except BaseException:
+            self.forced_worker = -1
+            self._abort_batch()
+            raise
+
+    def _set_slot_owner(self, table):
+        """Replace the slot table. REQUIRES the write lock and no reader yet
+        (ParallelDB does it while opening, before anyone has the object)."""
+        cdef int slot
+        self._check_open()
+        if len(table) != SLOT_COUNT or any(not 0 <= w < self.nworkers for w in table):
+            raise InvalidArgumentError("a slot table maps 16384 slots to workers")
+        for slot in range(SLOT_COUNT):
+            self.dbc.slot_owner[slot] = <uint16_t>table[slot]
+
+    def _partition_items(self, int worker):
+        """[(key, value)] of the live keys stored in partition `worker`, in key
+        order, as of now (whoever the slot table says owns them)."""
+        cdef PartitionView *p
+        cdef uint64_t off, version_off, visible
+        cdef amdb_node *n
+        cdef amdb_version *v
+        self._check_open()
+        if not 0 <= worker < self.nworkers:
+            raise InvalidArgumentError(f"no worker {worker}")
+        p = &self.parts[worker]
+        visible = amdb_load_acquire(&self.dbc.visible_seq)
+        out = []
+        off = amdb_load_acquire(&node_at(p.arena, amdb_load_acquire(&p.ctrl.skiplist_head)).next[0])
+        while off != 0:
+            n = node_at(p.arena, off)
+            version_off = visible_version(p.arena, n, visible)
+            if is_live(p.arena, version_off):
+                v = version_at(p.arena, version_off)
+                out.append((PyBytes_FromStringAndSize(<char *>amdb_node_key(n), n.key_len),
+                            PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)))
+            off = amdb_load_acquire(&n.next[0])
+        return out
 
     cdef object _write_deletes(self, keys):
         cdef const uint8_t *kp
