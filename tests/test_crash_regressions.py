@@ -48,3 +48,27 @@ def test_worker_never_reads_a_released_chunk_header(make_db):
     assert len(db) == 180_000
     probe = [b"r2-%06d" % i for i in range(0, 60_000, 611)]
     assert db.batch_get(probe) == [b"v" * (i % 40) for i in range(0, 60_000, 611)]
+
+
+def test_replay_refuses_a_log_record_whose_key_hash_is_wrong():
+    # tests/test_fuzz_logs.py: a well-framed log (valid checksums) whose put
+    # record carried hash 0 instead of xxh64(key) was replayed, and the arena
+    # it built failed verify() (key_hash break). Replay now recomputes every
+    # record's key hash: a ring record comes from the owner, a log from disk.
+    import struct
+    import xxhash
+    from amdb.native.apply import fuzz_replay
+    from amdb.storage import LOG_MAGIC
+
+    def frame(kind, seq, payload):
+        header = struct.pack("<IIQQQ", LOG_MAGIC, kind, seq, len(payload), xxhash.xxh64_intdigest(payload, seed=seq))
+        return header + struct.pack("<Q", xxhash.xxh64_intdigest(header)) + payload
+
+    def log(key_hash):
+        record = struct.pack("<IIIIQ", 1, 3, 1, 0, key_hash) + b"keyv" + bytes(4)
+        chunk = struct.pack("<QQII", 1, 1, 1, 0) + record           # FIRST_OF_BATCH, one record
+        return frame(1, 1, chunk) + frame(2, 1, struct.pack("<Q", 1))
+
+    assert fuzz_replay(log(xxhash.xxh64_intdigest(b"key"))) == (0, 2, 0)   # honest: replayed, clean
+    status, frames, _ = fuzz_replay(log(0))
+    assert status == 3 and frames == 0                                   # AMDB_STATUS_CORRUPT

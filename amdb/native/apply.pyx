@@ -16,7 +16,7 @@ batch are never visible meanwhile (seq > visible_seq), so readers cannot tell.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memset
 from posix.unistd cimport getppid, getpid
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport *
@@ -28,6 +28,7 @@ from amdb.native.hashindex cimport hashindex_find, hashindex_insert, hashindex_g
 from amdb.native.versions cimport version_append, is_live
 from amdb.native.hashing cimport amdb_xxh64
 from amdb.native.wal cimport *
+from amdb.native.verify cimport VerifyResult, verify_partition, verify_ledger
 
 cdef enum:
     IDLE_TIMEOUT_NS = 200000000   # 200 ms: how often an idle worker checks its owner is alive
@@ -66,6 +67,7 @@ ctypedef struct Worker:
     uint64_t records_mask        #   segment being replayed (mask ~0: positions are offsets)
     uint64_t wrap_pos            # ring position of the current chunk's WRAP record, 0 = none
     uint64_t chunk_timestamp     # timestamp_ns of the versions of the last applied chunk
+    bint check_hashes            # replaying a log: recompute each record's key hash, trust nothing
     LogWriter log                # the write-ahead log (log.dir_fd < 0: memory-only)
 
 
@@ -163,6 +165,10 @@ cdef int index_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos,
         if rec.op != AMDB_OP_PUT and rec.op != AMDB_OP_DELETE:
             return AMDB_STATUS_CORRUPT
         if pos + amdb_record_bytes(rec.key_len, rec.value_len) > header.end:
+            return AMDB_STATUS_CORRUPT
+        # Ring records come from the owner, who hashed the key; a log read
+        # back from disk is checked (found by tests/test_fuzz_logs.py).
+        if w.check_hashes and rec.hash != amdb_xxh64(<uint8_t *>(rec + 1), rec.key_len, 0):
             return AMDB_STATUS_CORRUPT
         entry = &w.entries[n]
         entry.prefix = amdb_key_prefix(<uint8_t *>(rec + 1), rec.key_len)
@@ -456,6 +462,14 @@ cdef void handle_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) 
 
 
 cdef int replay_log(Worker *w, char *data, uint64_t length, uint64_t *frames_out) noexcept nogil:
+    cdef int status
+    w.check_hashes = True
+    status = replay_frames(w, data, length, frames_out)
+    w.check_hashes = False
+    return status
+
+
+cdef int replay_frames(Worker *w, char *data, uint64_t length, uint64_t *frames_out) noexcept nogil:
     """Re-apply one log segment, as the worker first applied it: chunks with
     their logged timestamps, ABORTs as rollbacks. Every frame is checked
     again (the owner checked the file, but this code trusts no byte it
@@ -552,25 +566,9 @@ cdef int worker_loop(Worker *w) noexcept nogil:
             ring_release(c, tail)
 
 
-def run_worker(int fd, size_t segment_size, int parent_pid, durable=None):
-    """Attach to a partition segment and apply what the owner sends until it
-    asks us to stop (returns "shutdown") or disappears ("owner_gone").
-
-    `durable` (a dict, see amdb.storage.worker_plan) makes the worker first
-    rebuild its arena from a checkpoint and the log segments the owner kept,
-    then log everything it applies to a new segment."""
-    import mmap
-    import os
-    from amdb.errors import Error, raise_for_status
-    cdef Mapping mapping = Mapping(fd, 0, segment_size, True)
-    cdef Worker w
+cdef void worker_init(Worker *w, Mapping mapping, int fd, int parent_pid) noexcept:
+    """A worker's private state for the partition segment `mapping` maps."""
     cdef amdb_control *c = <amdb_control *>mapping.base
-    cdef int status
-    cdef int result
-    cdef uint64_t checkpoint_seq = 0, frames = 0, replayed = 0, replay_length
-    cdef const uint8_t[::1] segment_bytes
-    if c.magic != AMDB_PARTITION_MAGIC or c.layout_version != AMDB_LAYOUT_VERSION:
-        raise Error("not an AmDb partition segment (magic or layout version differs)", code="corrupt")
     w.p.ctrl = c
     w.p.ring = mapping.base + c.ring_offset
     w.p.arena = mapping.base + c.arena_offset
@@ -578,6 +576,7 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None):
     w.records = w.p.ring
     w.records_mask = c.ring_capacity - 1
     w.wrap_pos = 0
+    w.check_hashes = False
     w.entries = NULL
     w.chunk_hashes = NULL
     w.chunk_hashes_len = 0
@@ -600,6 +599,73 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None):
     w.finger.rng_state = 0x9E3779B97F4A7C15ULL ^ (<uint64_t>c.worker_index * 0xBF58476D1CE4E5B9ULL) ^ amdb_monotonic_ns()
     if w.finger.rng_state == 0:
         w.finger.rng_state = 1
+
+
+def fuzz_replay(const uint8_t[::1] data, uint64_t arena_size=4 << 20):
+    """Fuzzing hook: replay `data` as a log segment into a fresh, private
+    partition (a memfd, not shared) the way a recovering worker would, then
+    verify every chain of it. Returns (status, frames replayed, breaks found);
+    must never crash, whatever the bytes (tools/fuzz_logs.py)."""
+    import os
+    from amdb.native.engine import init_partition_control, CONTROL_BYTES
+    cdef uint64_t ring_bytes = 1 << 16
+    cdef uint64_t arena_offset = CONTROL_BYTES + ring_bytes
+    cdef Worker w
+    cdef uint64_t frames = 0
+    cdef int status
+    cdef uint64_t length = data.shape[0]
+    cdef VerifyResult check
+    memset(&check, 0, sizeof(check))
+    fd = os.memfd_create("amdb-fuzz", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, arena_offset + arena_size)
+        mapping = Mapping(fd, 0, arena_offset + arena_size, True)
+        init_partition_control(mapping, 0, arena_offset + arena_size, CONTROL_BYTES, ring_bytes,
+                               arena_offset, arena_size)
+        worker_init(&w, mapping, fd, 0)
+        status = arena_init(&w.p)
+        if status == AMDB_STATUS_OK:
+            skiplist_finger_reset(&w.p, &w.finger)
+            w.records = <char *>&data[0] if length else w.p.ring
+            w.records_mask = <uint64_t>-1
+            with nogil:
+                status = replay_log(&w, w.records, length, &frames)
+            if w.batch_first_seq != 0 and not w.batch_committed:
+                rollback_batch(&w, w.batch_first_seq, 0)
+        free(w.entries)
+        free(w.chunk_hashes)
+        breaks = None
+        if status == AMDB_STATUS_OK:     # what replay built must verify clean
+            verify_partition(&w.p, &check)
+            verify_ledger(&w.p, &check)
+            breaks = check.breaks_total
+            free(check.breaks)
+        mapping.release()
+    finally:
+        os.close(fd)
+    return status, frames, breaks
+
+
+def run_worker(int fd, size_t segment_size, int parent_pid, durable=None):
+    """Attach to a partition segment and apply what the owner sends until it
+    asks us to stop (returns "shutdown") or disappears ("owner_gone").
+
+    `durable` (a dict, see amdb.storage.worker_plan) makes the worker first
+    rebuild its arena from a checkpoint and the log segments the owner kept,
+    then log everything it applies to a new segment."""
+    import mmap
+    import os
+    from amdb.errors import Error, raise_for_status
+    cdef Mapping mapping = Mapping(fd, 0, segment_size, True)
+    cdef Worker w
+    cdef amdb_control *c = <amdb_control *>mapping.base
+    cdef int status
+    cdef int result
+    cdef uint64_t checkpoint_seq = 0, frames = 0, replayed = 0, replay_length
+    cdef const uint8_t[::1] segment_bytes
+    if c.magic != AMDB_PARTITION_MAGIC or c.layout_version != AMDB_LAYOUT_VERSION:
+        raise Error("not an AmDb partition segment (magic or layout version differs)", code="corrupt")
+    worker_init(&w, mapping, fd, parent_pid)
     amdb_store_relaxed(&c.worker_pid, <uint64_t>getpid())
     try:
         if durable is not None:
