@@ -4,6 +4,11 @@ Each test names the crash, how it showed, and the fix. They run in every
 build; `make asan-test` and `make memcheck` are what turn a silent memory
 error into a failure, so run those after touching native code.
 """
+import sys
+
+import pytest
+
+import amdb
 
 
 def test_prototype_million_item_batch_write(make_db):
@@ -48,3 +53,81 @@ def test_worker_never_reads_a_released_chunk_header(make_db):
     assert len(db) == 180_000
     probe = [b"r2-%06d" % i for i in range(0, 60_000, 611)]
     assert db.batch_get(probe) == [b"v" * (i % 40) for i in range(0, 60_000, 611)]
+
+
+# -- found by tests/test_fuzz.py (issue 6) ------------------------------------------
+
+
+def test_batch_get_whose_keys_close_the_database(make_db):
+    # SIGSEGV: batch_get checked `closed` before consuming its keys, then
+    # loaded visible_seq through the control block pointer that close() had
+    # cleared. A generator of keys (or another thread meanwhile) can close the
+    # database. Fixed: reads check `closed` after the last point where the
+    # caller's code can run (Engine._limit_seq).
+    db = make_db(workers=2)
+    db.put(b"k", b"v")
+
+    def keys():
+        yield b"k"
+        db.close()
+        yield b"k"
+
+    with pytest.raises(amdb.ClosedError):
+        db.batch_get(keys())
+
+
+class _ClosingInt(int):
+    """An int whose comparisons close a database: argument checks run them."""
+
+    db = None
+
+    def __lt__(self, other):
+        if self.db is not None:
+            self.db.close()
+        return int(self) < other
+
+
+@pytest.mark.parametrize("call", ["get_at_seq", "get_version", "history"])
+def test_versioned_read_whose_argument_closes_the_database(make_db, call):
+    # SIGSEGV: an int subclass passed as at_seq= or version= runs its own
+    # __lt__ when the argument is checked; closing the database there left the
+    # read to follow cleared pointers. Same fix as above.
+    db = make_db(workers=2)
+    db.put(b"k", b"v")
+    arg = _ClosingInt(1)
+    arg.db = db
+    calls = {"get_at_seq": lambda: db.get(b"k", at_seq=arg), "get_version": lambda: db.get(b"k", version=arg),
+             "history": lambda: db.history(b"k", at_seq=arg)}
+    with pytest.raises(amdb.ClosedError):
+        calls[call]()
+    assert db.closed
+
+
+class _ClosingKey:
+    """A key whose buffer export (Python 3.12+: __buffer__) closes a database."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def __buffer__(self, flags):
+        if self.db is not None:
+            db, self.db = self.db, None
+            db.close()
+        return memoryview(b"k")
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="Python classes export buffers from 3.12 on (PEP 688)")
+@pytest.mark.parametrize("call", ["get", "contains", "history", "verify", "scan"])
+def test_key_whose_buffer_export_closes_the_database(make_db, call):
+    # SIGSEGV on Python 3.12+: a key's buffer export can run the key's own
+    # code; get, `in`, history and verify(key) then read through the pointers
+    # close() had cleared. Fixed by checking `closed` after the key's buffer
+    # is had, before any shared memory is touched.
+    db = make_db(workers=2)
+    db.put(b"k", b"v")
+    key = _ClosingKey(db)
+    calls = {"get": lambda: db.get(key), "contains": lambda: key in db, "history": lambda: db.history(key),
+             "verify": lambda: db.verify(key), "scan": lambda: list(db.scan(start=key))}
+    with pytest.raises(amdb.ClosedError):
+        calls[call]()
+    assert db.closed

@@ -12,6 +12,9 @@ Process safety:
     (which also runs under the GIL). Reads that release the GIL register in
     self._nogil_readers (seq_cst) and re-check `closed`; close() sets closed,
     then waits for that counter to reach zero before dropping the mappings.
+    Code of the caller can run in the middle of a read (a generator of keys,
+    an int subclass's comparisons, another thread meanwhile): reads check
+    `closed` after the last such point and before they touch shared memory.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyObject_CheckBuffer, PyBUF_SIMPLE
@@ -732,6 +735,10 @@ cdef class Engine:
         if version is not None or at_seq is not None:
             return self._get_versioned(key, default, version, at_seq)
         bytes_view(key, &kp, &kl, &view, &held, "key")
+        if self.closed:                  # the key's export may have run the caller's code
+            if held:
+                PyBuffer_Release(&view)
+            raise ClosedError("the database is closed")
         # Acquire first: roots loaded after it are at least as new as the batch.
         visible = amdb_load_acquire(&self.dbc.visible_seq)
         version_off = self._lookup(kp, kl, visible, &worker)
@@ -743,19 +750,25 @@ cdef class Engine:
         return PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
 
     cdef uint64_t _limit_seq(self, at_seq) except? 0:
-        """The newest seq a read may see: visible_seq, or at_seq (validated)."""
-        cdef uint64_t visible = amdb_load_acquire(&self.dbc.visible_seq)
+        """The newest seq a read may see: visible_seq, or at_seq (validated).
+        Checks `closed` last: the checks of an int subclass run its code."""
+        cdef uint64_t visible, seq = 0xFFFFFFFFFFFFFFFF
+        if at_seq is not None:
+            if isinstance(at_seq, bool) or not isinstance(at_seq, int):
+                raise InvalidTypeError(f"at_seq= must be an int, not {type(at_seq).__name__}",
+                                       hint="pass a sequence number from BatchResult.last_seq or snapshot().seq")
+            if at_seq < 0:
+                raise InvalidArgumentError(f"at_seq={at_seq} is negative", hint="sequence numbers start at 0")
+            if at_seq <= 0xFFFFFFFFFFFFFFFF:
+                seq = at_seq             # above: in the future whatever visible_seq is
+        self._check_open()
+        visible = amdb_load_acquire(&self.dbc.visible_seq)
         if at_seq is None:
             return visible
-        if isinstance(at_seq, bool) or not isinstance(at_seq, int):
-            raise InvalidTypeError(f"at_seq= must be an int, not {type(at_seq).__name__}",
-                                   hint="pass a sequence number from BatchResult.last_seq or snapshot().seq")
-        if at_seq < 0:
-            raise InvalidArgumentError(f"at_seq={at_seq} is negative", hint="sequence numbers start at 0")
-        if at_seq > visible:
+        if seq > visible:
             raise InvalidArgumentError(f"at_seq={at_seq} is in the future: the newest visible sequence "
                                        f"number is {visible}", hint="use db.snapshot().seq for 'now'")
-        return at_seq
+        return seq
 
     cdef uint64_t _find_node(self, const uint8_t *key, uint64_t key_len, int *worker_out) noexcept nogil:
         cdef uint64_t h = amdb_xxh64(key, key_len, 0)
@@ -772,6 +785,10 @@ cdef class Engine:
         cdef bint held = False
         cdef uint64_t node_off
         bytes_view(key, &kp, &kl, &view, &held, "key")
+        if self.closed:                  # the key's export may have run the caller's code
+            if held:
+                PyBuffer_Release(&view)
+            raise ClosedError("the database is closed")
         node_off = self._find_node(kp, kl, worker_out)
         if held:
             PyBuffer_Release(&view)
@@ -850,6 +867,10 @@ cdef class Engine:
         if self.closed:
             raise ClosedError("the database is closed")
         bytes_view(key, &kp, &kl, &view, &held, "key")
+        if self.closed:                  # the key's export may have run the caller's code
+            if held:
+                PyBuffer_Release(&view)
+            raise ClosedError("the database is closed")
         found = self._lookup(kp, kl, amdb_load_acquire(&self.dbc.visible_seq), &worker)
         if held:
             PyBuffer_Release(&view)
@@ -1185,6 +1206,7 @@ cdef class Engine:
         else:
             start = None if start is None else _as_key(start, "start")
             stop = None if stop is None else _as_key(stop, "stop")
+        self._check_open()               # the bounds' conversion may have run the caller's code
         return ScanIterator(self, start, stop, reverse, SCAN_KEYS if keys_only else SCAN_ITEMS, limit)
 
     def keys(self):
