@@ -4,11 +4,13 @@ Each test names the crash, how it showed, and the fix. They run in every
 build; `make asan-test` and `make memcheck` are what turn a silent memory
 error into a failure, so run those after touching native code.
 """
+import json
 import sys
 
 import pytest
 
 import amdb
+from amdb_testutil import python_child, reap
 
 
 def test_prototype_million_item_batch_write(make_db):
@@ -131,3 +133,50 @@ def test_key_whose_buffer_export_closes_the_database(make_db, call):
     with pytest.raises(amdb.ClosedError):
         calls[call]()
     assert db.closed
+
+
+REENTRANT_WRITE = r"""
+import faulthandler, json, sys
+import amdb
+faulthandler.dump_traceback_later(20, exit=True)     # a regression hangs: fail instead
+db = amdb.ParallelDB(workers=2, max_batch=4)
+db.put(b"before", b"1")
+out = {}
+for name in ["put", "batch_delete", "close", "verify", "digest"]:
+    def items():
+        yield (b"a", b"1")
+        getattr(db, name)(*{"put": (b"x", b"y"), "batch_delete": ([b"before"],)}.get(name, ()))
+        yield (b"b", b"2")
+    try:
+        db.batch_put(items())
+        out[name] = "returned"
+    except amdb.Error as exc:
+        out[name] = exc.code
+out["closed"] = db.closed
+out["state"] = [repr(db.get(k)) for k in (b"before", b"a", b"x")] + [len(db), db.snapshot().seq]
+db.batch_put([(b"after", b"3")])
+out["after"] = repr(db.get(b"after"))
+db.close()
+print(json.dumps(out), flush=True)
+"""
+
+
+def test_write_from_inside_a_batch_of_the_same_thread_raises():
+    # Hang: a generator passed to batch_put that called put, batch_delete,
+    # close, verify or digest on the same database waited forever for the
+    # write lock its own thread held. Fixed: the write lock is an RLock that
+    # is never entered twice; such a call raises amdb.Error(code=
+    # "reentrant_write") and the batch is rolled back. Runs in a child, so a
+    # regression fails instead of hanging the suite.
+    proc = python_child(REENTRANT_WRITE, stdin=False)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        reap(proc)
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{err[-3000:]}"
+    result = json.loads(out)
+    for name in ["put", "batch_delete", "close", "verify", "digest"]:
+        assert result[name] == "reentrant_write", (name, result)
+    assert result["closed"] is False
+    assert result["state"] == ["b'1'", "None", "None", 1, 1], "a refused batch left a trace"
+    assert result["after"] == "b'3'"

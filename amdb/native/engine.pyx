@@ -4,7 +4,10 @@ reads every arena directly (lock-free), merging the workers' ordered lists.
 
 Process safety:
   - Writes: one thread at a time (self._write_lock) is the single producer of
-    every ring and the single writer of visible_seq.
+    every ring and the single writer of visible_seq. The lock is an RLock only
+    so that a write can see that its own thread holds it: a write, close(),
+    verify() or digest() called from code that a write of the same thread runs
+    (a generator passed to batch_put) raises instead of waiting for itself.
   - Reads: any number of threads, without locks. Each read loads visible_seq
     (acquire) FIRST, then the roots it follows (acquire), so everything of a
     batch at or below visible_seq is visible to it and nothing above is.
@@ -34,7 +37,7 @@ from amdb.native.hashindex cimport hashindex_find
 from amdb.native.versions cimport visible_version, is_live
 from amdb.native.verify cimport VerifyResult, BreakRecord, verify_partition, verify_node, node_readable, verify_ledger
 
-from amdb.errors import (ClosedError, InvalidArgumentError, InvalidTypeError, KeyTooLargeError,
+from amdb.errors import (ClosedError, Error, InvalidArgumentError, InvalidTypeError, KeyTooLargeError,
                          ValueTooLargeError, raise_for_status)
 
 cdef extern from "Python.h":
@@ -121,6 +124,13 @@ cdef inline int bytes_view(object obj, const uint8_t **data, Py_ssize_t *length,
     data[0] = <const uint8_t *>view.buf
     length[0] = view.len
     return 0
+
+
+def raise_reentrant_write():
+    raise Error("a write, close(), verify() or digest() was called from code that a write of the "
+                "same thread is running (a generator or iterable passed to batch_put, say)",
+                code="reentrant_write",
+                hint="finish the batch first: collect the items, then write, or write from another thread")
 
 
 cdef class Engine:
@@ -224,6 +234,14 @@ cdef class Engine:
     cdef inline int _check_open(self) except -1:
         if self.closed:
             raise ClosedError("the database is closed")
+        return 0
+
+    cdef int _check_writable(self) except -1:
+        """Before taking the write lock: open, and not already held by this
+        thread (see "Process safety" above)."""
+        self._check_open()
+        if self._write_lock._is_owned():
+            raise_reentrant_write()
         return 0
 
     cdef inline int _enter_nogil_read(self) except -1:
@@ -626,7 +644,7 @@ cdef class Engine:
             raise
 
     def _put_packed(self, keys, key_offsets, values, value_offsets):
-        self._check_open()
+        self._check_writable()
         with self._write_lock:
             self._check_open()
             self._before_write()
@@ -640,7 +658,7 @@ cdef class Engine:
 
     def put(self, key, value):
         """Store `value` under `key` (both bytes-like)."""
-        self._check_open()
+        self._check_writable()
         with self._write_lock:
             self._check_open()
             self._before_write()
@@ -651,7 +669,7 @@ cdef class Engine:
 
     def delete(self, key):
         """Delete `key`; deleting a missing key does nothing."""
-        self._check_open()
+        self._check_writable()
         with self._write_lock:
             self._check_open()
             self._before_write()
@@ -661,7 +679,7 @@ cdef class Engine:
                                      result.key_digest)
 
     def _batch_put(self, items):
-        self._check_open()
+        self._check_writable()
         with self._write_lock:
             self._check_open()
             self._before_write()
@@ -672,7 +690,7 @@ cdef class Engine:
             return result
 
     def _batch_delete(self, keys):
-        self._check_open()
+        self._check_writable()
         with self._write_lock:
             self._check_open()
             self._before_write()
@@ -688,7 +706,7 @@ cdef class Engine:
             raise KeyTooLargeError(f"keys of {key_width} bytes exceed max_key_size={self.max_key_size}")
         if value_width > <Py_ssize_t>self.max_value_size:
             raise ValueTooLargeError(f"values of {value_width} bytes exceed max_value_size={self.max_value_size}")
-        self._check_open()
+        self._check_writable()
         with self._write_lock:
             self._check_open()
             self._before_write()
