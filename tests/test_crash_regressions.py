@@ -7,6 +7,7 @@ error into a failure, so run those after touching native code.
 import json
 import sys
 
+import numpy as np
 import pytest
 
 import amdb
@@ -133,6 +134,18 @@ def test_key_whose_buffer_export_closes_the_database(make_db, call):
     with pytest.raises(amdb.ClosedError):
         calls[call]()
     assert db.closed
+
+
+def test_put_packed_offsets_whose_difference_overflows(make_db):
+    # SIGSEGV: put_packed validated offsets through end - start, which
+    # overflows int64: start = 2**63 - 1, end = -2**63 + 4 gave a 5-byte item
+    # at keys + 2**63 - 1. Fixed: validation compares offsets, never subtracts.
+    db = make_db(workers=2)
+    keys, values = np.zeros(8, np.uint8), np.zeros(0, np.uint8)
+    for offsets in ([2**63 - 1, -2**63 + 4], [0, 0, 2**63 - 1, -2**63 + 4]):
+        with pytest.raises(amdb.InvalidArgumentError):
+            db.put_packed(keys, np.array(offsets, np.int64), values, np.zeros(len(offsets), np.int64))
+    assert len(db) == 0 and db.snapshot().seq == 0
 
 
 REENTRANT_WRITE = r"""

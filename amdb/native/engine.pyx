@@ -625,13 +625,12 @@ cdef class Engine:
         cdef Py_ssize_t i, n = key_offsets.shape[0] - 1
         cdef const uint8_t *kbase = &keys[0] if keys.shape[0] else <const uint8_t *>""
         cdef const uint8_t *vbase = &values[0] if values.shape[0] else <const uint8_t *>""
-        cdef int64_t kl, vl
-        # Validate every offset before anything is packed.
+        # Validate every offset before anything is packed, by comparisons only:
+        # a difference of two int64 offsets can overflow (and wrap to a small length).
         for i in range(n):
-            kl = key_offsets[i + 1] - key_offsets[i]
-            vl = value_offsets[i + 1] - value_offsets[i]
-            if kl < 0 or vl < 0 or key_offsets[i] < 0 or value_offsets[i] < 0 \
-                    or key_offsets[i + 1] > keys.shape[0] or value_offsets[i + 1] > values.shape[0]:
+            if key_offsets[i] < 0 or key_offsets[i] > key_offsets[i + 1] or key_offsets[i + 1] > keys.shape[0] \
+                    or value_offsets[i] < 0 or value_offsets[i] > value_offsets[i + 1] \
+                    or value_offsets[i + 1] > values.shape[0]:
                 raise InvalidArgumentError(f"put_packed: offsets of item {i} are out of order or out of bounds")
         self._begin_batch()
         try:
