@@ -148,6 +148,45 @@ def test_put_packed_offsets_whose_difference_overflows(make_db):
     assert len(db) == 0 and db.snapshot().seq == 0
 
 
+def test_routing_helpers_check_packed_offsets():
+    # SIGSEGV: slots_of_packed and take_packed read data[offsets[i]:offsets[i + 1]]
+    # without checking the offsets against the buffer. Fixed: every item read
+    # is checked first (routing.check_item).
+    from amdb.native import routing
+    data = np.zeros(4, np.uint8)
+    for offsets in ([0, 1 << 40], [0, -5], [3, 1]):
+        with pytest.raises(amdb.InvalidArgumentError):
+            routing.slots_of_packed(data, np.array(offsets, np.int64))
+        with pytest.raises(amdb.InvalidArgumentError):
+            routing.take_packed(data, np.array(offsets, np.int64), np.array([0], np.int64))
+    out, offsets = routing.take_packed(np.frombuffer(b"abcd", np.uint8).copy(), np.array([0, 1, 4], np.int64),
+                                       np.array([1, 0], np.int64))
+    assert out.tobytes() == b"bcda" and offsets.tolist() == [0, 3, 4]
+
+
+def test_pack_pairs_reads_each_pair_once():
+    # Memory read out of bounds (SIGSEGV with a long key): pack_pairs checked
+    # the pairs in one pass and copied them in a second that read items[i]
+    # again; a list subclass (or an item's own code) could hand it another,
+    # shorter or non-bytes, pair the second time. Fixed: the copy pass uses the
+    # pairs the first pass checked, from a private list.
+    from amdb.native import routing
+
+    class Shifting(list):
+        reads = 0
+
+        def __getitem__(self, i):
+            Shifting.reads += 1
+            return list.__getitem__(self, i) if Shifting.reads == 1 else (b"", b"")
+
+    keys, key_offsets, values, value_offsets, slots = routing.pack_pairs(
+        Shifting([(b"k" * 1_000_000, b"v")]), 1 << 21, 16)
+    assert keys.tobytes() == b"k" * 1_000_000 and values.tobytes() == b"v"
+    assert key_offsets.tolist() == [0, 1_000_000] and value_offsets.tolist() == [0, 1]
+    with pytest.raises(amdb.InvalidTypeError):
+        routing.pack_pairs(5, 16, 16)
+
+
 REENTRANT_WRITE = r"""
 import faulthandler, json, sys
 import amdb
