@@ -323,7 +323,14 @@ class ParallelDB(Engine):
         if dtype is None:
             out_dtype, width, exact = None, -1, False
         else:
-            out_dtype = np.dtype(dtype)
+            try:
+                out_dtype = np.dtype(dtype)
+            except (TypeError, ValueError) as exc:
+                raise InvalidTypeError(f"get_array: dtype={dtype!r} is not a numpy dtype: {exc}",
+                                       hint="use dtype=None, 'S16' or np.uint64") from None
+            if out_dtype.kind == "S" and out_dtype.itemsize == 0:
+                raise InvalidArgumentError("get_array: dtype S0 holds no bytes",
+                                           hint="use dtype=None to size the result to the longest value")
             if out_dtype.kind == "S":
                 width, exact = out_dtype.itemsize, False
             elif out_dtype.kind == "u":

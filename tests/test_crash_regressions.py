@@ -232,3 +232,40 @@ def test_write_from_inside_a_batch_of_the_same_thread_raises():
     assert result["closed"] is False
     assert result["state"] == ["b'1'", "None", "None", 1, 1], "a refused batch left a trace"
     assert result["after"] == "b'3'"
+
+
+def test_foreign_exceptions_for_bad_input_are_amdb_errors(make_db):
+    # Not crashes, but exceptions outside the documented hierarchy:
+    # - a numpy array that is not C-contiguous, or a released memoryview, as a
+    #   key or value: numpy's/CPython's ValueError (BufferError was mapped,
+    #   ValueError was not) -> InvalidArgumentError;
+    # - get(version=2**64): OverflowError -> the default (no such version);
+    # - get_array(dtype="foo"/object()): numpy's TypeError -> InvalidTypeError,
+    #   dtype="S0": numpy's ValueError -> InvalidArgumentError;
+    # - a bytes subclass as scan start/stop/prefix: TypeError ("Expected
+    #   bytes") -> accepted, like every other bytes-like.
+    db = make_db(workers=2)
+    db.put(b"ab", b"v")
+    released = memoryview(b"k")
+    released.release()
+    for key in (np.asfortranarray(np.zeros((2, 3), np.uint8)), np.zeros(6, np.uint8)[::2], released):
+        with pytest.raises(amdb.InvalidArgumentError):
+            db.put(key, b"v")
+        with pytest.raises(amdb.InvalidArgumentError):
+            db.put(b"k", key)
+        with pytest.raises(amdb.InvalidArgumentError):
+            db.get(key)
+    assert db.get(b"ab", b"none", version=2**64) == b"none"
+    assert db.get(b"ab", b"none", version=2**64 - 1) == b"none"
+    for dtype in ("foo", object(), 3.5):
+        with pytest.raises(amdb.InvalidTypeError):
+            db.get_array(np.array([b"ab"]), dtype=dtype)
+    with pytest.raises(amdb.InvalidArgumentError):
+        db.get_array(np.array([b"nope"]), dtype="S0")
+
+    class Bytes(bytes):
+        pass
+
+    assert list(db.scan(Bytes(b"a"), Bytes(b"b"))) == [(b"ab", b"v")]
+    assert list(db.scan(prefix=Bytes(b"a"))) == [(b"ab", b"v")]
+    assert len(db) == 1 and db.verify().ok

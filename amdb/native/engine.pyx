@@ -19,7 +19,8 @@ Process safety:
     an int subclass's comparisons, another thread meanwhile): reads check
     `closed` after the last such point and before they touch shared memory.
 """
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
+from cpython.bytes cimport (PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check,
+                            PyBytes_CheckExact)
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyObject_CheckBuffer, PyBUF_SIMPLE
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.ref cimport Py_INCREF
@@ -117,7 +118,7 @@ cdef inline int bytes_view(object obj, const uint8_t **data, Py_ssize_t *length,
                                hint="convert it to bytes first")
     try:
         PyObject_GetBuffer(obj, view, PyBUF_SIMPLE)
-    except BufferError as exc:
+    except (BufferError, ValueError) as exc:     # numpy and released memoryviews raise ValueError
         raise InvalidArgumentError(f"{what} must be a C-contiguous buffer: {exc}",
                                    hint="pass bytes(x) instead") from None
     held[0] = True
@@ -834,7 +835,8 @@ cdef class Engine:
             if version < 1:
                 raise InvalidArgumentError(f"version={version}: versions count from 1",
                                            hint="version=1 is a key's first version; see db.history(key)")
-            wanted = version
+            # No key has 2**64 - 1 versions: a larger number finds none either.
+            wanted = version if version <= 0xFFFFFFFFFFFFFFFF else 0xFFFFFFFFFFFFFFFF
         off = self._chain_of(key, at_seq, &limit, &worker)
         p = &self.parts[worker]
         while off != 0:
@@ -1244,7 +1246,9 @@ cdef class Engine:
 
 
 cdef bytes _as_key(obj, str what):
-    if isinstance(obj, bytes):
+    """`obj` as an exact bytes object (a bytes subclass is copied: `bytes`-typed
+    Cython variables refuse subclasses)."""
+    if PyBytes_CheckExact(obj):
         return <bytes>obj
     cdef const uint8_t *p
     cdef Py_ssize_t n
