@@ -152,7 +152,9 @@ class ParallelDB(Engine):
         self._controls = []
         self._broken = None
         self._finalizer = None
-        self._write_lock_obj = threading.Lock()
+        # An RLock only so that a write can tell that its own thread holds it
+        # (Engine._check_writable, _refuse_reentry below): never entered twice.
+        self._write_lock_obj = threading.RLock()
         self.ring_size = ring_size
         self.arena_size = arena_size
         if audit is not None and not isinstance(audit, (str, os.PathLike)):
@@ -309,8 +311,14 @@ class ParallelDB(Engine):
                     raise WorkerStartError(f"worker {index} was not ready after {timeout} s")
                 seen = _engine.wait_worker_progress(control, seen, 0.05)
 
+    def _refuse_reentry(self):
+        """Refuse to take the write lock from code that a write of this thread runs."""
+        if self._write_lock_obj._is_owned():
+            _engine.raise_reentrant_write()
+
     def close(self):
         """Stop the workers and release all shared memory. Idempotent."""
+        self._refuse_reentry()
         with self._write_lock_obj:
             audit, self._audit = self._audit, None
             if audit is not None and not self.closed:
@@ -525,7 +533,14 @@ class ParallelDB(Engine):
         if dtype is None:
             out_dtype, width, exact = None, -1, False
         else:
-            out_dtype = np.dtype(dtype)
+            try:
+                out_dtype = np.dtype(dtype)
+            except (TypeError, ValueError) as exc:
+                raise InvalidTypeError(f"get_array: dtype={dtype!r} is not a numpy dtype: {exc}",
+                                       hint="use dtype=None, 'S16' or np.uint64") from None
+            if out_dtype.kind == "S" and out_dtype.itemsize == 0:
+                raise InvalidArgumentError("get_array: dtype S0 holds no bytes",
+                                           hint="use dtype=None to size the result to the longest value")
             if out_dtype.kind == "S":
                 width, exact = out_dtype.itemsize, False
             elif out_dtype.kind == "u":
@@ -562,6 +577,7 @@ class ParallelDB(Engine):
         if key is not None:
             parts = [self._verify_key(key)]
         else:
+            self._refuse_reentry()
             with self._write_lock_obj:
                 if self.closed:
                     raise ClosedError("the database is closed")
@@ -585,6 +601,7 @@ class ParallelDB(Engine):
         import hashlib
         if self.closed:
             raise ClosedError("the database is closed")
+        self._refuse_reentry()
         with self._write_lock_obj:
             if self.closed:
                 raise ClosedError("the database is closed")

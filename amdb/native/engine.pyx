@@ -4,7 +4,10 @@ reads every arena directly (lock-free), merging the workers' ordered lists.
 
 Process safety:
   - Writes: one thread at a time (self._write_lock) is the single producer of
-    every ring and the single writer of visible_seq.
+    every ring and the single writer of visible_seq. The lock is an RLock only
+    so that a write can see that its own thread holds it: a write, close(),
+    verify() or digest() called from code that a write of the same thread runs
+    (a generator passed to batch_put) raises instead of waiting for itself.
   - Reads: any number of threads, without locks. Each read loads visible_seq
     (acquire) FIRST, then the roots it follows (acquire), so everything of a
     batch at or below visible_seq is visible to it and nothing above is.
@@ -12,8 +15,12 @@ Process safety:
     (which also runs under the GIL). Reads that release the GIL register in
     self._nogil_readers (seq_cst) and re-check `closed`; close() sets closed,
     then waits for that counter to reach zero before dropping the mappings.
+    Code of the caller can run in the middle of a read (a generator of keys,
+    an int subclass's comparisons, another thread meanwhile): reads check
+    `closed` after the last such point and before they touch shared memory.
 """
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
+from cpython.bytes cimport (PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check,
+                            PyBytes_CheckExact)
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyObject_CheckBuffer, PyBUF_SIMPLE
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.ref cimport Py_INCREF
@@ -31,7 +38,7 @@ from amdb.native.hashindex cimport hashindex_find
 from amdb.native.versions cimport visible_version, is_live
 from amdb.native.verify cimport VerifyResult, BreakRecord, verify_partition, verify_node, node_readable, verify_ledger
 
-from amdb.errors import (ClosedError, InvalidArgumentError, InvalidTypeError, KeyTooLargeError,
+from amdb.errors import (ClosedError, Error, InvalidArgumentError, InvalidTypeError, KeyTooLargeError,
                          ValueTooLargeError, raise_for_status)
 
 cdef extern from "Python.h":
@@ -111,13 +118,20 @@ cdef inline int bytes_view(object obj, const uint8_t **data, Py_ssize_t *length,
                                hint="convert it to bytes first")
     try:
         PyObject_GetBuffer(obj, view, PyBUF_SIMPLE)
-    except BufferError as exc:
+    except (BufferError, ValueError) as exc:     # numpy and released memoryviews raise ValueError
         raise InvalidArgumentError(f"{what} must be a C-contiguous buffer: {exc}",
                                    hint="pass bytes(x) instead") from None
     held[0] = True
     data[0] = <const uint8_t *>view.buf
     length[0] = view.len
     return 0
+
+
+def raise_reentrant_write():
+    raise Error("a write, close(), verify() or digest() was called from code that a write of the "
+                "same thread is running (a generator or iterable passed to batch_put, say)",
+                code="reentrant_write",
+                hint="finish the batch first: collect the items, then write, or write from another thread")
 
 
 cdef class Engine:
@@ -226,6 +240,14 @@ cdef class Engine:
     cdef inline int _check_open(self) except -1:
         if self.closed:
             raise ClosedError("the database is closed")
+        return 0
+
+    cdef int _check_writable(self) except -1:
+        """Before taking the write lock: open, and not already held by this
+        thread (see "Process safety" above)."""
+        self._check_open()
+        if self._write_lock._is_owned():
+            raise_reentrant_write()
         return 0
 
     cdef inline int _enter_nogil_read(self) except -1:
@@ -714,13 +736,12 @@ cdef class Engine:
         cdef Py_ssize_t i, n = key_offsets.shape[0] - 1
         cdef const uint8_t *kbase = &keys[0] if keys.shape[0] else <const uint8_t *>""
         cdef const uint8_t *vbase = &values[0] if values.shape[0] else <const uint8_t *>""
-        cdef int64_t kl, vl
-        # Validate every offset before anything is packed.
+        # Validate every offset before anything is packed, by comparisons only:
+        # a difference of two int64 offsets can overflow (and wrap to a small length).
         for i in range(n):
-            kl = key_offsets[i + 1] - key_offsets[i]
-            vl = value_offsets[i + 1] - value_offsets[i]
-            if kl < 0 or vl < 0 or key_offsets[i] < 0 or value_offsets[i] < 0 \
-                    or key_offsets[i + 1] > keys.shape[0] or value_offsets[i + 1] > values.shape[0]:
+            if key_offsets[i] < 0 or key_offsets[i] > key_offsets[i + 1] or key_offsets[i + 1] > keys.shape[0] \
+                    or value_offsets[i] < 0 or value_offsets[i] > value_offsets[i + 1] \
+                    or value_offsets[i + 1] > values.shape[0]:
                 raise InvalidArgumentError(f"put_packed: offsets of item {i} are out of order or out of bounds")
         self._begin_batch()
         try:
@@ -733,7 +754,7 @@ cdef class Engine:
             raise
 
     def _put_packed(self, keys, key_offsets, values, value_offsets):
-        self._check_open()
+        self._check_writable()
         with self._write_lock:
             self._check_open()
             self._before_write()
@@ -747,7 +768,7 @@ cdef class Engine:
 
     def put(self, key, value):
         """Store `value` under `key` (both bytes-like)."""
-        self._check_open()
+        self._check_writable()
         with self._write_lock:
             self._check_open()
             self._before_write()
@@ -758,7 +779,7 @@ cdef class Engine:
 
     def delete(self, key):
         """Delete `key`; deleting a missing key does nothing."""
-        self._check_open()
+        self._check_writable()
         with self._write_lock:
             self._check_open()
             self._before_write()
@@ -768,7 +789,7 @@ cdef class Engine:
                                      result.key_digest)
 
     def _batch_put(self, items):
-        self._check_open()
+        self._check_writable()
         with self._write_lock:
             self._check_open()
             self._before_write()
@@ -779,7 +800,7 @@ cdef class Engine:
             return result
 
     def _batch_delete(self, keys):
-        self._check_open()
+        self._check_writable()
         with self._write_lock:
             self._check_open()
             self._before_write()
@@ -795,7 +816,7 @@ cdef class Engine:
             raise KeyTooLargeError(f"keys of {key_width} bytes exceed max_key_size={self.max_key_size}")
         if value_width > <Py_ssize_t>self.max_value_size:
             raise ValueTooLargeError(f"values of {value_width} bytes exceed max_value_size={self.max_value_size}")
-        self._check_open()
+        self._check_writable()
         with self._write_lock:
             self._check_open()
             self._before_write()
@@ -842,6 +863,10 @@ cdef class Engine:
         if version is not None or at_seq is not None:
             return self._get_versioned(key, default, version, at_seq)
         bytes_view(key, &kp, &kl, &view, &held, "key")
+        if self.closed:                  # the key's export may have run the caller's code
+            if held:
+                PyBuffer_Release(&view)
+            raise ClosedError("the database is closed")
         # Acquire first: roots loaded after it are at least as new as the batch.
         visible = amdb_load_acquire(&self.dbc.visible_seq)
         version_off = self._lookup(kp, kl, visible, &worker)
@@ -853,19 +878,25 @@ cdef class Engine:
         return PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
 
     cdef uint64_t _limit_seq(self, at_seq) except? 0:
-        """The newest seq a read may see: visible_seq, or at_seq (validated)."""
-        cdef uint64_t visible = amdb_load_acquire(&self.dbc.visible_seq)
+        """The newest seq a read may see: visible_seq, or at_seq (validated).
+        Checks `closed` last: the checks of an int subclass run its code."""
+        cdef uint64_t visible, seq = 0xFFFFFFFFFFFFFFFF
+        if at_seq is not None:
+            if isinstance(at_seq, bool) or not isinstance(at_seq, int):
+                raise InvalidTypeError(f"at_seq= must be an int, not {type(at_seq).__name__}",
+                                       hint="pass a sequence number from BatchResult.last_seq or snapshot().seq")
+            if at_seq < 0:
+                raise InvalidArgumentError(f"at_seq={at_seq} is negative", hint="sequence numbers start at 0")
+            if at_seq <= 0xFFFFFFFFFFFFFFFF:
+                seq = at_seq             # above: in the future whatever visible_seq is
+        self._check_open()
+        visible = amdb_load_acquire(&self.dbc.visible_seq)
         if at_seq is None:
             return visible
-        if isinstance(at_seq, bool) or not isinstance(at_seq, int):
-            raise InvalidTypeError(f"at_seq= must be an int, not {type(at_seq).__name__}",
-                                   hint="pass a sequence number from BatchResult.last_seq or snapshot().seq")
-        if at_seq < 0:
-            raise InvalidArgumentError(f"at_seq={at_seq} is negative", hint="sequence numbers start at 0")
-        if at_seq > visible:
+        if seq > visible:
             raise InvalidArgumentError(f"at_seq={at_seq} is in the future: the newest visible sequence "
                                        f"number is {visible}", hint="use db.snapshot().seq for 'now'")
-        return at_seq
+        return seq
 
     cdef uint64_t _find_node(self, const uint8_t *key, uint64_t key_len, int *worker_out) noexcept nogil:
         cdef uint64_t h = amdb_xxh64(key, key_len, 0)
@@ -882,6 +913,10 @@ cdef class Engine:
         cdef bint held = False
         cdef uint64_t node_off
         bytes_view(key, &kp, &kl, &view, &held, "key")
+        if self.closed:                  # the key's export may have run the caller's code
+            if held:
+                PyBuffer_Release(&view)
+            raise ClosedError("the database is closed")
         node_off = self._find_node(kp, kl, worker_out)
         if held:
             PyBuffer_Release(&view)
@@ -910,7 +945,8 @@ cdef class Engine:
             if version < 1:
                 raise InvalidArgumentError(f"version={version}: versions count from 1",
                                            hint="version=1 is a key's first version; see db.history(key)")
-            wanted = version
+            # No key has 2**64 - 1 versions: a larger number finds none either.
+            wanted = version if version <= 0xFFFFFFFFFFFFFFFF else 0xFFFFFFFFFFFFFFFF
         off = self._chain_of(key, at_seq, &limit, &worker)
         p = &self.parts[worker]
         while off != 0:
@@ -960,6 +996,10 @@ cdef class Engine:
         if self.closed:
             raise ClosedError("the database is closed")
         bytes_view(key, &kp, &kl, &view, &held, "key")
+        if self.closed:                  # the key's export may have run the caller's code
+            if held:
+                PyBuffer_Release(&view)
+            raise ClosedError("the database is closed")
         found = self._lookup(kp, kl, amdb_load_acquire(&self.dbc.visible_seq), &worker)
         if held:
             PyBuffer_Release(&view)
@@ -1316,6 +1356,7 @@ cdef class Engine:
         else:
             start = None if start is None else _as_key(start, "start")
             stop = None if stop is None else _as_key(stop, "stop")
+        self._check_open()               # the bounds' conversion may have run the caller's code
         return ScanIterator(self, start, stop, reverse, SCAN_KEYS if keys_only else SCAN_ITEMS, limit)
 
     def keys(self):
@@ -1336,7 +1377,9 @@ cdef class Engine:
 
 
 cdef bytes _as_key(obj, str what):
-    if isinstance(obj, bytes):
+    """`obj` as an exact bytes object (a bytes subclass is copied: `bytes`-typed
+    Cython variables refuse subclasses)."""
+    if PyBytes_CheckExact(obj):
         return <bytes>obj
     cdef const uint8_t *p
     cdef Py_ssize_t n

@@ -18,11 +18,21 @@ import numpy as np
 from amdb.errors import InvalidArgumentError, InvalidTypeError, KeyTooLargeError, ValueTooLargeError
 
 
+cdef int check_item(const int64_t[::1] offsets, Py_ssize_t i, Py_ssize_t size, str what) except -1:
+    """REQUIRES 0 <= i < len(offsets) - 1. Item i lies inside a buffer of `size` bytes."""
+    if offsets[i] < 0 or offsets[i] > offsets[i + 1] or offsets[i + 1] > size:
+        raise InvalidArgumentError(f"{what}: offsets of item {i} are out of order or out of bounds "
+                                   f"({offsets[i]}, {offsets[i + 1]}; the buffer has {size} bytes)")
+    return 0
+
+
 def slots_of_packed(const uint8_t[::1] data, const int64_t[::1] offsets):
     """uint16 array of the hash slot of every packed key (GIL released)."""
     cdef Py_ssize_t n = offsets.shape[0] - 1, i
     if n < 0:
         raise InvalidArgumentError("offsets must have n + 1 entries")
+    for i in range(n):
+        check_item(offsets, i, data.shape[0], "slots_of_packed")
     out_arr = np.empty(max(n, 0), dtype=np.uint16)
     cdef uint16_t[::1] out = out_arr
     cdef const uint8_t *base = &data[0] if data.shape[0] else <const uint8_t *>""
@@ -52,13 +62,19 @@ def pack_pairs(items, Py_ssize_t max_key_size, Py_ssize_t max_value_size):
     value_offsets, slots) in the packed layout, slots as uint16. Checks
     types and sizes and raises before anything is sent anywhere."""
     cdef Py_ssize_t n, i, kl, vl, ktotal = 0, vtotal = 0
-    pairs = items if isinstance(items, (list, tuple)) else list(items)
+    try:
+        iterator = iter(items)
+    except TypeError:
+        raise InvalidTypeError(f"pack_pairs takes an iterable of (key, value) pairs, not {type(items).__name__}",
+                               hint="pass a list of 2-tuples of bytes") from None
+    pairs = list(iterator)          # our own copy: the caller's code (an item's __len__) cannot change it
     n = len(pairs)
     key_offsets = np.empty(n + 1, dtype=np.int64)
     value_offsets = np.empty(n + 1, dtype=np.int64)
     slots = np.empty(n, dtype=np.uint16)
     cdef int64_t[::1] ko = key_offsets, vo = value_offsets
     cdef uint16_t[::1] sl = slots
+    checked = [None] * n            # the pairs as checked: the copy pass reads these, not pairs[i] again
     for i in range(n):
         item = pairs[i]
         if type(item) is not tuple or len(<tuple>item) != 2:
@@ -85,6 +101,7 @@ def pack_pairs(items, Py_ssize_t max_key_size, Py_ssize_t max_value_size):
         ktotal += kl
         vtotal += vl
         sl[i] = <uint16_t>(amdb_xxh64(PyBytes_AS_STRING(key), <size_t>kl, 0) & SLOT_MASK)
+        checked[i] = (key, value)
     ko[n] = ktotal
     vo[n] = vtotal
     keys = np.empty(ktotal, dtype=np.uint8)
@@ -92,9 +109,7 @@ def pack_pairs(items, Py_ssize_t max_key_size, Py_ssize_t max_value_size):
     cdef uint8_t *kout = <uint8_t *><size_t>keys.ctypes.data
     cdef uint8_t *vout = <uint8_t *><size_t>values.ctypes.data
     for i in range(n):
-        item = pairs[i]
-        key = item[0]
-        value = item[1]
+        key, value = <tuple>checked[i]
         if ko[i + 1] > ko[i]:
             memcpy(kout + ko[i], PyBytes_AS_STRING(key), ko[i + 1] - ko[i])
         if vo[i + 1] > vo[i]:
@@ -112,6 +127,7 @@ def take_packed(const uint8_t[::1] data, const int64_t[::1] offsets, const int64
         j = index[i]
         if j < 0 or j >= items:
             raise InvalidArgumentError(f"take_packed: index {j} out of range")
+        check_item(offsets, j, data.shape[0], "take_packed")
         oo[i] = total
         total += offsets[j + 1] - offsets[j]
     oo[n] = total
