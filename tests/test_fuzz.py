@@ -33,6 +33,8 @@ import collections
 import ctypes
 import math
 import os
+import shutil
+import tempfile
 import threading
 
 import numpy as np
@@ -1288,13 +1290,16 @@ def fuzz_options(make_db, data):
     start_timeout = data.draw(st.one_of(st.just(30.0), st.sampled_from(
         [0, -1.0, math.nan, math.inf, "30", None, True, 3601, 1e-9])), label="start_timeout")
     audit = data.draw(st.sampled_from([None, None, 5, b"bytes-path", ["x"]]), label="audit")
-    path = data.draw(st.integers(0, 9).map(lambda i: ([None] * 7 + ["data/", b"data/", 0])[i]), label="path")
+    path = data.draw(st.integers(0, 9).map(lambda i: ([None] * 7 + ["str", "bytes", 0])[i]), label="path")
+    if path in ("str", "bytes"):        # a durable database, in a fresh directory
+        path = os.path.join(tempfile.mkdtemp(prefix="amdb-fuzz-options-"), "db")
+        path = os.fsencode(path) if data.draw(st.booleans(), label="bytes path") else path
     kwargs = dict(workers=workers, max_batch=max_batch, ring_size=ring_size, max_key_size=max_key_size,
                   max_value_size=max_value_size, start_timeout=start_timeout, audit=audit)
 
     def oracle():
-        if path is not None:
-            return amdb.InvalidArgumentError
+        if path is not None and not isinstance(path, (str, bytes)):
+            return amdb.InvalidTypeError
         checks = [int_option(workers, 1, 256, none_ok=True), int_option(max_batch, 1, 1 << 31),
                   int_option(ring_size, 64 << 10, 1 << 34)]
         for c in checks:
@@ -1319,14 +1324,18 @@ def fuzz_options(make_db, data):
         return None
 
     expected = oracle()
-    if expected is None and start_timeout < 1:
-        return          # a real but tiny timeout: whether the workers make it is a race, not a contract
-    got = expect("ParallelDB()", attempt(lambda: make_db(path=path, **kwargs)), expected)
-    if expected is None:
-        got.put(b"k", b"v")
-        assert got.get(b"k") == b"v" and len(got) == 1
-        got.close()
-        assert got.closed
+    try:
+        if expected is None and start_timeout < 1:
+            return      # a real but tiny timeout: whether the workers make it is a race, not a contract
+        got = expect("ParallelDB()", attempt(lambda: make_db(path=path, **kwargs)), expected)
+        if expected is None:
+            got.put(b"k", b"v")
+            assert got.get(b"k") == b"v" and len(got) == 1
+            got.close()
+            assert got.closed
+    finally:
+        if isinstance(path, (str, bytes)):
+            shutil.rmtree(os.path.dirname(os.fsdecode(path)), ignore_errors=True)
 
 
 # ---- the fuzz tests --------------------------------------------------------------------
