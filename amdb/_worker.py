@@ -4,10 +4,80 @@ Workers are fresh interpreters started by the owner (spawn semantics: no
 fork of a threaded process, and, unlike multiprocessing's spawn, no re-import
 of the user's __main__). A worker attaches to its partition segment, applies
 what the owner sends, and exits when asked to or when its owner disappears.
+
+Environment read once at start (docs/API.md, "Crash reproduction"):
+
+  AMDB_FAULT          inject a crash or hang for tests, e.g.
+                      "worker=1,point=mid_insert,after=100,action=segv"
+                      (parse_fault_spec; amdb/native/faults.h does the rest);
+                      the worker then names itself on stderr at start
 """
 import faulthandler
+import os
 import signal
 import sys
+
+FAULT_ENV = "AMDB_FAULT"
+# Numbers shared with amdb/native/faults.h (AMDB_FAULT_*).
+FAULT_POINTS = {"after_records": 1, "mid_insert": 2, "mid_publish": 3}
+FAULT_ACTIONS = {"segv": 1, "abort": 2, "hang": 3}
+FAULT_KEYS = ("worker", "point", "action", "after")
+FAULT_FORMAT = ("worker=<index>|any,point=after_records|mid_insert|mid_publish,"
+                "action=segv|abort|hang[,after=<passes>]")
+
+
+def _is_count(text):
+    return text.isascii() and text.isdigit()
+
+
+def parse_fault_spec(spec):
+    """Parse an AMDB_FAULT value into the plain ints run_worker takes:
+    ``(worker, point, action, after)``, worker -1 meaning every worker; None
+    for an unset or empty spec. Raises amdb.InvalidArgumentError (a
+    ValueError) for anything malformed, saying what and the expected format."""
+    from amdb.errors import InvalidArgumentError
+
+    def bad(why):
+        return InvalidArgumentError(f"{FAULT_ENV}={spec!r}: {why}", code="bad_fault_spec",
+                                    hint=f"use {FAULT_ENV}=\"{FAULT_FORMAT}\", or unset it")
+
+    if spec is None or not spec.strip():
+        return None
+    fields = {}
+    for item in spec.split(","):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise bad(f"{item.strip()!r} is not key=value")
+        if key not in FAULT_KEYS:
+            raise bad(f"unknown key {key!r} (keys: {', '.join(FAULT_KEYS)})")
+        if key in fields:
+            raise bad(f"{key} is given twice")
+        fields[key] = value
+    if fields.get("point", "mid_insert") not in FAULT_POINTS:
+        raise bad(f"unknown point {fields['point']!r} (points: {', '.join(FAULT_POINTS)})")
+    if fields.get("action", "segv") not in FAULT_ACTIONS:
+        raise bad(f"unknown action {fields['action']!r} (actions: {', '.join(FAULT_ACTIONS)})")
+    for required in ("point", "action"):
+        if required not in fields:
+            raise bad(f"{required}= is missing")
+    worker = fields.get("worker", "any")
+    if worker in ("any", "*"):
+        worker_index = -1
+    elif _is_count(worker):
+        worker_index = int(worker)
+    else:
+        raise bad(f"worker={worker!r} is not a worker index (0, 1, ...) or 'any'")
+    after = fields.get("after", "0")
+    if not _is_count(after) or int(after) >= 1 << 63:
+        raise bad(f"after={after!r} is not a count of passes (0, 1, ...)")
+    return worker_index, FAULT_POINTS[fields["point"]], FAULT_ACTIONS[fields["action"]], int(after)
+
+
+def _worker_index(segment_name):
+    """The worker's index: the segment is named /amdb_<owner>_<random>_<index>."""
+    suffix = segment_name.rsplit("_", 1)[-1]
+    return int(suffix) if _is_count(suffix) else None
 
 
 def main(argv=None):
@@ -16,8 +86,19 @@ def main(argv=None):
     # Ctrl-C in a terminal reaches the whole process group: the owner decides
     # when workers stop, not the terminal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A native crash prints which worker died and a backtrace to stderr.
+    # A native crash prints a Python traceback to stderr; the owner's
+    # WorkerCrashedError names the worker, its pid and the batch it was applying.
     faulthandler.enable()
+    fault_spec = os.environ.get(FAULT_ENV)
+    try:
+        fault = parse_fault_spec(fault_spec)
+    except ValueError as exc:
+        sys.stderr.write(f"amdb worker: {exc}\n")
+        return 2
+    if fault is not None:
+        sys.stderr.write(f"amdb worker {_worker_index(name)} pid {os.getpid()} owner {owner_pid} "
+                         f"segment {name}" + (f" {FAULT_ENV}={fault_spec}" if fault else "") + "\n")
+        sys.stderr.flush()
 
     import posix_ipc
 
@@ -28,7 +109,7 @@ def main(argv=None):
     except posix_ipc.ExistentialError:
         return 3            # the owner is gone (or gave up on us) before we attached
     try:
-        run_worker(shm.fd, segment_size, owner_pid)
+        run_worker(shm.fd, segment_size, owner_pid, fault=fault)
     finally:
         shm.close_fd()
     return 0

@@ -136,6 +136,7 @@ class ParallelDB(Engine):
     # ---- lifecycle -----------------------------------------------------------
 
     def _start(self, max_batch, ring_size, arena_size, max_key_size, max_value_size, start_timeout):
+        _check_fault_spec(self._workers)
         segment.sweep_stale()
         prefix = segment.new_prefix()
         names = []
@@ -423,6 +424,16 @@ class ParallelDB(Engine):
     def __repr__(self):
         state = "closed" if self.closed else f"{len(self)} keys"
         return f"<amdb.ParallelDB workers={self._workers} {state}>"
+
+
+def _check_fault_spec(workers):
+    """Refuse a malformed AMDB_FAULT (crash-test fault injection, read by the
+    workers) here, with a clear error, rather than as a worker that fails to start."""
+    from amdb._worker import FAULT_ENV, parse_fault_spec
+    fault = parse_fault_spec(os.environ.get(FAULT_ENV))
+    if fault is not None and fault[0] >= workers:
+        raise InvalidArgumentError(f"{FAULT_ENV} names worker {fault[0]} but the database has {workers} workers",
+                                   code="bad_fault_spec", hint=f"use worker=0..{workers - 1} or worker=any")
 
 
 def _fixed_width(array, what):
