@@ -9,8 +9,13 @@ Environment read once at start (docs/API.md, "Crash reproduction"):
 
   AMDB_FAULT          inject a crash or hang for tests, e.g.
                       "worker=1,point=mid_insert,after=100,action=segv"
-                      (parse_fault_spec; amdb/native/faults.h does the rest);
-                      the worker then names itself on stderr at start
+                      (parse_fault_spec; amdb/native/faults.h does the rest)
+  AMDB_WORKER_BANNER  "1": write "amdb worker <index> pid <pid> ..." to stderr
+                      at start, so that a crash report in a shared stderr can
+                      be told apart per worker (also printed when AMDB_FAULT is set)
+  AMDB_CORE_DUMPS     "1": raise the core-file size limit to its hard limit,
+                      so that a crash leaves a core where the system allows it,
+                      without the arenas (shared memory); "full": with them
 """
 import faulthandler
 import os
@@ -74,6 +79,26 @@ def parse_fault_spec(spec):
     return worker_index, FAULT_POINTS[fields["point"]], FAULT_ACTIONS[fields["action"]], int(after)
 
 
+def enable_core_dumps(include_shared=False):
+    """Let a crash of this process (and of what it starts) leave a core file:
+    raise the soft RLIMIT_CORE to the hard limit. Unless include_shared, also
+    leave shared mappings out of the core (/proc/self/coredump_filter): they
+    are the arenas, whose whole reserved size (arena_size=, 16 GiB by default)
+    the kernel would otherwise write. Where the core goes is the system's
+    choice (/proc/sys/kernel/core_pattern)."""
+    import resource
+    _, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
+    if not include_shared:
+        try:
+            with open("/proc/self/coredump_filter", "r+") as f:
+                bits = int(f.read(), 16)
+                f.seek(0)
+                f.write("0x%x" % (bits & ~0x0a))   # bit 1: anonymous shared, bit 3: file-backed shared
+        except OSError:
+            pass
+
+
 def _worker_index(segment_name):
     """The worker's index: the segment is named /amdb_<owner>_<random>_<index>."""
     suffix = segment_name.rsplit("_", 1)[-1]
@@ -95,7 +120,9 @@ def main(argv=None):
     except ValueError as exc:
         sys.stderr.write(f"amdb worker: {exc}\n")
         return 2
-    if fault is not None:
+    if os.environ.get("AMDB_CORE_DUMPS") in ("1", "full"):
+        enable_core_dumps(include_shared=os.environ["AMDB_CORE_DUMPS"] == "full")
+    if os.environ.get("AMDB_WORKER_BANNER") == "1" or fault is not None:
         sys.stderr.write(f"amdb worker {_worker_index(name)} pid {os.getpid()} owner {owner_pid} "
                          f"segment {name}" + (f" {FAULT_ENV}={fault_spec}" if fault else "") + "\n")
         sys.stderr.flush()
