@@ -122,6 +122,14 @@ def python_gdb_extension(python):
     return next((c for c in candidates if os.path.isfile(c)), None)
 
 
+def tool_env():
+    """The environment for gdb itself: never with a preloaded sanitizer runtime
+    (under `make asan-test` LD_PRELOAD holds libasan, and gdb hangs with it)."""
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    return env
+
+
 def gdb_base(python):
     """gdb options shared by every use: quiet, batch, no debuginfod, py-bt when we have it."""
     cmd = ["gdb", "-q", "-batch", "-nx", "-iex", "set debuginfod enabled off",
@@ -185,6 +193,9 @@ def wrap(mode, inner, report, python, env):
         if not shutil.which("gdb"):
             raise CannotRun("--gdb needs gdb (apt-get install gdb)")
         cmd, _ = gdb_base(python)
+        preload = env.pop("LD_PRELOAD", None)      # for the program, not for gdb
+        if preload:
+            cmd += ["-iex", f"set environment LD_PRELOAD={preload}"]
         cmd += ["-ex", "set pagination off", "-ex", "set confirm off", "-ex", "set startup-with-shell off",
                 "-ex", "set detach-on-fork off", "-ex", "set follow-fork-mode parent",
                 "-ex", "set follow-exec-mode same", "-ex", "set schedule-multiple on",
@@ -274,9 +285,12 @@ def dump_stacks(pids, report, python):
                 continue
             log.write(f"=== hang: pid {pid}: {cmdline}\n")
             log.flush()
-            subprocess.run(base + ["-p", str(pid), "-ex", "thread apply all bt",
-                                   "-ex", "thread apply all py-bt"],
-                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=DUMP_GRACE)
+            try:
+                subprocess.run(base + ["-p", str(pid), "-ex", "thread apply all bt",
+                                       "-ex", "thread apply all py-bt"], env=tool_env(),
+                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=DUMP_GRACE)
+            except subprocess.TimeoutExpired:
+                log.write(f"(gdb -p {pid} gave no answer within {DUMP_GRACE} s)\n")
 
 
 # ---- analysis -------------------------------------------------------------------
@@ -383,11 +397,13 @@ def analyse(args, mode, report, returncode, timed_out, started, finished, python
         s["owner_saw"] = "WorkerCrashedError: " + said["owner_caught"]["message"]
 
     def crash(pid, sig, cmdline="", top=None):
+        """`sig`: a signal number, or a text (a sanitizer's report, "exit status 1")."""
         if s["crashing_process"] is None:
             s["crashing_process"] = role(pid, cmdline)
             s["signal"] = f"{signal_name(sig)} ({sig})" if isinstance(sig, int) else sig
             s["top_frame"] = top or s["top_frame"]
-        s["problems"].append(f"{role(pid, cmdline)} died of {signal_name(sig) if isinstance(sig, int) else sig}")
+        s["problems"].append(f"{role(pid, cmdline)} died of {signal_name(sig)}" if isinstance(sig, int)
+                             else f"{role(pid, cmdline)} died: {sig}")
 
     if mode == "gdb":
         result_path = os.path.join(report, "gdb-result.json")
@@ -419,7 +435,7 @@ def analyse(args, mode, report, returncode, timed_out, started, finished, python
                               "no py-bt; set CRASHREPRO_PYTHON_GDB=/path/to/libpython.py")
 
     if mode == "valgrind":
-        errors_ours = 0
+        errors_ours = errors_elsewhere = 0
         for path in sorted(glob.glob(os.path.join(report, "valgrind.*.log"))):
             pid, command, blocks = parse_valgrind_log(read(path))
             for block in blocks:
@@ -427,7 +443,9 @@ def analyse(args, mode, report, returncode, timed_out, started, finished, python
                 m = re.match(r"Process terminating with default action of signal (\d+)", block[0])
                 if m:
                     crash(pid, int(m.group(1)), command, top)
-                elif top is not None:
+                elif top is None:
+                    errors_elsewhere += 1
+                else:
                     errors_ours += 1
                     if errors_ours == 1:
                         s["first_valgrind_error"] = {"process": role(pid, command), "error": block[0],
@@ -436,6 +454,9 @@ def analyse(args, mode, report, returncode, timed_out, started, finished, python
                             s["top_frame"] = top
         if errors_ours:
             s["problems"].append(f"valgrind: {errors_ours} error(s) with our code on the stack")
+        if errors_elsewhere:
+            s["notes"].append(f"valgrind: {errors_elsewhere} error(s) without our code on the stack "
+                              "(not counted; see valgrind.*.log)")
         s["valgrind_errors_in_our_code"] = errors_ours
         if build_mode() != "debug":
             s["notes"].append(f"the {build_mode()} build is in place: `make debug` first for exact stacks")
@@ -449,7 +470,7 @@ def analyse(args, mode, report, returncode, timed_out, started, finished, python
             top = next((f"{fn} ({where})" for fn, where in ASAN_FRAME.findall(text) if our_code(fn, where.rsplit(":", 2)[0])),
                        None)
             if m:
-                what = f"{m.group(2)}: {m.group(3)}"
+                what = f"{m.group(2)}: {m.group(3).split(' (pc ')[0]}"
             elif u:
                 what = f"UBSan: {u.group(2)} at {u.group(1)}"
             else:
@@ -466,8 +487,12 @@ def analyse(args, mode, report, returncode, timed_out, started, finished, python
             base, _ = gdb_base(python)
             with open(os.path.join(report, "backtraces.txt"), "a") as log:
                 for core in cores:
-                    text = subprocess.run(base + ["-ex", "bt", "-ex", "py-bt", os.path.realpath(python), core],
-                                          capture_output=True, text=True, timeout=DUMP_GRACE).stdout
+                    try:
+                        text = subprocess.run(base + ["-ex", "bt", "-ex", "py-bt", os.path.realpath(python), core],
+                                              capture_output=True, text=True, timeout=DUMP_GRACE,
+                                              env=tool_env()).stdout
+                    except subprocess.TimeoutExpired:
+                        text = f"(gdb gave no answer within {DUMP_GRACE} s)"
                     log.write(f"=== core file {os.path.basename(core)}\n{text}\n")
                     if s["top_frame"] is None:
                         s["top_frame"] = top_frame_of_bt_text(text)
@@ -476,8 +501,10 @@ def analyse(args, mode, report, returncode, timed_out, started, finished, python
 
     # Deaths the mode itself did not see (plain runs; workers the owner reported).
     caught = said["owner_caught"]
-    if caught and caught["signal"] and not any(f"(pid {caught['pid']})" in p for p in s["problems"]):
-        crash(caught["pid"], caught["signal"])
+    if caught and not any(f"(pid {caught['pid']})" in p for p in s["problems"]):
+        # A worker that exits with a status is as dead as one killed by a signal
+        # (under ASan, a SEGV ends in exit status 1).
+        crash(caught["pid"], caught["signal"] or f"exit status {caught['status']}")
     if returncode is not None and returncode < 0 and not timed_out:
         owner_pid = owner_pid or 0
         s["problems"].append(f"the owner process died of {signal_name(-returncode)}")
