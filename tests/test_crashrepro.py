@@ -12,6 +12,10 @@ crash-reproduction harness tools/crashrepro.py.
   a harness that cannot run; under --gdb the backtrace names the injected
   function.
 
+Under `make asan-test` (libasan preloaded) ASan takes an injected SIGSEGV
+over: it reports it and the worker exits with status 1, which is what these
+tests then expect.
+
 No test sleeps to synchronise: workers announce a fault on stderr before it
 fires, and the tests wait for that line (or poll with a deadline).
 """
@@ -40,6 +44,15 @@ GONE_WITHIN_S = 5.0
 FIRST = [b"a%05d" % i for i in range(200)]       # acknowledged before the fault
 SECOND = [b"b%05d" % i for i in range(2000)]     # the batch the fault hits
 VICTIM = 1                                       # the worker (of 2) that faults
+UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
+def how_it_died(action):
+    """(WorkerCrashedError.signal, words of its message) for an injected action."""
+    if action == "segv" and UNDER_ASAN:
+        return None, "exited with status 1"
+    sig = SIGNALS[action]
+    return sig, f"was killed by signal {int(sig)} ({sig.name})"
 
 
 def passes_before_second_batch(point, workers=2, victim=VICTIM):
@@ -129,10 +142,10 @@ def test_injected_crash_raises_worker_crashed_error(point, action, monkeypatch, 
         with pytest.raises(amdb.WorkerCrashedError) as info:
             db.batch_put([(k, b"w") for k in SECOND])
         exc = info.value
-        assert exc.worker == VICTIM and exc.signal == SIGNALS[action]
+        sig, words = how_it_died(action)
+        assert exc.worker == VICTIM and exc.signal == sig
         message = str(exc)
-        assert f"worker {VICTIM} (pid {workers[VICTIM]}) was killed by signal {int(SIGNALS[action])} " \
-               f"({SIGNALS[action].name})" in message, message
+        assert f"worker {VICTIM} (pid {workers[VICTIM]}) {words} " in message, message
         # It was applying the second batch, and had applied the first.
         assert "while applying batch seq 2 (chunk 2," in message, message
         assert "last applied: batch seq 1 (chunk 1)" in message, message
@@ -160,7 +173,7 @@ def test_a_fault_for_every_worker_fires_in_each(monkeypatch, capfd):
         workers = [w["pid"] for w in db.stats()["workers"]]
         with pytest.raises(amdb.WorkerCrashedError) as info:
             db.batch_put([(k, b"v") for k in FIRST])
-        assert info.value.signal == signal.SIGSEGV
+        assert info.value.signal == how_it_died("segv")[0]
         assert wait_until(lambda: not any(is_alive(p) for p in workers), GONE_WITHIN_S)
         err = capfd.readouterr().err
         for index, pid in enumerate(workers):
@@ -189,6 +202,36 @@ def test_sigkill_report_names_what_the_worker_was_doing():
         assert "last applied: batch seq 1 (chunk 1)" in message, message
     finally:
         db.close()
+
+
+def core_settings(pid):
+    """(coredump_filter bits, (soft, hard) core size limit as text) of a process."""
+    with open(f"/proc/{pid}/coredump_filter") as f:
+        bits = int(f.read(), 16)
+    with open(f"/proc/{pid}/limits") as f:
+        line = next(line for line in f if line.startswith("Max core file size"))
+    return bits, tuple(line.split()[4:6])
+
+
+@pytest.mark.parametrize("setting", ["1", "full"])
+def test_core_dumps_setting(setting, monkeypatch):
+    # AMDB_CORE_DUMPS=1 once let one injected abort write a 17 GB core: the
+    # kernel dumps a worker's unlinked arena segment as anonymous shared
+    # memory, its whole reserved size. "1" leaves shared mappings out.
+    monkeypatch.setenv("AMDB_CORE_DUMPS", setting)
+    mine, _ = core_settings(os.getpid())
+    with open("/proc/self/limits") as f:
+        hard = next(line for line in f if line.startswith("Max core file size")).split()[5]
+    db = amdb.ParallelDB(workers=1)
+    try:
+        bits, (soft_limit, hard_limit) = core_settings(db.stats()["workers"][0]["pid"])
+    finally:
+        db.close()
+    assert soft_limit == hard_limit == hard
+    if setting == "1":
+        assert bits == mine & ~0x0a     # no anonymous or file-backed shared memory
+    else:
+        assert bits == mine
 
 
 # ---- hangs -------------------------------------------------------------------------
@@ -310,12 +353,14 @@ def test_crashrepro_plain_reports_an_injected_crash(tmp_path, point):
     assert code == 1, proc.stdout + proc.stderr
     assert summary["verdict"] == "crash", summary
     assert summary["crashing_process"].startswith("worker 1 (pid "), summary
-    assert summary["signal"] == "SIGSEGV (11)", summary
+    assert summary["signal"] == ("exit status 1" if UNDER_ASAN else "SIGSEGV (11)"), summary
     assert summary["top_frame"].startswith(f"amdb_fault_point_{point}"), summary
     assert "WorkerCrashedError: worker 1" in summary["owner_saw"], summary
     # The fault is part of the command to re-run.
     assert f"AMDB_FAULT=worker=1,point={point},after=3,action=segv" in (out / "command.txt").read_text()
     assert "Fatal Python error: Segmentation fault" in (out / "stderr.txt").read_text()
+    if UNDER_ASAN:
+        assert "AddressSanitizer: SEGV" in (out / "stderr.txt").read_text()
 
 
 def test_crashrepro_workload_file_and_its_failure(tmp_path):
