@@ -236,6 +236,7 @@ class ParallelDB(Engine):
 
     def _start(self, max_batch, ring_size, arena_size, max_key_size, max_value_size, start_timeout,
                slot_owner, plan):
+        _check_fault_spec(self._workers)
         segment.sweep_stale()
         prefix = segment.new_prefix()
         names = []
@@ -355,8 +356,8 @@ class ParallelDB(Engine):
         if proc.poll() is None:
             return
         code = proc.returncode
-        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        self._broken = (f"worker {worker} (pid {proc.pid}) {how}", worker, -code if code < 0 else None)
+        self._broken = (_crash_report(worker, proc.pid, code, _engine.worker_position(self._controls[worker])),
+                        worker, -code if code < 0 else None)
         raise WorkerCrashedError(self._broken[0] + "; writes are refused, reads still work",
                                  worker=worker, signal=self._broken[2])
 
@@ -694,6 +695,43 @@ def _reshard(path, manifest, workers, options):
         storage.write_manifest(path, workers, new_table, manifest["options"])
     finally:
         os.close(lock_fd)
+
+
+def _check_fault_spec(workers):
+    """Refuse a malformed AMDB_FAULT (crash-test fault injection, read by the
+    workers) here, with a clear error, rather than as a worker that fails to start."""
+    from amdb._worker import FAULT_ENV, parse_fault_spec
+    fault = parse_fault_spec(os.environ.get(FAULT_ENV))
+    if fault is not None and fault[0] >= workers:
+        raise InvalidArgumentError(f"{FAULT_ENV} names worker {fault[0]} but the database has {workers} workers",
+                                   code="bad_fault_spec", hint=f"use worker=0..{workers - 1} or worker=any")
+
+
+def _crash_report(worker, pid, returncode, position):
+    """One line on a dead worker: who, how it died, and what it was doing,
+    from its control block and ring (engine.worker_position), which outlive it."""
+    import signal as signals
+    if returncode < 0:
+        try:
+            name = signals.Signals(-returncode).name
+        except ValueError:
+            name = "unknown signal"
+        how = f"was killed by signal {-returncode} ({name})"
+    else:
+        how = f"exited with status {returncode}"
+    text = f"worker {worker} (pid {pid}) {how}"
+    if position is None:
+        return text
+    work = position["in_flight"]
+    if work is None:
+        text += " while idle"
+    elif work["op"] == "chunk":
+        text += f" while applying batch seq {work['seq']} (chunk {work['chunk_no']}, {work['records']} records)"
+    else:
+        text += f" while rolling back batch seq {work['seq']}"
+    if position["applied_chunk"] == 0:
+        return text + "; it had applied nothing yet"
+    return text + f"; last applied: batch seq {position['applied_seq']} (chunk {position['applied_chunk']})"
 
 
 def _fixed_width(array, what):

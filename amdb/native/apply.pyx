@@ -29,6 +29,7 @@ from amdb.native.versions cimport version_append, is_live
 from amdb.native.hashing cimport amdb_xxh64
 from amdb.native.wal cimport *
 from amdb.native.verify cimport VerifyResult, verify_partition, verify_ledger
+from amdb.native.faults cimport *
 
 cdef enum:
     IDLE_TIMEOUT_NS = 200000000   # 200 ms: how often an idle worker checks its owner is alive
@@ -262,6 +263,7 @@ cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t time
     version_off = version_append(p, node_off, 0, value, rec.value_len, seq, timestamp_ns)
     record_for_ledger(w, version_off)
     node.latest = version_off                       # unpublished node: plain store
+    amdb_fault_check_mid_insert()
     skiplist_insert(p, node_off, &w.finger)         # publishes (level 0 = commit point)
     hashindex_insert(p, rec.hash, node_off)         # publishes
     amdb_store_relaxed(&c.live_keys, c.live_keys + 1)
@@ -298,6 +300,7 @@ cdef int apply_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos, ui
             table = table_at(w.p.arena, w.p.ctrl.hash_table)
             ahead = record_at(w, w.entries[i + PREFETCH_DISTANCE].pos)
             amdb_prefetch(&table.slots[amdb_slot_home(ahead.hash, table.log2_capacity)])
+        amdb_fault_check_after_records()
         apply_record(w, &w.entries[i], header.seq, timestamp_ns)
     fold_ledger(w, header.seq)
     return AMDB_STATUS_OK
@@ -450,6 +453,7 @@ cdef void handle_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) 
         amdb_store_relaxed(&c.failed_status, <uint64_t>status)
         amdb_store_release(&c.failed_chunk, header.chunk_no)
     else:
+        amdb_fault_check_mid_publish()
         amdb_store_relaxed(&c.chunks_applied, c.chunks_applied + 1)
         # Give the ring space back first, so that an owner that sees the chunk
         # applied also sees its space free.
@@ -646,9 +650,10 @@ def fuzz_replay(const uint8_t[::1] data, uint64_t arena_size=4 << 20):
     return status, frames, breaks
 
 
-def run_worker(int fd, size_t segment_size, int parent_pid, durable=None):
+def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=None):
     """Attach to a partition segment and apply what the owner sends until it
     asks us to stop (returns "shutdown") or disappears ("owner_gone").
+    `fault`: crash-test fault injection (amdb._worker.parse_fault_spec).
 
     `durable` (a dict, see amdb.storage.worker_plan) makes the worker first
     rebuild its arena from a checkpoint and the log segments the owner kept,
@@ -720,6 +725,7 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None):
             os.close(w.log.dir_fd)
         mapping.release()
         raise
+    fault_arm_from_config(fault, c.worker_index, parent_pid)
     amdb_store_release(&c.worker_state, AMDB_WORKER_READY)
     progress_publish(c)
     try:

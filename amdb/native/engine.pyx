@@ -1599,3 +1599,38 @@ def request_shutdown(Mapping m):
     amdb_store_seqcst(&c.shutdown_requested, 1)
     amdb_fetch_add32_seqcst(&c.ring_data_event, 1)
     amdb_futex_wake_all(&c.ring_data_event)
+
+
+def worker_position(Mapping m):
+    """Where the worker of control block `m` is, read from shared memory (it
+    works for a dead worker, whatever killed it; the crash report of
+    ParallelDB._check_worker): what it last applied, and the ring record it
+    was working on — the one at ring_tail, which the worker releases only
+    when it is done with it — or None when its ring was empty.
+
+    Returns {"pid", "applied_chunk", "applied_seq", "failed_chunk",
+    "aborts_done", "in_flight": None or {"op": "chunk" | "abort", "seq",
+    "chunk_no", "records"}}. Reads racily; use it once the worker is gone."""
+    cdef amdb_control *c = <amdb_control *>m.base
+    cdef uint64_t mask, tail, head
+    cdef amdb_ring_chunk *record
+    cdef object in_flight = None
+    if c == NULL:
+        return None
+    mask = c.ring_capacity - 1
+    head = amdb_load_acquire(&c.ring_head)
+    tail = amdb_load_acquire(&c.ring_tail)
+    if c.ring_offset + c.ring_capacity <= m.length and tail != head:
+        record = <amdb_ring_chunk *>ring_at(m.base + c.ring_offset, mask, tail)
+        if record.op == AMDB_OP_WRAP:
+            tail += c.ring_capacity - (tail & mask)
+            record = <amdb_ring_chunk *>ring_at(m.base + c.ring_offset, mask, tail)
+        if tail != head and (record.op == AMDB_OP_CHUNK or record.op == AMDB_OP_ABORT):
+            in_flight = {"op": "chunk" if record.op == AMDB_OP_CHUNK else "abort", "seq": record.seq,
+                         "chunk_no": record.chunk_no, "records": record.count}
+    return {"pid": amdb_load_relaxed(&c.worker_pid),
+            "applied_chunk": amdb_load_acquire(&c.applied_chunk),
+            "applied_seq": amdb_load_relaxed(&c.applied_seq),
+            "failed_chunk": amdb_load_acquire(&c.failed_chunk),
+            "aborts_done": amdb_load_acquire(&c.aborts_done),
+            "in_flight": in_flight}
