@@ -727,8 +727,10 @@ def _crash_report(worker, pid, returncode, position):
         text += " while idle"
     elif work["op"] == "chunk":
         text += f" while applying batch seq {work['seq']} (chunk {work['chunk_no']}, {work['records']} records)"
-    else:
+    elif work["op"] == "abort":
         text += f" while rolling back batch seq {work['seq']}"
+    else:
+        text += f" before its {work['op']} of batch seq {work['seq']}"
     if position["applied_chunk"] == 0:
         return text + "; it had applied nothing yet"
     return text + f"; last applied: batch seq {position['applied_seq']} (chunk {position['applied_chunk']})"

@@ -1609,7 +1609,7 @@ def worker_position(Mapping m):
     when it is done with it — or None when its ring was empty.
 
     Returns {"pid", "applied_chunk", "applied_seq", "failed_chunk",
-    "aborts_done", "in_flight": None or {"op": "chunk" | "abort", "seq",
+    "aborts_done", "in_flight": None or {"op": "chunk" | "abort" | "commit" | "checkpoint", "seq",
     "chunk_no", "records"}}. Reads racily; use it once the worker is gone."""
     cdef amdb_control *c = <amdb_control *>m.base
     cdef uint64_t mask, tail, head
@@ -1625,8 +1625,9 @@ def worker_position(Mapping m):
         if record.op == AMDB_OP_WRAP:
             tail += c.ring_capacity - (tail & mask)
             record = <amdb_ring_chunk *>ring_at(m.base + c.ring_offset, mask, tail)
-        if tail != head and (record.op == AMDB_OP_CHUNK or record.op == AMDB_OP_ABORT):
-            in_flight = {"op": "chunk" if record.op == AMDB_OP_CHUNK else "abort", "seq": record.seq,
+        if tail != head and record.op in (AMDB_OP_CHUNK, AMDB_OP_ABORT, AMDB_OP_COMMIT, AMDB_OP_CHECKPOINT):
+            in_flight = {"op": {AMDB_OP_CHUNK: "chunk", AMDB_OP_ABORT: "abort", AMDB_OP_COMMIT: "commit",
+                                AMDB_OP_CHECKPOINT: "checkpoint"}[record.op], "seq": record.seq,
                          "chunk_no": record.chunk_no, "records": record.count}
     return {"pid": amdb_load_relaxed(&c.worker_pid),
             "applied_chunk": amdb_load_acquire(&c.applied_chunk),
