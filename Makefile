@@ -121,11 +121,17 @@ asan-test: asan
 
 # Valgrind memcheck of the debug build on tools/memcheck_scenario.py, owner and
 # workers (--trace-children). Suppressions cover CPython and ld.so only.
+# One log per process (build/memcheck/<pid>.log): a worker's errors do not
+# reach the owner's exit status, so every log must be empty.
 memcheck:
 	$(MAKE) --no-print-directory build AMDB_BUILD=debug
+	rm -rf build/memcheck && mkdir -p build/memcheck
 	PYTHONMALLOC=malloc valgrind --quiet --trace-children=yes --error-exitcode=99 \
+	  --log-file=build/memcheck/%p.log \
 	  --suppressions=tools/valgrind-python.supp --leak-check=no --num-callers=30 \
 	  $(VPY) tools/memcheck_scenario.py
+	@if grep -l . build/memcheck/*.log; then cat build/memcheck/*.log; echo "memcheck: errors above"; exit 1; fi
+	@echo "memcheck: $$(ls build/memcheck | wc -l) processes, 0 errors"
 
 clean:
 	rm -rf build

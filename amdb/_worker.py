@@ -1,4 +1,4 @@
-"""Entry point of a worker process: ``python -m amdb._worker NAME SIZE OWNER_PID [DURABLE_JSON]``.
+"""Entry point of a worker process: ``python -m amdb._worker NAME SIZE OWNER_PID [DURABLE_PLAN]``.
 
 Workers are fresh interpreters started by the owner (spawn semantics: no
 fork of a threaded process, and, unlike multiprocessing's spawn, no re-import
@@ -18,7 +18,7 @@ Environment read once at start (docs/API.md, "Crash reproduction"):
                       without the arenas (shared memory); "full": with them
 """
 import faulthandler
-import json
+import ast
 import os
 import signal
 import sys
@@ -110,7 +110,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     name, segment_size, owner_pid = argv[0], int(argv[1]), int(argv[2])
     # A durable database: where to recover from and log to (amdb.storage.worker_plan).
-    durable = json.loads(argv[3]) if len(argv) > 3 else None
+    durable = ast.literal_eval(argv[3]) if len(argv) > 3 else None
     # Ctrl-C in a terminal reaches the whole process group: the owner decides
     # when workers stop, not the terminal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -4,7 +4,6 @@ The hot paths (reads, packing writes into the rings) live in the Cython base
 class amdb.native.engine.Engine; this module owns the lifecycle: validating
 options, creating segments, starting and supervising workers, closing.
 """
-import json
 import os
 import shutil
 import subprocess
@@ -273,7 +272,9 @@ class ParallelDB(Engine):
                 argv = [sys.executable, "-m", "amdb._worker", names[index + 1], str(segment_size),
                         str(os.getpid())]
                 if plan is not None:
-                    argv.append(json.dumps(storage.worker_plan(
+                    # repr/literal_eval rather than JSON: CPython's _json scanner trips
+                    # valgrind (make memcheck) in every worker.
+                    argv.append(repr(storage.worker_plan(
                         self._path, plan.workers[index], self._sync, self._sync_interval_ms,
                         self._log_segment_bytes, self._read_only)))
                 # Workers inherit the directory lock: it is held until the

@@ -23,4 +23,25 @@ assert snap.get(b"k00001") == b"v" and db.get(b"k00001") == b"changed"
 assert db.verify().ok and db.verify(b"k00001").versions_checked == 2
 assert len(db.digest()["workers"]) == 2
 db.close()
+# Durable: the write-ahead log (chunks that wrap the ring, COMMIT, ABORT), a
+# checkpoint, and recovery (checkpoint load + log replay) on reopening.
+import shutil, tempfile
+tmp = tempfile.mkdtemp(prefix="amdb-memcheck-")
+try:
+    path = tmp + "/db"
+    db = amdb.ParallelDB(path, workers=2, max_batch=500, ring_size=1<<16, sync="batch")
+    db.batch_put([(b"d%05d" % i, b"v" * (i % 50)) for i in range(3000)])
+    try:
+        db.batch_put(((b"y%d" % i, b"y") if i < 1500 else ("bad", b"y")) for i in range(1501))
+    except amdb.InvalidTypeError:
+        pass
+    db.checkpoint()
+    db.batch_delete([b"d%05d" % i for i in range(0, 3000, 5)])
+    digest = db.digest()
+    db.close()
+    db = amdb.ParallelDB(path, workers=2, max_batch=500, ring_size=1<<16)
+    assert db.digest() == digest and len(db) == 2400 and db.get(b"y1") is None and db.verify().ok
+    db.close()
+finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 print("memcheck scenario ok")
