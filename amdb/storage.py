@@ -250,6 +250,9 @@ def scan_log_bytes(data):
             problem = f"bad frame header at offset {pos}"
             break
         payload = pos + FRAME.size
+        if payload_len % 8:
+            problem = f"frame at offset {pos} has {payload_len} payload bytes, not a multiple of 8"
+            break
         if payload_len > size - payload:
             problem = f"torn frame at offset {pos} ({payload_len} payload bytes, {size - payload} left)"
             break

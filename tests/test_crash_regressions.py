@@ -293,3 +293,25 @@ def test_foreign_exceptions_for_bad_input_are_amdb_errors(make_db):
     assert list(db.scan(Bytes(b"a"), Bytes(b"b"))) == [(b"ab", b"v")]
     assert list(db.scan(prefix=Bytes(b"a"))) == [(b"ab", b"v")]
     assert len(db) == 1 and db.verify().ok
+
+
+def test_replay_refuses_a_frame_that_would_misalign_the_next():
+    # UBSan (make asan-test, tests/test_fuzz_logs.py): "member access within
+    # misaligned address ... for type 'struct amdb_log_frame'" — a hostile log
+    # whose payload length is not a multiple of 8 put the next frame header
+    # off alignment. Payload lengths must now be multiples of 8 (wal.h); the
+    # owner's scanner and the worker's replay both refuse such a frame.
+    import struct
+    import xxhash
+    from amdb import storage
+    from amdb.native.apply import fuzz_replay
+
+    def frame(kind, seq, payload):
+        header = struct.pack("<IIQQQ", storage.LOG_MAGIC, kind, seq, len(payload), xxhash.xxh64_intdigest(payload, seed=seq))
+        return header + struct.pack("<Q", xxhash.xxh64_intdigest(header)) + payload
+
+    odd = frame(3, 1, b"abc") + frame(3, 1, b"")
+    assert fuzz_replay(odd)[:2] == (3, 0)                    # AMDB_STATUS_CORRUPT at the first frame
+    scan = storage.scan_log_bytes(odd)
+    assert scan.valid_bytes == 0 and "multiple of 8" in scan.problem
+    assert fuzz_replay(frame(3, 1, b"") + frame(3, 1, b""))[:2] == (0, 2)

@@ -96,6 +96,9 @@ def test_honest_log_replays_and_verifies():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris is not installed")
+@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="make asan-test: atheris's libFuzzer clashes with a preloaded ASan runtime; "
+                           "the hypothesis fuzz tests above run the same checks under ASan")
 def test_atheris_bounded_run(capsys):
     runs = int(os.environ.get("AMDB_ATHERIS_RUNS", "2000"))
     out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "fuzz_logs.py"), "--target", "all",

@@ -50,6 +50,7 @@ def frames_from(data):
         length = int.from_bytes(data[pos + 2:pos + 4], "little")
         payload = data[pos + 4:pos + 4 + length]
         pos += 4 + length
+        payload += bytes(-len(payload) % 8)          # the format keeps frames 8-byte aligned
         out.append(frame(kind, seq, payload))
     return b"".join(out)
 

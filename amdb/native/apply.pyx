@@ -474,6 +474,9 @@ cdef int replay_log(Worker *w, char *data, uint64_t length, uint64_t *frames_out
 
 
 cdef int replay_frames(Worker *w, char *data, uint64_t length, uint64_t *frames_out) noexcept nogil:
+    # REQUIRES: data 8-byte aligned. Payloads are multiples of 8 (wal.h), so
+    # every frame and record stays aligned; a log that breaks that is refused
+    # (UBSan found misaligned frame reads on hostile logs).
     """Re-apply one log segment, as the worker first applied it: chunks with
     their logged timestamps, ABORTs as rollbacks. Every frame is checked
     again (the owner checked the file, but this code trusts no byte it
@@ -490,7 +493,7 @@ cdef int replay_frames(Worker *w, char *data, uint64_t length, uint64_t *frames_
         frame = <amdb_log_frame *>(data + pos)
         payload = pos + sizeof(amdb_log_frame)
         if (frame.magic != AMDB_LOG_MAGIC or frame.header_check != amdb_xxh64(frame, 32, 0)
-                or frame.payload_len > length - payload
+                or frame.payload_len > length - payload or frame.payload_len % 8 != 0
                 or frame.payload_check != amdb_xxh64(data + payload, frame.payload_len, frame.seq)):
             return AMDB_STATUS_CORRUPT
         if frame.kind == AMDB_LOG_CHUNK:

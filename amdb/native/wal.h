@@ -60,7 +60,7 @@ typedef struct amdb_log_frame {
     uint32_t magic;
     uint32_t kind;          /* AMDB_LOG_* */
     uint64_t seq;           /* batch seq */
-    uint64_t payload_len;   /* bytes that follow this header */
+    uint64_t payload_len;   /* bytes that follow this header; a multiple of 8, so frames stay aligned */
     uint64_t payload_check; /* xxh64(payload, seed = seq) */
     uint64_t header_check;  /* xxh64(the 32 bytes above, seed = 0) */
 } amdb_log_frame;
