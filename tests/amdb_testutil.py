@@ -113,6 +113,9 @@ def python_child(script, *args, stdin=True):
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONFAULTHANDLER"] = "1"
+    # Python leaves SIGINT ignored in a child whose parent ignored it (some
+    # library in the test process may have): the Ctrl-C tests need it handled.
+    script = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n" + script
     return subprocess.Popen(
         [sys.executable, "-c", script, *map(str, args)],
         cwd=root, env=env, text=True,
