@@ -28,6 +28,7 @@ from typing import NamedTuple
 import xxhash
 
 from amdb.errors import CorruptionError, InvalidArgumentError, LockedError, StorageError
+from amdb.shm.segment import pid_alive
 
 MANIFEST = "MANIFEST"
 LOCK = "LOCK"
@@ -167,16 +168,6 @@ def remove_worker_files(directory, first_worker):
 
 # ---- lock ----------------------------------------------------------------------
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def lock_directory(directory, stale_wait=10.0, shared=False):
     """flock LOCK exclusively and write our pid in it; returns the fd.
 
@@ -201,11 +192,11 @@ def lock_directory(directory, stale_wait=10.0, shared=False):
                 holder = int(os.pread(fd, 32, 0).split()[0])
             except (ValueError, IndexError):
                 holder = None
-            if holder is not None and _pid_alive(holder) or time.monotonic() > deadline:
+            alive = holder is None or pid_alive(holder)
+            if alive or time.monotonic() > deadline:
                 who = f"process {holder}" if holder is not None else "another process"
                 raise LockedError(f"{directory} is open in {who}"
-                                  + ("" if holder is None or _pid_alive(holder) else
-                                     " (dead; its workers still hold the lock)"))
+                                  + ("" if alive else " (dead; its workers still hold the lock)"))
             # The holder is dead: its workers are on their way out.
             time.sleep(0.02)
         if not shared:
@@ -299,9 +290,9 @@ class CheckpointInfo(NamedTuple):
     versions: int
 
 
-def check_checkpoint(path, worker=None):
-    """Header and every block check of a checkpoint file; CorruptionError
-    saying what is wrong otherwise."""
+def check_checkpoint(path, worker=None, read_blocks=True):
+    """Check a checkpoint file's header and (with read_blocks) every block;
+    CorruptionError saying what is wrong otherwise."""
     name = os.path.basename(path)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -316,6 +307,9 @@ def check_checkpoint(path, worker=None):
             raise CorruptionError(f"{name}: format {fmt}/layout {layout}, not {FORMAT_VERSION}/{LAYOUT_VERSION}")
         if worker is not None and index != worker:
             raise CorruptionError(f"{name}: belongs to worker {index}")
+        info = CheckpointInfo(name, index, seq, log_segment, used, live, versions)
+        if not read_blocks:
+            return info
         blocks = (used + CHECKPOINT_BLOCK - 1) // CHECKPOINT_BLOCK
         if size != CHECKPOINT_HEADER.size + used + 8 * blocks:
             raise CorruptionError(f"{name}: {size} bytes, expected {CHECKPOINT_HEADER.size + used + 8 * blocks}")
@@ -330,7 +324,7 @@ def check_checkpoint(path, worker=None):
                         raise CorruptionError(f"{name}: block {i} fails its checksum")
             finally:
                 view.release()
-    return CheckpointInfo(name, index, seq, log_segment, used, live, versions)
+    return info
 
 
 # ---- recovery ------------------------------------------------------------------
@@ -490,7 +484,7 @@ def remove_obsolete(directory, workers, keep_checkpoints=2):
             continue
         oldest = kept[-1][1]
         try:
-            first_segment = check_checkpoint_header(os.path.join(directory, oldest)).log_segment
+            first_segment = check_checkpoint(os.path.join(directory, oldest), w, read_blocks=False).log_segment
         except (CorruptionError, OSError):
             continue
         doomed = [name for _, name in checkpoints[w][keep_checkpoints:]]
@@ -502,18 +496,6 @@ def remove_obsolete(directory, workers, keep_checkpoints=2):
             except FileNotFoundError:
                 pass
     return removed
-
-
-def check_checkpoint_header(path):
-    """The header of a checkpoint file, checked (its blocks are not read)."""
-    with open(path, "rb") as f:
-        header = f.read(CHECKPOINT_HEADER.size)
-    if len(header) < CHECKPOINT_HEADER.size:
-        raise CorruptionError(f"{os.path.basename(path)}: shorter than its header")
-    fields = CHECKPOINT_HEADER.unpack(header)
-    if fields[0] != CHECKPOINT_MAGIC or xxhash.xxh64_intdigest(header[:-8]) != fields[-1]:
-        raise CorruptionError(f"{os.path.basename(path)}: bad header")
-    return CheckpointInfo(os.path.basename(path), fields[3], fields[4], fields[5], fields[6], fields[9], fields[11])
 
 
 def worker_plan(directory, plan, sync, interval_ms, segment_bytes, read_only=False):

@@ -669,7 +669,7 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=
     cdef amdb_control *c = <amdb_control *>mapping.base
     cdef int status
     cdef int result
-    cdef uint64_t checkpoint_seq = 0, frames = 0, replayed = 0, replay_length
+    cdef uint64_t frames = 0, replay_length
     cdef const uint8_t[::1] segment_bytes
     if c.magic != AMDB_PARTITION_MAGIC or c.layout_version != AMDB_LAYOUT_VERSION:
         raise Error("not an AmDb partition segment (magic or layout version differs)", code="corrupt")
@@ -683,7 +683,7 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=
             w.log.segment_bytes = durable["segment_bytes"]
             if durable["checkpoint"] is not None:
                 name = os.fsencode(durable["checkpoint"])
-                status = checkpoint_load(&w.p, w.log.dir_fd, name, &checkpoint_seq)
+                status = checkpoint_load(&w.p, w.log.dir_fd, name)
                 raise_for_status(status, f"loading checkpoint {durable['checkpoint']}")
         status = arena_init(&w.p)
         raise_for_status(status, "initialising the arena")
@@ -706,7 +706,6 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=
                         w.records_mask = c.ring_capacity - 1
                         segment_bytes = None
                 raise_for_status(status, f"replaying {name}")
-                replayed += frames
             if w.batch_first_seq != 0 and not w.batch_committed:
                 rollback_batch(&w, w.batch_first_seq, 0)    # its COMMIT is not in this log
             # This session's progress counters start from zero (the owner's

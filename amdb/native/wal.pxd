@@ -73,4 +73,4 @@ cdef int log_after_commit(LogWriter *log) noexcept nogil
 cdef void log_idle(LogWriter *log) noexcept nogil
 cdef void log_close(LogWriter *log) noexcept nogil
 cdef int checkpoint_write(PartitionView *p, LogWriter *log, uint64_t seq) noexcept nogil
-cdef int checkpoint_load(PartitionView *p, int dir_fd, const char *name, uint64_t *seq_out) noexcept nogil
+cdef int checkpoint_load(PartitionView *p, int dir_fd, const char *name) noexcept nogil

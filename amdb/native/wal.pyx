@@ -297,7 +297,7 @@ cdef int read_exact(int fd, void *out, uint64_t length, uint64_t offset) noexcep
     return 0
 
 
-cdef int checkpoint_load(PartitionView *p, int dir_fd, const char *name, uint64_t *seq_out) noexcept nogil:
+cdef int checkpoint_load(PartitionView *p, int dir_fd, const char *name) noexcept nogil:
     """Fill an empty arena from a checkpoint file and publish its roots.
     Checks everything it reads: AMDB_STATUS_CORRUPT for a damaged file,
     AMDB_STATUS_ARENA_FULL when the arena reservation is too small for it."""
@@ -349,5 +349,4 @@ cdef int checkpoint_load(PartitionView *p, int dir_fd, const char *name, uint64_
     # Release: the loaded bytes are whole before the roots lead anyone to them.
     amdb_store_release(&c.hash_table, header.hash_table)
     amdb_store_release(&c.skiplist_head, header.skiplist_head)
-    seq_out[0] = header.seq
     return AMDB_STATUS_OK

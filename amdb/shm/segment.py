@@ -50,7 +50,7 @@ def unlink_quietly(name):
         pass
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -69,7 +69,7 @@ def sweep_stale():
         return removed
     for entry in entries:
         match = _OWNED_NAME.match(entry)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             unlink_quietly("/" + entry)
             removed.append(entry)
     return removed
