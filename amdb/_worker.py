@@ -1,4 +1,10 @@
-"""Entry point of a worker process: ``python -m amdb._worker NAME SIZE OWNER_PID [DURABLE_PLAN]``.
+"""Entry point of a worker process:
+``python -m amdb._worker SEGMENT SIZE OWNER_PID [DURABLE_PLAN [RESPAWN]]``.
+
+SEGMENT is the partition segment's name, or ``fd:N:INDEX`` for a successor
+of crashed worker INDEX, which inherits the owner's descriptor N (the name is
+gone by then). DURABLE_PLAN and RESPAWN are Python literals (amdb.storage.worker_plan,
+amdb.native.apply.run_worker), ``None`` when absent.
 
 Workers are fresh interpreters started by the owner (spawn semantics: no
 fork of a threaded process, and, unlike multiprocessing's spawn, no re-import
@@ -9,7 +15,10 @@ Environment read once at start (docs/API.md, "Crash reproduction"):
 
   AMDB_FAULT          inject a crash or hang for tests, e.g.
                       "worker=1,point=mid_insert,after=100,action=segv"
-                      (parse_fault_spec; amdb/native/faults.h does the rest)
+                      (parse_fault_spec; amdb/native/faults.h does the rest);
+                      ",incarnations=N" arms it in the first N workers of that
+                      index only (the original is 0, its successors 1, 2...)
+  AMDB_WORKER_INCARNATION  set by the owner for a successor: n for the n-th
   AMDB_WORKER_BANNER  "1": write "amdb worker <index> pid <pid> ..." to stderr
                       at start, so that a crash report in a shared stderr can
                       be told apart per worker (also printed when AMDB_FAULT is set)
@@ -25,11 +34,12 @@ import sys
 
 FAULT_ENV = "AMDB_FAULT"
 # Numbers shared with amdb/native/faults.h (AMDB_FAULT_*).
-FAULT_POINTS = {"after_records": 1, "mid_insert": 2, "mid_publish": 3}
+FAULT_POINTS = {"after_records": 1, "mid_insert": 2, "mid_publish": 3, "mid_link": 4}
 FAULT_ACTIONS = {"segv": 1, "abort": 2, "hang": 3}
-FAULT_KEYS = ("worker", "point", "action", "after")
-FAULT_FORMAT = ("worker=<index>|any,point=after_records|mid_insert|mid_publish,"
-                "action=segv|abort|hang[,after=<passes>]")
+FAULT_KEYS = ("worker", "point", "action", "after", "incarnations")
+FAULT_FORMAT = ("worker=<index>|any,point=after_records|mid_insert|mid_publish|mid_link,"
+                "action=segv|abort|hang[,after=<passes>][,incarnations=<n>]")
+INCARNATION_ENV = "AMDB_WORKER_INCARNATION"
 
 
 def _is_count(text):
@@ -37,8 +47,9 @@ def _is_count(text):
 
 
 def parse_fault_spec(spec):
-    """Parse an AMDB_FAULT value into the plain ints run_worker takes:
-    ``(worker, point, action, after)``, worker -1 meaning every worker; None
+    """Parse an AMDB_FAULT value into plain ints:
+    ``(worker, point, action, after, incarnations)``, worker -1 meaning every
+    worker, incarnations -1 every incarnation; None
     for an unset or empty spec. Raises amdb.InvalidArgumentError (a
     ValueError) for anything malformed, saying what and the expected format."""
     from amdb.errors import InvalidArgumentError
@@ -77,7 +88,11 @@ def parse_fault_spec(spec):
     after = fields.get("after", "0")
     if not _is_count(after) or int(after) >= 1 << 63:
         raise bad(f"after={after!r} is not a count of passes (0, 1, ...)")
-    return worker_index, FAULT_POINTS[fields["point"]], FAULT_ACTIONS[fields["action"]], int(after)
+    incarnations = fields.get("incarnations")
+    if incarnations is not None and (not _is_count(incarnations) or not 0 < int(incarnations) < 1 << 31):
+        raise bad(f"incarnations={incarnations!r} is not a count of workers (1, 2, ...)")
+    return (worker_index, FAULT_POINTS[fields["point"]], FAULT_ACTIONS[fields["action"]], int(after),
+            -1 if incarnations is None else int(incarnations))
 
 
 def enable_core_dumps(include_shared=False):
@@ -101,8 +116,9 @@ def enable_core_dumps(include_shared=False):
 
 
 def _worker_index(segment_name):
-    """The worker's index: the segment is named /amdb_<owner>_<random>_<index>."""
-    suffix = segment_name.rsplit("_", 1)[-1]
+    """The worker's index: the segment is named /amdb_<owner>_<random>_<index>
+    (or fd:<fd>:<index>)."""
+    suffix = segment_name.rsplit(":" if segment_name.startswith("fd:") else "_", 1)[-1]
     return int(suffix) if _is_count(suffix) else None
 
 
@@ -111,6 +127,9 @@ def main(argv=None):
     name, segment_size, owner_pid = argv[0], int(argv[1]), int(argv[2])
     # A durable database: where to recover from and log to (amdb.storage.worker_plan).
     durable = ast.literal_eval(argv[3]) if len(argv) > 3 else None
+    # A successor of a crashed worker (run_worker's `respawn`).
+    respawn = ast.literal_eval(argv[4]) if len(argv) > 4 else None
+    incarnation = int(os.environ.get(INCARNATION_ENV, "0"))
     # Ctrl-C in a terminal reaches the whole process group: the owner decides
     # when workers stop, not the terminal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -123,23 +142,34 @@ def main(argv=None):
     except ValueError as exc:
         sys.stderr.write(f"amdb worker: {exc}\n")
         return 2
+    if fault is not None and 0 <= fault[4] <= incarnation:
+        fault = None                    # only the first `incarnations` workers of the index
+    fault = fault[:4] if fault is not None else None
     if os.environ.get("AMDB_CORE_DUMPS") in ("1", "full"):
         enable_core_dumps(include_shared=os.environ["AMDB_CORE_DUMPS"] == "full")
     if os.environ.get("AMDB_WORKER_BANNER") == "1" or fault is not None:
         sys.stderr.write(f"amdb worker {_worker_index(name)} pid {os.getpid()} owner {owner_pid} "
-                         f"segment {name}" + (f" {FAULT_ENV}={fault_spec}" if fault else "") + "\n")
+                         f"segment {name}" + (f" incarnation {incarnation}" if incarnation else "")
+                         + (f" {FAULT_ENV}={fault_spec}" if fault else "") + "\n")
         sys.stderr.flush()
 
     import posix_ipc
 
     from amdb.native.apply import run_worker
 
+    if name.startswith("fd:"):
+        fd = int(name.split(":")[1])    # inherited from the owner (a successor)
+        try:
+            run_worker(fd, segment_size, owner_pid, durable, fault=fault, respawn=respawn)
+        finally:
+            os.close(fd)
+        return 0
     try:
         shm = posix_ipc.SharedMemory(name)
     except posix_ipc.ExistentialError:
         return 3            # the owner is gone (or gave up on us) before we attached
     try:
-        run_worker(shm.fd, segment_size, owner_pid, durable, fault=fault)
+        run_worker(shm.fd, segment_size, owner_pid, durable, fault=fault, respawn=respawn)
     finally:
         shm.close_fd()
     return 0

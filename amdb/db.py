@@ -31,6 +31,9 @@ DEFAULT_RING_SIZE = 32 << 20        # bytes per worker, committed at open
 DEFAULT_ARENA_SIZE = 16 << 30       # bytes per worker, reserved (sparse) not committed
 DEFAULT_MAX_KEY_SIZE = 4096        # bytes (smaller when ring_size/16 is smaller)
 SHUTDOWN_TIMEOUT = 10.0             # seconds a worker gets to leave before it is killed
+DEFAULT_HANG_TIMEOUT = 60.0         # seconds without progress, work pending, before a worker is replaced
+DEFAULT_POISON_AFTER = 3            # crashes on the same data before that data is refused
+BROKEN_HINT = "reopen the database to write again; see the worker's stderr for why it failed"
 LIVENESS_INTERVAL = 0.05            # seconds between worker-liveness polls before writes
 DEFAULT_LOG_SEGMENT_BYTES = 64 << 20
 DEFAULT_CHECKPOINT_BYTES = 512 << 20  # log bytes (any worker) past which a checkpoint is written
@@ -93,7 +96,8 @@ class ParallelDB(Engine):
                  arena_size=DEFAULT_ARENA_SIZE, max_key_size=None, max_value_size=None,
                  start_timeout=30.0, audit=None, audit_max_bytes=64 << 20, sync="none",
                  sync_interval_ms=100, log_segment_bytes=DEFAULT_LOG_SEGMENT_BYTES,
-                 checkpoint_bytes=DEFAULT_CHECKPOINT_BYTES, read_only=False):
+                 checkpoint_bytes=DEFAULT_CHECKPOINT_BYTES, read_only=False,
+                 hang_timeout=DEFAULT_HANG_TIMEOUT, poison_after=DEFAULT_POISON_AFTER):
         self._path = None
         self._read_only = bool(read_only)
         self._lock_fd = None
@@ -143,6 +147,17 @@ class ParallelDB(Engine):
         if not 0 < start_timeout <= 3600:
             raise InvalidArgumentError(f"start_timeout={start_timeout} must be in (0, 3600] seconds",
                                        hint="pass e.g. start_timeout=30.0")
+        if hang_timeout is not None:
+            if isinstance(hang_timeout, bool) or not isinstance(hang_timeout, (int, float)):
+                raise InvalidTypeError(f"hang_timeout= must be a number of seconds or None, not "
+                                       f"{type(hang_timeout).__name__}", hint="pass e.g. hang_timeout=60.0")
+            if not 0.1 <= hang_timeout <= 86400:
+                raise InvalidArgumentError(f"hang_timeout={hang_timeout} must be in [0.1, 86400] seconds",
+                                           hint="pass e.g. hang_timeout=60.0, or None to never replace "
+                                                "a worker that stops making progress")
+        self._hang_timeout = hang_timeout
+        self._poison_after = _int_option("poison_after", poison_after, 1, 1000)
+        self._start_timeout = start_timeout
         self._owner_pid = os.getpid()
         self._liveness_checked = 0.0
         self._segment_fds = []
@@ -151,6 +166,15 @@ class ParallelDB(Engine):
         self._controls = []
         self._broken = None
         self._finalizer = None
+        # Worker supervision (_check_worker): successors started per worker,
+        # crashes per chunk fingerprint, fingerprints refused (poison), and
+        # the last progress reading (hang detection).
+        self._restarts = [0] * self._workers
+        self._crashes_on = [{} for _ in range(self._workers)]
+        self._poison = [set() for _ in range(self._workers)]
+        self._last_crash = [None] * self._workers
+        self._stall = [None] * self._workers
+        self._shared_lock_fd = None
         # An RLock only so that a write can tell that its own thread holds it
         # (Engine._check_writable, _refuse_reentry below): never entered twice.
         self._write_lock_obj = threading.RLock()
@@ -268,6 +292,9 @@ class ParallelDB(Engine):
             env = dict(os.environ)
             package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+            self._worker_env = env
+            self._segment_size = segment_size
+            self._shared_lock_fd = self._lock_fd
             for index in range(self._workers):
                 argv = [sys.executable, "-m", "amdb._worker", names[index + 1], str(segment_size),
                         str(os.getpid())]
@@ -297,12 +324,14 @@ class ParallelDB(Engine):
             # Closed by _reap with the segment fds (after close() stops writes).
             self._segment_fds.append(self._lock_fd)
             self._lock_fd = None
+        # self._procs itself, not a copy: successors of crashed workers join it.
         self._finalizer = weakref.finalize(self, _reap, self._owner_pid, list(self._controls),
-                                           list(self._procs), SHUTDOWN_TIMEOUT, self._segment_fds)
+                                           self._procs, SHUTDOWN_TIMEOUT, self._segment_fds)
 
-    def _wait_ready(self, timeout):
+    def _wait_ready(self, timeout, indexes=None):
         deadline = time.monotonic() + timeout
-        for index, (control, proc) in enumerate(zip(self._controls, self._procs)):
+        for index in range(self._workers) if indexes is None else indexes:
+            control, proc = self._controls[index], self._procs[index]
             seen = 0
             while _engine.worker_state(control) != 1:            # AMDB_WORKER_READY
                 if proc.poll() is not None:
@@ -352,15 +381,114 @@ class ParallelDB(Engine):
     def __exit__(self, *exc_info):
         self.close()
 
+    # ---- worker supervision ------------------------------------------------------
+
     def _check_worker(self, worker):
+        """Called by every wait on `worker` (each 50 ms slice) while work is
+        pending. When the worker died, or made no progress for hang_timeout
+        seconds (then it is killed), start its successor, which undoes the
+        batch in flight, and raise WorkerCrashedError: the call in flight
+        fails whole and the database goes on. REQUIRES the write lock."""
+        if self._broken is not None and self._broken[1] == worker:
+            raise WorkerCrashedError(self._broken[0] + "; writes are refused, reads still work", hint=BROKEN_HINT,
+                                     worker=worker, signal=self._broken[2])
         proc = self._procs[worker]
+        stalled = None
         if proc.poll() is None:
-            return
+            stalled = self._stalled_for(worker)
+            if stalled is None:
+                return
+            proc.kill()                 # hung: SIGKILL, then treated like any crash
+            proc.wait()
+        message, signal = self._replace_worker(worker, stalled)
+        raise WorkerCrashedError(message, worker=worker, signal=signal, restarted=True)
+
+    def _stalled_for(self, worker):
+        """Seconds worker `worker` has shown no progress across consecutive
+        waits on it, once that reaches hang_timeout; else None."""
+        if self._hang_timeout is None:
+            return None
+        progress = _engine.worker_progress(self._controls[worker])
+        now = time.monotonic()
+        seen = self._stall[worker]
+        # A reading older than a second belongs to an earlier wait (the worker
+        # may have been idle since): start over.
+        if seen is None or seen[0] != progress or now - seen[2] > 1.0:
+            self._stall[worker] = (progress, now, now)
+            return None
+        self._stall[worker] = (progress, seen[1], now)
+        return now - seen[1] if now - seen[1] >= self._hang_timeout else None
+
+    def _replace_worker(self, worker, stalled=None):
+        """Worker `worker` is dead (reaped): start a successor on its arena and
+        return (message, signal) describing what happened. The successor rolls
+        back the batch the dead one left open, unless visible. If it cannot
+        start, writes are refused from then on (reads go on)."""
+        proc = self._procs[worker]
         code = proc.returncode
-        self._broken = (_crash_report(worker, proc.pid, code, _engine.worker_position(self._controls[worker])),
-                        worker, -code if code < 0 else None)
-        raise WorkerCrashedError(self._broken[0] + "; writes are refused, reads still work",
-                                 worker=worker, signal=self._broken[2])
+        signal = -code if code < 0 else None
+        position = _engine.worker_position(self._controls[worker])
+        message = _crash_report(worker, proc.pid, code, position)
+        if stalled is not None:
+            message = message.replace(
+                " was killed by signal 9 (SIGKILL)",
+                f" made no progress for {stalled:.1f} s with work pending (hang_timeout="
+                f"{self._hang_timeout}) and was killed", 1)
+        work = position["in_flight"] if position else None
+        poisoned = False
+        if work is not None and work["fingerprint"] is not None:
+            counts = self._crashes_on[worker]
+            counts[work["fingerprint"]] = counts.get(work["fingerprint"], 0) + 1
+            if counts[work["fingerprint"]] >= self._poison_after:
+                self._poison[worker].add(work["fingerprint"])
+                poisoned = True
+        self._last_crash[worker] = message
+        try:
+            self._start_successor(worker)
+        except BaseException as exc:
+            self._broken = (f"{message}; its successor could not start ({exc})", worker, signal)
+            raise WorkerCrashedError(self._broken[0] + "; writes are refused, reads still work", hint=BROKEN_HINT,
+                                     worker=worker, signal=signal) from exc
+        self._restarts[worker] += 1
+        if self._audit is not None:
+            self._audit.event("worker_restart", worker=worker, signal=signal, exit_status=code,
+                              hung=stalled is not None, restarts=self._restarts[worker],
+                              poisoned=poisoned, report=message)
+        message += (f"; a new worker took over (restart {self._restarts[worker]}) and the batch in "
+                    "flight was rolled back: nothing of it was applied, retry it")
+        if poisoned:
+            message += (f". That chunk of data has now crashed worker {worker} {self._poison_after} "
+                        "times: it will be refused (PoisonBatchError)")
+        return message, signal
+
+    def _start_successor(self, worker):
+        """Start a worker on the arena of dead worker `worker` and wait until it is ready."""
+        incarnation = self._restarts[worker] + 1
+        self._take_over_ring(worker, incarnation)
+        self._stall[worker] = None
+        plan = None
+        if self._path is not None:
+            next_segment = storage.cut_torn_tail(
+                self._path, worker, _engine.worker_position(self._controls[worker])["log_segment"])
+            plan = {"dir": self._path, "checkpoint": None, "replay": [], "next_segment": next_segment,
+                    "sync": storage.SYNC_MODES[self._sync], "interval_ms": self._sync_interval_ms,
+                    "segment_bytes": self._log_segment_bytes, "log_bytes": 0, "read_only": False}
+        respawn = {"visible_seq": self._visible_seq(), "poison": sorted(self._poison[worker])}
+        fd = self._segment_fds[worker]          # a dup of the partition segment's descriptor
+        from amdb._worker import INCARNATION_ENV
+        env = dict(self._worker_env)
+        env[INCARNATION_ENV] = str(incarnation)
+        argv = [sys.executable, "-m", "amdb._worker", f"fd:{fd}:{worker}", str(self._segment_size),
+                str(self._owner_pid), repr(plan), repr(respawn)]
+        pass_fds = (fd,) if self._shared_lock_fd is None else (fd, self._shared_lock_fd)
+        self._procs[worker] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True, env=env,
+                                               pass_fds=pass_fds)
+        try:
+            self._wait_ready(self._start_timeout, [worker])
+        except BaseException:
+            self._procs[worker].kill()
+            self._procs[worker].wait()
+            raise
 
     def _before_write(self):
         if os.getpid() != self._owner_pid:
@@ -372,7 +500,7 @@ class ParallelDB(Engine):
                                hint="reopen it without read_only=True to write")
         if self._broken is not None:
             message, worker, signal = self._broken
-            raise WorkerCrashedError(message + "; writes are refused, reads still work",
+            raise WorkerCrashedError(message + "; writes are refused, reads still work", hint=BROKEN_HINT,
                                      worker=worker, signal=signal)
         # Polling every worker costs a waitpid each (a third of a small put):
         # do it at most every LIVENESS_INTERVAL. A write that reaches a dead
@@ -382,7 +510,9 @@ class ParallelDB(Engine):
             self._liveness_checked = now
             for index, proc in enumerate(self._procs):
                 if proc.poll() is not None:
-                    self._check_worker(index)
+                    # Died between calls: no call of ours was in flight, so
+                    # this one goes on once the successor is ready.
+                    self._replace_worker(index)
         if self._path is not None:
             self._check_log()
 
@@ -633,6 +763,9 @@ class ParallelDB(Engine):
             entry = self._stats_of(index)
             entry["pid"] = proc.pid
             entry["alive"] = proc.poll() is None
+            entry["restarts"] = self._restarts[index]
+            entry["last_crash"] = self._last_crash[index]
+            entry["poisoned_chunks"] = len(self._poison[index])
             per_worker.append(entry)
         return {
             "workers": per_worker,
@@ -647,9 +780,11 @@ class ParallelDB(Engine):
                 "checkpoint_seq": min(w["checkpoint_seq"] for w in per_worker),
                 "log_errors": sum(w["log_errors"] for w in per_worker),
                 "log_broken": any(w["log_broken"] for w in per_worker)},
+            "worker_restarts": sum(self._restarts),
             "options": {"workers": self._workers, "max_batch": self.max_batch,
                         "ring_size": self.ring_size, "arena_size": self.arena_size,
-                        "max_key_size": self.max_key_size, "max_value_size": self.max_value_size},
+                        "max_key_size": self.max_key_size, "max_value_size": self.max_value_size,
+                        "hang_timeout": self._hang_timeout, "poison_after": self._poison_after},
         }
 
     @property

@@ -9,7 +9,7 @@ status into an exception.
 __all__ = [
     "Error", "InvalidArgumentError", "InvalidTypeError", "KeyTooLargeError",
     "ValueTooLargeError", "ClosedError", "ArenaFullError", "WorkerCrashedError",
-    "WorkerStartError", "NodeUnavailableError", "raise_for_status",
+    "PoisonBatchError", "WorkerStartError", "NodeUnavailableError", "raise_for_status",
 ]
 
 
@@ -77,15 +77,33 @@ class ArenaFullError(Error):
 
 
 class WorkerCrashedError(Error):
-    """A worker process died or stopped responding; names the worker and the signal."""
+    """A worker process died or stopped responding while a call needed it.
+
+    ``.worker`` and ``.signal`` (None for an exit) name it; ``.restarted`` says
+    whether a new worker took its place. When it did, the batch in flight was
+    rolled back whole (nothing of it is visible, now or after a reopen) and
+    the database goes on: retrying the call is safe.
+    """
 
     code = "worker_crashed"
-    hint = "the database must be reopened; see the worker's stderr for a backtrace"
+    hint = ("the batch in flight was rolled back and the worker restarted: retry the call; "
+            "see the worker's stderr for a backtrace")
 
-    def __init__(self, message, *, worker=None, signal=None, **kwargs):
+    def __init__(self, message, *, worker=None, signal=None, restarted=False, **kwargs):
         super().__init__(message, **kwargs)
         self.worker = worker
         self.signal = signal
+        self.restarted = restarted
+
+
+class PoisonBatchError(WorkerCrashedError):
+    """A batch was refused because the same data crashed a worker
+    ``poison_after=`` times already. Nothing of it was applied; other
+    writes go on."""
+
+    code = "poison_batch"
+    hint = ("the batch crashes the worker that applies it: run tools/crashrepro.py on it "
+            "(docs/API.md, \"Crash reproduction\") and report the bug; other batches are accepted")
 
 
 class NodeUnavailableError(Error):
@@ -145,6 +163,7 @@ STATUS_CORRUPT = 3
 STATUS_TIMEOUT = 4
 STATUS_NO_MEMORY = 5
 STATUS_IO_ERROR = 6
+STATUS_POISON = 7
 
 _STATUS_ERRORS = {
     STATUS_ARENA_FULL: (ArenaFullError, "arena_full",
@@ -156,6 +175,9 @@ _STATUS_ERRORS = {
     STATUS_IO_ERROR: (StorageError, "io_error",
                       "the write-ahead log or a checkpoint could not be written (disk full, read-only "
                       "or I/O error); nothing of this write was kept"),
+    STATUS_POISON: (PoisonBatchError, "poison_batch",
+                    "the batch holds a chunk that crashed a worker repeatedly (a poison batch); "
+                    "it was refused and nothing of it was applied"),
 }
 
 

@@ -498,6 +498,27 @@ def remove_obsolete(directory, workers, keep_checkpoints=2):
     return removed
 
 
+def cut_torn_tail(directory, worker, current_segment):
+    """Worker `worker` died, perhaps while appending a frame: cut its newest
+    log segment at the end of its last whole frame, so that recovery reads
+    on into the segments after it (it stops at damage), and return the
+    number of the segment its successor starts. `current_segment`: the
+    segment the dead worker said it was appending (control block)."""
+    numbers = []
+    for name in os.listdir(directory):
+        match = SEGMENT_NAME.match(name)
+        if match and int(match.group(1)) == worker:
+            numbers.append(int(match.group(2)))
+    if numbers:
+        path = os.path.join(directory, segment_name(worker, max(numbers)))
+        scan = scan_log(path)
+        if scan.valid_bytes < scan.size:
+            with open(path, "r+b") as f:
+                f.truncate(scan.valid_bytes)
+                os.fsync(f.fileno())
+    return max(numbers + [current_segment]) + 1
+
+
 def worker_plan(directory, plan, sync, interval_ms, segment_bytes, read_only=False):
     """The `durable` argument of amdb.native.apply.run_worker."""
     return {"dir": os.path.abspath(directory), "checkpoint": plan.checkpoint, "replay": plan.replay,

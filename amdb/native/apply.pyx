@@ -23,10 +23,11 @@ from amdb.shm.atomic cimport *
 from amdb.shm.arena cimport Mapping, commit_pages, alloc_block, alloc_block_aligned, arena_init
 from amdb.native.hashing cimport amdb_sha256, amdb_sha256_init, amdb_sha256_update, amdb_sha256_final
 from amdb.shm.ring cimport ring_wait_data, ring_release, progress_publish, ring_at
-from amdb.native.skiplist cimport SkipFinger, skiplist_insert, skiplist_finger_reset, skiplist_random_height
+from amdb.native.skiplist cimport (SkipFinger, skiplist_insert, skiplist_finger_reset, skiplist_random_height,
+                                   skiplist_find_lt)
 from amdb.native.hashindex cimport hashindex_find, hashindex_insert, hashindex_growth_bytes
 from amdb.native.versions cimport version_append, is_live
-from amdb.native.hashing cimport amdb_xxh64
+from amdb.native.hashing cimport amdb_xxh64, ring_chunk_fingerprint
 from amdb.native.wal cimport *
 from amdb.native.verify cimport VerifyResult, verify_partition, verify_ledger
 from amdb.native.faults cimport *
@@ -59,6 +60,8 @@ ctypedef struct Worker:
     uint64_t chunk_hashes_len
     uint8_t batch_ledger_head[32]  # ledger head before the open batch (for rollback)
     uint64_t batch_ledger_chunks
+    uint64_t batch_live_keys     # live_keys and version_count before the open batch (rollback)
+    uint64_t batch_versions
     uint64_t batch_first_seq     # seq of the open batch (set by its first chunk here); 0 = none
     uint64_t batch_start_off     # arena_used when that chunk arrived
     bint refusing                # a chunk of the open batch failed: skip the rest until ABORT
@@ -69,6 +72,8 @@ ctypedef struct Worker:
     uint64_t wrap_pos            # ring position of the current chunk's WRAP record, 0 = none
     uint64_t chunk_timestamp     # timestamp_ns of the versions of the last applied chunk
     bint check_hashes            # replaying a log: recompute each record's key hash, trust nothing
+    uint64_t *poison             # fingerprints of chunks to refuse (poison batches), or NULL
+    uint64_t poison_count
     LogWriter log                # the write-ahead log (log.dir_fd < 0: memory-only)
 
 
@@ -265,7 +270,8 @@ cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t time
     node.latest = version_off                       # unpublished node: plain store
     amdb_fault_check_mid_insert()
     skiplist_insert(p, node_off, &w.finger)         # publishes (level 0 = commit point)
-    hashindex_insert(p, rec.hash, node_off)         # publishes
+    amdb_fault_check_mid_link()
+    hashindex_insert(p, rec.hash, node_off)         # publishes (after the skip list: crash_repair relies on it)
     amdb_store_relaxed(&c.live_keys, c.live_keys + 1)
     amdb_store_relaxed(&c.node_count, c.node_count + 1)
     amdb_store_relaxed(&c.version_count, c.version_count + 1)
@@ -306,47 +312,165 @@ cdef int apply_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos, ui
     return AMDB_STATUS_OK
 
 
-cdef void rollback_batch(Worker *w, uint64_t abort_seq, uint64_t abort_no) noexcept nogil:
-    """Undo this worker's part of batch `abort_seq` (if it has one) and
-    acknowledge ABORT number `abort_no`."""
+cdef bint node_plausible(PartitionView *p, uint64_t off, uint64_t used) noexcept nogil:
+    """`off` is the start of a whole node block below `used`. Only a crashed
+    predecessor's last block can fail this (crash_repair); the check keeps
+    undo_open_batch from following a field it never finished writing."""
+    cdef amdb_node *n
+    if off < AMDB_ARENA_FIRST_BLOCK or off & 7 or off + sizeof(amdb_node) > used:
+        return False
+    n = node_at(p.arena, off)
+    return (n.block.kind == AMDB_BLOCK_NODE and 1 <= n.height <= AMDB_MAX_HEIGHT
+            and off + amdb_node_bytes(n.height, n.key_len) <= used)
+
+
+cdef bint version_plausible(PartitionView *p, uint64_t off, uint64_t used) noexcept nogil:
+    cdef amdb_version *v
+    if off < AMDB_ARENA_FIRST_BLOCK or off & 7 or off + sizeof(amdb_version) > used:
+        return False
+    v = version_at(p.arena, off)
+    return v.block.kind == AMDB_BLOCK_VERSION and off + amdb_version_bytes(v.value_len) <= used
+
+
+cdef void undo_open_batch(Worker *w) noexcept nogil:
+    """Undo everything the open batch (begun at w.batch_start_off) changed:
+    point every node whose latest version lies in the batch back at its
+    newest version from before it, retag the batch's versions and ledger
+    blocks as garbage, and restore the ledger head and the counters as they
+    were when it began. Versions of the batch were never visible (seq >
+    visible_seq), so readers cannot tell.
+
+    Also correct after a crash at any instruction (crash_repair): the walk
+    stops at a block whose header is not whole, a version is trusted only
+    for the node it names, and a node is followed only when it is a whole
+    node block whose published latest version lies in the batch. Published
+    versions are whole (layout.h, invariant 3), so their chains can be
+    walked down past the batch. Idempotent: a node already restored points
+    below the batch and is left alone."""
     cdef PartitionView *p = &w.p
     cdef amdb_control *c = p.ctrl
-    cdef uint64_t off, end, start, restored
+    cdef uint64_t start = w.batch_start_off
+    cdef uint64_t off = start
+    cdef uint64_t end = c.arena_used
+    cdef uint64_t latest, restored, bytes_left
     cdef amdb_block *block
     cdef amdb_version *v
     cdef amdb_node *node
-    cdef int64_t live_delta = 0
-    cdef uint64_t undone = 0
-    if w.batch_first_seq != 0 and w.batch_first_seq >= abort_seq:
-        start = w.batch_start_off
-        off = start
-        end = c.arena_used
-        while off < end:
-            block = <amdb_block *>(p.arena + off)
-            if block.kind == AMDB_BLOCK_VERSION:
-                v = version_at(p.arena, off)
-                undone += 1
-                # The node's first version of this batch points below the
-                # batch: that older version becomes the latest again.
-                if v.prev < start:
-                    node = node_at(p.arena, amdb_version_tail_of(v).node)
-                    restored = v.prev
-                    live_delta += <int64_t>is_live(p.arena, restored) - <int64_t>is_live(p.arena, node.latest)
+    while off < end:
+        block = <amdb_block *>(p.arena + off)
+        bytes_left = end - off
+        if bytes_left < sizeof(amdb_block) or block.words == 0 or <uint64_t>block.words * 8 > bytes_left:
+            break                      # the header a crashed predecessor was writing
+        if block.kind == AMDB_BLOCK_VERSION and version_plausible(p, off, end):
+            v = version_at(p.arena, off)
+            if node_plausible(p, amdb_version_tail_of(v).node, end):
+                node = node_at(p.arena, amdb_version_tail_of(v).node)
+                latest = amdb_load_relaxed(&node.latest)
+                if latest >= start:
+                    # Down the chain to the newest version from before the
+                    # batch (0 for a key the batch created).
+                    restored = latest
+                    while restored >= start and version_plausible(p, restored, end) \
+                            and version_at(p.arena, restored).prev < restored:
+                        restored = version_at(p.arena, restored).prev
+                    if restored >= start:
+                        restored = 0           # cannot happen: chains only go down
                     amdb_store_release(&node.latest, restored)
-            # Unreachable from here on (or once its node is restored, above):
-            # retag it so that a walk of the arena (ledger verification)
-            # skips it. Readers never look at block kinds.
-            if block.kind == AMDB_BLOCK_VERSION or block.kind == AMDB_BLOCK_LEDGER:
-                block.kind = AMDB_BLOCK_GARBAGE
-            off += <uint64_t>block.words * 8
-        memcpy(c.ledger_head, w.batch_ledger_head, 32)
-        amdb_store_relaxed(&c.ledger_chunks, w.batch_ledger_chunks)
-        amdb_store_relaxed(&c.live_keys, <uint64_t>(<int64_t>c.live_keys + live_delta))
-        amdb_store_relaxed(&c.version_count, c.version_count - undone)
+        # Unreachable from here on (or once its node is restored, above):
+        # retag it so that a walk of the arena (ledger verification) skips
+        # it. Readers never look at block kinds.
+        if block.kind == AMDB_BLOCK_VERSION or block.kind == AMDB_BLOCK_LEDGER:
+            block.kind = AMDB_BLOCK_GARBAGE
+        off += <uint64_t>block.words * 8
+    memcpy(c.ledger_head, w.batch_ledger_head, 32)
+    amdb_store_relaxed(&c.ledger_chunks, w.batch_ledger_chunks)
+    amdb_store_relaxed(&c.live_keys, w.batch_live_keys)
+    amdb_store_relaxed(&c.version_count, w.batch_versions)
+    w.batch_first_seq = 0
+    w.refusing = False
+    amdb_store_relaxed(&c.open_batch_seq, 0)
+
+
+cdef void rollback_batch(Worker *w, uint64_t abort_seq, uint64_t abort_no) noexcept nogil:
+    """Undo this worker's part of batch `abort_seq` (if it has one) and
+    acknowledge ABORT number `abort_no`."""
+    cdef amdb_control *c = w.p.ctrl
+    if w.batch_first_seq != 0 and w.batch_first_seq >= abort_seq:
+        undo_open_batch(w)
     w.batch_first_seq = 0
     w.refusing = False
     amdb_store_release(&c.aborts_done, abort_no)
     progress_publish(c)
+
+
+cdef int relink_crashed_nodes(Worker *w) noexcept nogil:
+    """A predecessor that died inside apply_record may have linked a new
+    node into the skip list but not yet into the hash index (apply_record
+    links the skip list first). Index every such node of the open batch, so
+    that the key keeps one node: lookups would otherwise miss it and a later
+    put would link a second node with the same key."""
+    cdef PartitionView *p = &w.p
+    cdef amdb_control *c = p.ctrl
+    cdef uint64_t off = w.batch_start_off
+    cdef uint64_t end = c.arena_used
+    cdef uint64_t pred, bytes_left
+    cdef amdb_block *block
+    cdef amdb_node *n
+    cdef int status
+    while off < end:
+        block = <amdb_block *>(p.arena + off)
+        bytes_left = end - off
+        if bytes_left < sizeof(amdb_block) or block.words == 0 or <uint64_t>block.words * 8 > bytes_left:
+            break
+        if block.kind == AMDB_BLOCK_NODE and node_plausible(p, off, end):
+            n = node_at(p.arena, off)
+            if hashindex_find(p.arena, c.hash_table, n.hash, amdb_node_key(n), n.key_len) == 0:
+                pred = skiplist_find_lt(p.arena, c.skiplist_head, n.key_prefix, amdb_node_key(n),
+                                        n.key_len, False)
+                if amdb_load_acquire(&node_at(p.arena, pred).next[0]) == off:
+                    status = commit_pages(p, hashindex_growth_bytes(p, 1))
+                    if status != AMDB_STATUS_OK:
+                        return status
+                    hashindex_insert(p, n.hash, off)
+        off += <uint64_t>block.words * 8
+    return AMDB_STATUS_OK
+
+
+cdef int crash_repair(Worker *w, uint64_t visible_seq, uint64_t *undone_seq) noexcept nogil:
+    """Take over a partition whose worker died (rule 4 of layout.h: what it
+    left is usable, at worst with unlinked garbage): if the batch it began
+    last was never made visible, undo it, as an ABORT would have."""
+    cdef amdb_control *c = w.p.ctrl
+    cdef uint64_t seq = amdb_load_relaxed(&c.open_batch_seq)
+    cdef int status
+    undone_seq[0] = 0
+    if seq == 0 or seq <= visible_seq:
+        return AMDB_STATUS_OK
+    w.batch_first_seq = seq
+    w.batch_start_off = amdb_load_relaxed(&c.open_batch_start)
+    memcpy(w.batch_ledger_head, c.open_batch_ledger_head, 32)
+    w.batch_ledger_chunks = amdb_load_relaxed(&c.open_batch_ledger_chunks)
+    w.batch_live_keys = amdb_load_relaxed(&c.open_batch_live_keys)
+    w.batch_versions = amdb_load_relaxed(&c.open_batch_versions)
+    if w.batch_start_off < AMDB_ARENA_FIRST_BLOCK or w.batch_start_off > c.arena_used:
+        return AMDB_STATUS_CORRUPT
+    status = relink_crashed_nodes(w)
+    if status != AMDB_STATUS_OK:
+        return status
+    undo_open_batch(w)
+    undone_seq[0] = seq
+    return AMDB_STATUS_OK
+
+
+cdef bint chunk_is_poison(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) noexcept nogil:
+    """The chunk is one that crashed this partition's workers poison_after
+    times (the owner's list, handed to this worker when it started)."""
+    cdef uint64_t fingerprint = ring_chunk_fingerprint(w.p.ring, w.p.ctrl.ring_capacity, header_pos, header.end)
+    cdef uint64_t i
+    for i in range(w.poison_count):
+        if w.poison[i] == fingerprint:
+            return True
+    return False
 
 
 cdef void begin_batch(Worker *w, uint64_t seq) noexcept nogil:
@@ -356,8 +480,19 @@ cdef void begin_batch(Worker *w, uint64_t seq) noexcept nogil:
     w.batch_start_off = c.arena_used
     memcpy(w.batch_ledger_head, c.ledger_head, 32)
     w.batch_ledger_chunks = c.ledger_chunks
+    w.batch_live_keys = c.live_keys
+    w.batch_versions = c.version_count
     w.refusing = False
     w.batch_committed = False
+    # The same, where a successor finds it should this process die before
+    # the batch ends (crash_repair). The seq goes last: a successor that
+    # sees it sees the rest (all stores of a dead process are, layout.h line 7).
+    memcpy(c.open_batch_ledger_head, c.ledger_head, 32)
+    amdb_store_relaxed(&c.open_batch_start, w.batch_start_off)
+    amdb_store_relaxed(&c.open_batch_live_keys, w.batch_live_keys)
+    amdb_store_relaxed(&c.open_batch_versions, w.batch_versions)
+    amdb_store_relaxed(&c.open_batch_ledger_chunks, w.batch_ledger_chunks)
+    amdb_store_relaxed(&c.open_batch_seq, seq)
 
 
 cdef int log_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) noexcept nogil:
@@ -442,7 +577,10 @@ cdef void handle_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) 
         begin_batch(w, header.seq)
     elif w.refusing:
         return                    # the rest of a refused batch: the owner sends ABORT
-    status = apply_chunk(w, header, header_pos, 0)
+    if w.poison_count and chunk_is_poison(w, header, header_pos):
+        status = AMDB_STATUS_POISON      # refused before touching anything
+    else:
+        status = apply_chunk(w, header, header_pos, 0)
     if status == AMDB_STATUS_OK and w.log.dir_fd >= 0:
         # Logged after applying (the frame carries the versions' timestamp)
         # and before acknowledging (wal.h, invariant 2). A failure refuses the
@@ -584,6 +722,8 @@ cdef void worker_init(Worker *w, Mapping mapping, int fd, int parent_pid) noexce
     w.records_mask = c.ring_capacity - 1
     w.wrap_pos = 0
     w.check_hashes = False
+    w.poison = NULL
+    w.poison_count = 0
     w.entries = NULL
     w.chunk_hashes = NULL
     w.chunk_hashes_len = 0
@@ -653,14 +793,21 @@ def fuzz_replay(const uint8_t[::1] data, uint64_t arena_size=4 << 20):
     return status, frames, breaks
 
 
-def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=None):
+def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=None, respawn=None):
     """Attach to a partition segment and apply what the owner sends until it
     asks us to stop (returns "shutdown") or disappears ("owner_gone").
     `fault`: crash-test fault injection (amdb._worker.parse_fault_spec).
 
     `durable` (a dict, see amdb.storage.worker_plan) makes the worker first
     rebuild its arena from a checkpoint and the log segments the owner kept,
-    then log everything it applies to a new segment."""
+    then log everything it applies to a new segment.
+
+    `respawn` ({"visible_seq": int, "poison": [fingerprints]}) makes it the
+    successor of a worker that died: it keeps the arena as it is (layout.h,
+    rule 4), undoes the batch its predecessor left open unless the owner made
+    it visible (crash_repair), logs that undo as an ABORT frame in a new log
+    segment, and applies the ring from where the owner reset it. It refuses
+    chunks whose fingerprint is in "poison" (AMDB_STATUS_POISON)."""
     import mmap
     import os
     from amdb.errors import Error, raise_for_status
@@ -669,7 +816,7 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=
     cdef amdb_control *c = <amdb_control *>mapping.base
     cdef int status
     cdef int result
-    cdef uint64_t frames = 0, replay_length
+    cdef uint64_t frames = 0, replay_length, visible_seq, undone_seq = 0
     cdef const uint8_t[::1] segment_bytes
     if c.magic != AMDB_PARTITION_MAGIC or c.layout_version != AMDB_LAYOUT_VERSION:
         raise Error("not an AmDb partition segment (magic or layout version differs)", code="corrupt")
@@ -681,14 +828,37 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=
             w.log.sync_mode = durable["sync"]
             w.log.interval_ns = <uint64_t>durable["interval_ms"] * 1000000
             w.log.segment_bytes = durable["segment_bytes"]
-            if durable["checkpoint"] is not None:
+            if durable["checkpoint"] is not None and respawn is None:
                 name = os.fsencode(durable["checkpoint"])
                 status = checkpoint_load(&w.p, w.log.dir_fd, name)
                 raise_for_status(status, f"loading checkpoint {durable['checkpoint']}")
         status = arena_init(&w.p)
         raise_for_status(status, "initialising the arena")
         skiplist_finger_reset(&w.p, &w.finger)
-        if durable is not None:
+        if respawn is not None:
+            poison = [int(f) for f in respawn.get("poison", ())]
+            if poison:
+                w.poison = <uint64_t *>malloc(len(poison) * sizeof(uint64_t))
+                if w.poison == NULL:
+                    raise MemoryError()
+                for i, fingerprint in enumerate(poison):
+                    w.poison[i] = fingerprint
+                w.poison_count = len(poison)
+            visible_seq = respawn["visible_seq"]
+            with nogil:
+                status = crash_repair(&w, visible_seq, &undone_seq)
+            raise_for_status(status, "taking over the arena of a crashed worker")
+            skiplist_finger_reset(&w.p, &w.finger)
+            if durable is not None and not durable["read_only"]:
+                status = log_start_segment(&w.log, durable["next_segment"])
+                raise_for_status(status, "starting a new log segment")
+                if undone_seq:
+                    # The predecessor may have logged chunks (even a COMMIT)
+                    # of the batch it died in: this frame makes recovery
+                    # drop them (wal.h, invariant 3).
+                    status = log_append(&w.log, AMDB_LOG_ABORT, undone_seq, NULL, 0)
+                    raise_for_status(status, "logging the rollback of the crashed worker's batch")
+        elif durable is not None:
             for name, length in durable["replay"]:
                 with open(os.path.join(durable["dir"], name), "rb") as f:
                     if length == 0:
@@ -722,6 +892,7 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=
                 raise_for_status(status, "starting a new log segment")
             skiplist_finger_reset(&w.p, &w.finger)
     except BaseException:
+        free(w.poison)
         log_close(&w.log)
         if w.log.dir_fd >= 0:
             os.close(w.log.dir_fd)
@@ -736,6 +907,7 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=
     finally:
         free(w.entries)
         free(w.chunk_hashes)
+        free(w.poison)
         log_close(&w.log)
         if w.log.dir_fd >= 0:
             os.close(w.log.dir_fd)

@@ -32,7 +32,7 @@ from amdb.shm.atomic cimport *
 from amdb.shm.arena cimport Mapping
 from amdb.shm.ring cimport (RingProducer, ring_wait_space, ring_reserve_nowait, ring_publish,
                             progress_prepare_wait, progress_sleep, ring_at)
-from amdb.native.hashing cimport amdb_xxh64, SLOT_MASK, SLOT_COUNT
+from amdb.native.hashing cimport amdb_xxh64, SLOT_MASK, SLOT_COUNT, ring_chunk_fingerprint
 from amdb.native.skiplist cimport skiplist_find_ge, skiplist_find_lt, compare_key_to_node
 from amdb.native.hashindex cimport hashindex_find
 from amdb.native.versions cimport visible_version, is_live
@@ -1341,6 +1341,26 @@ cdef class Engine:
     def _visible_seq(self):
         return amdb_load_acquire(&self.dbc.visible_seq) if self.dbc != NULL else 0
 
+    def _take_over_ring(self, int worker, uint64_t incarnation):
+        """Worker `worker` is dead: prepare its ring and control block for a
+        successor. Whatever the dead worker had not released belongs to the
+        batch in flight, which is rolled back (its successor undoes its part,
+        the owner raises), so the successor starts at the published head.
+        REQUIRES: the write lock, and no live worker on this ring (the owner
+        writes the worker's fields only while nobody else can)."""
+        cdef RingProducer *r = &self.producers[worker]
+        cdef amdb_control *c = r.ctrl
+        cdef uint64_t head = amdb_load_relaxed(&c.ring_head)
+        self._check_open()
+        amdb_store_release(&c.ring_tail, head)
+        r.cached_tail = head
+        amdb_store32_seqcst(&c.consumer_sleeping, 0)
+        # Rolled back by the successor (crash_repair) if pending.
+        r.abort_to_send = 0
+        r.abort_to_ack = 0
+        amdb_store_relaxed(&c.incarnation, incarnation)
+        amdb_store_release(&c.worker_state, AMDB_WORKER_STARTING)
+
     def scan(self, start=None, stop=None, *, prefix=None, bint reverse=False, bint keys_only=False,
              at_seq=None):
         """Iterate (key, value) pairs (or keys) in bytewise key order across all
@@ -1628,10 +1648,26 @@ def worker_position(Mapping m):
         if tail != head and record.op in (AMDB_OP_CHUNK, AMDB_OP_ABORT, AMDB_OP_COMMIT, AMDB_OP_CHECKPOINT):
             in_flight = {"op": {AMDB_OP_CHUNK: "chunk", AMDB_OP_ABORT: "abort", AMDB_OP_COMMIT: "commit",
                                 AMDB_OP_CHECKPOINT: "checkpoint"}[record.op], "seq": record.seq,
-                         "chunk_no": record.chunk_no, "records": record.count}
+                         "chunk_no": record.chunk_no, "records": record.count, "fingerprint": None}
+            if record.op == AMDB_OP_CHUNK and tail < record.end <= head:
+                # Which data it died on, wherever it lies in the ring (poison batches).
+                in_flight["fingerprint"] = ring_chunk_fingerprint(m.base + c.ring_offset, c.ring_capacity,
+                                                                  tail, record.end)
     return {"pid": amdb_load_relaxed(&c.worker_pid),
+            "log_segment": amdb_load_relaxed(&c.log_segment),
+            "incarnation": amdb_load_relaxed(&c.incarnation),
             "applied_chunk": amdb_load_acquire(&c.applied_chunk),
             "applied_seq": amdb_load_relaxed(&c.applied_seq),
             "failed_chunk": amdb_load_acquire(&c.failed_chunk),
             "aborts_done": amdb_load_acquire(&c.aborts_done),
             "in_flight": in_flight}
+
+
+def worker_progress(Mapping m):
+    """Everything that moves while the worker of control block `m` works
+    (ring, progress counters, heartbeat): the owner compares two readings
+    to tell a busy worker from a hung one (ParallelDB hang_timeout=)."""
+    cdef amdb_control *c = <amdb_control *>m.base
+    return (amdb_load_acquire(&c.ring_tail), amdb_load_acquire(&c.applied_chunk),
+            amdb_load_acquire(&c.failed_chunk), amdb_load_acquire(&c.aborts_done),
+            amdb_load_relaxed(&c.heartbeat), amdb_load_relaxed(&c.worker_state))

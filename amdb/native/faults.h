@@ -10,6 +10,8 @@
  *                  built but not linked into the skip list or hash index
  *   mid_publish    handle_chunk, a chunk is applied but nothing about it
  *                  (ring space, applied_seq, applied_chunk) is published
+ *   mid_link       apply_record, a new key's node is linked into the skip
+ *                  list but not yet into the hash index
  *
  * A point lets its first N passes go by (after=N) and fires on the next one:
  *
@@ -51,6 +53,7 @@ enum {
     AMDB_FAULT_AFTER_RECORDS = 1,
     AMDB_FAULT_MID_INSERT = 2,
     AMDB_FAULT_MID_PUBLISH = 3,
+    AMDB_FAULT_MID_LINK = 4,
 };
 enum {
     AMDB_FAULT_SEGV = 1,
@@ -85,6 +88,7 @@ static const char *amdb_fault_point_name(int point) {
     case AMDB_FAULT_AFTER_RECORDS: return "after_records";
     case AMDB_FAULT_MID_INSERT: return "mid_insert";
     case AMDB_FAULT_MID_PUBLISH: return "mid_publish";
+    case AMDB_FAULT_MID_LINK: return "mid_link";
     default: return NULL;
     }
 }
@@ -162,6 +166,12 @@ AMDB_FAULT_POINT_ATTRS static void amdb_fault_point_mid_publish(void) {
     AMDB_FAULT_FIRE();
 }
 
+AMDB_FAULT_POINT_ATTRS static void amdb_fault_point_mid_link(void) {
+    if (amdb_fault_armed_point != AMDB_FAULT_MID_LINK) return;
+    if (amdb_fault_passes_left) { amdb_fault_passes_left--; return; }
+    AMDB_FAULT_FIRE();
+}
+
 /* The checks at the call sites: one predictable branch while disarmed. */
 static inline void amdb_fault_check_after_records(void) {
     if (__builtin_expect(amdb_fault_armed_point == AMDB_FAULT_AFTER_RECORDS, 0))
@@ -170,6 +180,10 @@ static inline void amdb_fault_check_after_records(void) {
 static inline void amdb_fault_check_mid_insert(void) {
     if (__builtin_expect(amdb_fault_armed_point == AMDB_FAULT_MID_INSERT, 0))
         amdb_fault_point_mid_insert();
+}
+static inline void amdb_fault_check_mid_link(void) {
+    if (__builtin_expect(amdb_fault_armed_point == AMDB_FAULT_MID_LINK, 0))
+        amdb_fault_point_mid_link();
 }
 static inline void amdb_fault_check_mid_publish(void) {
     if (__builtin_expect(amdb_fault_armed_point == AMDB_FAULT_MID_PUBLISH, 0))

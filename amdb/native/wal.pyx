@@ -83,6 +83,19 @@ cdef int write_all(int fd, const void *data, uint64_t length) noexcept nogil:
     return 0
 
 
+cdef int write_arena(int fd, const char *arena, uint64_t used, amdb_control *c) noexcept nogil:
+    """write_all of the arena in 64 MiB pieces, bumping the heartbeat after
+    each: the owner must not take a long checkpoint for a hung worker."""
+    cdef uint64_t done = 0, piece
+    while done < used:
+        piece = used - done if used - done < (64ULL << 20) else (64ULL << 20)
+        if write_all(fd, arena + done, piece) != 0:
+            return -1
+        done += piece
+        amdb_store_relaxed(&c.heartbeat, c.heartbeat + 1)
+    return 0
+
+
 cdef int writev_all(int fd, iovec *iov, int count) noexcept nogil:
     """writev until every byte is out (a short write continues where it stopped)."""
     cdef ssize_t n
@@ -258,13 +271,14 @@ cdef int checkpoint_write(PartitionView *p, LogWriter *log, uint64_t seq) noexce
         start = i * AMDB_CHECKPOINT_BLOCK
         length = used - start if used - start < AMDB_CHECKPOINT_BLOCK else AMDB_CHECKPOINT_BLOCK
         checks[i] = amdb_xxh64(p.arena + start, length, i)
+        amdb_store_relaxed(&c.heartbeat, c.heartbeat + 1)     # busy, not hung (hang detection)
     checkpoint_name(tmp, c.worker_index, seq, "tmp")
     checkpoint_name(final, c.worker_index, seq, "ckpt")
     fd = openat(log.dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
     if fd < 0:
         free(checks)
         return count_error(log)
-    if (write_all(fd, &header, sizeof(header)) != 0 or write_all(fd, p.arena, used) != 0
+    if (write_all(fd, &header, sizeof(header)) != 0 or write_arena(fd, p.arena, used, c) != 0
             or write_all(fd, checks, blocks * sizeof(uint64_t)) != 0 or fsync(fd) != 0):
         free(checks)
         close(fd)

@@ -8,7 +8,8 @@ invariants 2-3), and never touch memory past arena_committed (invariant 6),
 which is the only memory guaranteed to exist in /dev/shm.
 
 Memory order: arena_used and arena_committed are written by the worker alone
-and read by the owner only for statistics (relaxed stores). Publication of
+and read by the owner only for statistics (arena_committed: relaxed;
+arena_used: release, for a successor's walk of a crashed worker's arena). Publication of
 blocks happens through the structures' own release stores (skip list, hash
 index, node.latest), never through arena_used.
 """
@@ -82,7 +83,9 @@ cdef uint64_t alloc_block(PartitionView *p, uint32_t kind, uint64_t nbytes) noex
     assert nbytes % 8 == 0 and off + nbytes <= c.arena_committed
     block.kind = kind
     block.words = <uint32_t>(nbytes // 8)
-    amdb_store_relaxed(&c.arena_used, off + nbytes)
+    # Release: the header is written before arena_used covers it, so that a
+    # successor of a worker that crashed here can walk the arena (invariant 5).
+    amdb_store_release(&c.arena_used, off + nbytes)
     return off
 
 

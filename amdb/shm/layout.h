@@ -60,6 +60,7 @@ enum {
     AMDB_STATUS_TIMEOUT = 4,      /* a wait timed out (caller checks liveness) */
     AMDB_STATUS_NO_MEMORY = 5,    /* private malloc failed */
     AMDB_STATUS_IO_ERROR = 6,     /* the write-ahead log or a checkpoint could not be written */
+    AMDB_STATUS_POISON = 7,       /* a chunk that crashed workers before: refused (poison batch) */
 };
 
 /* Worker states (control.worker_state). */
@@ -129,6 +130,24 @@ typedef struct amdb_control {
     uint64_t log_syncs;             /* fdatasync calls on the log */
     uint64_t log_errors;            /* failed log or checkpoint writes */
     uint64_t log_broken;            /* 1: the log could not be repaired; writes are refused */
+
+    /* Line 7 — crash recovery. The open batch fields are written by the
+     * worker when a batch's first chunk reaches it (begin_batch) and read by
+     * its successor: a worker the owner starts in place of a dead one rolls
+     * that batch back if the owner never made it visible (crash_repair).
+     * Relaxed: the successor starts after the owner reaped the dead worker,
+     * and a process's exit orders every store it made before anything
+     * another process does after seeing it gone. `heartbeat` is bumped
+     * (relaxed) during long operations; the owner reads it, with the ring
+     * and progress counters, to tell a busy worker from a hung one. */
+    AMDB_LINE uint8_t open_batch_ledger_head[32]; /* ledger head before the open batch */
+    uint64_t open_batch_seq;        /* seq of the batch begun last here (0 = none) */
+    uint64_t open_batch_start;      /* arena_used when it began */
+    uint64_t open_batch_live_keys;  /* live_keys, version_count, ledger_chunks when it began */
+    uint64_t open_batch_versions;
+    uint64_t open_batch_ledger_chunks;
+    uint64_t heartbeat;
+    uint64_t incarnation;           /* owner: 0 for the first worker, n for the n-th successor */
 } amdb_control;
 
 /* Database control block (its own small segment): written by the owner. */

@@ -22,6 +22,7 @@ cdef extern from "layout.h" nogil:
         AMDB_STATUS_TIMEOUT
         AMDB_STATUS_NO_MEMORY
         AMDB_STATUS_IO_ERROR
+        AMDB_STATUS_POISON
         AMDB_WORKER_STARTING
         AMDB_WORKER_READY
         AMDB_WORKER_STOPPED
@@ -87,6 +88,14 @@ cdef extern from "layout.h" nogil:
         uint64_t log_syncs
         uint64_t log_errors
         uint64_t log_broken
+        uint8_t open_batch_ledger_head[32]
+        uint64_t open_batch_seq
+        uint64_t open_batch_start
+        uint64_t open_batch_live_keys
+        uint64_t open_batch_versions
+        uint64_t open_batch_ledger_chunks
+        uint64_t heartbeat
+        uint64_t incarnation
 
     ctypedef struct amdb_db_control:
         uint64_t magic
