@@ -468,11 +468,13 @@ class ParallelDB(Engine):
         self._stall[worker] = None
         plan = None
         if self._path is not None:
-            next_segment = storage.cut_torn_tail(
-                self._path, worker, _engine.worker_position(self._controls[worker])["log_segment"])
+            next_segment = 0
+            if not self._read_only:         # a read-only opening changes nothing on disk
+                next_segment = storage.cut_torn_tail(
+                    self._path, worker, _engine.worker_position(self._controls[worker])["log_segment"])
             plan = {"dir": self._path, "checkpoint": None, "replay": [], "next_segment": next_segment,
                     "sync": storage.SYNC_MODES[self._sync], "interval_ms": self._sync_interval_ms,
-                    "segment_bytes": self._log_segment_bytes, "log_bytes": 0, "read_only": False}
+                    "segment_bytes": self._log_segment_bytes, "log_bytes": 0, "read_only": self._read_only}
         respawn = {"visible_seq": self._visible_seq(), "poison": sorted(self._poison[worker])}
         fd = self._segment_fds[worker]          # a dup of the partition segment's descriptor
         from amdb._worker import INCARNATION_ENV
