@@ -167,6 +167,7 @@ class ParallelDB(Engine):
         self._pending_reclaim = []          # [(worker, region)] retired, memory not given back yet
         self._pending_slot = -1             # reader slot that must drain first
         self._compact_retry_at = 0          # automatic compaction: versions before trying again
+        self._compact_drain_timeout = COMPACT_DRAIN_TIMEOUT
         self._compaction = {"compactions": 0, "versions_reclaimed": 0, "bytes_reclaimed": 0,
                             "failures": 0, "last": None}
         self._owner_pid = os.getpid()
@@ -495,7 +496,7 @@ class ParallelDB(Engine):
         if not self._pending_reclaim:
             return True
         before = self._shm_bytes()
-        if not self._wait_readers(self._pending_slot, -1.0 if wait else COMPACT_DRAIN_TIMEOUT):
+        if not self._wait_readers(self._pending_slot, -1.0 if wait else self._compact_drain_timeout):
             return False
         for worker, region in self._pending_reclaim:
             self._punch(worker, region)

@@ -585,6 +585,16 @@ cdef class Engine:
                 return False
             PyErr_CheckSignals()
 
+    def _debug_enter_read(self):
+        """Test hook: register as a reader, as a GIL-free read does (returns
+        the slot for _debug_leave_read)."""
+        return self._enter_nogil_read()
+
+    def _debug_leave_read(self, int slot):
+        if slot not in (0, 1):
+            raise InvalidArgumentError("a reader slot is 0 or 1")
+        self._leave_nogil_read(slot)
+
     def _regions(self):
         """[(region, generation)] of every partition as this process reads it."""
         cdef int i
@@ -1523,6 +1533,19 @@ cdef class Engine:
                     "versions": versions}
         finally:
             self._leave_nogil_read(slot)
+
+    def _debug_arena_header(self, int worker):
+        """The arena header of `worker`'s current generation (layout.h), and
+        where its fields lie (tests corrupt them)."""
+        cdef amdb_arena_header *h
+        self._check_open()
+        h = amdb_arena_header_of(self.parts[worker].arena)
+        return {"generation": h.generation, "skiplist_head": h.skiplist_head, "hash_table": h.hash_table,
+                "base_block": h.base_block, "compact_seq": h.compact_seq, "keep_versions": h.keep_versions,
+                "base_block_off": <size_t>&h.base_block - <size_t>h,
+                # head and kept are the last 64 bytes of the block (layout.h)
+                "base_head_off": h.base_block + sizeof(amdb_ledger_base_block) - 64,
+                "base_kept_off": h.base_block + sizeof(amdb_ledger_base_block) - 32}
 
     def _stats_of(self, int worker):
         cdef amdb_control *c

@@ -78,8 +78,9 @@ cdef void verify_node(const PartitionView *p, uint64_t node_off, VerifyResult *r
 
     A chain ends at version 1 (prev_hash 0), or, in a generation that
     compaction wrote, at the oldest version it kept: version_no > 1, prev_hash
-    kept, and lying below the generation's LEDGER_BASE block (layout.h,
-    invariant 9). A link zeroed anywhere else is a break."""
+    kept, lying below the generation's LEDGER_BASE block and right after the
+    key's node, where compaction writes it (layout.h, invariant 9). A link
+    zeroed anywhere else is a break."""
     cdef amdb_node *n = node_at(p.arena, node_off)
     cdef uint64_t base_block = amdb_load_relaxed(&amdb_arena_header_of(p.arena).base_block)
     cdef const uint8_t *key = amdb_node_key(n)
@@ -122,9 +123,11 @@ cdef void verify_node(const PartitionView *p, uint64_t node_off, VerifyResult *r
         elif t.version_no == 1:
             if t.prev_hash != 0:
                 add_break(r, node_off, t.version_no, BREAK_FIRST, 0, t.prev_hash)
-        elif not (base_block != 0 and off_of(p, v) < base_block):
+        elif not (base_block != 0 and off_of(p, v) < base_block
+                  and off_of(p, v) == node_off + <uint64_t>n.block.words * 8):
             # Older versions exist (version_no > 1) but are not linked, and
-            # compaction did not cut the chain here.
+            # compaction did not cut the chain here: it writes a key's oldest
+            # kept version right after the key's node.
             add_break(r, node_off, t.version_no, BREAK_FIRST, 1, t.version_no)
 
 

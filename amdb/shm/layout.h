@@ -43,8 +43,9 @@
  *      one generation's base with another's offsets.
  *   9. A version whose prev is 0 is its key's oldest version: version 1 (with
  *      prev_hash 0), or, in a generation written by compaction, the oldest
- *      kept one (version_no > 1, its prev_hash kept). Only versions below the
- *      generation's base_block can start a chain above version 1.
+ *      kept one (version_no > 1, its prev_hash kept). Only a version below the
+ *      generation's base_block, written right after its key's node (where
+ *      compaction puts it), can start a chain above version 1.
  *
  * Implementation details follow.
  */
