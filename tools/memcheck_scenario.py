@@ -1,6 +1,6 @@
 """A small scenario that exercises every native path (chunking, ring wrap,
 deletes, an aborted multi-chunk batch, scans both ways, batch reads, the numpy
-paths, history, snapshots, verify and the ledger) for `make memcheck`
+paths, history, snapshots, verify and the ledger, compaction) for `make memcheck`
 (valgrind) and `make asan-test` smoke runs.
 Exits non-zero if any result is wrong."""
 import amdb, numpy as np
@@ -22,6 +22,20 @@ db.put(b"k00001", b"changed")
 assert snap.get(b"k00001") == b"v" and db.get(b"k00001") == b"changed"
 assert db.verify().ok and db.verify(b"k00001").versions_checked == 2
 assert len(db.digest()["workers"]) == 2
+# Compaction: a scan across it, reclaimed versions, both regions in turn.
+digest = db.digest()
+scan = db.scan(prefix=b"k00")
+first = next(scan)
+db.compact(keep_versions=1)
+assert first == (b"k00001", b"changed") and len(list(scan)) > 100
+try:
+    db.get(b"k00001", version=1)
+    raise AssertionError("version 1 was reclaimed")
+except amdb.VersionReclaimedError:
+    pass
+db.put(b"k00001", b"again")
+db.compact()
+assert db.history(b"k00001")[1].version == 2 and db.verify().ok and db.digest() != digest
 db.close()
 # Durable: the write-ahead log (chunks that wrap the ring, COMMIT, ABORT), a
 # checkpoint, and recovery (checkpoint load + log replay) on reopening.
@@ -36,6 +50,8 @@ try:
     except amdb.InvalidTypeError:
         pass
     db.checkpoint()
+    db.batch_put([(b"d%05d" % i, b"w") for i in range(0, 3000, 3)])
+    db.compact(keep_versions=1)             # ends with a checkpoint of the compacted arenas
     db.batch_delete([b"d%05d" % i for i in range(0, 3000, 5)])
     digest = db.digest()
     db.close()
