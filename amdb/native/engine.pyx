@@ -156,6 +156,14 @@ cdef int _raise_reclaimed(bytes key, version, at_seq, uint64_t oldest, uint64_t 
         key=key, version=version, at_seq=at_seq, oldest_version=oldest)
 
 
+cdef int _raise_reclaimed_now(key) except -1:
+    """A read as of now met a reclaimed version: compaction keeps at least the
+    newest version of every key, so this cannot happen; if it ever did, the
+    read raises rather than answer with other data."""
+    raise VersionReclaimedError("the visible version of " + ("a key" if key is None else f"key {key!r}")
+                                + " was reclaimed by compaction", key=key)
+
+
 def raise_reentrant_write():
     raise Error("a write, close(), verify() or digest() was called from code that a write of the "
                 "same thread is running (a generator or iterable passed to batch_put, say)",
@@ -1043,17 +1051,28 @@ cdef class Engine:
         # Acquire first: roots loaded after it are at least as new as the batch.
         visible = amdb_load_acquire(&self.dbc.visible_seq)
         version_off = self._lookup(kp, kl, visible, &worker, &arena)
-        # The value is copied before the key's buffer is released: releasing
-        # it may run the caller's code, and with it a compaction.
+        if held:
+            return self._get_held(&view, version_off, arena, default)
+        if version_off == 0:
+            return default
+        if version_off == VERSION_RECLAIMED:    # cannot happen for a read as of now; never a wrong answer
+            _raise_reclaimed_now(key)
+        v = version_at(arena, version_off)
+        return PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
+
+    cdef object _get_held(self, Py_buffer *view, uint64_t version_off, const char *arena, default):
+        """get()'s end for a key whose buffer we hold: the value is copied
+        before the buffer is released, since releasing it may run the
+        caller's code, and with it a compaction."""
+        cdef amdb_version *v
         if version_off == 0 or version_off == VERSION_RECLAIMED:
             value = default
         else:
             v = version_at(arena, version_off)
             value = PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
-        if held:
-            PyBuffer_Release(&view)
-        if version_off == VERSION_RECLAIMED:    # cannot happen for a read as of now; never a wrong answer
-            raise VersionReclaimedError(f"the visible version of key {key!r} was reclaimed by compaction")
+        PyBuffer_Release(view)
+        if version_off == VERSION_RECLAIMED:
+            _raise_reclaimed_now(None)
         return value
 
     cdef uint64_t _limit_seq(self, at_seq) except? 0:
@@ -1191,7 +1210,7 @@ cdef class Engine:
         if held:
             PyBuffer_Release(&view)
         if found == VERSION_RECLAIMED:
-            raise VersionReclaimedError(f"the visible version of key {key!r} was reclaimed by compaction")
+            _raise_reclaimed_now(key)
         return found != 0
 
     def __len__(self):
