@@ -594,3 +594,78 @@ def test_a_reader_in_the_old_generation_keeps_its_memory(make_db):
     assert db._regions()[0][0] == region_before
     assert _segment_bytes(db) < before
     assert db.get(keys[-1]) == b"y" and db.verify().ok
+
+
+class RetainedHistory(FullHistory):
+    """FullHistory plus, per key, the index of the oldest version compactions kept."""
+
+    def __init__(self):
+        super().__init__()
+        self.first_kept = {}
+
+    def compact(self, keep):
+        if keep is None:
+            return
+        for key, chain in self.versions.items():
+            self.first_kept[key] = max(self.first_kept.get(key, 0), len(chain) - keep)
+
+    def check(self, db, rng, seqs):
+        assert list(db.scan()) == self.live()
+        assert len(db) == len(self.live())
+        for key in rng.sample(sorted(self.versions), min(12, len(self.versions))):
+            chain, first = self.versions[key], self.first_kept.get(key, 0)
+            history = db.history(key, oldest_first=True)
+            assert [(v.version, v.seq, v.value) for v in history] == \
+                [(first + 1 + i, s, val) for i, (s, val) in enumerate(chain[first:])]
+            number = rng.randrange(1, len(chain) + 2)
+            if number <= first:
+                with pytest.raises(amdb.VersionReclaimedError):
+                    db.get(key, version=number)
+            else:
+                assert db.get(key, version=number) == (chain[number - 1][1] if number <= len(chain) else None)
+            seq = rng.choice(seqs)
+            newest = max((i for i, (s, _) in enumerate(chain) if s <= seq), default=None)
+            if (newest is None and first > 0) or (newest is not None and newest < first):
+                with pytest.raises(amdb.VersionReclaimedError):
+                    db.get(key, at_seq=seq)
+            else:
+                assert db.get(key, at_seq=seq) == (None if newest is None else chain[newest][1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("durable", [False, True])
+def test_compaction_soak_against_the_model(make_db, tmp_path, durable):
+    # Random writes, deletes, failed batches, compactions with random
+    # retention, (durable) reopenings: every read checked against the model.
+    rng = random.Random(20240 + durable)
+    options = dict(workers=3, max_batch=64, ring_size=1 << 16)
+    path = tmp_path / "db" if durable else None
+    db = make_db(path=path, **options)
+    model, seqs = RetainedHistory(), [0]
+    keys = [b"s%03d" % i for i in range(120)]
+    for step in range(2500):
+        action = rng.random()
+        if action < 0.55:
+            write_history(db, model, rng, keys, 1)
+        elif action < 0.65:
+            def failing():
+                for i in range(rng.randrange(1, 300)):
+                    yield (rng.choice(keys) + b"-new" * (i % 2), b"doomed")
+                raise RuntimeError("stop")
+            with pytest.raises(RuntimeError):
+                db.batch_put(failing())
+        elif action < 0.8:
+            keep = rng.choice([None, 1, 2, 3, 5])
+            db.compact(keep_versions=keep)
+            model.compact(keep)
+        elif action < 0.85 and durable:
+            db.close()
+            db = make_db(path=path, **options)
+        else:
+            model.check(db, rng, seqs)
+        seqs.append(db.snapshot().seq)
+        if step % 250 == 249:
+            report = db.verify()
+            assert report.ok, report.breaks[:5]
+    model.check(db, rng, seqs)
+    assert db.verify().ok
