@@ -8,7 +8,8 @@ same reader runs for as long again without a compaction, for comparison.
 
   versions/s      versions the compaction walked (before) / its wall time
   memory          the partition segments' allocated blocks (st_blocks) before
-                  and after: what the system got back
+                  and after: what the system got back; and /dev/shm's used
+                  bytes (statvfs; other users of /dev/shm add noise)
   read latency    p50 / p99 / max of get() during the compaction vs without
 
     .venv/bin/python perf/bench_compaction.py [--n 200000] [--versions 10] [--keep 1]
@@ -27,6 +28,11 @@ import amdb
 
 def segment_bytes(db):
     return sum(os.fstat(fd).st_blocks * 512 for fd in db._segment_fds[:db.workers])
+
+
+def shm_used():
+    st = os.statvfs("/dev/shm")
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
 def read_latencies(db, keys, stop, out):
@@ -55,7 +61,7 @@ def one_run(args):
     with amdb.ParallelDB(workers=args.workers) as db:
         for round_ in range(args.versions):
             db.batch_put([(k, b"value_%d_%d" % (i, round_)) for i, k in enumerate(keys)])
-        before = segment_bytes(db)
+        before, df_before = segment_bytes(db), shm_used()
         stop, during = threading.Event(), []
         reader = threading.Thread(target=read_latencies, args=(db, keys, stop, during))
         reader.start()
@@ -64,7 +70,7 @@ def one_run(args):
         seconds = time.perf_counter() - started
         stop.set()
         reader.join()
-        after = segment_bytes(db)
+        after, df_after = segment_bytes(db), shm_used()
         # The same reader, as long again, without a compaction.
         stop, quiet = threading.Event(), []
         reader = threading.Thread(target=read_latencies, args=(db, keys, stop, quiet))
@@ -78,6 +84,7 @@ def one_run(args):
             "versions_after": summary["versions_after"],
             "versions_per_s": summary["versions_before"] / seconds,
             "shm_bytes_before": before, "shm_bytes_after": after, "bytes_reclaimed": before - after,
+            "dev_shm_used_before": df_before, "dev_shm_used_after": df_after,
             "arena_bytes_before": summary["arena_bytes_before"], "arena_bytes_after": summary["arena_bytes_after"],
             "reads_during": percentiles(during), "reads_without": percentiles(quiet)}
 
@@ -97,7 +104,8 @@ def main():
         runs.append(run)
         print(f"run {i + 1}/{args.repeat}: {run['versions_before']:,} -> {run['versions_after']:,} versions "
               f"in {run['seconds']:.3f} s = {run['versions_per_s'] / 1e6:.2f}M versions/s; memory "
-              f"{run['shm_bytes_before'] / 2**20:,.0f} -> {run['shm_bytes_after'] / 2**20:,.0f} MiB; get() "
+              f"{run['shm_bytes_before'] / 2**20:,.0f} -> {run['shm_bytes_after'] / 2**20:,.0f} MiB (/dev/shm used "
+              f"{run['dev_shm_used_before'] / 2**20:,.0f} -> {run['dev_shm_used_after'] / 2**20:,.0f} MiB); get() "
               f"p50/p99/max {run['reads_during'].get('p50_us', 0):.1f}/{run['reads_during'].get('p99_us', 0):.1f}/"
               f"{run['reads_during'].get('max_us', 0):.0f} us during ({run['reads_during']['count']:,} reads), "
               f"{run['reads_without'].get('p50_us', 0):.1f}/{run['reads_without'].get('p99_us', 0):.1f}/"
