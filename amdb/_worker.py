@@ -25,10 +25,10 @@ import sys
 
 FAULT_ENV = "AMDB_FAULT"
 # Numbers shared with amdb/native/faults.h (AMDB_FAULT_*).
-FAULT_POINTS = {"after_records": 1, "mid_insert": 2, "mid_publish": 3}
+FAULT_POINTS = {"after_records": 1, "mid_insert": 2, "mid_publish": 3, "mid_compact": 4}
 FAULT_ACTIONS = {"segv": 1, "abort": 2, "hang": 3}
 FAULT_KEYS = ("worker", "point", "action", "after")
-FAULT_FORMAT = ("worker=<index>|any,point=after_records|mid_insert|mid_publish,"
+FAULT_FORMAT = ("worker=<index>|any,point=after_records|mid_insert|mid_publish|mid_compact,"
                 "action=segv|abort|hang[,after=<passes>]")
 
 

@@ -895,7 +895,12 @@ def _crash_report(worker, pid, returncode, position):
     if position is None:
         return text
     work = position["in_flight"]
-    if work is None:
+    if position.get("compact_state") == "building":
+        text += " while compacting its arena (writing the new generation; the current one is intact)"
+    elif position.get("compact_state") == "switching":
+        text += (" while compacting its arena (the new generation was whole, the switch to it not finished;"
+                 " a worker attaching again finishes it)")
+    elif work is None:
         text += " while idle"
     elif work["op"] == "chunk":
         text += f" while applying batch seq {work['seq']} (chunk {work['chunk_no']}, {work['records']} records)"

@@ -29,7 +29,7 @@ from amdb.native.versions cimport version_append, is_live
 from amdb.native.hashing cimport amdb_xxh64
 from amdb.native.wal cimport *
 from amdb.native.verify cimport VerifyResult, verify_partition, verify_ledger
-from amdb.native.compact cimport CompactResult, compact_partition, compact_recover, region_base
+from amdb.native.compact cimport CompactResult, compact_prepare, compact_recover, compact_adopt, region_base
 from amdb.native.faults cimport *
 
 cdef enum:
@@ -53,6 +53,7 @@ ctypedef struct ChunkEntry:
 
 ctypedef struct Worker:
     PartitionView p
+    char *arena_base             # where region 0 of the arena is mapped (p.arena: the current region)
     SkipFinger finger
     ChunkEntry *entries
     uint64_t entries_capacity
@@ -421,11 +422,14 @@ cdef void handle_compact(Worker *w, amdb_ring_chunk *header) noexcept nogil:
     into the old generation afterwards."""
     cdef amdb_control *c = w.p.ctrl
     cdef CompactResult result
-    cdef int status = compact_partition(&w.p, header.count, header.seq, &w.finger, &result)
+    cdef int status = compact_prepare(&w.p, header.count, header.seq, &w.finger, &result)
     if status != AMDB_STATUS_OK:
         amdb_store_relaxed(&c.failed_status, <uint64_t>status)
         amdb_store_release(&c.failed_chunk, header.chunk_no)
     else:
+        amdb_fault_check_mid_compact()      # the new generation whole, the switch not made
+        compact_recover(c)                  # the switch: the same code a new worker would replay
+        compact_adopt(&w.p, w.arena_base, &w.finger, &result, header.seq)
         w.batch_first_seq = 0
         w.batch_start_off = 0
         w.refusing = False
@@ -603,7 +607,8 @@ cdef void worker_init(Worker *w, Mapping mapping, int fd, int parent_pid) noexce
     compact_recover(c)
     w.p.ctrl = c
     w.p.ring = mapping.base + c.ring_offset
-    w.p.arena = region_base(mapping.base + c.arena_offset, c, c.arena_region)
+    w.arena_base = mapping.base + c.arena_offset
+    w.p.arena = region_base(w.arena_base, c, c.arena_region)
     w.p.region_offset = c.arena_offset + c.arena_region * c.arena_capacity
     w.p.fd = fd
     w.records = w.p.ring

@@ -26,23 +26,27 @@ Process safety:
        compact_recover replays (idempotent): a worker that attaches to the
        segment (a respawned one) calls it first, then finds its generation
        at region arena_region. A worker that dies while BUILDING leaves the
-       current generation as it was and garbage in the other region (the
-       owner punches it out before the next compaction writes there).
+       current generation as it was and garbage in the other region, which
+       the next compaction overwrites (every block it allocates is written
+       whole; the owner punches the garbage out when it can).
     4. A kept version keeps every field but `prev` and `tail.node`: its
        seq, version_no, timestamp, flags, value, hash and prev_hash are
        copied, so the chain still recomputes; the oldest kept version of a
        key gets prev = 0 (layout.h, invariant 9).
   - Memory order: the new region is written with plain stores, except the
     roots in its header (release stores, as at any generation's start);
-    nobody reads it before the owner's switch, which happens after the
-    worker's release store of applied_chunk and the owner's acquire of it.
+    nobody reads it before the owner's switch, which follows the owner's
+    acquire load of arena_region (engine._adopt_regions), paired with the
+    release store in compact_recover (and, before that, with the worker's
+    release store of applied_chunk).
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memset
 from amdb.shm.layout cimport *
-from amdb.shm.atomic cimport (amdb_load_relaxed, amdb_store_relaxed, amdb_store_release, amdb_monotonic_ns,
-                              amdb_prefetch)
+from amdb.shm.atomic cimport (amdb_load_relaxed, amdb_load_acquire, amdb_store_relaxed, amdb_store_release,
+                              amdb_monotonic_ns, amdb_prefetch)
+from amdb.shm.arena cimport Mapping
 from amdb.shm.arena cimport commit_pages_by, alloc_block, alloc_block_aligned, region_init_bytes, region_init
 from amdb.native.skiplist cimport SkipFinger, skiplist_insert, skiplist_finger_reset
 from amdb.native.hashindex cimport hashindex_insert, hashindex_growth_bytes
@@ -204,15 +208,17 @@ cdef int _build(PartitionView *src, PartitionView *dst, uint64_t keep, uint64_t 
     return AMDB_STATUS_OK
 
 
-cdef int compact_partition(PartitionView *p, uint64_t keep, uint64_t seq, SkipFinger *finger,
-                           CompactResult *res) noexcept nogil:
+cdef int compact_prepare(PartitionView *p, uint64_t keep, uint64_t seq, SkipFinger *finger,
+                         CompactResult *res) noexcept nogil:
     """Write the next generation of partition `p` into its other region,
-    keeping the newest `keep` versions of every key (0: all), and switch to
-    it: on AMDB_STATUS_OK, p.arena and p.region_offset name the new region
-    and `finger` is reset for it. On any other status nothing changed.
+    keeping the newest `keep` versions of every key (0: all), then the switch
+    record, then compact_state = SWITCHING (invariants 2-3). Nothing the
+    current generation's readers or writer use changes: the switch itself is
+    compact_recover, then compact_adopt. On any status but AMDB_STATUS_OK,
+    compact_state is IDLE again and the other region holds garbage.
 
     REQUIRES: only the partition's worker calls it, between batches, with
-    `seq` = visible_seq; the other region is empty (zero)."""
+    `seq` = visible_seq."""
     cdef amdb_control *c = p.ctrl
     cdef amdb_control *scratch = <amdb_control *>malloc(sizeof(amdb_control))
     cdef PartitionView dst
@@ -241,7 +247,6 @@ cdef int compact_partition(PartitionView *p, uint64_t keep, uint64_t seq, SkipFi
         skiplist_finger_reset(p, finger)
         return status
     res.bytes_after = scratch.arena_used
-    # The switch record, then SWITCHING, then the switch itself (invariant 3).
     c.switch_region = target
     c.switch_used = scratch.arena_used
     c.switch_committed = scratch.arena_committed
@@ -249,12 +254,23 @@ cdef int compact_partition(PartitionView *p, uint64_t keep, uint64_t seq, SkipFi
     c.switch_node_count = res.nodes_after
     c.switch_version_count = res.versions_after
     free(scratch)
-    amdb_store_release(&c.compact_state, AMDB_COMPACT_SWITCHING)
-    compact_recover(c)
-    p.arena = dst.arena
-    p.region_offset = dst.region_offset
-    skiplist_finger_reset(p, finger)
     res.ns = amdb_monotonic_ns() - started
+    # Release: the generation and the record are whole before anyone (a
+    # worker attaching again) acts on SWITCHING.
+    amdb_store_release(&c.compact_state, AMDB_COMPACT_SWITCHING)
+    return AMDB_STATUS_OK
+
+
+cdef void compact_adopt(PartitionView *p, char *arena_base, SkipFinger *finger,
+                        const CompactResult *res, uint64_t seq) noexcept nogil:
+    """After compact_recover: point the worker's view at the current region
+    (`arena_base`: where region 0 is mapped), reset the skip-list finger for
+    it and count the compaction (statistics)."""
+    cdef amdb_control *c = p.ctrl
+    cdef uint64_t region = amdb_load_relaxed(&c.arena_region)
+    p.arena = region_base(arena_base, c, region)
+    p.region_offset = c.arena_offset + region * c.arena_capacity
+    skiplist_finger_reset(p, finger)
     amdb_store_relaxed(&c.compactions, c.compactions + 1)
     amdb_store_relaxed(&c.versions_reclaimed, c.versions_reclaimed + res.versions_before - res.versions_after)
     amdb_store_relaxed(&c.nodes_reclaimed, c.nodes_reclaimed + res.nodes_before - res.nodes_after)
@@ -262,4 +278,16 @@ cdef int compact_partition(PartitionView *p, uint64_t keep, uint64_t seq, SkipFi
     amdb_store_relaxed(&c.last_compact_ns, res.ns)
     amdb_store_relaxed(&c.last_bytes_before, res.bytes_before)
     amdb_store_relaxed(&c.last_bytes_after, res.bytes_after)
-    return AMDB_STATUS_OK
+
+
+def recover_compaction(Mapping control):
+    """Finish a switch that a worker which died mid-compaction left half done
+    (compact_recover) on the partition whose control block `control` maps:
+    what a worker attaching to the segment again does first. Returns the
+    current region afterwards. Tests call it on a dead worker's control block."""
+    cdef amdb_control *c = <amdb_control *>control.base
+    if c == NULL or c.magic != AMDB_PARTITION_MAGIC:
+        from amdb.errors import InvalidArgumentError
+        raise InvalidArgumentError("not a partition control block")
+    compact_recover(c)
+    return amdb_load_acquire(&c.arena_region)

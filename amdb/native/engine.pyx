@@ -1591,6 +1591,7 @@ cdef class Engine:
             "log_broken": bool(amdb_load_relaxed(&c.log_broken)),
             "region": self._region[worker],
             "generation": amdb_arena_header_of(self.parts[worker].arena).generation,
+            "compact_state": ("idle", "building", "switching", "?")[min(amdb_load_acquire(&c.compact_state), 3)],
             "compactions": amdb_load_relaxed(&c.compactions),
             "versions_reclaimed": amdb_load_relaxed(&c.versions_reclaimed),
             "last_compact_seq": amdb_load_relaxed(&c.last_compact_seq),
@@ -1930,7 +1931,8 @@ def worker_position(Mapping m):
     was working on — the one at ring_tail, which the worker releases only
     when it is done with it — or None when its ring was empty.
 
-    Returns {"pid", "applied_chunk", "applied_seq", "failed_chunk",
+    Returns {"pid", "compact_state" ("idle" | "building" | "switching": a
+    compaction it was writing, compact.pyx), "applied_chunk", "applied_seq", "failed_chunk",
     "aborts_done", "in_flight": None or {"op": "chunk" | "abort" | "commit" | "checkpoint" | "compaction", "seq",
     "chunk_no", "records"}}. Reads racily; use it once the worker is gone."""
     cdef amdb_control *c = <amdb_control *>m.base
@@ -1954,6 +1956,7 @@ def worker_position(Mapping m):
                          "seq": record.seq,
                          "chunk_no": record.chunk_no, "records": record.count}
     return {"pid": amdb_load_relaxed(&c.worker_pid),
+            "compact_state": ("idle", "building", "switching", "?")[min(amdb_load_acquire(&c.compact_state), 3)],
             "applied_chunk": amdb_load_acquire(&c.applied_chunk),
             "applied_seq": amdb_load_relaxed(&c.applied_seq),
             "failed_chunk": amdb_load_acquire(&c.failed_chunk),
