@@ -708,3 +708,43 @@ def test_a_worker_dying_mid_switch_leaves_reads_intact_and_the_switch_replayable
     assert [len(db.history(k)) for k in mine[:20]] == [1] * 20
     report = db.verify()
     assert report.ok and report.versions_checked == len(keys), report
+
+
+def test_a_layout_1_checkpoint_still_opens(make_db, tmp_path):
+    # Checkpoints written before compaction (layout 1) held the roots only in
+    # their header; the arena header was the magic alone. Loading one gives
+    # the arena its header. Made here by rewriting a layout-2 checkpoint.
+    import glob
+    import struct
+    import xxhash
+    from amdb import storage
+    path = tmp_path / "db"
+    db = make_db(path=path, workers=2)
+    db.batch_put([(b"o%03d" % i, b"%d" % i) for i in range(500)])
+    db.batch_put([(b"o%03d" % i, b"again") for i in range(0, 500, 3)])
+    seq = db.checkpoint()
+    items, digest = list(db.scan()), db.digest()
+    db.close()
+    for name in glob.glob(str(path / f"ckpt-*-{seq:016d}.ckpt")):
+        with open(name, "r+b") as f:
+            data = bytearray(f.read())
+            fields = list(storage.CHECKPOINT_HEADER.unpack_from(data))
+            used = fields[6]
+            fields[2] = 1                                             # layout_version
+            start = storage.CHECKPOINT_HEADER.size
+            data[start + 8:start + 64] = bytes(56)                   # the arena header: magic only
+            end = min(used, storage.CHECKPOINT_BLOCK)
+            struct.pack_into("<Q", data, start + used, xxhash.xxh64_intdigest(bytes(data[start:start + end]), seed=0))
+            header = storage.CHECKPOINT_HEADER.pack(*fields)
+            fields[-1] = xxhash.xxh64_intdigest(header[:-8])
+            data[:start] = storage.CHECKPOINT_HEADER.pack(*fields)
+            f.seek(0)
+            f.write(data)
+        assert storage.check_checkpoint(name).seq == seq
+    db = make_db(path=path)
+    assert db.stats()["durability"]["recovery"]["checkpoints_rejected"] == []
+    assert list(db.scan()) == items and db.digest() == digest
+    assert db.verify().ok
+    assert [g for _, g in db._regions()] == [1, 1]
+    db.compact(keep_versions=1)
+    assert list(db.scan()) == items and db.verify().ok
