@@ -21,9 +21,11 @@
  * Invariants:
  *   1. Everything in an arena is addressed by offsets from the arena base;
  *      offset 0 is null. Every process maps the arena at its own address.
- *   2. The arena is append-only while the database is open: a block, once
- *      published, is never freed or moved, and its bytes never change, except
- *      the link fields named "published by release store" below.
+ *   2. A generation is append-only: a block, once published, is never freed
+ *      or moved, and its bytes never change, except the link fields named
+ *      "published by release store" below. Compaction does not change a
+ *      generation; it writes the next one into the other region, and the
+ *      retired one's memory goes only when no reader can be in it.
  *   3. A writer fills every byte of a block, then publishes its offset with a
  *      release store. A reader loads any offset it will follow with an acquire
  *      load. Fields a reader reads after such an acquire need no ordering of
