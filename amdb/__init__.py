@@ -3,7 +3,7 @@
 from amdb.errors import (  # noqa: F401
     ArenaFullError, ClosedError, CorruptionError, Error, InvalidArgumentError, InvalidTypeError,
     KeyTooLargeError, LockedError, NodeUnavailableError, StorageError, ValueTooLargeError,
-    PoisonBatchError, WorkerCrashedError, WorkerStartError,
+    PoisonBatchError, VersionReclaimedError, WorkerCrashedError, WorkerStartError,
 )
 
 from amdb.history import Break, Snapshot, Version, VerifyReport  # noqa: F401

@@ -34,10 +34,10 @@ import sys
 
 FAULT_ENV = "AMDB_FAULT"
 # Numbers shared with amdb/native/faults.h (AMDB_FAULT_*).
-FAULT_POINTS = {"after_records": 1, "mid_insert": 2, "mid_publish": 3, "mid_link": 4}
+FAULT_POINTS = {"after_records": 1, "mid_insert": 2, "mid_publish": 3, "mid_link": 4, "mid_compact": 5}
 FAULT_ACTIONS = {"segv": 1, "abort": 2, "hang": 3}
 FAULT_KEYS = ("worker", "point", "action", "after", "incarnations")
-FAULT_FORMAT = ("worker=<index>|any,point=after_records|mid_insert|mid_publish|mid_link,"
+FAULT_FORMAT = ("worker=<index>|any,point=after_records|mid_insert|mid_publish|mid_link|mid_compact,"
                 "action=segv|abort|hang[,after=<passes>][,incarnations=<n>]")
 INCARNATION_ENV = "AMDB_WORKER_INCARNATION"
 

@@ -16,12 +16,12 @@ from typing import NamedTuple
 from amdb import SLOT_COUNT
 from amdb.history import Break, Snapshot, VerifyReport, Version
 from amdb.errors import (ClosedError, Error, InvalidArgumentError, InvalidTypeError, StorageError,
-                         WorkerCrashedError, WorkerStartError)
+                         WorkerCrashedError, WorkerStartError, raise_for_status)
 from amdb.native import engine as _engine
 from amdb.native.engine import BatchResult, Engine
 from amdb import storage
 from amdb.shm import segment
-from amdb.shm.arena import Mapping
+from amdb.shm.arena import Mapping, punch_hole
 
 __all__ = ["ParallelDB", "BatchOutcome", "BatchResult"]
 
@@ -37,6 +37,10 @@ BROKEN_HINT = "reopen the database to write again; see the worker's stderr for w
 LIVENESS_INTERVAL = 0.05            # seconds between worker-liveness polls before writes
 DEFAULT_LOG_SEGMENT_BYTES = 64 << 20
 DEFAULT_CHECKPOINT_BYTES = 512 << 20  # log bytes (any worker) past which a checkpoint is written
+DEFAULT_COMPACT_MIN_VERSIONS = 100_000  # reclaimable versions below which no automatic compaction runs
+COMPACT_DRAIN_TIMEOUT = 1.0         # seconds a compaction waits for readers of the old generation
+                                    # before it leaves the old region's memory to the next one
+_DEFAULT = object()                 # compact(keep_versions=...) not given: the database's setting
 
 
 class BatchOutcome(NamedTuple):
@@ -52,6 +56,19 @@ def _int_option(name, value, low, high):
     if not low <= value <= high:
         raise InvalidArgumentError(f"{name}={value} is out of range [{low}, {high}]",
                                    hint=f"pass an int between {low} and {high}")
+    return value
+
+
+def _keep_versions_option(value, name="keep_versions"):
+    """None (keep every version) or an int >= 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidTypeError(f"{name}= must be None or an int >= 1, not {type(value).__name__}",
+                               hint="pass e.g. keep_versions=3 to keep each key's 3 newest versions")
+    if not 1 <= value <= 1 << 62:
+        raise InvalidArgumentError(f"{name}={value}: a key keeps at least its newest version",
+                                   hint="pass None to keep every version, or an int >= 1")
     return value
 
 
@@ -96,8 +113,9 @@ class ParallelDB(Engine):
                  arena_size=DEFAULT_ARENA_SIZE, max_key_size=None, max_value_size=None,
                  start_timeout=30.0, audit=None, audit_max_bytes=64 << 20, sync="none",
                  sync_interval_ms=100, log_segment_bytes=DEFAULT_LOG_SEGMENT_BYTES,
-                 checkpoint_bytes=DEFAULT_CHECKPOINT_BYTES, read_only=False,
-                 hang_timeout=DEFAULT_HANG_TIMEOUT, poison_after=DEFAULT_POISON_AFTER):
+                 checkpoint_bytes=DEFAULT_CHECKPOINT_BYTES, read_only=False, keep_versions=None,
+                 compact_min_versions=DEFAULT_COMPACT_MIN_VERSIONS, hang_timeout=DEFAULT_HANG_TIMEOUT,
+                 poison_after=DEFAULT_POISON_AFTER):
         self._path = None
         self._read_only = bool(read_only)
         self._lock_fd = None
@@ -158,6 +176,15 @@ class ParallelDB(Engine):
         self._hang_timeout = hang_timeout
         self._poison_after = _int_option("poison_after", poison_after, 1, 1000)
         self._start_timeout = start_timeout
+        self._keep_versions = _keep_versions_option(keep_versions)
+        self._compact_min_versions = _int_option("compact_min_versions", compact_min_versions, 1, 1 << 62)
+        self._compact_lock = threading.Lock()   # held by a compaction; verify(key) waits for it
+        self._pending_reclaim = []          # [(worker, region)] retired, memory not given back yet
+        self._pending_slot = -1             # reader slot that must drain first
+        self._compact_retry_at = 0          # automatic compaction: versions before trying again
+        self._compact_drain_timeout = COMPACT_DRAIN_TIMEOUT
+        self._compaction = {"compactions": 0, "versions_reclaimed": 0, "bytes_reclaimed": 0,
+                            "failures": 0, "last": None}
         self._owner_pid = os.getpid()
         self._liveness_checked = 0.0
         self._segment_fds = []
@@ -275,14 +302,16 @@ class ParallelDB(Engine):
             ring_offset = _engine.CONTROL_BYTES
             arena_offset = ring_offset + ring_size
             self._arena_offset = arena_offset
-            segment_size = arena_offset + arena_size
+            # Two regions of arena_size: the live generation and the one a
+            # compaction writes (layout.h). Sparse until committed.
+            segment_size = arena_offset + _engine.ARENA_REGIONS * arena_size
             for index in range(self._workers):
                 name = f"{prefix}_{index}"
                 shm = segment.create(name, segment_size, arena_offset)
                 names.append(name)
                 try:
                     control = Mapping(shm.fd, 0, arena_offset, True)
-                    arenas.append(Mapping(shm.fd, arena_offset, arena_size, False))
+                    arenas.append(Mapping(shm.fd, arena_offset, _engine.ARENA_REGIONS * arena_size, False))
                     self._segment_fds.append(os.dup(shm.fd))    # for _debug_flip_bit only
                 finally:
                     shm.close_fd()
@@ -362,12 +391,14 @@ class ParallelDB(Engine):
                 self._finalizer()        # runs _reap once: workers, mappings, fds
 
     def _debug_flip_bit(self, worker, arena_offset, bit):
-        """Test hook: flip one bit of worker `worker`'s arena, as a stray write
-        or a bad memory cell would. Corrupts the database on purpose."""
+        """Test hook: flip one bit of worker `worker`'s arena (its current
+        generation), as a stray write or a bad memory cell would. Corrupts the
+        database on purpose."""
         import mmap
         if self.closed:
             raise ClosedError("the database is closed")
-        position = self._arena_offset + arena_offset
+        region = self._regions()[worker][0]
+        position = self._arena_offset + region * self.arena_size + arena_offset
         page = position - position % mmap.PAGESIZE
         view = mmap.mmap(self._segment_fds[worker], mmap.PAGESIZE, offset=page)
         try:
@@ -517,6 +548,8 @@ class ParallelDB(Engine):
                     self._replace_worker(index)
         if self._path is not None:
             self._check_log()
+        if self._keep_versions is not None:
+            self._check_compact()
 
     def _check_log(self):
         """Refuse writes once a log is broken; checkpoint when a log grew past
@@ -527,6 +560,138 @@ class ParallelDB(Engine):
                                "repaired; writes are refused until the database is reopened, reads go on")
         if self._checkpoint_bytes and most >= self._checkpoint_bytes:
             self._checkpoint_locked("automatic")
+
+    # ---- retention and compaction ----------------------------------------------
+
+    def compact(self, *, keep_versions=_DEFAULT):
+        """Write every partition's next arena generation, keeping the newest
+        `keep_versions` versions of each key (default: the database's
+        keep_versions=; None keeps them all and only rewrites densely, leaving
+        rolled-back versions and retired hash tables behind), and switch to it.
+
+        Writes wait meanwhile; reads go on, and a read in flight finishes on
+        the generation it started on. Reads of a reclaimed version raise
+        VersionReclaimedError from then on. With a path, a checkpoint follows,
+        so that reopening finds the compacted generation. Returns a dict:
+        seq, keep_versions, versions_before, versions_after, versions_reclaimed,
+        arena_bytes_before, arena_bytes_after, shm_bytes_before,
+        shm_bytes_after, bytes_reclaimed, reclaim_pending, seconds."""
+        keep = self._keep_versions if keep_versions is _DEFAULT else _keep_versions_option(keep_versions)
+        if self.closed:
+            raise ClosedError("the database is closed")
+        self._refuse_reentry()
+        with self._write_lock_obj:
+            if self.closed:
+                raise ClosedError("the database is closed")
+            if os.getpid() != self._owner_pid:
+                raise Error("this ParallelDB belongs to process %d; a forked child cannot compact it"
+                            % self._owner_pid, code="forked", hint="open a new ParallelDB in the child")
+            if self._broken is not None:
+                self._before_write()            # raises WorkerCrashedError
+            return self._compact_locked(keep, "requested")
+
+    def _check_compact(self):
+        """Compact automatically (keep_versions=n) once at least
+        compact_min_versions versions, and at least a quarter of all stored,
+        lie certainly beyond the newest n of their key: versions - n * keys.
+        REQUIRES the write lock. A failed automatic compaction does not fail
+        the write that triggered it; it is counted, and retried later."""
+        versions, nodes = self._version_counts()
+        excess = versions - self._keep_versions * nodes
+        if excess < self._compact_min_versions or 4 * excess < versions or versions < self._compact_retry_at:
+            return
+        try:
+            self._compact_locked(self._keep_versions, "automatic")
+        except (WorkerCrashedError, ClosedError, KeyboardInterrupt):
+            raise
+        except Error as exc:
+            self._compact_retry_at = versions + max(self._compact_min_versions, versions // 4)
+            if self._audit is not None:
+                self._audit.event("compact_failed", why="automatic", error=str(exc))
+
+    def _shm_bytes(self):
+        """Memory the partition segments hold now (their allocated blocks)."""
+        return sum(os.fstat(fd).st_blocks * 512 for fd in self._segment_fds[:self._workers])
+
+    def _punch(self, worker, region):
+        """Give the memory of `region` of `worker` back (layout.h, "Arena regions").
+        REQUIRES: no reader can be inside it, and it is not the current one."""
+        assert region != self._regions()[worker][0]
+        punch_hole(self._segment_fds[worker], self._arena_offset + region * self.arena_size, self.arena_size)
+
+    def _finish_reclaim(self, wait):
+        """Punch out the regions the last compaction retired, once the readers
+        that could still be in them are gone: waits COMPACT_DRAIN_TIMEOUT at
+        most (wait=False; the regions then stay until the next compaction, or
+        close) or until they are (wait=True; a compaction must, before it
+        writes there again). True when nothing is left pending."""
+        if not self._pending_reclaim:
+            return True
+        before = self._shm_bytes()
+        if not self._wait_readers(self._pending_slot, -1.0 if wait else self._compact_drain_timeout):
+            return False
+        for worker, region in self._pending_reclaim:
+            self._punch(worker, region)
+        self._pending_reclaim = []
+        self._pending_slot = -1
+        self._compaction["bytes_reclaimed"] += before - self._shm_bytes()
+        return True
+
+    def _compact_locked(self, keep, why):
+        """REQUIRES the write lock."""
+        started = time.perf_counter()
+        with self._compact_lock:
+            self._finish_reclaim(wait=True)        # the target regions must be empty
+            shm_before = self._shm_bytes()
+            versions_before, _ = self._version_counts()
+            arena_before = sum(self._stats_of(w)["arena_used"] for w in range(self._workers))
+            regions_before = [region for region, _ in self._regions()]
+            epoch_before = self._read_epoch
+            failed = []
+            try:
+                seq, failed = self._compact_workers(keep or 0)
+            finally:
+                regions = [region for region, _ in self._regions()]
+                retired = [(w, regions_before[w]) for w in range(self._workers) if regions[w] != regions_before[w]]
+                if retired:
+                    self._pending_reclaim = retired
+                    self._pending_slot = epoch_before & 1
+                # A failed build left garbage in the other region, which no
+                # reader ever saw: give it back now.
+                for worker, _status in failed:
+                    if regions[worker] == regions_before[worker]:
+                        self._punch(worker, 1 - regions[worker])
+            shm_compacted = self._shm_bytes()
+            self._compaction["bytes_reclaimed"] += shm_before - shm_compacted
+            pending = not self._finish_reclaim(wait=False)
+            shm_after = self._shm_bytes()
+        versions_after, _ = self._version_counts()
+        arena_after = sum(self._stats_of(w)["arena_used"] for w in range(self._workers))
+        summary = {
+            "seq": seq, "why": why, "keep_versions": keep,
+            "versions_before": versions_before, "versions_after": versions_after,
+            "versions_reclaimed": versions_before - versions_after,
+            "arena_bytes_before": arena_before, "arena_bytes_after": arena_after,
+            "shm_bytes_before": shm_before, "shm_bytes_after": shm_after,
+            "bytes_reclaimed": shm_before - shm_after, "reclaim_pending": pending,
+            "failed_workers": [w for w, _ in failed], "seconds": None,
+        }
+        self._compaction["compactions"] += 1
+        self._compaction["versions_reclaimed"] += summary["versions_reclaimed"]
+        if failed:
+            self._compaction["failures"] += 1
+        if self._path is not None and not self._read_only and retired:
+            # The compacted generations are what reopening should find.
+            self._checkpoint_locked("compaction")
+        summary["seconds"] = round(time.perf_counter() - started, 6)
+        self._compaction["last"] = summary
+        if self._audit is not None:
+            self._audit.event("compact", **summary)
+        if failed:
+            worker, status = failed[0]
+            raise_for_status(status, f"compaction of worker {worker} failed; its data is unchanged"
+                                     + (f" (workers {[w for w, _ in failed]})" if len(failed) > 1 else ""))
+        return summary
 
     # ---- durability ------------------------------------------------------------
 
@@ -709,7 +874,8 @@ class ParallelDB(Engine):
             raise ClosedError("the database is closed")
         started = time.perf_counter()
         if key is not None:
-            parts = [self._verify_key(key)]
+            with self._compact_lock:        # a compaction changes what the bounds describe
+                parts = [self._verify_key(key)]
         else:
             self._refuse_reentry()
             with self._write_lock_obj:
@@ -783,10 +949,15 @@ class ParallelDB(Engine):
                 "log_errors": sum(w["log_errors"] for w in per_worker),
                 "log_broken": any(w["log_broken"] for w in per_worker)},
             "worker_restarts": sum(self._restarts),
+            "compaction": dict(self._compaction, keep_versions=self._keep_versions,
+                               compact_min_versions=self._compact_min_versions,
+                               reclaim_pending=bool(self._pending_reclaim),
+                               shm_bytes=self._shm_bytes()),
             "options": {"workers": self._workers, "max_batch": self.max_batch,
                         "ring_size": self.ring_size, "arena_size": self.arena_size,
                         "max_key_size": self.max_key_size, "max_value_size": self.max_value_size,
-                        "hang_timeout": self._hang_timeout, "poison_after": self._poison_after},
+                        "keep_versions": self._keep_versions, "hang_timeout": self._hang_timeout,
+                        "poison_after": self._poison_after},
         }
 
     @property
@@ -861,7 +1032,12 @@ def _crash_report(worker, pid, returncode, position):
     if position is None:
         return text
     work = position["in_flight"]
-    if work is None:
+    if position.get("compact_state") == "building":
+        text += " while compacting its arena (writing the new generation; the current one is intact)"
+    elif position.get("compact_state") == "switching":
+        text += (" while compacting its arena (the new generation was whole, the switch to it not finished;"
+                 " a worker attaching again finishes it)")
+    elif work is None:
         text += " while idle"
     elif work["op"] == "chunk":
         text += f" while applying batch seq {work['seq']} (chunk {work['chunk_no']}, {work['records']} records)"

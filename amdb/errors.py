@@ -9,7 +9,8 @@ status into an exception.
 __all__ = [
     "Error", "InvalidArgumentError", "InvalidTypeError", "KeyTooLargeError",
     "ValueTooLargeError", "ClosedError", "ArenaFullError", "WorkerCrashedError",
-    "PoisonBatchError", "WorkerStartError", "NodeUnavailableError", "raise_for_status",
+    "PoisonBatchError", "WorkerStartError", "NodeUnavailableError", "VersionReclaimedError",
+    "raise_for_status",
 ]
 
 
@@ -74,6 +75,28 @@ class ArenaFullError(Error):
 
     code = "arena_full"
     hint = "raise arena_size= or free space in /dev/shm (df -h /dev/shm)"
+
+
+class VersionReclaimedError(Error):
+    """A read asked for a version that compaction reclaimed: ``get(key,
+    version=n)`` below the oldest version kept, or a read as of a seq (``at_seq=``,
+    a snapshot, a scan opened before the compaction) whose value there was
+    older than every version kept. Never answered with other data instead.
+
+    ``.key``, ``.version`` or ``.at_seq`` (what was asked), ``.oldest_version``
+    (the oldest version of the key still kept, when known).
+    """
+
+    code = "version_reclaimed"
+    hint = ("keep_versions=n keeps each key's newest n versions at each compaction; read a newer "
+            "version or seq (db.history(key) lists what is kept), or open with a larger keep_versions=")
+
+    def __init__(self, message, *, key=None, version=None, at_seq=None, oldest_version=None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.key = key
+        self.version = version
+        self.at_seq = at_seq
+        self.oldest_version = oldest_version
 
 
 class WorkerCrashedError(Error):

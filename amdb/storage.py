@@ -34,7 +34,8 @@ MANIFEST = "MANIFEST"
 LOCK = "LOCK"
 MANIFEST_MAGIC = "amdb-database"
 FORMAT_VERSION = 1
-LAYOUT_VERSION = 1                  # AMDB_LAYOUT_VERSION of the arena bytes in checkpoints
+LAYOUT_VERSION = 2                  # AMDB_LAYOUT_VERSION of the arena bytes in checkpoints
+READABLE_LAYOUTS = (1, 2)           # 1: roots not yet in the arena header (loading upgrades it)
 SLOT_COUNT = 16384
 
 LOG_MAGIC = 0x474C4D41              # "AMLG"
@@ -303,7 +304,7 @@ def check_checkpoint(path, worker=None, read_blocks=True):
          ledger_chunks, ledger_head, check) = CHECKPOINT_HEADER.unpack(header)
         if magic != CHECKPOINT_MAGIC or xxhash.xxh64_intdigest(header[:-8]) != check:
             raise CorruptionError(f"{name}: bad header")
-        if fmt != FORMAT_VERSION or layout != LAYOUT_VERSION:
+        if fmt != FORMAT_VERSION or layout not in READABLE_LAYOUTS:
             raise CorruptionError(f"{name}: format {fmt}/layout {layout}, not {FORMAT_VERSION}/{LAYOUT_VERSION}")
         if worker is not None and index != worker:
             raise CorruptionError(f"{name}: belongs to worker {index}")

@@ -410,8 +410,9 @@ def test_error_hierarchy():
     assert issubclass(amdb.InvalidTypeError, amdb.Error)
     assert issubclass(amdb.InvalidTypeError, TypeError)
     for cls in (amdb.ClosedError, amdb.ArenaFullError, amdb.WorkerCrashedError,
-                amdb.WorkerStartError):
+                amdb.WorkerStartError, amdb.VersionReclaimedError):
         assert issubclass(cls, amdb.Error)
+    assert amdb.VersionReclaimedError.code == "version_reclaimed" and "keep_versions=" in amdb.VersionReclaimedError.hint
     assert "arena_size=" in amdb.ArenaFullError.hint
     err = amdb.WorkerCrashedError("w1 died", worker=1, signal=9)
     assert (err.worker, err.signal) == (1, 9)

@@ -30,6 +30,7 @@ from amdb.native.versions cimport version_append, is_live
 from amdb.native.hashing cimport amdb_xxh64, ring_chunk_fingerprint
 from amdb.native.wal cimport *
 from amdb.native.verify cimport VerifyResult, verify_partition, verify_ledger
+from amdb.native.compact cimport CompactResult, compact_prepare, compact_recover, compact_adopt, region_base
 from amdb.native.faults cimport *
 
 cdef enum:
@@ -53,6 +54,7 @@ ctypedef struct ChunkEntry:
 
 ctypedef struct Worker:
     PartitionView p
+    char *arena_base             # where region 0 of the arena is mapped (p.arena: the current region)
     SkipFinger finger
     ChunkEntry *entries
     uint64_t entries_capacity
@@ -228,7 +230,7 @@ cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t time
     cdef amdb_ring_record *rec = record_at(w, entry.pos)
     cdef const uint8_t *key = <uint8_t *>(rec + 1)
     cdef const uint8_t *value = key + rec.key_len
-    cdef uint64_t node_off = hashindex_find(p.arena, c.hash_table, rec.hash, key, rec.key_len)
+    cdef uint64_t node_off = hashindex_find(p.arena, amdb_arena_header_of(p.arena).hash_table, rec.hash, key, rec.key_len)
     cdef uint64_t version_off, latest
     cdef amdb_node *node
     cdef uint64_t node_bytes
@@ -303,7 +305,7 @@ cdef int apply_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos, ui
     w.chunk_hashes_len = 0
     for i in range(count):
         if i + PREFETCH_DISTANCE < count:
-            table = table_at(w.p.arena, w.p.ctrl.hash_table)
+            table = table_at(w.p.arena, amdb_arena_header_of(w.p.arena).hash_table)
             ahead = record_at(w, w.entries[i + PREFETCH_DISTANCE].pos)
             amdb_prefetch(&table.slots[amdb_slot_home(ahead.hash, table.log2_capacity)])
         amdb_fault_check_after_records()
@@ -424,8 +426,10 @@ cdef int relink_crashed_nodes(Worker *w) noexcept nogil:
             break
         if block.kind == AMDB_BLOCK_NODE and node_plausible(p, off, end):
             n = node_at(p.arena, off)
-            if hashindex_find(p.arena, c.hash_table, n.hash, amdb_node_key(n), n.key_len) == 0:
-                pred = skiplist_find_lt(p.arena, c.skiplist_head, n.key_prefix, amdb_node_key(n),
+            if hashindex_find(p.arena, amdb_arena_header_of(p.arena).hash_table, n.hash, amdb_node_key(n),
+                              n.key_len) == 0:
+                pred = skiplist_find_lt(p.arena, amdb_arena_header_of(p.arena).skiplist_head, n.key_prefix,
+                                        amdb_node_key(n),
                                         n.key_len, False)
                 if amdb_load_acquire(&node_at(p.arena, pred).next[0]) == off:
                     status = commit_pages(p, hashindex_growth_bytes(p, 1))
@@ -544,6 +548,28 @@ cdef void handle_commit(Worker *w, amdb_ring_chunk *header) noexcept nogil:
     else:
         w.batch_committed = True
         amdb_store_relaxed(&c.applied_seq, header.seq)
+        amdb_store_release(&c.applied_chunk, header.chunk_no)
+    progress_publish(c)
+
+
+cdef void handle_compact(Worker *w, amdb_ring_chunk *header) noexcept nogil:
+    """Write the next arena generation keeping `count` versions per key (0:
+    all) and switch to it (compact.pyx); acknowledge it like a chunk. Sent
+    between batches only: no batch is open, so there is nothing to roll back
+    into the old generation afterwards."""
+    cdef amdb_control *c = w.p.ctrl
+    cdef CompactResult result
+    cdef int status = compact_prepare(&w.p, header.count, header.seq, &w.finger, &result)
+    if status != AMDB_STATUS_OK:
+        amdb_store_relaxed(&c.failed_status, <uint64_t>status)
+        amdb_store_release(&c.failed_chunk, header.chunk_no)
+    else:
+        amdb_fault_check_mid_compact()      # the new generation whole, the switch not made
+        compact_recover(c)                  # the switch: the same code a new worker would replay
+        compact_adopt(&w.p, w.arena_base, &w.finger, &result, header.seq)
+        w.batch_first_seq = 0
+        w.batch_start_off = 0
+        w.refusing = False
         amdb_store_release(&c.applied_chunk, header.chunk_no)
     progress_publish(c)
 
@@ -696,7 +722,7 @@ cdef int worker_loop(Worker *w) noexcept nogil:
                 header = (<amdb_ring_chunk *>ring_at(w.p.ring, capacity - 1, tail))[0]
                 handle_abort(w, &header)
                 tail += sizeof(amdb_ring_chunk)
-            elif op == AMDB_OP_COMMIT or op == AMDB_OP_CHECKPOINT:
+            elif op == AMDB_OP_COMMIT or op == AMDB_OP_CHECKPOINT or op == AMDB_OP_COMPACT:
                 header = (<amdb_ring_chunk *>ring_at(w.p.ring, capacity - 1, tail))[0]
                 tail += sizeof(amdb_ring_chunk)
                 # Space back first: an owner that sees the acknowledgement
@@ -704,19 +730,26 @@ cdef int worker_loop(Worker *w) noexcept nogil:
                 ring_release(c, tail)
                 if op == AMDB_OP_COMMIT:
                     handle_commit(w, &header)
-                else:
+                elif op == AMDB_OP_CHECKPOINT:
                     handle_checkpoint(w, &header)
+                else:
+                    handle_compact(w, &header)
             else:
                 return EXIT_CORRUPT
             ring_release(c, tail)
 
 
 cdef void worker_init(Worker *w, Mapping mapping, int fd, int parent_pid) noexcept:
-    """A worker's private state for the partition segment `mapping` maps."""
+    """A worker's private state for the partition segment `mapping` maps.
+    Its generation is in region control.arena_region, once compact_recover
+    has finished a switch a dead worker may have left half done."""
     cdef amdb_control *c = <amdb_control *>mapping.base
+    compact_recover(c)
     w.p.ctrl = c
     w.p.ring = mapping.base + c.ring_offset
-    w.p.arena = mapping.base + c.arena_offset
+    w.arena_base = mapping.base + c.arena_offset
+    w.p.arena = region_base(w.arena_base, c, c.arena_region)
+    w.p.region_offset = c.arena_offset + c.arena_region * c.arena_capacity
     w.p.fd = fd
     w.records = w.p.ring
     w.records_mask = c.ring_capacity - 1

@@ -13,11 +13,26 @@ Process safety:
     batch at or below visible_seq is visible to it and nothing above is.
   - close() vs reads: reads that hold the GIL cannot overlap close()'s unmap
     (which also runs under the GIL). Reads that release the GIL register in
-    self._nogil_readers (seq_cst) and re-check `closed`; close() sets closed,
+    self._readers (seq_cst) and re-check `closed`; close() sets closed,
     then waits for that counter to reach zero before dropping the mappings.
     Code of the caller can run in the middle of a read (a generator of keys,
     an int subclass's comparisons, another thread meanwhile): reads check
     `closed` after the last such point and before they touch shared memory.
+  - Compaction vs reads (layout.h, "Arena regions", invariant 8): every read
+    takes a partition's base pointer (parts[w].arena) ONCE, with the GIL, and
+    follows only offsets and roots read through that same base. The owner
+    switches a base only under the GIL (_adopt_regions), and bumps
+    _read_epoch with it; so a read sees one generation, old or new, never a
+    mix. The old region's memory is given back only once every registered
+    reader that could hold its base has left: readers that release the GIL,
+    or that may run Python code (a garbage collection) in the middle of a
+    walk, register in _readers[_read_epoch & 1]; after a switch the old
+    parity's count can only fall (new readers count in the other one), and
+    ParallelDB waits for it to reach zero (bounded) before it punches the old
+    region out. Reads that hold the GIL and run no Python code between taking
+    the base and their last arena access need no registration (get, `in`,
+    a ScanIterator step). A ScanIterator keeps offsets from one step to the
+    next: it notes _read_epoch and re-seeks after its last key when it changed.
 """
 from cpython.bytes cimport (PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check,
                             PyBytes_CheckExact)
@@ -27,6 +42,7 @@ from cpython.ref cimport Py_INCREF
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
+from posix.unistd cimport usleep
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport *
 from amdb.shm.arena cimport Mapping
@@ -35,11 +51,11 @@ from amdb.shm.ring cimport (RingProducer, ring_wait_space, ring_reserve_nowait, 
 from amdb.native.hashing cimport amdb_xxh64, SLOT_MASK, SLOT_COUNT, ring_chunk_fingerprint
 from amdb.native.skiplist cimport skiplist_find_ge, skiplist_find_lt, compare_key_to_node
 from amdb.native.hashindex cimport hashindex_find
-from amdb.native.versions cimport visible_version, is_live
+from amdb.native.versions cimport visible_version, is_live, VERSION_RECLAIMED
 from amdb.native.verify cimport VerifyResult, BreakRecord, verify_partition, verify_node, node_readable, verify_ledger
 
 from amdb.errors import (ClosedError, Error, InvalidArgumentError, InvalidTypeError, KeyTooLargeError,
-                         ValueTooLargeError, raise_for_status)
+                         ValueTooLargeError, VersionReclaimedError, raise_for_status)
 
 cdef extern from "Python.h":
     int PyErr_CheckSignals() except -1
@@ -127,6 +143,27 @@ cdef inline int bytes_view(object obj, const uint8_t **data, Py_ssize_t *length,
     return 0
 
 
+cdef int _raise_reclaimed(bytes key, version, at_seq, uint64_t oldest, uint64_t oldest_seq) except -1:
+    """Raise VersionReclaimedError: what was asked for lies below the oldest
+    version of `key` that compaction kept (version `oldest`, seq `oldest_seq`)."""
+    if version is not None:
+        what = f"version {version}"
+    else:
+        what = f"its value as of seq {at_seq}"
+    raise VersionReclaimedError(
+        f"{what} of key {key!r} was reclaimed by compaction: the oldest version kept is "
+        f"version {oldest} (seq {oldest_seq})",
+        key=key, version=version, at_seq=at_seq, oldest_version=oldest)
+
+
+cdef int _raise_reclaimed_now(key) except -1:
+    """A read as of now met a reclaimed version: compaction keeps at least the
+    newest version of every key, so this cannot happen; if it ever did, the
+    read raises rather than answer with other data."""
+    raise VersionReclaimedError("the visible version of " + ("a key" if key is None else f"key {key!r}")
+                                + " was reclaimed by compaction", key=key)
+
+
 def raise_reentrant_write():
     raise Error("a write, close(), verify() or digest() was called from code that a write of the "
                 "same thread is running (a generator or iterable passed to batch_put, say)",
@@ -142,7 +179,10 @@ cdef class Engine:
     cdef list _mappings
     cdef readonly bint closed
     cdef bint _attached
-    cdef uint64_t _nogil_readers
+    cdef uint64_t _readers[2]      # registered readers, by parity of the read epoch they entered in
+    cdef readonly uint64_t _read_epoch  # +1 whenever a partition's base pointer changes (compaction)
+    cdef char **_arena_base        # per worker: where its region 0 is mapped
+    cdef uint64_t *_region         # per worker: the region parts[w].arena points into
     cdef uint64_t next_seq         # seq the next batch will carry
     cdef uint64_t batch_seq        # seq of the batch being written
     cdef bint batch_used_seq       # it has opened a chunk (so its seq is spent)
@@ -160,6 +200,8 @@ cdef class Engine:
     def __cinit__(self, *args, **kwargs):
         self.parts = NULL
         self.producers = NULL
+        self._arena_base = NULL
+        self._region = NULL
         self.dbc = NULL
         self.closed = True
         self._attached = False
@@ -170,20 +212,25 @@ cdef class Engine:
     def __dealloc__(self):
         free(self.parts)
         free(self.producers)
+        free(self._arena_base)
+        free(self._region)
 
     # ---- lifecycle (called by amdb.db.ParallelDB) --------------------------
 
     def _attach(self, Mapping db_mapping, list controls, list arenas, uint64_t max_batch,
                 uint64_t max_key_size, uint64_t max_value_size, write_lock, bint durable=False):
         """Take the owner's view of the segments: `controls[i]` maps partition
-        i's control block and ring read-write, `arenas[i]` its arena read-only."""
+        i's control block and ring read-write, `arenas[i]` its arena regions
+        (AMDB_ARENA_REGIONS of them, back to back) read-only."""
         cdef int i
         cdef Mapping cm, am
         cdef amdb_control *c
         self.nworkers = len(controls)
         self.parts = <PartitionView *>calloc(self.nworkers, sizeof(PartitionView))
         self.producers = <RingProducer *>calloc(self.nworkers, sizeof(RingProducer))
-        if self.parts == NULL or self.producers == NULL:
+        self._arena_base = <char **>calloc(self.nworkers, sizeof(char *))
+        self._region = <uint64_t *>calloc(self.nworkers, sizeof(uint64_t))
+        if self.parts == NULL or self.producers == NULL or self._arena_base == NULL or self._region == NULL:
             raise MemoryError()
         self.dbc = <amdb_db_control *>db_mapping.base
         for i in range(self.nworkers):
@@ -192,7 +239,13 @@ cdef class Engine:
             c = <amdb_control *>cm.base
             self.parts[i].ctrl = c
             self.parts[i].ring = cm.base + c.ring_offset
-            self.parts[i].arena = am.base
+            if am.length < AMDB_ARENA_REGIONS * c.arena_capacity:
+                raise InvalidArgumentError("an arena mapping must cover every region")
+            self._arena_base[i] = am.base
+            # The generation the worker published (a new segment: region 0).
+            self._region[i] = amdb_load_acquire(&c.arena_region)
+            self.parts[i].arena = am.base + self._region[i] * c.arena_capacity
+            self.parts[i].region_offset = c.arena_offset + self._region[i] * c.arena_capacity
             self.parts[i].fd = -1
             self.producers[i].ctrl = c
             self.producers[i].ring = self.parts[i].ring
@@ -218,9 +271,9 @@ cdef class Engine:
         # A full fence (seq_cst RMW): our `closed` store is ordered before the
         # reader count we load next, as each reader's increment is ordered
         # before its load of `closed` (Dekker) — no reader can slip past both.
-        amdb_fetch_add_seqcst(&self._nogil_readers, 0)
+        amdb_fetch_add_seqcst(&self._readers[0], 0)
         with nogil:
-            while amdb_load_seqcst(&self._nogil_readers) != 0:
+            while amdb_load_seqcst(&self._readers[0]) != 0 or amdb_load_seqcst(&self._readers[1]) != 0:
                 amdb_cpu_relax()
 
     def _detach(self):
@@ -230,8 +283,12 @@ cdef class Engine:
         self.nworkers = 0
         free(self.parts)
         free(self.producers)
+        free(self._arena_base)
+        free(self._region)
         self.parts = NULL
         self.producers = NULL
+        self._arena_base = NULL
+        self._region = NULL
         self._mappings = []
 
     def _check_worker(self, int worker):
@@ -251,14 +308,17 @@ cdef class Engine:
         return 0
 
     cdef inline int _enter_nogil_read(self) except -1:
-        amdb_fetch_add_seqcst(&self._nogil_readers, 1)
+        """Register a reader (see "Process safety"); returns the slot to pass
+        to _leave_nogil_read. Take base pointers only after this. REQUIRES the GIL."""
+        cdef int slot = <int>(self._read_epoch & 1)
+        amdb_fetch_add_seqcst(&self._readers[slot], 1)
         if self.closed:
-            amdb_fetch_sub_seqcst(&self._nogil_readers, 1)
+            amdb_fetch_sub_seqcst(&self._readers[slot], 1)
             raise ClosedError("the database is closed")
-        return 0
+        return slot
 
-    cdef inline void _leave_nogil_read(self) noexcept:
-        amdb_fetch_sub_seqcst(&self._nogil_readers, 1)
+    cdef inline void _leave_nogil_read(self, int slot) noexcept:
+        amdb_fetch_sub_seqcst(&self._readers[slot], 1)
 
     # ---- packing writes into the rings -------------------------------------
 
@@ -451,6 +511,115 @@ cdef class Engine:
             if self._wait_progress(i, r.last_chunk_sent, 0) == WAIT_FAILED:
                 failed.append((i, amdb_load_relaxed(&r.ctrl.failed_status)))
         return failed
+
+    def _compact_workers(self, uint64_t keep):
+        """Have every worker write its next arena generation keeping the newest
+        `keep` versions of each key (0: all), wait for all of them, and point
+        this process's readers at the generations they switched to.
+        REQUIRES the write lock (a batch boundary) and an empty target region
+        in every partition (ParallelDB punches the retired ones out).
+        Returns (seq, [(worker, status)] of the workers that failed). The
+        regions left behind may be given back once the readers of the read
+        epoch before it are gone (_wait_readers; ParallelDB._compact_locked)."""
+        cdef int i
+        cdef RingProducer *r
+        cdef uint64_t seq
+        self._check_open()
+        self._settle_aborts()
+        seq = amdb_load_acquire(&self.dbc.visible_seq)
+        for i in range(self.nworkers):
+            r = &self.producers[i]
+            self._send_control(i, AMDB_OP_COMPACT, seq, keep)
+            r.batch_first_chunk = r.last_chunk_sent
+        failed = []
+        try:
+            for i in range(self.nworkers):
+                r = &self.producers[i]
+                if self._wait_progress(i, r.last_chunk_sent, 0) == WAIT_FAILED:
+                    failed.append((i, amdb_load_relaxed(&r.ctrl.failed_status)))
+        finally:
+            # Also when a wait raised (a worker died): the workers that did
+            # switch no longer write their old region.
+            self._adopt_regions()
+            self._refresh_len()
+        return seq, failed
+
+    def _adopt_regions(self):
+        """Point parts[w].arena at the region each worker's control block names
+        as current (after a compaction, or a worker that attached again), and
+        bump the read epoch once if any base changed. Runs with the GIL, so
+        no GIL-holding read step sees half of it. Returns [(worker, region
+        it left)]."""
+        cdef int i
+        cdef uint64_t region
+        cdef amdb_control *c
+        retired = []
+        for i in range(self.nworkers):
+            c = self.parts[i].ctrl
+            # Acquire: the worker wrote the generation (and its header) before
+            # publishing the region; we read them through the new base next.
+            region = amdb_load_acquire(&c.arena_region)
+            if region != self._region[i] and region < AMDB_ARENA_REGIONS:
+                retired.append((i, self._region[i]))
+                self._region[i] = region
+                self.parts[i].arena = self._arena_base[i] + region * c.arena_capacity
+                self.parts[i].region_offset = c.arena_offset + region * c.arena_capacity
+        if retired:
+            self._read_epoch += 1
+        return retired
+
+    def _wait_readers(self, int slot, double timeout):
+        """Wait until no registered reader of `slot` is left (readers that
+        entered before the read epoch moved on), at most `timeout` seconds
+        (negative: until they are gone; Ctrl-C works). True when none is left."""
+        cdef uint64_t deadline_ns = amdb_monotonic_ns() + <uint64_t>(max(timeout, 0.0) * 1e9)
+        cdef uint64_t slice_end
+        cdef bint gone = False
+        if slot < 0 or slot > 1:
+            return True
+        while True:
+            slice_end = amdb_monotonic_ns() + WAIT_SLICE_NS
+            with nogil:
+                while True:
+                    if amdb_load_seqcst(&self._readers[slot]) == 0:
+                        gone = True
+                        break
+                    if amdb_monotonic_ns() >= slice_end:
+                        break
+                    usleep(50)
+            if gone:
+                return True
+            if timeout >= 0 and amdb_monotonic_ns() >= deadline_ns:
+                return False
+            PyErr_CheckSignals()
+
+    def _debug_enter_read(self):
+        """Test hook: register as a reader, as a GIL-free read does (returns
+        the slot for _debug_leave_read)."""
+        return self._enter_nogil_read()
+
+    def _debug_leave_read(self, int slot):
+        if slot not in (0, 1):
+            raise InvalidArgumentError("a reader slot is 0 or 1")
+        self._leave_nogil_read(slot)
+
+    def _regions(self):
+        """[(region, generation)] of every partition as this process reads it."""
+        cdef int i
+        out = []
+        for i in range(self.nworkers):
+            out.append((self._region[i], amdb_arena_header_of(self.parts[i].arena).generation))
+        return out
+
+    def _version_counts(self):
+        """(versions, nodes) stored in every partition together (relaxed: statistics,
+        and the automatic compaction's trigger)."""
+        cdef int i
+        cdef uint64_t versions = 0, nodes = 0
+        for i in range(self.nworkers):
+            versions += amdb_load_relaxed(&self.parts[i].ctrl.version_count)
+            nodes += amdb_load_relaxed(&self.parts[i].ctrl.node_count)
+        return versions, nodes
 
     cdef object _finish_batch(self):
         """Publish every open chunk, wait for every worker of the batch, then
@@ -658,25 +827,30 @@ cdef class Engine:
     def _partition_items(self, int worker):
         """[(key, value)] of the live keys stored in partition `worker`, in key
         order, as of now (whoever the slot table says owns them)."""
-        cdef PartitionView *p
+        cdef const char *arena
         cdef uint64_t off, version_off, visible
         cdef amdb_node *n
         cdef amdb_version *v
+        cdef int slot
         self._check_open()
         if not 0 <= worker < self.nworkers:
             raise InvalidArgumentError(f"no worker {worker}")
-        p = &self.parts[worker]
-        visible = amdb_load_acquire(&self.dbc.visible_seq)
         out = []
-        off = amdb_load_acquire(&node_at(p.arena, amdb_load_acquire(&p.ctrl.skiplist_head)).next[0])
-        while off != 0:
-            n = node_at(p.arena, off)
-            version_off = visible_version(p.arena, n, visible)
-            if is_live(p.arena, version_off):
-                v = version_at(p.arena, version_off)
-                out.append((PyBytes_FromStringAndSize(<char *>amdb_node_key(n), n.key_len),
-                            PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)))
-            off = amdb_load_acquire(&n.next[0])
+        slot = self._enter_nogil_read()      # building tuples may collect garbage mid-walk
+        try:
+            arena = self.parts[worker].arena
+            visible = amdb_load_acquire(&self.dbc.visible_seq)
+            off = amdb_load_acquire(&node_at(arena, arena_skiplist_head(arena)).next[0])
+            while off != 0:
+                n = node_at(arena, off)
+                version_off = visible_version(arena, n, visible)
+                if is_live(arena, version_off):
+                    v = version_at(arena, version_off)
+                    out.append((PyBytes_FromStringAndSize(<char *>amdb_node_key(n), n.key_len),
+                                PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)))
+                off = amdb_load_acquire(&n.next[0])
+        finally:
+            self._leave_nogil_read(slot)
         return out
 
     cdef object _write_deletes(self, keys):
@@ -832,31 +1006,38 @@ cdef class Engine:
     # ---- reads -------------------------------------------------------------
 
     cdef inline uint64_t _lookup(self, const uint8_t *key, uint64_t key_len, uint64_t visible,
-                                 int *worker_out) noexcept nogil:
-        """Visible live version offset of `key`, or 0."""
+                                 int *worker_out, const char **arena_out) noexcept nogil:
+        """Visible live version offset of `key`, 0, or VERSION_RECLAIMED; the
+        base of the region it lies in goes to *arena_out (taken once: see
+        "Process safety")."""
         cdef uint64_t h = amdb_xxh64(key, key_len, 0)
         cdef int worker = self.dbc.slot_owner[h & SLOT_MASK]
-        cdef PartitionView *p = &self.parts[worker]
+        cdef const char *arena = self.parts[worker].arena
         cdef uint64_t node_off, version_off
         worker_out[0] = worker
-        node_off = hashindex_find(p.arena, amdb_load_acquire(&p.ctrl.hash_table), h, key, <uint32_t>key_len)
+        arena_out[0] = arena
+        node_off = hashindex_find(arena, arena_hash_table(arena), h, key, <uint32_t>key_len)
         if node_off == 0:
             return 0
-        version_off = visible_version(p.arena, node_at(p.arena, node_off), visible)
-        return version_off if is_live(p.arena, version_off) else 0
+        version_off = visible_version(arena, node_at(arena, node_off), visible)
+        if version_off == VERSION_RECLAIMED:
+            return version_off
+        return version_off if is_live(arena, version_off) else 0
 
     def get(self, key, default=None, *, version=None, at_seq=None):
         """The value of `key` as bytes, or `default` when it is absent.
 
         version=n: the key's n-th version (1 = first); at_seq=s: the value as
         of sequence number s. Either gives `default` when that version does
-        not exist or is a deletion (see docs/API.md)."""
+        not exist or is a deletion, and raises VersionReclaimedError when
+        compaction reclaimed it (see docs/API.md)."""
         cdef const uint8_t *kp
         cdef Py_ssize_t kl
         cdef Py_buffer view
         cdef bint held = False
         cdef uint64_t visible, version_off
         cdef int worker
+        cdef const char *arena
         cdef amdb_version *v
         if self.closed:
             raise ClosedError("the database is closed")
@@ -869,13 +1050,30 @@ cdef class Engine:
             raise ClosedError("the database is closed")
         # Acquire first: roots loaded after it are at least as new as the batch.
         visible = amdb_load_acquire(&self.dbc.visible_seq)
-        version_off = self._lookup(kp, kl, visible, &worker)
+        version_off = self._lookup(kp, kl, visible, &worker, &arena)
         if held:
-            PyBuffer_Release(&view)
+            return self._get_held(&view, version_off, arena, default)
         if version_off == 0:
             return default
-        v = version_at(self.parts[worker].arena, version_off)
+        if version_off == VERSION_RECLAIMED:    # cannot happen for a read as of now; never a wrong answer
+            _raise_reclaimed_now(key)
+        v = version_at(arena, version_off)
         return PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
+
+    cdef object _get_held(self, Py_buffer *view, uint64_t version_off, const char *arena, default):
+        """get()'s end for a key whose buffer we hold: the value is copied
+        before the buffer is released, since releasing it may run the
+        caller's code, and with it a compaction."""
+        cdef amdb_version *v
+        if version_off == 0 or version_off == VERSION_RECLAIMED:
+            value = default
+        else:
+            v = version_at(arena, version_off)
+            value = PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
+        PyBuffer_Release(view)
+        if version_off == VERSION_RECLAIMED:
+            _raise_reclaimed_now(None)
+        return value
 
     cdef uint64_t _limit_seq(self, at_seq) except? 0:
         """The newest seq a read may see: visible_seq, or at_seq (validated).
@@ -898,46 +1096,34 @@ cdef class Engine:
                                        f"number is {visible}", hint="use db.snapshot().seq for 'now'")
         return seq
 
-    cdef uint64_t _find_node(self, const uint8_t *key, uint64_t key_len, int *worker_out) noexcept nogil:
+    cdef uint64_t _find_node(self, const uint8_t *key, uint64_t key_len, int *worker_out,
+                             const char **arena_out) noexcept nogil:
+        """Node offset of `key` (0 when absent), its worker and the base it lies in."""
         cdef uint64_t h = amdb_xxh64(key, key_len, 0)
         cdef int worker = self.dbc.slot_owner[h & SLOT_MASK]
-        cdef PartitionView *p = &self.parts[worker]
+        cdef const char *arena = self.parts[worker].arena
         worker_out[0] = worker
-        return hashindex_find(p.arena, amdb_load_acquire(&p.ctrl.hash_table), h, key, <uint32_t>key_len)
+        arena_out[0] = arena
+        return hashindex_find(arena, arena_hash_table(arena), h, key, <uint32_t>key_len)
 
-    cdef uint64_t _node_of(self, key, int *worker_out) except? 0:
-        """Node offset of `key` (0 when absent) and its worker; validates the key."""
-        cdef const uint8_t *kp
-        cdef Py_ssize_t kl
-        cdef Py_buffer view
-        cdef bint held = False
+    cdef uint64_t _chain_of(self, bytes key, int *worker, const char **arena) except? 0:
+        """Newest version offset of `key` (0: never written), its worker and
+        the base of its region. No code of the caller runs in here: the
+        caller validated everything first."""
         cdef uint64_t node_off
-        bytes_view(key, &kp, &kl, &view, &held, "key")
-        if self.closed:                  # the key's export may have run the caller's code
-            if held:
-                PyBuffer_Release(&view)
-            raise ClosedError("the database is closed")
-        node_off = self._find_node(kp, kl, worker_out)
-        if held:
-            PyBuffer_Release(&view)
-        return node_off
-
-    cdef uint64_t _chain_of(self, key, at_seq, uint64_t *limit, int *worker) except? 0:
-        """Newest version offset of `key` (0: never written) and, in *limit,
-        the newest seq the read may see (validated at_seq, or visible_seq)."""
-        cdef uint64_t node_off
-        limit[0] = self._limit_seq(at_seq)
-        node_off = self._node_of(key, worker)
+        self._check_open()
+        node_off = self._find_node(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                                   worker, arena)
         if node_off == 0:
             return 0
-        return amdb_load_acquire(&node_at(self.parts[worker[0]].arena, node_off).latest)
+        return amdb_load_acquire(&node_at(arena[0], node_off).latest)
 
     def _get_versioned(self, key, default, version, at_seq):
         cdef int worker
-        cdef uint64_t limit, off, wanted = 0
+        cdef uint64_t limit, off, wanted = 0, number
+        cdef const char *arena
         cdef amdb_version *v
         cdef amdb_version_tail *tail
-        cdef PartitionView *p
         if version is not None:
             if isinstance(version, bool) or not isinstance(version, int):
                 raise InvalidTypeError(f"version= must be an int, not {type(version).__name__}",
@@ -947,43 +1133,62 @@ cdef class Engine:
                                            hint="version=1 is a key's first version; see db.history(key)")
             # No key has 2**64 - 1 versions: a larger number finds none either.
             wanted = version if version <= 0xFFFFFFFFFFFFFFFF else 0xFFFFFFFFFFFFFFFF
-        off = self._chain_of(key, at_seq, &limit, &worker)
-        p = &self.parts[worker]
+        limit = self._limit_seq(at_seq)
+        key = _as_key(key, "key")        # the caller's code runs here, if at all; not below
+        off = self._chain_of(key, &worker, &arena)
         while off != 0:
-            v = version_at(p.arena, off)
+            v = version_at(arena, off)
+            tail = amdb_version_tail_of(v)
+            number = tail.version_no
             if v.seq <= limit:
-                tail = amdb_version_tail_of(v)
-                if wanted == 0 or tail.version_no == wanted:
+                if wanted == 0 or number == wanted:
                     if v.flags & AMDB_VERSION_TOMBSTONE:
                         return default
                     return PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
-                if tail.version_no < wanted:
+                if number < wanted:
                     return default
+            if v.prev == 0 and number > 1 and (wanted == 0 or wanted < number):
+                # The answer lies below the oldest kept version (layout.h, invariant 9).
+                _raise_reclaimed(key, version, at_seq, number, v.seq)
             off = v.prev
         return default
 
     def _history(self, key, at_seq):
         """[(version_no, seq, timestamp_ns, value or None, deleted, hash, prev_hash)],
-        newest first, of the versions visible as of at_seq (None: now)."""
-        cdef int worker
-        cdef uint64_t limit, off
+        newest first, of the versions visible as of at_seq (None: now). After
+        compaction: the kept ones; VersionReclaimedError when none of them is
+        visible at at_seq but older, reclaimed ones were."""
+        cdef int worker, slot
+        cdef uint64_t limit, off, oldest = 0, oldest_seq = 0
+        cdef const char *arena
         cdef amdb_version *v
         cdef amdb_version_tail *tail
-        cdef PartitionView *p
         cdef list out = []
         if self.closed:
             raise ClosedError("the database is closed")
-        off = self._chain_of(key, at_seq, &limit, &worker)
-        p = &self.parts[worker]
-        while off != 0:
-            v = version_at(p.arena, off)
-            if v.seq <= limit:
+        limit = self._limit_seq(at_seq)
+        key = _as_key(key, "key")
+        # Registered: building the tuples may collect garbage, and run other
+        # threads, in the middle of the walk.
+        slot = self._enter_nogil_read()
+        try:
+            off = self._chain_of(key, &worker, &arena)
+            while off != 0:
+                v = version_at(arena, off)
                 tail = amdb_version_tail_of(v)
-                deleted = bool(v.flags & AMDB_VERSION_TOMBSTONE)
-                out.append((tail.version_no, v.seq, tail.timestamp_ns,
-                            None if deleted else PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len),
-                            deleted, tail.hash, tail.prev_hash))
-            off = v.prev
+                if v.seq <= limit:
+                    deleted = bool(v.flags & AMDB_VERSION_TOMBSTONE)
+                    out.append((tail.version_no, v.seq, tail.timestamp_ns,
+                                None if deleted else PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len),
+                                deleted, tail.hash, tail.prev_hash))
+                if v.prev == 0 and tail.version_no > 1:
+                    oldest = tail.version_no
+                    oldest_seq = v.seq
+                off = v.prev
+        finally:
+            self._leave_nogil_read(slot)
+        if not out and oldest:
+            _raise_reclaimed(key, None, at_seq, oldest, oldest_seq)
         return out
 
     def __contains__(self, key):
@@ -992,6 +1197,7 @@ cdef class Engine:
         cdef Py_buffer view
         cdef bint held = False
         cdef int worker
+        cdef const char *arena
         cdef uint64_t found
         if self.closed:
             raise ClosedError("the database is closed")
@@ -1000,9 +1206,11 @@ cdef class Engine:
             if held:
                 PyBuffer_Release(&view)
             raise ClosedError("the database is closed")
-        found = self._lookup(kp, kl, amdb_load_acquire(&self.dbc.visible_seq), &worker)
+        found = self._lookup(kp, kl, amdb_load_acquire(&self.dbc.visible_seq), &worker, &arena)
         if held:
             PyBuffer_Release(&view)
+        if found == VERSION_RECLAIMED:
+            _raise_reclaimed_now(key)
         return found != 0
 
     def __len__(self):
@@ -1011,21 +1219,23 @@ cdef class Engine:
         return self.committed_len
 
     cdef void _lookup_many(self, Py_ssize_t n, const uint8_t **keys, uint64_t *lengths,
-                           uint64_t *found, int *workers, uint64_t visible) noexcept nogil:
+                           uint64_t *found, int *workers, uint64_t visible, const char **bases) noexcept nogil:
         """Batch lookup with overlapping cache misses: each group of keys goes
         through hash -> slot -> node -> version in stages, prefetching the
         next stage for the whole group before touching any of it. Reads as of
-        `visible` (loaded by the caller before this call: acquire first)."""
+        `visible` (loaded by the caller before this call: acquire first), in
+        the regions at bases[w] (taken by the caller once, as a registered
+        reader). found[i]: a live version offset, 0, or VERSION_RECLAIMED."""
         cdef uint64_t hashes[LOOKUP_GROUP]
         cdef amdb_hash_slot *slots[LOOKUP_GROUP]
         cdef amdb_hash_table *tables[256]
         cdef amdb_hash_table *t
-        cdef PartitionView *p
+        cdef const char *arena
         cdef Py_ssize_t base, j, m, i
         cdef uint64_t node_off, off
         cdef int w
         for w in range(self.nworkers if self.nworkers < 256 else 256):
-            tables[w] = table_at(self.parts[w].arena, amdb_load_acquire(&self.parts[w].ctrl.hash_table))
+            tables[w] = table_at(bases[w], arena_hash_table(bases[w]))
         base = 0
         while base < n:
             m = n - base if n - base < LOOKUP_GROUP else LOOKUP_GROUP
@@ -1044,25 +1254,25 @@ cdef class Engine:
                 if slots[j] != NULL:
                     node_off = amdb_load_acquire(slots[j])
                     if node_off != 0 and amdb_slot_word_tag(node_off) == amdb_slot_tag(hashes[j]):
-                        amdb_prefetch(self.parts[workers[base + j]].arena + amdb_slot_node(node_off))
+                        amdb_prefetch(bases[workers[base + j]] + amdb_slot_node(node_off))
             for j in range(m):
                 i = base + j
-                p = &self.parts[workers[i]]
+                arena = bases[workers[i]]
                 if workers[i] < 256:
-                    node_off = hashindex_find(p.arena, <uint64_t>(<char *>tables[workers[i]] - p.arena),
+                    node_off = hashindex_find(arena, <uint64_t>(<char *>tables[workers[i]] - arena),
                                               hashes[j], keys[i], <uint32_t>lengths[i])
                 else:
-                    node_off = hashindex_find(p.arena, amdb_load_acquire(&p.ctrl.hash_table),
+                    node_off = hashindex_find(arena, arena_hash_table(arena),
                                               hashes[j], keys[i], <uint32_t>lengths[i])
                 found[i] = node_off
                 if node_off != 0:
-                    amdb_prefetch(p.arena + amdb_load_acquire(&node_at(p.arena, node_off).latest))
+                    amdb_prefetch(arena + amdb_load_acquire(&node_at(arena, node_off).latest))
             for j in range(m):
                 i = base + j
                 if found[i] != 0:
-                    p = &self.parts[workers[i]]
-                    off = visible_version(p.arena, node_at(p.arena, found[i]), visible)
-                    found[i] = off if is_live(p.arena, off) else 0
+                    arena = bases[workers[i]]
+                    off = visible_version(arena, node_at(arena, found[i]), visible)
+                    found[i] = off if off == VERSION_RECLAIMED or is_live(arena, off) else 0
             base += m
 
     def batch_get(self, keys, *, at_seq=None):
@@ -1079,6 +1289,8 @@ cdef class Engine:
         cdef uint64_t limit
         cdef amdb_version *v
         cdef object key, value
+        cdef const char *bases[256]
+        cdef int slot, w
         if self.closed:
             raise ClosedError("the database is closed")
         if isinstance(keys, (bytes, bytearray, str)):
@@ -1111,26 +1323,38 @@ cdef class Engine:
                 lengths[i] = <uint64_t>PyBytes_GET_SIZE(key)
             result = PyList_New(n)
             limit = self._limit_seq(at_seq)
-            self._enter_nogil_read()
+            slot = self._enter_nogil_read()
             try:
+                # One base per partition for the whole call: every block reads
+                # the same generations (we are registered, so they stay).
+                for w in range(self.nworkers):
+                    bases[w] = self.parts[w].arena
                 # Blocks small enough that a block's versions are still in
                 # cache when their bytes objects are built.
                 block = 0
                 while block < n:
                     m = min(n - block, BATCH_GET_BLOCK)
                     with nogil:
-                        self._lookup_many(m, ptrs + block, lengths + block, found + block, workers + block, limit)
+                        self._lookup_many(m, ptrs + block, lengths + block, found + block, workers + block,
+                                          limit, bases)
                     for i in range(block, block + m):
-                        if found[i] != 0:
-                            v = version_at(self.parts[workers[i]].arena, found[i])
+                        if found[i] == VERSION_RECLAIMED:
+                            value = None
+                        elif found[i] != 0:
+                            v = version_at(bases[workers[i]], found[i])
                             value = PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
                         else:
                             value = None
                         Py_INCREF(value)
                         PyList_SET_ITEM(result, i, value)
+                    for i in range(block, block + m):
+                        if found[i] == VERSION_RECLAIMED:
+                            raise VersionReclaimedError(
+                                f"the value of key {held_keys[i]!r} as of seq {limit} was reclaimed by compaction",
+                                key=PyBytes_FromStringAndSize(<char *>ptrs[i], lengths[i]), at_seq=limit)
                     block += m
             finally:
-                self._leave_nogil_read()
+                self._leave_nogil_read(slot)
             return result
         finally:
             free(ptrs)
@@ -1153,6 +1377,8 @@ cdef class Engine:
         cdef amdb_version *v
         cdef uint8_t[::1] out
         cdef uint8_t[::1] found_view
+        cdef const char *bases[256]
+        cdef int slot, w
         try:
             if ptrs == NULL or lengths == NULL or found == NULL or workers == NULL:
                 raise MemoryError()
@@ -1163,14 +1389,18 @@ cdef class Engine:
                     while kl > 0 and ptrs[i][kl - 1] == 0:
                         kl -= 1
                 lengths[i] = kl
-            self._enter_nogil_read()
+            slot = self._enter_nogil_read()
             try:
+                for w in range(self.nworkers):
+                    bases[w] = self.parts[w].arena
                 limit = amdb_load_acquire(&self.dbc.visible_seq)
                 with nogil:
-                    self._lookup_many(n, ptrs, lengths, found, workers, limit)
+                    self._lookup_many(n, ptrs, lengths, found, workers, limit, bases)
                 for i in range(n):
+                    if found[i] == VERSION_RECLAIMED:   # cannot happen as of now; never a wrong answer
+                        raise VersionReclaimedError(f"the visible version of key #{i} was reclaimed by compaction")
                     if found[i] != 0:
-                        v = version_at(self.parts[workers[i]].arena, found[i])
+                        v = version_at(bases[workers[i]], found[i])
                         if v.value_len > longest:
                             longest = v.value_len
                         if exact and value_width >= 0 and v.value_len != value_width:
@@ -1191,11 +1421,11 @@ cdef class Engine:
                 for i in range(n):
                     if found[i] != 0:
                         found_view[i] = 1
-                        v = version_at(self.parts[workers[i]].arena, found[i])
+                        v = version_at(bases[workers[i]], found[i])
                         if v.value_len:
                             memcpy(&out[i * width], amdb_version_value(v), v.value_len)
             finally:
-                self._leave_nogil_read()
+                self._leave_nogil_read(slot)
             return out_arr, width, found_arr.view(np.bool_)
         finally:
             free(ptrs)
@@ -1203,7 +1433,9 @@ cdef class Engine:
             free(found)
             free(workers)
 
-    cdef list _breaks_of(self, int worker, VerifyResult *r):
+    cdef list _breaks_of(self, PartitionView *view, int worker, VerifyResult *r):
+        """Break tuples of `r`, found in the region `view` names (REQUIRES a
+        registered reader: it builds tuples)."""
         cdef list out = []
         cdef uint64_t i
         cdef BreakRecord *b
@@ -1213,8 +1445,8 @@ cdef class Engine:
         for i in range(r.breaks_len):
             b = &r.breaks[i]
             key = None
-            if b.node_off != 0 and node_readable(&self.parts[worker], b.node_off):
-                n = node_at(self.parts[worker].arena, b.node_off)
+            if b.node_off != 0 and node_readable(view, b.node_off):
+                n = node_at(view.arena, b.node_off)
                 key = PyBytes_FromStringAndSize(<char *>amdb_node_key(n), n.key_len)
             out.append((worker, key, b.version_no or None, kinds.get(b.kind, str(b.kind)),
                         b.expected, b.stored))
@@ -1224,30 +1456,44 @@ cdef class Engine:
         """(keys, versions, breaks_total, [break tuples]) of one partition,
         checked with the GIL released (callers run partitions in threads)."""
         cdef VerifyResult r
+        cdef PartitionView view
+        cdef int slot
         memset(&r, 0, sizeof(r))
-        self._enter_nogil_read()
+        slot = self._enter_nogil_read()
         try:
+            view = self.parts[worker]            # one base for the whole check
             with nogil:
-                verify_partition(&self.parts[worker], &r)
-                verify_ledger(&self.parts[worker], &r)
-            return (r.keys, r.versions, r.breaks_total, self._breaks_of(worker, &r))
+                verify_partition(&view, &r)
+                verify_ledger(&view, &r)
+            return (r.keys, r.versions, r.breaks_total, self._breaks_of(&view, worker, &r))
         finally:
             free(r.breaks)
-            self._leave_nogil_read()
+            self._leave_nogil_read(slot)
 
     def _verify_key(self, key):
-        cdef int worker
+        """REQUIRES no compaction in flight (ParallelDB.verify holds its
+        lock): the bounds come from the control block's line 4, which
+        describes the new generation before this process reads it."""
+        cdef int worker, slot
         cdef uint64_t node_off
+        cdef const char *arena
         cdef VerifyResult r
+        cdef PartitionView view
         self._check_open()
         memset(&r, 0, sizeof(r))
-        node_off = self._node_of(key, &worker)
+        key = _as_key(key, "key")
+        slot = self._enter_nogil_read()
         try:
-            if node_off != 0 and node_readable(&self.parts[worker], node_off):
-                verify_node(&self.parts[worker], node_off, &r)
-            return (r.keys, r.versions, r.breaks_total, self._breaks_of(worker, &r))
+            node_off = self._find_node(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                                       &worker, &arena)
+            view = self.parts[worker]
+            view.arena = <char *>arena
+            if node_off != 0 and node_readable(&view, node_off):
+                verify_node(&view, node_off, &r)
+            return (r.keys, r.versions, r.breaks_total, self._breaks_of(&view, worker, &r))
         finally:
             free(r.breaks)
+            self._leave_nogil_read(slot)
 
     def _quiesce(self):
         """REQUIRES the write lock: settle pending rollbacks, so that the
@@ -1268,35 +1514,57 @@ cdef class Engine:
         return out
 
     def _debug_layout(self, key):
-        """Arena offsets of `key`'s node fields and versions (tests corrupt them)."""
-        cdef int worker
+        """Arena offsets (in the current region of its worker) of `key`'s node
+        fields and versions (tests corrupt them: ParallelDB._debug_flip_bit)."""
+        cdef int worker, slot
         cdef uint64_t node_off, off
+        cdef const char *arena
         cdef amdb_node *n
         cdef amdb_version *v
         cdef amdb_version_tail *t
         self._check_open()
-        node_off = self._node_of(key, &worker)
-        if node_off == 0:
-            return None
-        n = node_at(self.parts[worker].arena, node_off)
+        key = _as_key(key, "key")
         versions = []
-        off = amdb_load_acquire(&n.latest)
-        while off != 0:
-            v = version_at(self.parts[worker].arena, off)
-            t = amdb_version_tail_of(v)
-            versions.append({
-                "version": t.version_no, "off": off,
-                "prev_off": off + <size_t>&v.prev - <size_t>v,
-                "value_off": off + sizeof(amdb_version), "value_len": v.value_len,
-                "hash_off": <size_t>&t.hash - <size_t>self.parts[worker].arena,
-                "prev_hash_off": <size_t>&t.prev_hash - <size_t>self.parts[worker].arena,
-            })
-            off = v.prev
-        return {"worker": worker, "node_off": node_off,
-                "latest_off": node_off + <size_t>&n.latest - <size_t>n,
-                "next0_off": node_off + <size_t>&n.next[0] - <size_t>n,
-                "key_off": node_off + <size_t>amdb_node_key(n) - <size_t>n, "key_len": n.key_len,
-                "versions": versions}
+        slot = self._enter_nogil_read()
+        try:
+            node_off = self._find_node(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                                       &worker, &arena)
+            if node_off == 0:
+                return None
+            n = node_at(arena, node_off)
+            off = amdb_load_acquire(&n.latest)
+            while off != 0:
+                v = version_at(arena, off)
+                t = amdb_version_tail_of(v)
+                versions.append({
+                    "version": t.version_no, "off": off,
+                    "prev_off": off + <size_t>&v.prev - <size_t>v,
+                    "value_off": off + sizeof(amdb_version), "value_len": v.value_len,
+                    "hash_off": <size_t>&t.hash - <size_t>arena,
+                    "prev_hash_off": <size_t>&t.prev_hash - <size_t>arena,
+                })
+                off = v.prev
+            return {"worker": worker, "node_off": node_off,
+                    "region": (<size_t>arena - <size_t>self._arena_base[worker]) // self.parts[worker].ctrl.arena_capacity,
+                    "latest_off": node_off + <size_t>&n.latest - <size_t>n,
+                    "next0_off": node_off + <size_t>&n.next[0] - <size_t>n,
+                    "key_off": node_off + <size_t>amdb_node_key(n) - <size_t>n, "key_len": n.key_len,
+                    "versions": versions}
+        finally:
+            self._leave_nogil_read(slot)
+
+    def _debug_arena_header(self, int worker):
+        """The arena header of `worker`'s current generation (layout.h), and
+        where its fields lie (tests corrupt them)."""
+        cdef amdb_arena_header *h
+        self._check_open()
+        h = amdb_arena_header_of(self.parts[worker].arena)
+        return {"generation": h.generation, "skiplist_head": h.skiplist_head, "hash_table": h.hash_table,
+                "base_block": h.base_block, "compact_seq": h.compact_seq, "keep_versions": h.keep_versions,
+                "base_block_off": <size_t>&h.base_block - <size_t>h,
+                # head and kept are the last 64 bytes of the block (layout.h)
+                "base_head_off": h.base_block + sizeof(amdb_ledger_base_block) - 64,
+                "base_kept_off": h.base_block + sizeof(amdb_ledger_base_block) - 32}
 
     def _stats_of(self, int worker):
         cdef amdb_control *c
@@ -1321,6 +1589,15 @@ cdef class Engine:
             "log_syncs": amdb_load_relaxed(&c.log_syncs),
             "log_errors": amdb_load_relaxed(&c.log_errors),
             "log_broken": bool(amdb_load_relaxed(&c.log_broken)),
+            "region": self._region[worker],
+            "generation": amdb_arena_header_of(self.parts[worker].arena).generation,
+            "compact_state": ("idle", "building", "switching", "?")[min(amdb_load_acquire(&c.compact_state), 3)],
+            "compactions": amdb_load_relaxed(&c.compactions),
+            "versions_reclaimed": amdb_load_relaxed(&c.versions_reclaimed),
+            "last_compact_seq": amdb_load_relaxed(&c.last_compact_seq),
+            "last_compact_seconds": amdb_load_relaxed(&c.last_compact_ns) / 1e9,
+            "last_compact_arena_bytes": (amdb_load_relaxed(&c.last_bytes_before),
+                                         amdb_load_relaxed(&c.last_bytes_after)),
         }
 
     def _log_state(self):
@@ -1426,15 +1703,24 @@ cdef object _prefix_successor(bytes prefix):
 
 cdef class ScanIterator:
     """Merges the workers' ordered lists into one ordered stream. Reads a
-    snapshot: versions newer than visible_seq at creation are skipped."""
+    snapshot: versions newer than visible_seq at creation are skipped.
+
+    Between two steps it keeps offsets into the generations it read; when a
+    compaction switched any partition's generation meanwhile (the engine's
+    read epoch moved), it re-seeks every partition just past the last key it
+    returned, in the new generations, as LevelDB iterators re-seek after a
+    change of version. A key whose value as of the snapshot was reclaimed
+    raises VersionReclaimedError when the scan reaches it."""
     cdef Engine engine
     cdef uint64_t visible
     cdef int nworkers
     cdef uint64_t *cursor          # per worker: node offset with a visible live version, or 0
-    cdef uint64_t *cursor_version
+    cdef uint64_t *cursor_version  #   and that version (VERSION_RECLAIMED: compaction reclaimed it)
     cdef bytes start, stop
     cdef bint reverse
     cdef int mode
+    cdef uint64_t epoch            # engine._read_epoch the cursors belong to
+    cdef bytes last_key            # the last key returned (None: none yet)
 
     def __cinit__(self, Engine engine, start, stop, bint reverse, int mode, uint64_t visible):
         cdef int w
@@ -1444,11 +1730,13 @@ cdef class ScanIterator:
         self.stop = stop
         self.reverse = reverse
         self.mode = mode
+        self.last_key = None
         self.cursor = <uint64_t *>calloc(max(self.nworkers, 1), sizeof(uint64_t))
         self.cursor_version = <uint64_t *>calloc(max(self.nworkers, 1), sizeof(uint64_t))
         if self.cursor == NULL or self.cursor_version == NULL:
             raise MemoryError()
         self.visible = visible
+        self.epoch = engine._read_epoch
         for w in range(self.nworkers):
             self._seek_first(w)
 
@@ -1470,43 +1758,71 @@ cdef class ScanIterator:
 
     cdef void _settle(self, int w, uint64_t off) noexcept:
         """Move worker w's cursor to the first node from `off` on (in scan
-        direction) that is in bounds and has a visible live version."""
-        cdef PartitionView *p = &self.engine.parts[w]
+        direction) that is in bounds and has a visible live version (or whose
+        visible version was reclaimed: the scan raises when it gets there)."""
+        cdef const char *arena = self.engine.parts[w].arena
         cdef amdb_node *n
         cdef uint64_t version_off
         while off != 0:
-            n = node_at(p.arena, off)
+            n = node_at(arena, off)
             if not self._in_bounds(n):
                 off = 0
                 break
-            version_off = visible_version(p.arena, n, self.visible)
-            if is_live(p.arena, version_off):
+            version_off = visible_version(arena, n, self.visible)
+            if version_off == VERSION_RECLAIMED or is_live(arena, version_off):
                 self.cursor_version[w] = version_off
                 break
             if self.reverse:
-                off = skiplist_find_lt(p.arena, p.ctrl.skiplist_head, n.key_prefix, amdb_node_key(n), n.key_len, False)
+                off = skiplist_find_lt(arena, arena_skiplist_head(arena), n.key_prefix, amdb_node_key(n),
+                                       n.key_len, False)
             else:
                 off = amdb_load_acquire(&n.next[0])
         self.cursor[w] = off
 
     cdef void _seek_first(self, int w) noexcept:
-        cdef PartitionView *p = &self.engine.parts[w]
-        cdef uint64_t head = amdb_load_acquire(&p.ctrl.skiplist_head)
+        cdef const char *arena = self.engine.parts[w].arena
+        cdef uint64_t head = arena_skiplist_head(arena)
         cdef const uint8_t *k
         cdef uint64_t off
         if self.reverse:
             if self.stop is None:
-                off = skiplist_find_lt(p.arena, head, 0, NULL, 0, True)
+                off = skiplist_find_lt(arena, head, 0, NULL, 0, True)
             else:
                 k = <const uint8_t *>PyBytes_AS_STRING(self.stop)
-                off = skiplist_find_lt(p.arena, head, amdb_key_prefix(k, len(self.stop)), k, len(self.stop), False)
+                off = skiplist_find_lt(arena, head, amdb_key_prefix(k, len(self.stop)), k, len(self.stop), False)
         else:
             if self.start is None:
-                off = amdb_load_acquire(&node_at(p.arena, head).next[0])
+                off = amdb_load_acquire(&node_at(arena, head).next[0])
             else:
                 k = <const uint8_t *>PyBytes_AS_STRING(self.start)
-                off = skiplist_find_ge(p.arena, head, amdb_key_prefix(k, len(self.start)), k, len(self.start))
+                off = skiplist_find_ge(arena, head, amdb_key_prefix(k, len(self.start)), k, len(self.start))
         self._settle(w, off)
+
+    cdef void _seek_past(self, int w, bytes key) noexcept:
+        """Position worker w just past `key` in scan direction."""
+        cdef const char *arena = self.engine.parts[w].arena
+        cdef uint64_t head = arena_skiplist_head(arena)
+        cdef const uint8_t *k = <const uint8_t *>PyBytes_AS_STRING(key)
+        cdef uint32_t length = <uint32_t>PyBytes_GET_SIZE(key)
+        cdef uint64_t prefix = amdb_key_prefix(k, length)
+        cdef uint64_t off
+        if self.reverse:
+            off = skiplist_find_lt(arena, head, prefix, k, length, False)
+        else:
+            off = skiplist_find_ge(arena, head, prefix, k, length)
+            if off != 0 and compare_key_to_node(prefix, k, length, node_at(arena, off)) == 0:
+                off = amdb_load_acquire(&node_at(arena, off).next[0])
+        self._settle(w, off)
+
+    cdef void _reseek(self) noexcept:
+        cdef int w
+        self.epoch = self.engine._read_epoch
+        for w in range(self.nworkers):
+            self.cursor[w] = 0
+            if self.last_key is None:
+                self._seek_first(w)
+            else:
+                self._seek_past(w, self.last_key)
 
     def __iter__(self):
         return self
@@ -1516,10 +1832,12 @@ cdef class ScanIterator:
         cdef amdb_node *n
         cdef amdb_node *b
         cdef int c
-        cdef PartitionView *p
+        cdef const char *arena
         cdef amdb_version *v
         if self.engine.closed:
             raise ClosedError("the database was closed while a scan was open")
+        if self.epoch != self.engine._read_epoch:
+            self._reseek()                 # a compaction switched generations since the last step
         for w in range(self.nworkers):
             if self.cursor[w] == 0:
                 continue
@@ -1533,15 +1851,19 @@ cdef class ScanIterator:
                 best = w
         if best < 0:
             raise StopIteration
-        p = &self.engine.parts[best]
-        n = node_at(p.arena, self.cursor[best])
-        if self.mode != SCAN_VALUES:
-            key = PyBytes_FromStringAndSize(<char *>amdb_node_key(n), n.key_len)
+        arena = self.engine.parts[best].arena
+        n = node_at(arena, self.cursor[best])
+        key = PyBytes_FromStringAndSize(<char *>amdb_node_key(n), n.key_len)
+        if self.cursor_version[best] == VERSION_RECLAIMED:
+            raise VersionReclaimedError(
+                f"the value of key {key!r} as of seq {self.visible} (this scan's snapshot) was reclaimed "
+                f"by compaction", key=key, at_seq=self.visible)
         if self.mode != SCAN_KEYS:
-            v = version_at(p.arena, self.cursor_version[best])
+            v = version_at(arena, self.cursor_version[best])
             value = PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
+        self.last_key = key
         if self.reverse:
-            self._settle(best, skiplist_find_lt(p.arena, p.ctrl.skiplist_head, n.key_prefix,
+            self._settle(best, skiplist_find_lt(arena, arena_skiplist_head(arena), n.key_prefix,
                                                 amdb_node_key(n), n.key_len, False))
         else:
             self._settle(best, amdb_load_acquire(&n.next[0]))
@@ -1555,6 +1877,7 @@ cdef class ScanIterator:
 # ---- segment initialisation (owner, before any worker starts) --------------
 
 CONTROL_BYTES = AMDB_CONTROL_BYTES
+ARENA_REGIONS = AMDB_ARENA_REGIONS
 DB_CONTROL_BYTES = (sizeof(amdb_db_control) + AMDB_PAGE - 1) // AMDB_PAGE * AMDB_PAGE
 RECORD_HEADER_BYTES = sizeof(amdb_ring_record)
 CHUNK_HEADER_BYTES = sizeof(amdb_ring_chunk)
@@ -1628,8 +1951,9 @@ def worker_position(Mapping m):
     was working on — the one at ring_tail, which the worker releases only
     when it is done with it — or None when its ring was empty.
 
-    Returns {"pid", "applied_chunk", "applied_seq", "failed_chunk",
-    "aborts_done", "in_flight": None or {"op": "chunk" | "abort" | "commit" | "checkpoint", "seq",
+    Returns {"pid", "compact_state" ("idle" | "building" | "switching": a
+    compaction it was writing, compact.pyx), "applied_chunk", "applied_seq", "failed_chunk",
+    "aborts_done", "in_flight": None or {"op": "chunk" | "abort" | "commit" | "checkpoint" | "compaction", "seq",
     "chunk_no", "records"}}. Reads racily; use it once the worker is gone."""
     cdef amdb_control *c = <amdb_control *>m.base
     cdef uint64_t mask, tail, head
@@ -1645,9 +1969,11 @@ def worker_position(Mapping m):
         if record.op == AMDB_OP_WRAP:
             tail += c.ring_capacity - (tail & mask)
             record = <amdb_ring_chunk *>ring_at(m.base + c.ring_offset, mask, tail)
-        if tail != head and record.op in (AMDB_OP_CHUNK, AMDB_OP_ABORT, AMDB_OP_COMMIT, AMDB_OP_CHECKPOINT):
+        if tail != head and record.op in (AMDB_OP_CHUNK, AMDB_OP_ABORT, AMDB_OP_COMMIT, AMDB_OP_CHECKPOINT,
+                                          AMDB_OP_COMPACT):
             in_flight = {"op": {AMDB_OP_CHUNK: "chunk", AMDB_OP_ABORT: "abort", AMDB_OP_COMMIT: "commit",
-                                AMDB_OP_CHECKPOINT: "checkpoint"}[record.op], "seq": record.seq,
+                                AMDB_OP_CHECKPOINT: "checkpoint", AMDB_OP_COMPACT: "compaction"}[record.op],
+                         "seq": record.seq,
                          "chunk_no": record.chunk_no, "records": record.count, "fingerprint": None}
             if record.op == AMDB_OP_CHUNK and tail < record.end <= head:
                 # Which data it died on, wherever it lies in the ring (poison batches).
@@ -1656,6 +1982,7 @@ def worker_position(Mapping m):
     return {"pid": amdb_load_relaxed(&c.worker_pid),
             "log_segment": amdb_load_relaxed(&c.log_segment),
             "incarnation": amdb_load_relaxed(&c.incarnation),
+            "compact_state": ("idle", "building", "switching", "?")[min(amdb_load_acquire(&c.compact_state), 3)],
             "applied_chunk": amdb_load_acquire(&c.applied_chunk),
             "applied_seq": amdb_load_relaxed(&c.applied_seq),
             "failed_chunk": amdb_load_acquire(&c.failed_chunk),

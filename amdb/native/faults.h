@@ -12,6 +12,9 @@
  *                  (ring space, applied_seq, applied_chunk) is published
  *   mid_link       apply_record, a new key's node is linked into the skip
  *                  list but not yet into the hash index
+ *   mid_compact    handle_compact, the new arena generation and its switch
+ *                  record are whole (compact_state SWITCHING) but the
+ *                  switch is not made (compact.pyx, invariant 3)
  *
  * A point lets its first N passes go by (after=N) and fires on the next one:
  *
@@ -54,6 +57,7 @@ enum {
     AMDB_FAULT_MID_INSERT = 2,
     AMDB_FAULT_MID_PUBLISH = 3,
     AMDB_FAULT_MID_LINK = 4,
+    AMDB_FAULT_MID_COMPACT = 5,
 };
 enum {
     AMDB_FAULT_SEGV = 1,
@@ -89,6 +93,7 @@ static const char *amdb_fault_point_name(int point) {
     case AMDB_FAULT_MID_INSERT: return "mid_insert";
     case AMDB_FAULT_MID_PUBLISH: return "mid_publish";
     case AMDB_FAULT_MID_LINK: return "mid_link";
+    case AMDB_FAULT_MID_COMPACT: return "mid_compact";
     default: return NULL;
     }
 }
@@ -172,6 +177,12 @@ AMDB_FAULT_POINT_ATTRS static void amdb_fault_point_mid_link(void) {
     AMDB_FAULT_FIRE();
 }
 
+AMDB_FAULT_POINT_ATTRS static void amdb_fault_point_mid_compact(void) {
+    if (amdb_fault_armed_point != AMDB_FAULT_MID_COMPACT) return;
+    if (amdb_fault_passes_left) { amdb_fault_passes_left--; return; }
+    AMDB_FAULT_FIRE();
+}
+
 /* The checks at the call sites: one predictable branch while disarmed. */
 static inline void amdb_fault_check_after_records(void) {
     if (__builtin_expect(amdb_fault_armed_point == AMDB_FAULT_AFTER_RECORDS, 0))
@@ -188,6 +199,10 @@ static inline void amdb_fault_check_mid_link(void) {
 static inline void amdb_fault_check_mid_publish(void) {
     if (__builtin_expect(amdb_fault_armed_point == AMDB_FAULT_MID_PUBLISH, 0))
         amdb_fault_point_mid_publish();
+}
+static inline void amdb_fault_check_mid_compact(void) {
+    if (__builtin_expect(amdb_fault_armed_point == AMDB_FAULT_MID_COMPACT, 0))
+        amdb_fault_point_mid_compact();
 }
 
 #endif /* AMDB_FAULTS_H */

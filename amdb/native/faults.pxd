@@ -12,6 +12,7 @@ cdef extern from "faults.h" nogil:
     void amdb_fault_check_mid_insert()
     void amdb_fault_check_mid_publish()
     void amdb_fault_check_mid_link()
+    void amdb_fault_check_mid_compact()
     int amdb_fault_arm(int point, int action, uint64_t after, uint64_t worker_index, int owner_pid)
 
 

@@ -15,7 +15,8 @@ Process safety:
     stops at 0 (end of the probe run), and on a tag match confirms with the
     node's full hash and key. Home slots come from the hash's top bits, so a
     table of up to 2^21 slots grows without reading any node. A new table is filled with plain stores and published by a release
-    store into control.hash_table; readers acquire-load it.
+    store into the arena header's hash_table (layout.h, invariant 8);
+    readers acquire-load it.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memset
@@ -56,7 +57,7 @@ cdef uint64_t hashindex_find(const char *arena, uint64_t table_off, uint64_t has
 cdef uint64_t hashindex_growth_bytes(PartitionView *p, uint64_t new_keys) noexcept nogil:
     """Arena bytes that inserting up to `new_keys` keys may allocate for
     grown tables (so the worker can commit them before applying a chunk)."""
-    cdef amdb_hash_table *table = table_at(p.arena, p.ctrl.hash_table)
+    cdef amdb_hash_table *table = table_at(p.arena, amdb_arena_header_of(p.arena).hash_table)
     cdef uint64_t capacity = table.capacity
     cdef uint64_t count = table.count + new_keys
     cdef uint64_t total = 0
@@ -79,7 +80,7 @@ cdef void _place(amdb_hash_table *table, uint64_t home, uint64_t word, bint publ
 
 
 cdef void _grow(PartitionView *p) noexcept nogil:
-    cdef amdb_hash_table *old = table_at(p.arena, p.ctrl.hash_table)
+    cdef amdb_hash_table *old = table_at(p.arena, amdb_arena_header_of(p.arena).hash_table)
     cdef uint64_t capacity = old.capacity * 2
     cdef uint32_t log2_capacity = old.log2_capacity + 1
     cdef uint64_t nbytes = hashindex_table_bytes(capacity)
@@ -104,7 +105,7 @@ cdef void _grow(PartitionView *p) noexcept nogil:
                 home = amdb_slot_home(node_at(p.arena, amdb_slot_node(word)).hash, log2_capacity)
             _place(table, home, word, False)
     # Release: the new table is whole before readers can load it.
-    amdb_store_release(&p.ctrl.hash_table, off)
+    amdb_store_release(&amdb_arena_header_of(p.arena).hash_table, off)
 
 
 cdef void hashindex_insert(PartitionView *p, uint64_t hash, uint64_t node_off) noexcept nogil:
@@ -112,8 +113,8 @@ cdef void hashindex_insert(PartitionView *p, uint64_t hash, uint64_t node_off) n
 
     REQUIRES: the worker committed hashindex_growth_bytes() for this chunk.
     """
-    cdef amdb_hash_table *table = table_at(p.arena, p.ctrl.hash_table)
+    cdef amdb_hash_table *table = table_at(p.arena, amdb_arena_header_of(p.arena).hash_table)
     if (table.count + 1) * AMDB_HASH_MAX_LOAD_DEN > table.capacity * AMDB_HASH_MAX_LOAD_NUM:
         _grow(p)
-        table = table_at(p.arena, p.ctrl.hash_table)
+        table = table_at(p.arena, amdb_arena_header_of(p.arena).hash_table)
     _place(table, amdb_slot_home(hash, table.log2_capacity), amdb_slot_word(hash, node_off), True)

@@ -72,7 +72,7 @@ cdef uint32_t skiplist_random_height(SkipFinger *finger) noexcept nogil:
 cdef void skiplist_finger_reset(PartitionView *p, SkipFinger *finger) noexcept nogil:
     cdef int level
     for level in range(AMDB_MAX_HEIGHT):
-        finger.pred[level] = p.ctrl.skiplist_head
+        finger.pred[level] = amdb_arena_header_of(p.arena).skiplist_head
 
 
 cdef void skiplist_insert(PartitionView *p, uint64_t node_off, SkipFinger *finger) noexcept nogil:
@@ -84,7 +84,7 @@ cdef void skiplist_insert(PartitionView *p, uint64_t node_off, SkipFinger *finge
     amortised per level instead of a search from the head.
     """
     cdef char *arena = p.arena
-    cdef uint64_t head = p.ctrl.skiplist_head
+    cdef uint64_t head = amdb_arena_header_of(p.arena).skiplist_head
     cdef amdb_node *node = node_at(arena, node_off)
     cdef const uint8_t *key = amdb_node_key(node)
     cdef uint64_t prefix = node.key_prefix

@@ -9,10 +9,13 @@ cdef enum BreakKind:
     BREAK_NODE = 4          # a version names another node than the one it hangs from
     BREAK_KEY_HASH = 5      # node.hash or node.key_prefix do not match its key
     BREAK_ORDER = 6         # the skip list is out of key order (or loops)
-    BREAK_FIRST = 7         # the oldest version is not version 1 with prev_hash 0
+    BREAK_FIRST = 7         # the oldest version is not version 1 with prev_hash 0 (nor the oldest
+                            # one compaction kept: right after its node, below the base block)
     BREAK_BOUNDS = 8        # an offset leads outside the arena or to a malformed block
-    BREAK_COUNT = 9         # the skip list holds fewer nodes than the worker created
-    BREAK_LEDGER = 10       # a chunk's recomputed ledger head differs from the stored one
+    BREAK_COUNT = 9         # the skip list holds fewer nodes than the worker created, or the
+                            # chains hold another number of versions than it counts
+    BREAK_LEDGER = 10       # a chunk's recomputed ledger head differs from the stored one, or a
+                            # LEDGER_BASE block's seal from the kept versions' hashes
 
 ctypedef struct BreakRecord:
     uint64_t node_off       # 0 when no node could be read

@@ -68,10 +68,21 @@ cdef inline bint version_readable(const PartitionView *p, uint64_t off) noexcept
     return amdb_version_bytes(v.value_len) == <uint64_t>v.block.words * 8
 
 
+cdef inline uint64_t off_of(const PartitionView *p, const amdb_version *v) noexcept nogil:
+    return <uint64_t>(<const char *>v - p.arena)
+
+
 cdef void verify_node(const PartitionView *p, uint64_t node_off, VerifyResult *r) noexcept nogil:
     """Check one key: its node and every version of its chain.
-    REQUIRES: node_readable(p, node_off)."""
+    REQUIRES: node_readable(p, node_off).
+
+    A chain ends at version 1 (prev_hash 0), or, in a generation that
+    compaction wrote, at the oldest version it kept: version_no > 1, prev_hash
+    kept, lying below the generation's LEDGER_BASE block and right after the
+    key's node, where compaction writes it (layout.h, invariant 9). A link
+    zeroed anywhere else is a break."""
     cdef amdb_node *n = node_at(p.arena, node_off)
+    cdef uint64_t base_block = amdb_load_relaxed(&amdb_arena_header_of(p.arena).base_block)
     cdef const uint8_t *key = amdb_node_key(n)
     cdef uint64_t off = amdb_load_acquire(&n.latest)
     cdef uint64_t expect_no = 0, recomputed, steps = 0
@@ -109,15 +120,24 @@ cdef void verify_node(const PartitionView *p, uint64_t node_off, VerifyResult *r
                 if pt.hash != t.prev_hash:
                     add_break(r, node_off, t.version_no, BREAK_LINK, pt.hash, t.prev_hash)
             # an unreadable prev is reported by the next iteration
-        elif t.version_no != 1 or t.prev_hash != 0:
+        elif t.version_no == 1:
+            if t.prev_hash != 0:
+                add_break(r, node_off, t.version_no, BREAK_FIRST, 0, t.prev_hash)
+        elif not (base_block != 0 and off_of(p, v) < base_block
+                  and off_of(p, v) == node_off + <uint64_t>n.block.words * 8):
+            # Older versions exist (version_no > 1) but are not linked, and
+            # compaction did not cut the chain here: it writes a key's oldest
+            # kept version right after the key's node.
             add_break(r, node_off, t.version_no, BREAK_FIRST, 1, t.version_no)
 
 
 cdef void verify_partition(const PartitionView *p, VerifyResult *r) noexcept nogil:
     """Walk the skip list in key order and verify every key; then check that
-    the walk met every node the worker created (a corrupted link that skips
-    nodes shows up here)."""
-    cdef uint64_t head = amdb_load_acquire(&p.ctrl.skiplist_head)
+    the walk met every node the worker created and every version it counts (a
+    corrupted link that skips nodes or cuts a chain short shows up here).
+    REQUIRES: no batch or compaction in flight (the counters are exact then)."""
+    cdef uint64_t head = arena_skiplist_head(p.arena)
+    cdef uint64_t versions_before = r.versions
     cdef uint64_t off, prev = 0, walked = 0, created
     cdef uint64_t max_steps = amdb_load_relaxed(&p.ctrl.arena_used) // sizeof(amdb_node) + 1
     cdef amdb_node *n
@@ -143,6 +163,9 @@ cdef void verify_partition(const PartitionView *p, VerifyResult *r) noexcept nog
     created = amdb_load_relaxed(&p.ctrl.node_count)
     if walked < created:
         add_break(r, 0, 0, BREAK_COUNT, created, walked)
+    created = amdb_load_relaxed(&p.ctrl.version_count)
+    if r.versions - versions_before != created:
+        add_break(r, 0, 0, BREAK_COUNT, created, r.versions - versions_before)
 
 
 cdef inline uint64_t head_word(const uint8_t *head) noexcept nogil:
@@ -158,8 +181,15 @@ cdef void verify_ledger(const PartitionView *p, VerifyResult *r) noexcept nogil:
     """Recompute the partition's SHA-256 ledger from the arena: walk every
     block in allocation (= apply) order, fold the hashes of the versions
     between two LEDGER blocks, compare with the head each LEDGER block and
-    finally the control block stored. REQUIRES: no batch in flight."""
+    finally the control block stored. In a generation compaction wrote, the
+    walk first meets the versions it kept and their LEDGER_BASE block: their
+    seal is recomputed, and the ledger goes on from the head the base block
+    holds (the chunks before it are gone with the versions they folded).
+    REQUIRES: no batch or compaction in flight."""
     cdef uint64_t used = amdb_load_relaxed(&p.ctrl.arena_used)
+    cdef uint64_t base_block = amdb_load_relaxed(&amdb_arena_header_of(p.arena).base_block)
+    cdef bint base_seen = False
+    cdef const amdb_ledger_base_block *bb
     cdef uint64_t off = AMDB_ARENA_FIRST_BLOCK, collected = 0, capacity = 1024
     cdef uint64_t *hashes = <uint64_t *>malloc(capacity * sizeof(uint64_t))
     cdef uint64_t *grown
@@ -203,7 +233,25 @@ cdef void verify_ledger(const PartitionView *p, VerifyResult *r) noexcept nogil:
                 add_break(r, 0, 0, BREAK_LEDGER, head_word(computed), head_word(lb.head))
             memcpy(head, lb.head, 32)          # go on from what was stored: one break per bad chunk
             collected = 0
+        elif b.kind == AMDB_BLOCK_LEDGER_BASE:
+            if <uint64_t>b.words * 8 != sizeof(amdb_ledger_base_block):
+                add_break(r, 0, 0, BREAK_BOUNDS, 0, off)
+                break
+            bb = <const amdb_ledger_base_block *>b
+            words[0] = bb.seq
+            amdb_sha256_init(&state)
+            amdb_sha256_update(&state, words, 8)
+            if collected:
+                amdb_sha256_update(&state, hashes, collected * 8)
+            amdb_sha256_final(&state, computed)
+            if memcmp(computed, bb.kept, 32) != 0 or bb.versions != collected or off != base_block or base_seen:
+                add_break(r, 0, 0, BREAK_LEDGER, head_word(computed), head_word(bb.kept))
+            base_seen = True
+            memcpy(head, bb.head, 32)
+            collected = 0
         off += <uint64_t>b.words * 8
+    if base_block != 0 and not base_seen:
+        add_break(r, 0, 0, BREAK_LEDGER, base_block, 0)
     if memcmp(head, p.ctrl.ledger_head, 32) != 0:
         add_break(r, 0, 0, BREAK_LEDGER, head_word(head), head_word(p.ctrl.ledger_head))
     free(hashes)

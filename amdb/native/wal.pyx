@@ -259,8 +259,8 @@ cdef int checkpoint_write(PartitionView *p, LogWriter *log, uint64_t seq) noexce
     header.seq = seq
     header.log_segment = log.segment_no + 1
     header.arena_used = used
-    header.skiplist_head = c.skiplist_head
-    header.hash_table = c.hash_table
+    header.skiplist_head = amdb_arena_header_of(p.arena).skiplist_head
+    header.hash_table = amdb_arena_header_of(p.arena).hash_table
     header.live_keys = c.live_keys
     header.node_count = c.node_count
     header.version_count = c.version_count
@@ -320,13 +320,14 @@ cdef int checkpoint_load(PartitionView *p, int dir_fd, const char *name) noexcep
     cdef uint64_t blocks, i, start, length, stored
     cdef int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC)
     cdef int status = AMDB_STATUS_OK
+    cdef amdb_arena_header *arena_header
     if fd < 0:
         return AMDB_STATUS_IO_ERROR
     if read_exact(fd, &header, sizeof(header), 0) != 0:
         close(fd)
         return AMDB_STATUS_CORRUPT
     if (header.magic != AMDB_CHECKPOINT_MAGIC or header.format_version != AMDB_FORMAT_VERSION
-            or header.layout_version != AMDB_LAYOUT_VERSION
+            or not (header.layout_version == AMDB_LAYOUT_VERSION or header.layout_version == 1)
             or header.header_check != amdb_xxh64(&header, sizeof(header) - 8, 0)
             or header.arena_used < AMDB_ARENA_FIRST_BLOCK or header.arena_used % 8
             or header.skiplist_head >= header.arena_used or header.hash_table >= header.arena_used):
@@ -353,6 +354,21 @@ cdef int checkpoint_load(PartitionView *p, int dir_fd, const char *name) noexcep
             memset(p.arena, 0, start + length)     # leave no half-loaded arena behind
             return AMDB_STATUS_CORRUPT
     close(fd)
+    arena_header = amdb_arena_header_of(p.arena)
+    if header.layout_version == 1:
+        # Layout 1 kept the roots in the control block: the arena header held
+        # only the magic. Give the loaded generation its header.
+        arena_header.generation = 1
+        arena_header.base_block = 0
+        arena_header.compact_seq = 0
+        arena_header.keep_versions = 0
+        arena_header.reserved = 0
+        amdb_store_release(&arena_header.hash_table, header.hash_table)
+        amdb_store_release(&arena_header.skiplist_head, header.skiplist_head)
+    if (arena_header.magic != AMDB_PARTITION_MAGIC or arena_header.skiplist_head != header.skiplist_head
+            or arena_header.hash_table != header.hash_table or arena_header.base_block >= header.arena_used):
+        memset(p.arena, 0, header.arena_used)
+        return AMDB_STATUS_CORRUPT
     amdb_store_relaxed(&c.arena_used, header.arena_used)
     amdb_store_relaxed(&c.live_keys, header.live_keys)
     amdb_store_relaxed(&c.node_count, header.node_count)
@@ -360,7 +376,6 @@ cdef int checkpoint_load(PartitionView *p, int dir_fd, const char *name) noexcep
     memcpy(c.ledger_head, header.ledger_head, 32)
     amdb_store_relaxed(&c.ledger_chunks, header.ledger_chunks)
     amdb_store_relaxed(&c.checkpoint_seq, header.seq)
-    # Release: the loaded bytes are whole before the roots lead anyone to them.
-    amdb_store_release(&c.hash_table, header.hash_table)
-    amdb_store_release(&c.skiplist_head, header.skiplist_head)
+    # The roots came with the arena bytes (its header, layout.h invariant 8);
+    # nobody reads this arena before the worker says READY (a release store).
     return AMDB_STATUS_OK

@@ -3,6 +3,10 @@ from libc.stdint cimport uint32_t, uint64_t
 from amdb.shm.layout cimport PartitionView
 
 cdef int commit_pages(PartitionView *p, uint64_t nbytes) noexcept nogil
+cdef int commit_pages_by(PartitionView *p, uint64_t nbytes, uint64_t step) noexcept nogil
+cdef uint64_t region_init_bytes(uint64_t table_capacity) noexcept nogil
+cdef void region_init(PartitionView *p, uint64_t table_capacity, uint32_t log2_capacity,
+                      uint64_t generation) noexcept nogil
 cdef uint64_t alloc_block(PartitionView *p, uint32_t kind, uint64_t nbytes) noexcept nogil
 cdef uint64_t alloc_block_aligned(PartitionView *p, uint32_t kind, uint64_t nbytes, uint64_t align) noexcept nogil
 cdef int arena_init(PartitionView *p) noexcept nogil

@@ -11,7 +11,13 @@ Memory order: arena_used and arena_committed are written by the worker alone
 and read by the owner only for statistics (arena_committed: relaxed;
 arena_used: release, for a successor's walk of a crashed worker's arena). Publication of
 blocks happens through the structures' own release stores (skip list, hash
-index, node.latest), never through arena_used.
+index, node.latest, the roots in the arena header), never through arena_used.
+
+Regions: p.arena is the base of one arena region, p.region_offset where that
+region starts in the segment file, and p.ctrl's arena_used / arena_committed
+count within it. Compaction builds the next generation through a view of the
+other region whose control block is a private copy (compact.pyx), so the
+functions here serve both.
 """
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memset
@@ -45,6 +51,13 @@ cdef int commit_pages(PartitionView *p, uint64_t nbytes) noexcept nogil:
     Commits in AMDB_COMMIT_STEP steps so that fallocate is rare; when a full
     step does not fit, retries with just what is needed.
     """
+    return commit_pages_by(p, nbytes, AMDB_COMMIT_STEP)
+
+
+cdef int commit_pages_by(PartitionView *p, uint64_t nbytes, uint64_t step) noexcept nogil:
+    """commit_pages in steps of `step` bytes (a multiple of AMDB_PAGE).
+    Compaction commits the generation it writes in small steps, so that the
+    memory it holds is about what it uses."""
     cdef amdb_control *c = p.ctrl
     cdef uint64_t used = c.arena_used
     cdef uint64_t committed = c.arena_committed
@@ -54,14 +67,14 @@ cdef int commit_pages(PartitionView *p, uint64_t nbytes) noexcept nogil:
         return AMDB_STATUS_OK
     if need > c.arena_capacity:
         return AMDB_STATUS_ARENA_FULL
-    target = (need + AMDB_COMMIT_STEP - 1) // AMDB_COMMIT_STEP * AMDB_COMMIT_STEP
+    target = (need + step - 1) // step * step
     if target > c.arena_capacity:
         target = c.arena_capacity
-    if posix_fallocate(p.fd, <long>(c.arena_offset + committed), <long>(target - committed)) != 0:
+    if posix_fallocate(p.fd, <long>(p.region_offset + committed), <long>(target - committed)) != 0:
         target = (need + AMDB_PAGE - 1) // AMDB_PAGE * AMDB_PAGE
         if target > c.arena_capacity:
             target = c.arena_capacity
-        if posix_fallocate(p.fd, <long>(c.arena_offset + committed), <long>(target - committed)) != 0:
+        if posix_fallocate(p.fd, <long>(p.region_offset + committed), <long>(target - committed)) != 0:
             return AMDB_STATUS_SHM_FULL
     # Map the new pages into this process now, in one call, rather than
     # taking a page fault per 4 KiB page while applying (best effort).
@@ -106,24 +119,33 @@ cdef uint64_t alloc_block_aligned(PartitionView *p, uint32_t kind, uint64_t nbyt
     return alloc_block(p, kind, nbytes)
 
 
-cdef int arena_init(PartitionView *p) noexcept nogil:
-    """Create the skip-list head and the first hash table of an empty arena,
-    then publish both roots. Idempotent: a worker that finds roots keeps them."""
-    cdef amdb_control *c = p.ctrl
+cdef uint64_t region_init_bytes(uint64_t table_capacity) noexcept nogil:
+    """Arena bytes region_init allocates."""
+    return (amdb_node_bytes(AMDB_MAX_HEIGHT, 0)
+            + amdb_round8(sizeof(amdb_hash_table) + table_capacity * sizeof(amdb_hash_slot)))
+
+
+cdef void region_init(PartitionView *p, uint64_t table_capacity, uint32_t log2_capacity,
+                      uint64_t generation) noexcept nogil:
+    """Write the arena header, the skip-list head and an empty hash table of
+    `table_capacity` (= 2^log2_capacity) slots at the start of the region at
+    p.arena, then publish both roots in its header (layout.h, invariant 8).
+
+    REQUIRES: arena_used == AMDB_ARENA_FIRST_BLOCK and region_init_bytes()
+    committed."""
+    cdef amdb_arena_header *header = amdb_arena_header_of(p.arena)
     cdef uint64_t head_bytes = amdb_node_bytes(AMDB_MAX_HEIGHT, 0)
-    cdef uint64_t table_bytes = amdb_round8(sizeof(amdb_hash_table) + AMDB_HASH_INITIAL_CAPACITY * sizeof(amdb_hash_slot))
+    cdef uint64_t table_bytes = amdb_round8(sizeof(amdb_hash_table) + table_capacity * sizeof(amdb_hash_slot))
     cdef uint64_t head_off, table_off
     cdef amdb_node *head
     cdef amdb_hash_table *table
-    cdef int status
-    if c.skiplist_head != 0:
-        return AMDB_STATUS_OK
-    if c.arena_used == 0:
-        amdb_store_relaxed(&c.arena_used, AMDB_ARENA_FIRST_BLOCK)
-    status = commit_pages(p, head_bytes + table_bytes)
-    if status != AMDB_STATUS_OK:
-        return status
-    (<uint64_t *>p.arena)[0] = AMDB_PARTITION_MAGIC
+    assert p.ctrl.arena_used == AMDB_ARENA_FIRST_BLOCK and (1ULL << log2_capacity) == table_capacity
+    header.magic = AMDB_PARTITION_MAGIC
+    header.generation = generation
+    header.base_block = 0
+    header.compact_seq = 0
+    header.keep_versions = 0
+    header.reserved = 0
     head_off = alloc_block(p, AMDB_BLOCK_NODE, head_bytes)
     head = node_at(p.arena, head_off)
     memset(<char *>head + sizeof(amdb_block), 0, head_bytes - sizeof(amdb_block))
@@ -131,13 +153,53 @@ cdef int arena_init(PartitionView *p) noexcept nogil:
     table_off = alloc_block(p, AMDB_BLOCK_HASH_TABLE, table_bytes)
     table = table_at(p.arena, table_off)
     memset(<char *>table + sizeof(amdb_block), 0, table_bytes - sizeof(amdb_block))
-    table.capacity = AMDB_HASH_INITIAL_CAPACITY
-    table.log2_capacity = 12
-    assert (1 << table.log2_capacity) == AMDB_HASH_INITIAL_CAPACITY
+    table.capacity = table_capacity
+    table.log2_capacity = log2_capacity
     # Release: the head and the table are whole before anyone can find them.
-    amdb_store_release(&c.hash_table, table_off)
-    amdb_store_release(&c.skiplist_head, head_off)
+    amdb_store_release(&header.hash_table, table_off)
+    amdb_store_release(&header.skiplist_head, head_off)
+
+
+cdef int arena_init(PartitionView *p) noexcept nogil:
+    """Create the first generation of an empty arena (region_init). Idempotent:
+    a worker that finds roots in its region's header keeps them."""
+    cdef amdb_control *c = p.ctrl
+    cdef int status
+    if amdb_arena_header_of(p.arena).skiplist_head != 0:
+        return AMDB_STATUS_OK
+    if c.arena_used == 0:
+        amdb_store_relaxed(&c.arena_used, AMDB_ARENA_FIRST_BLOCK)
+    status = commit_pages(p, region_init_bytes(AMDB_HASH_INITIAL_CAPACITY))
+    if status != AMDB_STATUS_OK:
+        return status
+    region_init(p, AMDB_HASH_INITIAL_CAPACITY, 12, 1)
+    assert (1 << 12) == AMDB_HASH_INITIAL_CAPACITY
     return AMDB_STATUS_OK
+
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    #include <fcntl.h>
+    #include <linux/falloc.h>
+    /* Give `length` bytes at `offset` of a tmpfs (or any) file back to the
+     * system; reading them afterwards gives zeros. 0 or an errno. */
+    static int amdb_punch_hole(int fd, long offset, long length) {
+        return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0 ? 0 : errno;
+    }
+    """
+    int amdb_punch_hole(int fd, long offset, long length) nogil
+
+
+def punch_hole(int fd, uint64_t offset, uint64_t length):
+    """Release the memory behind `length` bytes at `offset` of the shared
+    segment `fd` (a retired arena region, layout.h). Raises OSError."""
+    cdef int err
+    with nogil:
+        err = amdb_punch_hole(fd, <long>offset, <long>length)
+    if err != 0:
+        import os
+        raise OSError(err, os.strerror(err))
 
 
 cdef class Mapping:

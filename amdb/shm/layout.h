@@ -8,13 +8,24 @@
  *     block. The owner maps the arena read-only.
  *   - The owner is the only writer of the ring bytes, of the producer line and
  *     of the database control block (visible_seq, slot table).
+ *   - Arena regions (compaction, line 8): a partition segment reserves
+ *     AMDB_ARENA_REGIONS regions of arena_capacity bytes each. One region, the
+ *     CURRENT one (control.arena_region), holds the live generation; the worker
+ *     writes the other only while compaction builds the next generation in it
+ *     (compact_state BUILDING). The owner reads the region its own base pointer
+ *     names and switches that pointer after the worker acknowledged the new
+ *     generation; it punches the memory of the retired region out (fallocate)
+ *     once no reader can be inside it any more — the only change to arena memory
+ *     that is not the worker's, and one to memory nobody can reach.
  *
  * Invariants:
  *   1. Everything in an arena is addressed by offsets from the arena base;
  *      offset 0 is null. Every process maps the arena at its own address.
- *   2. The arena is append-only while the database is open: a block, once
- *      published, is never freed or moved, and its bytes never change, except
- *      the link fields named "published by release store" below.
+ *   2. A generation is append-only: a block, once published, is never freed
+ *      or moved, and its bytes never change, except the link fields named
+ *      "published by release store" below. Compaction does not change a
+ *      generation; it writes the next one into the other region, and the
+ *      retired one's memory goes only when no reader can be in it.
  *   3. A writer fills every byte of a block, then publishes its offset with a
  *      release store. A reader loads any offset it will follow with an acquire
  *      load. Fields a reader reads after such an acquire need no ordering of
@@ -28,6 +39,15 @@
  *   7. A version with seq > visible_seq is invisible to every reader: a batch
  *      is seen entirely or not at all. Every version of a batch carries the
  *      batch's seq, so a read as of any seq also sees whole batches only.
+ *   8. A region is self-describing: its amdb_arena_header (bytes 0..63) holds
+ *      the roots of the generation in it. A reader takes a region's base once
+ *      and follows only roots read from that same base, so it never combines
+ *      one generation's base with another's offsets.
+ *   9. A version whose prev is 0 is its key's oldest version: version 1 (with
+ *      prev_hash 0), or, in a generation written by compaction, the oldest
+ *      kept one (version_no > 1, its prev_hash kept). Only a version below the
+ *      generation's base_block, written right after its key's node (where
+ *      compaction puts it), can start a chain above version 1.
  *
  * Implementation details follow.
  */
@@ -41,12 +61,13 @@
 
 #define AMDB_PARTITION_MAGIC 0x5452415042444d41ULL /* "AMDBPART" little-endian */
 #define AMDB_DATABASE_MAGIC  0x4244424442444d41ULL /* "AMDBDBDB" */
-#define AMDB_LAYOUT_VERSION  1
+#define AMDB_LAYOUT_VERSION  2     /* 2: roots in the arena header, LEDGER_BASE blocks (compaction) */
 
 #define AMDB_SLOT_COUNT 16384        /* hash slots: slot = xxh64(key) % 16384 */
 #define AMDB_CONTROL_BYTES 4096      /* control block: one page */
 #define AMDB_PAGE 4096
-#define AMDB_ARENA_FIRST_BLOCK 64    /* offset 0 is null; bytes 0..63 hold the arena magic */
+#define AMDB_ARENA_FIRST_BLOCK 64    /* offset 0 is null; bytes 0..63 hold amdb_arena_header */
+#define AMDB_ARENA_REGIONS 2         /* current generation + the one compaction builds */
 #define AMDB_COMMIT_STEP (64ULL << 20) /* commit arena memory 64 MiB at a time */
 #define AMDB_MAX_ARENA_BYTES (1ULL << 46) /* node offset / 8 must fit a hash slot's 43 bits */
 #define AMDB_MAX_HEIGHT 16           /* skip list: p = 1/4, fine for 4^16 keys */
@@ -61,6 +82,15 @@ enum {
     AMDB_STATUS_NO_MEMORY = 5,    /* private malloc failed */
     AMDB_STATUS_IO_ERROR = 6,     /* the write-ahead log or a checkpoint could not be written */
     AMDB_STATUS_POISON = 7,       /* a chunk that crashed workers before: refused (poison batch) */
+};
+
+/* Compaction states (control.compact_state): what a worker that attaches to
+ * the segment (a respawned one) must finish first (compact.pyx, compact_recover). */
+enum {
+    AMDB_COMPACT_IDLE = 0,        /* line 4 and arena_region describe one generation */
+    AMDB_COMPACT_BUILDING = 1,    /* the other region is being written: garbage if we die */
+    AMDB_COMPACT_SWITCHING = 2,   /* the other region is whole; line 4 is being rewritten from
+                                   * the switch record (line 8), which a new worker redoes */
 };
 
 /* Worker states (control.worker_state). */
@@ -106,12 +136,12 @@ typedef struct amdb_control {
     uint64_t worker_state;         /* AMDB_WORKER_*; release store */
     uint64_t worker_pid;
 
-    /* Line 4 — arena roots and counters: written by the worker.
-     * Roots are release stores; counters are statistics (relaxed). */
+    /* Line 4 — counters of the current generation: written by the worker
+     * (relaxed: the owner reads them for statistics, and under the write lock,
+     * when no batch or compaction is in flight). The roots live in the arena
+     * header of the current region (amdb_arena_header, invariant 8). */
     AMDB_LINE uint64_t arena_used;  /* bump pointer: every block below it is whole */
     uint64_t arena_committed;       /* bytes backed by posix_fallocate */
-    uint64_t skiplist_head;         /* head node offset; set once at init */
-    uint64_t hash_table;            /* current hash table offset */
     uint64_t live_keys;             /* keys whose latest version is not a tombstone */
     uint64_t node_count;
     uint64_t version_count;
@@ -148,6 +178,29 @@ typedef struct amdb_control {
     uint64_t open_batch_ledger_chunks;
     uint64_t heartbeat;
     uint64_t incarnation;           /* owner: 0 for the first worker, n for the n-th successor */
+
+    /* Line 8 — compaction (compact.pyx): written by the worker. A worker that
+     * attaches to the segment finds its generation here: region arena_region
+     * (base = arena_offset + arena_region * arena_capacity), whose header holds
+     * the roots, after compact_recover has finished a switch in flight. */
+    AMDB_LINE uint64_t arena_region;  /* region of the current generation; release store */
+    uint64_t compact_state;         /* AMDB_COMPACT_*; release store */
+    /* The switch record: line 4 and arena_region as they are once the switch
+     * is done. Written whole before compact_state becomes SWITCHING. */
+    uint64_t switch_region;
+    uint64_t switch_used;
+    uint64_t switch_committed;
+    uint64_t switch_live_keys;
+    uint64_t switch_node_count;
+    uint64_t switch_version_count;
+    /* Statistics (relaxed). */
+    AMDB_LINE uint64_t compactions;   /* generations written by compaction */
+    uint64_t versions_reclaimed;    /* versions left behind by every compaction */
+    uint64_t nodes_reclaimed;       /* nodes without a version (rolled back) left behind */
+    uint64_t last_compact_seq;      /* visible_seq of the last compaction */
+    uint64_t last_compact_ns;       /* how long the worker took to write it */
+    uint64_t last_bytes_before;     /* arena_used before and after it */
+    uint64_t last_bytes_after;
 } amdb_control;
 
 /* Database control block (its own small segment): written by the owner. */
@@ -171,6 +224,9 @@ enum {
     AMDB_OP_COMMIT = 6,    /* amdb_ring_chunk: batch `seq` is whole here; `count` = workers in it.
                             * Durable databases only: logged, then acknowledged as chunk `chunk_no` */
     AMDB_OP_CHECKPOINT = 7,/* amdb_ring_chunk: write a checkpoint as of `seq`; acknowledged as `chunk_no` */
+    AMDB_OP_COMPACT = 8,   /* amdb_ring_chunk: write the next generation keeping the newest `count`
+                            * versions of every key (0: all) and switch to it; `seq` = visible_seq.
+                            * Sent between batches only; acknowledged as `chunk_no` */
 };
 
 enum { AMDB_CHUNK_FIRST_OF_BATCH = 1 };  /* amdb_ring_chunk.flags */
@@ -203,7 +259,32 @@ enum {
     AMDB_BLOCK_PAD = 4,             /* alignment filler before a node */
     AMDB_BLOCK_LEDGER = 5,          /* amdb_ledger_block: end of a chunk, its ledger head */
     AMDB_BLOCK_GARBAGE = 6,         /* a rolled-back version or ledger block (unreachable) */
+    AMDB_BLOCK_LEDGER_BASE = 7,     /* amdb_ledger_base_block: where a compacted generation's ledger starts */
 };
+
+/* Bytes 0..63 of every arena region (invariant 8). */
+typedef struct amdb_arena_header {
+    uint64_t magic;                 /* AMDB_PARTITION_MAGIC once the region holds a generation */
+    uint64_t generation;            /* 1 for the first, +1 per compaction */
+    uint64_t skiplist_head;         /* head node offset; set once per generation, release store */
+    uint64_t hash_table;            /* current hash table offset; release store on growth */
+    uint64_t base_block;            /* offset of the LEDGER_BASE block, 0: never compacted */
+    uint64_t compact_seq;           /* visible_seq the generation was compacted at (0: none) */
+    uint64_t keep_versions;         /* versions per key that compaction kept (0: all) */
+    uint64_t reserved;
+} amdb_arena_header;
+
+static inline amdb_arena_header *amdb_arena_header_of(const char *arena) {
+    return (amdb_arena_header *)arena;
+}
+/* The roots of the generation in the region at `arena`. Acquire: the
+ * structure an offset names is whole before a reader follows it. */
+static inline uint64_t amdb_arena_skiplist_head(const char *arena) {
+    return __atomic_load_n(&((const amdb_arena_header *)arena)->skiplist_head, __ATOMIC_ACQUIRE);
+}
+static inline uint64_t amdb_arena_hash_table(const char *arena) {
+    return __atomic_load_n(&((const amdb_arena_header *)arena)->hash_table, __ATOMIC_ACQUIRE);
+}
 
 
 
@@ -224,6 +305,20 @@ typedef struct amdb_ledger_block {
     uint64_t versions;              /* versions the chunk appended */
     uint8_t head[32];
 } amdb_ledger_block;
+
+/* Written by compaction after the versions it kept (which lie between the
+ * generation's first block and this one, in key order, oldest version of a
+ * key first). Ledger verification starts again here: head is the ledger head
+ * as of compaction (control.ledger_head, unchanged by compaction), and
+ * kept = SHA-256(seq (8 LE) | the kept versions' hashes (8 LE each, arena
+ * order)) seals what compaction copied; `versions` counts them. */
+typedef struct amdb_ledger_base_block {
+    amdb_block block;
+    uint64_t seq;                   /* visible_seq of the compaction */
+    uint64_t versions;              /* versions it kept */
+    uint8_t head[32];
+    uint8_t kept[32];
+} amdb_ledger_base_block;
 
 /* Skip-list node: one per key, sized to its height; key bytes follow next[]. */
 typedef struct amdb_node {
@@ -338,5 +433,7 @@ _Static_assert(sizeof(amdb_node) == 40, "node header is 40 bytes");
 _Static_assert(sizeof(amdb_version) == 32, "version hot header is 32 bytes");
 _Static_assert(sizeof(amdb_version_tail) == 40, "version tail is 40 bytes");
 _Static_assert(sizeof(amdb_ledger_block) == 56, "ledger block is 56 bytes");
+_Static_assert(sizeof(amdb_ledger_base_block) == 88, "ledger base block is 88 bytes");
+_Static_assert(sizeof(amdb_arena_header) == AMDB_ARENA_FIRST_BLOCK, "arena header fills bytes 0..63");
 
 #endif /* AMDB_LAYOUT_H */

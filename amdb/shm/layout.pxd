@@ -12,6 +12,10 @@ cdef extern from "layout.h" nogil:
         AMDB_CONTROL_BYTES
         AMDB_PAGE
         AMDB_ARENA_FIRST_BLOCK
+        AMDB_ARENA_REGIONS
+        AMDB_COMPACT_IDLE
+        AMDB_COMPACT_BUILDING
+        AMDB_COMPACT_SWITCHING
         AMDB_COMMIT_STEP
         AMDB_MAX_ARENA_BYTES
         AMDB_MAX_HEIGHT
@@ -33,6 +37,7 @@ cdef extern from "layout.h" nogil:
         AMDB_OP_WRAP
         AMDB_OP_COMMIT
         AMDB_OP_CHECKPOINT
+        AMDB_OP_COMPACT
         AMDB_CHUNK_FIRST_OF_BATCH
         AMDB_BLOCK_NODE
         AMDB_BLOCK_VERSION
@@ -40,6 +45,7 @@ cdef extern from "layout.h" nogil:
         AMDB_BLOCK_PAD
         AMDB_BLOCK_LEDGER
         AMDB_BLOCK_GARBAGE
+        AMDB_BLOCK_LEDGER_BASE
         AMDB_NODE_ALIGN
         AMDB_VERSION_TOMBSTONE
         AMDB_HASH_MAX_LOAD_NUM
@@ -74,8 +80,6 @@ cdef extern from "layout.h" nogil:
         uint64_t worker_pid
         uint64_t arena_used
         uint64_t arena_committed
-        uint64_t skiplist_head
-        uint64_t hash_table
         uint64_t live_keys
         uint64_t node_count
         uint64_t version_count
@@ -96,6 +100,21 @@ cdef extern from "layout.h" nogil:
         uint64_t open_batch_ledger_chunks
         uint64_t heartbeat
         uint64_t incarnation
+        uint64_t arena_region
+        uint64_t compact_state
+        uint64_t switch_region
+        uint64_t switch_used
+        uint64_t switch_committed
+        uint64_t switch_live_keys
+        uint64_t switch_node_count
+        uint64_t switch_version_count
+        uint64_t compactions
+        uint64_t versions_reclaimed
+        uint64_t nodes_reclaimed
+        uint64_t last_compact_seq
+        uint64_t last_compact_ns
+        uint64_t last_bytes_before
+        uint64_t last_bytes_after
 
     ctypedef struct amdb_db_control:
         uint64_t magic
@@ -161,6 +180,27 @@ cdef extern from "layout.h" nogil:
         uint64_t versions
         uint8_t head[32]
 
+    ctypedef struct amdb_ledger_base_block:
+        amdb_block block
+        uint64_t seq
+        uint64_t versions
+        uint8_t head[32]
+        uint8_t kept[32]
+
+    ctypedef struct amdb_arena_header:
+        uint64_t magic
+        uint64_t generation
+        uint64_t skiplist_head
+        uint64_t hash_table
+        uint64_t base_block
+        uint64_t compact_seq
+        uint64_t keep_versions
+        uint64_t reserved
+
+    amdb_arena_header *amdb_arena_header_of(const char *arena) noexcept
+    uint64_t arena_skiplist_head "amdb_arena_skiplist_head" (const char *arena) noexcept
+    uint64_t arena_hash_table "amdb_arena_hash_table" (const char *arena) noexcept
+
     ctypedef struct amdb_hash_table:
         amdb_block block
         uint64_t capacity
@@ -192,9 +232,12 @@ cdef inline amdb_hash_table *table_at(const char *arena, uint64_t off) noexcept 
 
 # One partition as a process sees it. The owner maps the arena read-only and
 # has fd == -1; the worker maps everything read-write and keeps fd for
-# posix_fallocate (commit_pages).
+# posix_fallocate (commit_pages). `arena` is the base of one arena region (the
+# current one, or the one compaction is writing), `region_offset` where that
+# region starts in the segment (arena_offset + region * arena_capacity).
 ctypedef struct PartitionView:
     amdb_control *ctrl
     char *ring
     char *arena
     int fd
+    uint64_t region_offset
