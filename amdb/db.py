@@ -459,12 +459,9 @@ class ParallelDB(Engine):
         code = proc.returncode
         signal = -code if code < 0 else None
         position = _engine.worker_position(self._controls[worker])
-        message = _crash_report(worker, proc.pid, code, position)
-        if stalled is not None:
-            message = message.replace(
-                " was killed by signal 9 (SIGKILL)",
-                f" made no progress for {stalled:.1f} s with work pending (hang_timeout="
-                f"{self._hang_timeout}) and was killed", 1)
+        how = None if stalled is None else (f"made no progress for {stalled:.1f} s with work pending "
+                                            f"(hang_timeout={self._hang_timeout}) and was killed")
+        message = _crash_report(worker, proc.pid, code, position, how)
         work = position["in_flight"] if position else None
         poisoned = False
         if work is not None and work["fingerprint"] is not None:
@@ -1016,18 +1013,19 @@ def _check_fault_spec(workers):
                                    code="bad_fault_spec", hint=f"use worker=0..{workers - 1} or worker=any")
 
 
-def _crash_report(worker, pid, returncode, position):
+def _crash_report(worker, pid, returncode, position, how=None):
     """One line on a dead worker: who, how it died, and what it was doing,
     from its control block and ring (engine.worker_position), which outlive it."""
     import signal as signals
-    if returncode < 0:
-        try:
-            name = signals.Signals(-returncode).name
-        except ValueError:
-            name = "unknown signal"
-        how = f"was killed by signal {-returncode} ({name})"
-    else:
-        how = f"exited with status {returncode}"
+    if how is None:                     # else the caller says (a hung worker it killed)
+        if returncode < 0:
+            try:
+                name = signals.Signals(-returncode).name
+            except ValueError:
+                name = "unknown signal"
+            how = f"was killed by signal {-returncode} ({name})"
+        else:
+            how = f"exited with status {returncode}"
     text = f"worker {worker} (pid {pid}) {how}"
     if position is None:
         return text

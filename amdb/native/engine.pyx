@@ -491,10 +491,10 @@ cdef class Engine:
         r.last_chunk_sent = r.chunks_published
         return 0
 
-    def _checkpoint_workers(self):
-        """Have every worker write a checkpoint as of the newest batch and
-        wait for all of them. REQUIRES the write lock (a batch boundary).
-        Returns [(worker, status)] of the workers that failed."""
+    cdef tuple _broadcast_control(self, uint32_t op, uint64_t count):
+        """Send control record `op` (as of the newest visible batch) to every
+        worker and wait for all of them. REQUIRES the write lock (a batch
+        boundary). Returns (seq, [(worker, status)] of the workers that failed)."""
         cdef int i
         cdef RingProducer *r
         cdef uint64_t seq
@@ -503,14 +503,20 @@ cdef class Engine:
         seq = amdb_load_acquire(&self.dbc.visible_seq)
         for i in range(self.nworkers):
             r = &self.producers[i]
-            self._send_control(i, AMDB_OP_CHECKPOINT, seq, 0)
+            self._send_control(i, op, seq, count)
             r.batch_first_chunk = r.last_chunk_sent
         failed = []
         for i in range(self.nworkers):
             r = &self.producers[i]
             if self._wait_progress(i, r.last_chunk_sent, 0) == WAIT_FAILED:
                 failed.append((i, amdb_load_relaxed(&r.ctrl.failed_status)))
-        return failed
+        return seq, failed
+
+    def _checkpoint_workers(self):
+        """Have every worker write a checkpoint as of the newest batch and
+        wait for all of them. REQUIRES the write lock (a batch boundary).
+        Returns [(worker, status)] of the workers that failed."""
+        return self._broadcast_control(AMDB_OP_CHECKPOINT, 0)[1]
 
     def _compact_workers(self, uint64_t keep):
         """Have every worker write its next arena generation keeping the newest
@@ -521,28 +527,14 @@ cdef class Engine:
         Returns (seq, [(worker, status)] of the workers that failed). The
         regions left behind may be given back once the readers of the read
         epoch before it are gone (_wait_readers; ParallelDB._compact_locked)."""
-        cdef int i
-        cdef RingProducer *r
-        cdef uint64_t seq
-        self._check_open()
-        self._settle_aborts()
-        seq = amdb_load_acquire(&self.dbc.visible_seq)
-        for i in range(self.nworkers):
-            r = &self.producers[i]
-            self._send_control(i, AMDB_OP_COMPACT, seq, keep)
-            r.batch_first_chunk = r.last_chunk_sent
-        failed = []
         try:
-            for i in range(self.nworkers):
-                r = &self.producers[i]
-                if self._wait_progress(i, r.last_chunk_sent, 0) == WAIT_FAILED:
-                    failed.append((i, amdb_load_relaxed(&r.ctrl.failed_status)))
+            return self._broadcast_control(AMDB_OP_COMPACT, keep)
         finally:
-            # Also when a wait raised (a worker died): the workers that did
-            # switch no longer write their old region.
+            # Also when a wait raised (a worker died, and its successor
+            # finished the switch): the workers that did switch no longer
+            # write their old region.
             self._adopt_regions()
             self._refresh_len()
-        return seq, failed
 
     def _adopt_regions(self):
         """Point parts[w].arena at the region each worker's control block names
