@@ -4,6 +4,8 @@ The hot paths (reads, packing writes into the rings) live in the Cython base
 class amdb.native.engine.Engine; this module owns the lifecycle: validating
 options, creating segments, starting and supervising workers, closing.
 """
+import atexit
+import contextlib
 import os
 import shutil
 import subprocess
@@ -40,6 +42,9 @@ DEFAULT_CHECKPOINT_BYTES = 512 << 20  # log bytes (any worker) past which a chec
 DEFAULT_COMPACT_MIN_VERSIONS = 100_000  # reclaimable versions below which no automatic compaction runs
 COMPACT_DRAIN_TIMEOUT = 1.0         # seconds a compaction waits for readers of the old generation
                                     # before it leaves the old region's memory to the next one
+COMPACT_READERS_TIMEOUT = 30.0      # seconds a compaction waits for a forked child's read of the
+                                    # region it must write before it gives up (Error readers_busy)
+EXIT_LOCK_TIMEOUT = 2.0             # seconds the exit handler waits for a write in another thread
 _DEFAULT = object()                 # compact(keep_versions=...) not given: the database's setting
 
 
@@ -83,8 +88,10 @@ def _close_all(fds):
 
 def _reap(owner_pid, controls, procs, timeout, fds):
     """Ask every worker to stop, wait for them, kill the ones that do not go.
-    Shared by close() and the garbage-collection / exit finalizer. Does
-    nothing in a forked child: the workers belong to the owner."""
+    Shared by close(), the exit handler and the garbage-collection finalizer.
+    Does nothing in a forked child: the workers belong to the owner. Unmaps
+    nothing: a mapping goes when its last holder drops it (Engine._detach),
+    never under a call that may still use it."""
     if os.getpid() != owner_pid:
         return
     _close_all(fds)
@@ -97,8 +104,21 @@ def _reap(owner_pid, controls, procs, timeout, fds):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    for mapping in controls:
-        mapping.close()
+
+
+# Open databases of this process, closed by one exit handler (_close_at_exit)
+# rather than by their garbage-collection finalizers, which would stop the
+# workers under a write another (daemon) thread is still making.
+_open_databases = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_at_exit():
+    for db in list(_open_databases):
+        try:
+            db._close_at_exit()
+        except Exception:           # one database's trouble must not keep the others open
+            pass
 
 
 class ParallelDB(Engine):
@@ -181,6 +201,7 @@ class ParallelDB(Engine):
         self._compact_lock = threading.Lock()   # held by a compaction; verify(key) waits for it
         self._pending_reclaim = []          # [(worker, region)] retired, memory not given back yet
         self._pending_slot = -1             # reader slot that must drain first
+        self._pending_epoch = 0             # and forked children's reads below this shared read epoch
         self._compact_retry_at = 0          # automatic compaction: versions before trying again
         self._compact_drain_timeout = COMPACT_DRAIN_TIMEOUT
         self._compaction = {"compactions": 0, "versions_reclaimed": 0, "bytes_reclaimed": 0,
@@ -356,13 +377,21 @@ class ParallelDB(Engine):
         # self._procs itself, not a copy: successors of crashed workers join it.
         self._finalizer = weakref.finalize(self, _reap, self._owner_pid, list(self._controls),
                                            self._procs, SHUTDOWN_TIMEOUT, self._segment_fds)
+        self._finalizer.atexit = False      # _close_all_at_exit closes it instead
+        _open_databases.add(self)
 
     def _wait_ready(self, timeout, indexes=None):
         deadline = time.monotonic() + timeout
         for index in range(self._workers) if indexes is None else indexes:
             control, proc = self._controls[index], self._procs[index]
             seen = 0
-            while _engine.worker_state(control) != 1:            # AMDB_WORKER_READY
+            while True:
+                state, status = _engine.worker_start_status(control)
+                if state == 1:                                    # AMDB_WORKER_READY
+                    break
+                if status:                                        # AMDB_WORKER_FAILED: it says why
+                    proc.wait()
+                    raise_for_status(status, f"worker {index} could not start")
                 if proc.poll() is not None:
                     raise WorkerStartError(f"worker {index} exited with status {proc.returncode} "
                                            "before it was ready" + (" (recovery failed: its error is on stderr)"
@@ -371,24 +400,68 @@ class ParallelDB(Engine):
                     raise WorkerStartError(f"worker {index} was not ready after {timeout} s")
                 seen = _engine.wait_worker_progress(control, seen, 0.05)
 
-    def _refuse_reentry(self):
+    @contextlib.contextmanager
+    def _exclusive(self, what):
+        """Hold the write lock for `what`, after the one guard every such
+        method passes first (Engine._enter_exclusive: not a forked child,
+        open, not re-entered from the code of a call of this thread)."""
+        self._enter_exclusive(what)
+        with self._write_lock_obj:
+            if self.closed:
+                raise ClosedError("the database is closed")
+            yield
+
+    def _refuse_reentry(self, what="this call"):
         """Refuse to take the write lock from code that a write of this thread runs."""
         if self._write_lock_obj._is_owned():
-            _engine.raise_reentrant_write()
+            self._enter_exclusive(what)
 
     def close(self):
-        """Stop the workers and release all shared memory. Idempotent."""
-        self._refuse_reentry()
+        """Stop the workers and release all shared memory. Idempotent.
+
+        In a forked child it closes this process's handle only (see
+        "Forking and multiprocessing" in docs/API.md)."""
+        if self._foreign:
+            self._close_foreign()
+            return
+        self._refuse_reentry("close()")
         with self._write_lock_obj:
-            audit, self._audit = self._audit, None
-            if audit is not None and not self.closed:
-                audit.event("close", keys=len(self), seq=self._visible_seq())
-            if audit is not None:
-                audit.close()
-            self._mark_closed()
-            if self._finalizer is not None and self._finalizer.alive:
-                self._detach()
-                self._finalizer()        # runs _reap once: workers, mappings, fds
+            self._close_locked()
+
+    def _close_locked(self):
+        """REQUIRES the write lock, or the process exiting (_close_at_exit)."""
+        audit, self._audit = self._audit, None
+        if audit is not None and not self.closed:
+            audit.event("close", keys=len(self), seq=self._visible_seq())
+        if audit is not None:
+            audit.close()
+        self._mark_closed()
+        if self._finalizer is not None and self._finalizer.alive:
+            self._finalizer()            # runs _reap once: workers stop after draining their rings
+        self._controls = []
+        self._release_memory()           # now, or when the last reader inside leaves
+        _open_databases.discard(self)
+
+    def _close_at_exit(self):
+        """The interpreter is exiting with the database open. A daemon thread
+        may be inside a write: refuse new calls at once, wait a little for
+        the write lock, stop the workers (they drain their rings first), and
+        unmap only if no write holds the lock (the exit unmaps the rest)."""
+        if self._foreign:
+            self._close_foreign()
+            return
+        if self.closed and (self._finalizer is None or not self._finalizer.alive):
+            return
+        self._mark_closed()              # a call in another thread now raises ClosedError at its next check
+        got = self._write_lock_obj.acquire(timeout=EXIT_LOCK_TIMEOUT)
+        try:
+            if got:
+                self._close_locked()
+            elif self._finalizer is not None and self._finalizer.alive:
+                self._finalizer()
+        finally:
+            if got:
+                self._write_lock_obj.release()
 
     def _debug_flip_bit(self, worker, arena_offset, bit):
         """Test hook: flip one bit of worker `worker`'s arena (its current
@@ -417,9 +490,13 @@ class ParallelDB(Engine):
     def _check_worker(self, worker):
         """Called by every wait on `worker` (each 50 ms slice) while work is
         pending. When the worker died, or made no progress for hang_timeout
-        seconds (then it is killed), start its successor, which undoes the
-        batch in flight, and raise WorkerCrashedError: the call in flight
-        fails whole and the database goes on. REQUIRES the write lock."""
+        seconds (then it is killed), start its successor. If it died between
+        records, the successor carries on from the ring and the call goes on;
+        if it died handling one, the successor undoes the batch in flight and
+        this raises WorkerCrashedError: the call fails whole and the database
+        goes on. REQUIRES the write lock."""
+        if self.closed:
+            raise ClosedError(f"the database was closed while a call waited for worker {worker}")
         if self._broken is not None and self._broken[1] == worker:
             raise WorkerCrashedError(self._broken[0] + "; writes are refused, reads still work", hint=BROKEN_HINT,
                                      worker=worker, signal=self._broken[2])
@@ -431,8 +508,9 @@ class ParallelDB(Engine):
                 return
             proc.kill()                 # hung: SIGKILL, then treated like any crash
             proc.wait()
-        message, signal = self._replace_worker(worker, stalled)
-        raise WorkerCrashedError(message, worker=worker, signal=signal, restarted=True)
+        resumed, message, signal = self._replace_worker(worker, stalled)
+        if not resumed:
+            raise WorkerCrashedError(message, worker=worker, signal=signal, restarted=True)
 
     def _stalled_for(self, worker):
         """Seconds worker `worker` has shown no progress across consecutive
@@ -452,9 +530,13 @@ class ParallelDB(Engine):
 
     def _replace_worker(self, worker, stalled=None):
         """Worker `worker` is dead (reaped): start a successor on its arena and
-        return (message, signal) describing what happened. The successor rolls
-        back the batch the dead one left open, unless visible. If it cannot
-        start, writes are refused from then on (reads go on)."""
+        return (resumed, message, signal). A worker that died between records
+        (its control block says it was handling none) lost nothing: its
+        successor resumes from the ring (resumed=True) and nothing is blamed
+        on the data. Otherwise the successor rolls back the batch the dead one
+        left open, unless visible, and the crash counts against the chunk it
+        was applying (poison batches). If no successor can start, writes are
+        refused from then on (reads go on)."""
         proc = self._procs[worker]
         code = proc.returncode
         signal = -code if code < 0 else None
@@ -463,6 +545,7 @@ class ParallelDB(Engine):
                                             f"(hang_timeout={self._hang_timeout}) and was killed")
         message = _crash_report(worker, proc.pid, code, position, how)
         work = position["in_flight"] if position else None
+        resume = work is None
         poisoned = False
         if work is not None and work["fingerprint"] is not None:
             counts = self._crashes_on[worker]
@@ -472,7 +555,7 @@ class ParallelDB(Engine):
                 poisoned = True
         self._last_crash[worker] = message
         try:
-            self._start_successor(worker)
+            self._start_successor(worker, resume)
         except BaseException as exc:
             self._broken = (f"{message}; its successor could not start ({exc})", worker, signal)
             raise WorkerCrashedError(self._broken[0] + "; writes are refused, reads still work", hint=BROKEN_HINT,
@@ -481,18 +564,23 @@ class ParallelDB(Engine):
         if self._audit is not None:
             self._audit.event("worker_restart", worker=worker, signal=signal, exit_status=code,
                               hung=stalled is not None, restarts=self._restarts[worker],
-                              poisoned=poisoned, report=message)
-        message += (f"; a new worker took over (restart {self._restarts[worker]}) and the batch in "
-                    "flight was rolled back: nothing of it was applied, retry it")
+                              poisoned=poisoned, resumed=resume, report=message)
+        if resume:
+            message += (f"; a new worker took over (restart {self._restarts[worker]}) and carried on "
+                        "from its ring: nothing was lost")
+        else:
+            message += (f"; a new worker took over (restart {self._restarts[worker]}) and the batch in "
+                        "flight was rolled back: nothing of it was applied, retry it")
         if poisoned:
             message += (f". That chunk of data has now crashed worker {worker} {self._poison_after} "
                         "times: it will be refused (PoisonBatchError)")
-        return message, signal
+        self._last_crash[worker] = message
+        return resume, message, signal
 
-    def _start_successor(self, worker):
+    def _start_successor(self, worker, resume):
         """Start a worker on the arena of dead worker `worker` and wait until it is ready."""
         incarnation = self._restarts[worker] + 1
-        self._take_over_ring(worker, incarnation)
+        self._take_over_ring(worker, incarnation, resume)
         self._stall[worker] = None
         plan = None
         if self._path is not None:
@@ -503,7 +591,7 @@ class ParallelDB(Engine):
             plan = {"dir": self._path, "checkpoint": None, "replay": [], "next_segment": next_segment,
                     "sync": storage.SYNC_MODES[self._sync], "interval_ms": self._sync_interval_ms,
                     "segment_bytes": self._log_segment_bytes, "log_bytes": 0, "read_only": self._read_only}
-        respawn = {"visible_seq": self._visible_seq(), "poison": sorted(self._poison[worker])}
+        respawn = {"visible_seq": self._visible_seq(), "resume": resume, "poison": sorted(self._poison[worker])}
         fd = self._segment_fds[worker]          # a dup of the partition segment's descriptor
         from amdb._worker import INCARNATION_ENV
         env = dict(self._worker_env)
@@ -521,17 +609,8 @@ class ParallelDB(Engine):
             raise
 
     def _before_write(self):
-        if os.getpid() != self._owner_pid:
-            raise Error("this ParallelDB belongs to process %d; a forked child cannot write to it"
-                        % self._owner_pid, code="forked",
-                        hint="open a new ParallelDB in the child, or create it after forking")
-        if self._read_only:
-            raise StorageError("this database was opened with read_only=True", code="read_only",
-                               hint="reopen it without read_only=True to write")
-        if self._broken is not None:
-            message, worker, signal = self._broken
-            raise WorkerCrashedError(message + "; writes are refused, reads still work", hint=BROKEN_HINT,
-                                     worker=worker, signal=signal)
+        # A forked child never gets here: Engine._enter_exclusive refused it.
+        self._require_writable()
         # Polling every worker costs a waitpid each (a third of a small put):
         # do it at most every LIVENESS_INTERVAL. A write that reaches a dead
         # worker finds out anyway, in its first wait slice.
@@ -547,6 +626,26 @@ class ParallelDB(Engine):
             self._check_log()
         if self._keep_versions is not None:
             self._check_compact()
+
+    def _require_owner(self, what):
+        """For calls that need no write lock but only make sense in the owner
+        (its workers, its locks): refused in a forked child, and once closed."""
+        if self._foreign:
+            self._enter_exclusive(what)         # raises Error(code="forked")
+        if self.closed:
+            raise ClosedError("the database is closed")
+
+    def _require_writable(self):
+        """For calls that change the database but are not writes (compact,
+        checkpoint, backup): refused on a read-only opening, or once the
+        database refuses writes. REQUIRES the write lock."""
+        if self._read_only:
+            raise StorageError("this database was opened with read_only=True", code="read_only",
+                               hint="reopen it without read_only=True to change it")
+        if self._broken is not None:
+            message, worker, signal = self._broken
+            raise WorkerCrashedError(message + "; writes are refused, reads still work", hint=BROKEN_HINT,
+                                     worker=worker, signal=signal)
 
     def _check_log(self):
         """Refuse writes once a log is broken; checkpoint when a log grew past
@@ -574,17 +673,8 @@ class ParallelDB(Engine):
         arena_bytes_before, arena_bytes_after, shm_bytes_before,
         shm_bytes_after, bytes_reclaimed, reclaim_pending, seconds."""
         keep = self._keep_versions if keep_versions is _DEFAULT else _keep_versions_option(keep_versions)
-        if self.closed:
-            raise ClosedError("the database is closed")
-        self._refuse_reentry()
-        with self._write_lock_obj:
-            if self.closed:
-                raise ClosedError("the database is closed")
-            if os.getpid() != self._owner_pid:
-                raise Error("this ParallelDB belongs to process %d; a forked child cannot compact it"
-                            % self._owner_pid, code="forked", hint="open a new ParallelDB in the child")
-            if self._broken is not None:
-                self._before_write()            # raises WorkerCrashedError
+        with self._exclusive("compact()"):
+            self._require_writable()
             return self._compact_locked(keep, "requested")
 
     def _check_compact(self):
@@ -627,10 +717,21 @@ class ParallelDB(Engine):
         before = self._shm_bytes()
         if not self._wait_readers(self._pending_slot, -1.0 if wait else self._compact_drain_timeout):
             return False
+        # Reads of forked children (layout.h, "Reader slots"): a stopped
+        # child must not hang the owner, so even wait=True gives up.
+        if not self._wait_readers(-1, COMPACT_READERS_TIMEOUT if wait else self._compact_drain_timeout,
+                                  self._pending_epoch):
+            if wait:
+                pids = self._foreign_readers_before(self._pending_epoch)
+                raise Error(f"a forked process (pid {', '.join(map(str, pids))}) has been reading the arena "
+                            f"generation that compaction must overwrite for over {COMPACT_READERS_TIMEOUT:.0f} s",
+                            code="readers_busy", hint="retry once that process's read is over; nothing was changed")
+            return False
         for worker, region in self._pending_reclaim:
             self._punch(worker, region)
         self._pending_reclaim = []
         self._pending_slot = -1
+        self._pending_epoch = 0
         self._compaction["bytes_reclaimed"] += before - self._shm_bytes()
         return True
 
@@ -653,6 +754,7 @@ class ParallelDB(Engine):
                 if retired:
                     self._pending_reclaim = retired
                     self._pending_slot = epoch_before & 1
+                    self._pending_epoch = self._shared_read_epoch()
                 # A failed build left garbage in the other region, which no
                 # reader ever saw: give it back now.
                 for worker, _status in failed:
@@ -697,12 +799,9 @@ class ParallelDB(Engine):
         segments, so that opening replays less; older files go once two newer
         checkpoints exist. Writes wait meanwhile; reads go on. Returns the seq
         the checkpoint holds."""
-        self._require_durable("checkpoint")
-        with self._write_lock_obj:
-            if self.closed:
-                raise ClosedError("the database is closed")
-            if self._broken is not None:
-                self._before_write()
+        with self._exclusive("checkpoint()"):
+            self._require_durable("checkpoint")
+            self._require_writable()
             return self._checkpoint_locked("requested")
 
     def _checkpoint_locked(self, why):
@@ -725,26 +824,29 @@ class ParallelDB(Engine):
         it), then the checkpoint files are copied (hard-linked when `dest` is
         on the same file system) without holding writes. Open the copy with
         ParallelDB(dest). Returns the seq the copy holds."""
-        self._require_durable("backup")
-        dest = os.fsdecode(os.path.abspath(os.fspath(dest)))
-        if os.path.exists(dest):
-            raise InvalidArgumentError(f"backup destination {dest!r} already exists",
-                                       hint="pass a path that does not exist yet")
-        with self._write_lock_obj:
-            if self.closed:
-                raise ClosedError("the database is closed")
-            seq = self._checkpoint_locked("backup")
+        dest = _backup_destination(dest)
+        with self._exclusive("backup()"):
+            self._require_durable("backup")
+            self._require_writable()
+            tmp = _make_backup_dir(dest)     # before the checkpoint: a bad destination changes nothing
+            try:
+                seq = self._checkpoint_locked("backup")
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             names = [storage.checkpoint_name(w, seq) for w in range(self._workers)]
             manifest = storage.read_manifest(self._path)
             self._backups_running += 1
         try:
-            tmp = dest + ".tmp-backup"
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(tmp)
             storage.copy_files(self._path, names, tmp)
             storage.write_manifest(tmp, manifest["workers"], manifest["slot_owner"], manifest["options"])
             os.rename(tmp, dest)
             storage._fsync_dir(os.path.dirname(dest))
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StorageError(f"backup to {dest!r} failed: {exc.strerror or exc}",
+                               hint="check free space and permissions where the copy goes; "
+                                    "the database itself is unchanged") from None
         finally:
             with self._write_lock_obj:
                 self._backups_running -= 1
@@ -867,17 +969,13 @@ class ParallelDB(Engine):
         per worker — and return an amdb.VerifyReport listing every break.
         Writes wait while a full verification runs; reads go on."""
         import concurrent.futures
-        if self.closed:
-            raise ClosedError("the database is closed")
+        self._require_owner("verify()")
         started = time.perf_counter()
         if key is not None:
             with self._compact_lock:        # a compaction changes what the bounds describe
                 parts = [self._verify_key(key)]
         else:
-            self._refuse_reentry()
-            with self._write_lock_obj:
-                if self.closed:
-                    raise ClosedError("the database is closed")
+            with self._exclusive("verify()"):
                 self._quiesce()
                 with concurrent.futures.ThreadPoolExecutor(max_workers=self._workers) as pool:
                     parts = list(pool.map(self._verify_partition, range(self._workers)))
@@ -896,12 +994,7 @@ class ParallelDB(Engine):
         and ring_size, fed the same batches in the same order, have the same
         digest; any rewritten version changes it (see amdb/history.py)."""
         import hashlib
-        if self.closed:
-            raise ClosedError("the database is closed")
-        self._refuse_reentry()
-        with self._write_lock_obj:
-            if self.closed:
-                raise ClosedError("the database is closed")
+        with self._exclusive("digest()"):
             self._quiesce()
             heads = self._ledger_heads()
             seq = self._visible_seq()
@@ -921,8 +1014,7 @@ class ParallelDB(Engine):
 
     def stats(self):
         """Per-worker and overall counters (keys, arena and ring use, applied seq)."""
-        if self.closed:
-            raise ClosedError("the database is closed")
+        self._require_owner("stats()")
         per_worker = []
         for index, proc in enumerate(self._procs):
             entry = self._stats_of(index)
@@ -1001,6 +1093,40 @@ def _reshard(path, manifest, workers, options):
         storage.write_manifest(path, workers, new_table, manifest["options"])
     finally:
         os.close(lock_fd)
+
+
+def _backup_destination(dest):
+    """backup()'s `dest` as an absolute str path, checked before anything is
+    written: a path that does not exist yet, in a writable directory."""
+    if not isinstance(dest, (str, bytes, os.PathLike)):
+        raise InvalidTypeError(f"backup() takes a directory path, not {type(dest).__name__}",
+                               hint="pass e.g. db.backup('backups/mydb-2026-12-04')")
+    dest = os.fsdecode(os.path.abspath(os.fspath(dest)))
+    if os.path.lexists(dest):
+        raise InvalidArgumentError(f"backup destination {dest!r} already exists",
+                                   hint="pass a path that does not exist yet")
+    parent = os.path.dirname(dest)
+    if not os.path.isdir(parent):
+        why = "is not a directory" if os.path.exists(parent) else "does not exist"
+        raise StorageError(f"backup destination {dest!r}: its parent {parent!r} {why}",
+                           code="bad_destination", hint="create the parent directory first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StorageError(f"backup destination {dest!r}: {parent!r} is not writable", code="bad_destination",
+                           hint="choose a directory you can write to")
+    return dest
+
+
+def _make_backup_dir(dest):
+    """Create the temporary directory a backup to `dest` is written in."""
+    tmp = dest + ".tmp-backup"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        os.makedirs(tmp)
+    except OSError as exc:
+        raise StorageError(f"backup destination {dest!r}: cannot create a directory there: "
+                           f"{exc.strerror or exc}", code="bad_destination",
+                           hint="choose a directory you can write to") from None
+    return tmp
 
 
 def _check_fault_spec(workers):

@@ -188,6 +188,9 @@ STATUS_NO_MEMORY = 5
 STATUS_IO_ERROR = 6
 STATUS_POISON = 7
 
+SHM_FULL_HINT = ("free space in /dev/shm (df -h /dev/shm), or give it more: docker run --shm-size=1g, "
+                 "or mount -o remount,size=4g /dev/shm; compact() and keep_versions= keep less")
+
 _STATUS_ERRORS = {
     STATUS_ARENA_FULL: (ArenaFullError, "arena_full",
                         "the worker's arena reservation (arena_size=) is used up"),
@@ -210,4 +213,5 @@ def raise_for_status(status, context=""):
         return
     cls, code, message = _STATUS_ERRORS.get(
         status, (Error, "status_%d" % status, "native status %d" % status))
-    raise cls(f"{context}: {message}" if context else message, code=code)
+    hint = SHM_FULL_HINT if status == STATUS_SHM_FULL else None
+    raise cls(f"{context}: {message}" if context else message, code=code, hint=hint)

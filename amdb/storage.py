@@ -169,13 +169,36 @@ def remove_worker_files(directory, first_worker):
 
 # ---- lock ----------------------------------------------------------------------
 
+def _lock_holders(fd):
+    """[(pid, "READ" | "WRITE")] of the flock locks on the file open at `fd`,
+    from /proc/locks (the pid is the process that took the lock; processes
+    that inherited its descriptor, such as workers, keep it after that pid
+    is gone). None when /proc/locks cannot say."""
+    st = os.fstat(fd)
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    holders = []
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; waiters are "1: -> FLOCK ..."
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == inode:
+            holders.append((int(fields[4]), fields[3]))
+    return holders
+
+
 def lock_directory(directory, stale_wait=10.0, shared=False):
-    """flock LOCK exclusively and write our pid in it; returns the fd.
+    """flock LOCK (exclusively, or shared for a read-only opening) and write
+    our pid in it; returns the fd.
 
     The workers inherit the fd, so the lock lasts until the owner and every
-    worker are gone. A lock whose owner pid is dead is stale: its workers
-    leave within a fraction of a second, and we wait up to `stale_wait`
-    seconds for them before giving up."""
+    worker are gone. A lock whose holders are all dead is stale: their
+    workers leave within a fraction of a second, and we wait up to
+    `stale_wait` seconds for them before giving up. A live holder, writer or
+    reader, is reported at once."""
     path = os.path.join(directory, LOCK)
     if shared:      # read-only opening: the directory may be on a read-only disk
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -189,16 +212,24 @@ def lock_directory(directory, stale_wait=10.0, shared=False):
                 break
             except BlockingIOError:
                 pass
-            try:
-                holder = int(os.pread(fd, 32, 0).split()[0])
-            except (ValueError, IndexError):
-                holder = None
-            alive = holder is None or pid_alive(holder)
-            if alive or time.monotonic() > deadline:
-                who = f"process {holder}" if holder is not None else "another process"
-                raise LockedError(f"{directory} is open in {who}"
-                                  + ("" if alive else " (dead; its workers still hold the lock)"))
-            # The holder is dead: its workers are on their way out.
+            holders = _lock_holders(fd)
+            if holders is None:         # no /proc/locks: the pid the last writer left in the file
+                try:
+                    holders = [(int(os.pread(fd, 32, 0).split()[0]), "WRITE")]
+                except (ValueError, IndexError):
+                    holders = []
+            live = [(pid, mode) for pid, mode in holders if pid_alive(pid)]
+            if live or time.monotonic() > deadline:
+                if live:
+                    pid, mode = live[0]
+                    who = f"process {pid}" + (" (read-only)" if mode == "READ" else "")
+                elif holders:
+                    who = (f"process {holders[0][0]} (dead; its workers still hold the lock after "
+                           f"{stale_wait:.0f} s)")
+                else:
+                    who = "another process"
+                raise LockedError(f"{directory} is open in {who}")
+            # Every holder is dead: its workers are on their way out.
             time.sleep(0.02)
         if not shared:
             os.ftruncate(fd, 0)

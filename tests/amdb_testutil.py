@@ -167,3 +167,34 @@ def reap(proc, timeout=10.0):
                 stream.close()
             except OSError:
                 pass
+
+
+def private_shm_available():
+    """True when this process may run a child with its own small /dev/shm
+    (root, util-linux unshare, tmpfs mounts allowed), as a container has."""
+    import shutil
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+def run_with_private_shm(script, shm_mib, *args, timeout=120):
+    """Run ``script`` (Python source) with a fresh tmpfs of ``shm_mib`` MiB as
+    its /dev/shm, in a private mount namespace: (returncode, stdout, stderr).
+    The tmpfs, and whatever the script leaves in it, goes with the namespace."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONFAULTHANDLER"] = "1"
+    command = (f"mount -t tmpfs -o size={int(shm_mib)}m tmpfs /dev/shm && "
+               'exec "$0" -c "$1" "${@:2}"')
+    proc = subprocess.Popen(["unshare", "-m", "bash", "-c", command, sys.executable, script, *map(str, args)],
+                            cwd=root, env=env, text=True, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        reap(proc)
+    return proc.returncode, out, err

@@ -5,13 +5,14 @@ build; `make asan-test` and `make memcheck` are what turn a silent memory
 error into a failure, so run those after touching native code.
 """
 import json
+import os
 import sys
 
 import numpy as np
 import pytest
 
 import amdb
-from amdb_testutil import python_child, reap
+from amdb_testutil import private_shm_available, python_child, reap, run_with_private_shm
 
 
 def test_prototype_million_item_batch_write(make_db):
@@ -315,3 +316,475 @@ def test_replay_refuses_a_frame_that_would_misalign_the_next():
     scan = storage.scan_log_bytes(odd)
     assert scan.valid_bytes == 0 and "multiple of 8" in scan.problem
     assert fuzz_replay(frame(3, 1, b"") + frame(3, 1, b""))[:2] == (0, 2)
+
+
+# -- found by hostile testing from the promises in README and docs/API.md (issue 12) ---
+
+def _run_script(script, *args, timeout=90):
+    """Run `script` in a fresh interpreter; (returncode, stdout, stderr)."""
+    proc = python_child(script, *args, stdin=False)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        reap(proc)
+    return proc.returncode, out, err
+
+
+FORKED_CHILD_ADMIN = r"""
+import os, sys, shutil, tempfile
+import amdb
+path = tempfile.mkdtemp(); other = os.path.join(tempfile.mkdtemp(), "copy")
+db = amdb.ParallelDB(path, workers=2)
+db.batch_put([(b"k%04d" % i, b"v") for i in range(3000)])
+pid = os.fork()
+if pid == 0:
+    codes = []
+    for call in (db.checkpoint, lambda: db.backup(other), db.compact, db.digest, db.verify, db.stats):
+        try:
+            call()
+            codes.append("done")
+        except amdb.Error as exc:
+            codes.append(exc.code)
+    assert db.get(b"k0001") == b"v", "the child still reads"
+    db.close()
+    os._exit(0 if codes == ["forked"] * 6 else 3)
+_, status = os.waitpid(pid, 0)
+assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+assert not os.path.exists(other)
+db.put(b"after", b"1")
+assert db.get(b"after") == b"1"
+assert not db.verify().breaks
+db.close()
+with amdb.ParallelDB(path) as again:
+    assert len(again) == 3001 and again.get(b"after") == b"1"
+shutil.rmtree(path)
+print("OK")
+"""
+
+
+def test_forked_child_admin_calls_never_touch_the_parents_workers():
+    # Data loss: a forked child's checkpoint() and backup() were not refused.
+    # In the child Popen.poll() reported the parent's live workers as dead,
+    # the child started replacement workers on the parent's memory, and the
+    # parent's next put() returned but its value was gone (or every later
+    # write failed: "ring holds a record of unknown kind"). Fixed: one guard
+    # (Engine._enter_exclusive), run before any lock, refuses every call of
+    # a forked child's handle but reads and close(), with code "forked".
+    rc, out, err = _run_script(FORKED_CHILD_ADMIN)
+    assert rc == 0 and out.strip() == "OK", err[-3000:]
+
+
+FORKED_CHILD_READS_AFTER_COMPACTION = r"""
+import os
+import amdb
+db = amdb.ParallelDB(workers=2)
+keys = [b"k%04d" % i for i in range(500)]
+db.batch_put([(k, b"v0") for k in keys])
+go_r, go_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.read(go_r, 1)
+    values = db.batch_get(keys)
+    single = [db.get(k) for k in keys[:50]]
+    scanned = dict(db.scan())
+    ok = values == [b"v1"] * 500 and single == [b"v1"] * 50 and scanned == {k: b"v1" for k in keys}
+    os._exit(0 if ok else 4)
+db.batch_put([(k, b"v1") for k in keys])
+db.compact(keep_versions=1)
+os.write(go_w, b"x")
+_, status = os.waitpid(pid, 0)
+assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+db.close()
+print("OK")
+"""
+
+
+def test_forked_child_reads_the_new_generation_after_the_parent_compacts():
+    # Wrong answers: after the parent compacted, a forked child still read
+    # the retired region (punched out: zeros) and got None for all 500 keys.
+    # Fixed: a forked child reads through a reader slot in the database
+    # control block and adopts the regions the control blocks name whenever
+    # the shared read epoch moved (layout.h, "Reader slots"); the owner does
+    # not retire a region a child's read is in.
+    rc, out, err = _run_script(FORKED_CHILD_READS_AFTER_COMPACTION)
+    assert rc == 0 and out.strip() == "OK", err[-3000:]
+
+
+EXIT_DURING_BATCH_PUT = r"""
+import threading, time
+import amdb
+db = amdb.ParallelDB(workers=2)
+batches = [0]
+def loop():
+    while True:
+        db.batch_put([(b"w%04d" % j, b"x") for j in range(2000)])
+        batches[0] += 1
+threading.Thread(target=loop, daemon=True).start()
+while batches[0] < 20:                    # the thread is busy writing
+    time.sleep(0.001)
+# ... and the script falls off its end.
+"""
+
+
+def test_interpreter_exit_while_a_daemon_thread_writes():
+    # SIGSEGV (exit 139) about 3 runs in 10: the exit finalizer unmapped the
+    # rings while a daemon thread was still packing a batch into them (the
+    # prototype's failure). Fixed: nothing unmaps memory a call may still
+    # touch; the exit handler marks the database closed, waits for the write
+    # lock (bounded), stops the workers (they drain their rings) and unmaps
+    # only if it got the lock (the process exit does the rest).
+    from amdb_testutil import children_of
+    for _ in range(10):
+        rc, out, err = _run_script(EXIT_DURING_BATCH_PUT)
+        assert rc == 0, f"rc={rc}\n{err[-3000:]}"
+    assert not children_of(os.getpid())
+
+
+def test_a_reentrant_write_swallowed_by_the_generator_still_fails_the_batch(make_db):
+    # The batch returned success=True, keeping every item, although its own
+    # generator's write was refused (docs/API.md: the batch fails). Fixed: a
+    # refused re-entrant call marks the batch in flight, which then fails.
+    db = make_db(workers=2)
+
+    def gen():
+        yield (b"k", b"new")
+        try:
+            db.put(b"x", b"y")
+        except amdb.Error:
+            pass
+        yield (b"j", b"new")
+
+    with pytest.raises(amdb.Error) as info:
+        db.batch_put(gen())
+    assert info.value.code == "reentrant_write"
+    assert db.batch_get([b"k", b"j", b"x"]) == [None, None, None]
+    db.put(b"k", b"later")                   # the database goes on
+    assert db.get(b"k") == b"later"
+
+
+@pytest.mark.parametrize("call", ["checkpoint", "backup", "compact", "verify", "digest", "close"])
+def test_admin_calls_from_inside_a_batch_generator_are_refused(make_db, tmp_path, call):
+    # checkpoint() or backup() from inside a batch_put generator sent control
+    # records into the middle of the batch: both workers died ("ring holds a
+    # record of unknown kind") and batch_put raised WorkerCrashedError. Fixed:
+    # every method that sends control records or takes the write lock passes
+    # the same re-entry guard (Engine._enter_exclusive).
+    db = make_db(workers=2, path=str(tmp_path / "db"))
+    db.put(b"before", b"1")
+    calls = {"checkpoint": db.checkpoint, "backup": lambda: db.backup(str(tmp_path / "copy")),
+             "compact": db.compact, "verify": db.verify, "digest": db.digest, "close": db.close}
+
+    def gen():
+        yield (b"a", b"1")
+        calls[call]()
+        yield (b"b", b"2")
+
+    with pytest.raises(amdb.Error) as info:
+        db.batch_put(gen())
+    assert info.value.code == "reentrant_write"
+    assert not (tmp_path / "copy").exists()
+    assert db.batch_get([b"a", b"b", b"before"]) == [None, None, b"1"]
+    assert all(w["alive"] for w in db.stats()["workers"])
+    assert not db.verify().breaks
+
+
+def _wait_dead(pid):
+    from amdb_testutil import proc_stat, wait_until
+    assert wait_until(lambda: (proc_stat(pid) or ("Z",))[0] in ("Z", "X"), 10), f"worker {pid} still runs"
+
+
+def test_a_worker_killed_while_idle_is_replaced_without_blaming_the_next_batch(make_db):
+    # The next batch_put raised WorkerCrashedError "killed ... while applying
+    # batch seq N" for a batch the dead worker never read, and after
+    # poison_after such kills that same data was refused as poison. Fixed:
+    # a worker says which record it has taken (layout.h, handling_pos); one
+    # that died between records is replaced by a successor that resumes from
+    # its ring, and nothing is blamed on the data.
+    import signal
+    db = make_db(workers=2, poison_after=2)
+    items = [(b"p%04d" % i, b"v%d" % i) for i in range(1000)]
+    for round_ in range(4):
+        pid = db.stats()["workers"][0]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        _wait_dead(pid)
+        success, result = db.batch_put(items)            # no WorkerCrashedError, no PoisonBatchError
+        assert success and result.count == 1000
+    stats = db.stats()
+    assert stats["workers"][0]["restarts"] == 4 and stats["workers"][0]["poisoned_chunks"] == 0
+    assert "while idle" in stats["workers"][0]["last_crash"]
+    assert "nothing was lost" in stats["workers"][0]["last_crash"]
+    assert db.batch_get([k for k, _ in items]) == [v for _, v in items]
+    assert not db.verify().breaks
+
+
+def test_a_worker_killed_while_idle_does_not_fail_a_checkpoint(make_db, tmp_path):
+    # checkpoint() after an idle worker was killed raised WorkerCrashedError
+    # ("while idle ... the batch in flight was rolled back"): nothing was in
+    # flight. Now the successor resumes and writes the checkpoint.
+    import signal
+    db = make_db(workers=2, path=str(tmp_path / "db"))
+    db.batch_put([(b"c%03d" % i, b"x") for i in range(300)])
+    pid = db.stats()["workers"][1]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    _wait_dead(pid)
+    seq = db.checkpoint()
+    assert seq == db.stats()["visible_seq"]
+    assert db.stats()["workers"][1]["restarts"] == 1
+    db.close()
+    with amdb.ParallelDB(str(tmp_path / "db")) as again:
+        assert len(again) == 300
+
+
+@pytest.mark.parametrize("dest, error", [(None, amdb.InvalidTypeError), (123, amdb.InvalidTypeError),
+                                         ("/proc/amdb-backup", amdb.StorageError),
+                                         ("FILE/inside", amdb.StorageError)])
+def test_backup_destination_errors_are_amdb_errors(make_db, tmp_path, dest, error):
+    # backup(None) and backup(123) raised TypeError, a path under /proc
+    # FileNotFoundError, a path under a regular file NotADirectoryError.
+    db = make_db(workers=1, path=str(tmp_path / "db"))
+    db.put(b"k", b"v")
+    (tmp_path / "FILE").write_bytes(b"")
+    if isinstance(dest, str) and dest.startswith("FILE"):
+        dest = str(tmp_path / dest)
+    before = sorted(os.listdir(tmp_path / "db"))
+    with pytest.raises(error) as info:
+        db.backup(dest)
+    assert info.value.hint
+    assert sorted(os.listdir(tmp_path / "db")) == before        # nothing written first
+    assert db.get(b"k") == b"v"
+
+
+def test_compact_is_refused_on_a_read_only_opening(tmp_path):
+    with amdb.ParallelDB(str(tmp_path / "db"), workers=1) as db:
+        db.put(b"k", b"v")
+    with amdb.ParallelDB(str(tmp_path / "db"), read_only=True) as ro:
+        with pytest.raises(amdb.StorageError) as info:
+            ro.compact()
+        assert info.value.code == "read_only"
+        assert ro.get(b"k") == b"v"
+
+
+def test_reopening_with_too_small_an_arena_is_arena_full(tmp_path):
+    # WorkerStartError ("exited with status 1") where ArenaFullError is due:
+    # a worker that cannot start now says why in its control block.
+    with amdb.ParallelDB(str(tmp_path / "db"), workers=1) as db:
+        db.batch_put([(b"k%05d" % i, b"v" * 200) for i in range(20000)])
+        db.checkpoint()
+    with pytest.raises(amdb.ArenaFullError) as info:
+        amdb.ParallelDB(str(tmp_path / "db"), arena_size=1 << 20)
+    assert info.value.code == "arena_full" and "arena_size" in info.value.hint
+    with amdb.ParallelDB(str(tmp_path / "db")) as db:           # nothing lost
+        assert len(db) == 20000
+
+
+READ_ONLY_HOLDER = r"""
+import sys
+import amdb
+db = amdb.ParallelDB(sys.argv[1], read_only=True)
+print("open", flush=True)
+sys.stdin.readline()
+db.close()
+"""
+
+
+def test_a_live_read_only_holder_is_named_at_once(tmp_path):
+    # A writer blocked only by a live read_only holder waited 10 s, then said
+    # "open in process N (dead; its workers still hold the lock)": N was the
+    # last writer, long gone. Lock holders now come from /proc/locks.
+    import time
+    from amdb_testutil import read_line
+    path = str(tmp_path / "db")
+    with amdb.ParallelDB(path, workers=1) as db:
+        db.put(b"k", b"v")
+    holder = python_child(READ_ONLY_HOLDER, path)
+    try:
+        assert read_line(holder) == "open"
+        started = time.monotonic()
+        with pytest.raises(amdb.LockedError) as info:
+            amdb.ParallelDB(path)
+        assert time.monotonic() - started < 5
+        assert f"process {holder.pid} (read-only)" in str(info.value)
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=30)
+    finally:
+        reap(holder)
+
+
+OWNER_THEN_KILLED = r"""
+import sys
+import amdb
+db = amdb.ParallelDB(sys.argv[1], workers=2)
+db.batch_put([(b"k%03d" % i, b"v") for i in range(100)])
+print("written", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_an_owner_killed_but_not_reaped_is_taken_over(tmp_path):
+    # An owner SIGKILLed but not yet reaped (a zombie) counted as alive, so
+    # the next opener got LockedError at once instead of taking over.
+    import signal
+    from amdb_testutil import read_line
+    path = str(tmp_path / "db")
+    owner = python_child(OWNER_THEN_KILLED, path)
+    try:
+        assert read_line(owner) == "written"
+        os.kill(owner.pid, signal.SIGKILL)
+        _wait_dead(owner.pid)                    # a zombie: we do not reap it yet
+        with amdb.ParallelDB(path) as db:
+            assert len(db) == 100
+    finally:
+        reap(owner)
+
+
+def test_close_during_a_registered_read_of_the_same_thread_does_not_wait_for_itself(make_db):
+    # _mark_closed spun without bound, without the GIL, until no reader was
+    # registered: a finalizer closing the database in the middle of a read of
+    # its own thread waited for itself. close() no longer waits: the last
+    # registered reader to leave drops the mappings.
+    db = make_db(workers=2)
+    db.put(b"k", b"v")
+    slot = db._debug_enter_read()
+    db.close()                                   # returns
+    assert db.closed
+    db._debug_leave_read(slot)                   # and the memory goes here
+    with pytest.raises(amdb.ClosedError):
+        db.get(b"k")
+
+
+FORK_WITH_THREADS = r"""
+import os, sys, threading, time
+import amdb
+db = amdb.ParallelDB(workers=2)
+db.put(b"a", b"1")
+inside = threading.Event(); release = threading.Event()
+
+def blocked_batch():
+    def gen():
+        yield (b"b", b"2")
+        inside.set()
+        release.wait()
+        yield (b"c", b"3")
+    db.batch_put(gen())
+
+def registered_reader():
+    slot = db._debug_enter_read()
+    inside.set()
+    release.wait()
+    db._debug_leave_read(slot)
+
+target = blocked_batch if sys.argv[1] == "writer" else registered_reader
+thread = threading.Thread(target=target)
+thread.start()
+inside.wait()
+pid = os.fork()
+if pid == 0:
+    started = time.monotonic()
+    try:
+        db.put(b"x", b"y")
+        code = 3
+    except amdb.Error as exc:
+        code = 0 if exc.code == "forked" else 4
+    ok = db.get(b"a") == b"1"
+    db.close()
+    os._exit(code if ok and time.monotonic() - started < 5 else 5)
+_, status = os.waitpid(pid, 0)
+release.set()
+thread.join()
+assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+assert db.batch_get([b"a", b"b", b"c"]) == [b"1", b"2", b"3"][:3 if sys.argv[1] == "writer" else 1] + \
+    ([] if sys.argv[1] == "writer" else [None, None])
+db.close()
+print("OK")
+"""
+
+
+@pytest.mark.parametrize("thread", ["writer", "reader"])
+def test_fork_while_another_thread_holds_the_write_lock_or_a_read(thread):
+    # With another thread holding the write lock at fork(), the child's put()
+    # and close() hung forever (the fork check ran after taking the lock);
+    # with threads inside a GIL-free read, the child's close() spun forever
+    # at 100% CPU (inherited reader counts). The fork check now runs first,
+    # and a forked child's close() takes its own path.
+    rc, out, err = _run_script(FORK_WITH_THREADS, thread, timeout=60)
+    assert rc == 0 and out.strip() == "OK", f"rc={rc}\n{err[-3000:]}"
+
+
+def test_the_debug_build_aborts_on_a_broken_native_precondition():
+    # A Cython assert in a noexcept nogil function compiled to "print the
+    # exception and return 0", so alloc_block with a broken precondition went
+    # on writing. AMDB_ASSERT (amdb/shm/check.h) aborts the debug build.
+    import signal
+    from amdb.shm.arena import debug_build
+    rc, out, err = _run_script("from amdb.shm.arena import _debug_violate_assertion as f\nf()\nprint('returned')")
+    if debug_build():
+        assert rc == -signal.SIGABRT and "assertion failed: alloc_block" in err, (rc, err[-2000:])
+    else:
+        assert rc == 0 and out.strip() == "returned", err[-2000:]
+
+
+NEARLY_FULL_SHM = r"""
+import os
+import amdb
+outcomes = []
+for free_kib in (96, 100, 104, 108, 112, 120, 128, 136, 160):
+    st = os.statvfs("/dev/shm")
+    filler = os.open("/dev/shm/filler", os.O_RDWR | os.O_CREAT, 0o600)
+    os.posix_fallocate(filler, 0, st.f_bavail * st.f_frsize - free_kib * 1024)
+    try:
+        with amdb.ParallelDB(workers=1, ring_size=1 << 16) as db:
+            db.put(b"k", b"v")
+            outcomes.append("open")
+    except amdb.ArenaFullError as exc:
+        outcomes.append(exc.code)
+    os.close(filler)
+    os.unlink("/dev/shm/filler")
+print(outcomes)
+"""
+
+
+@pytest.mark.skipif(not private_shm_available(), reason="needs root and unshare to mount a private /dev/shm")
+def test_a_nearly_full_dev_shm_is_arena_full_never_sigbus():
+    # WorkerStartError "worker 0 exited with status -7" (SIGBUS) with /dev/shm
+    # filled to within 104 KiB: the worker read its arena header before any
+    # arena memory was committed, and on a full tmpfs even a read of an
+    # uncommitted page faults. With 112-136 KiB free it was WorkerStartError
+    # where ArenaFullError was due. Fixed: commit before touch (arena_init
+    # reads the header only once memory is committed), and a worker that
+    # cannot start says why in its control block (start_status).
+    rc, out, err = run_with_private_shm(NEARLY_FULL_SHM, 16)
+    assert rc == 0, f"rc={rc}\n{err[-3000:]}"
+    outcomes = eval(out.strip())
+    assert set(outcomes) <= {"open", "shm_full"} and outcomes[-1] == "open", outcomes
+
+
+SIBLING_COMMITS = r"""
+import os
+import amdb
+st = os.statvfs("/dev/shm")
+filler = os.open("/dev/shm/filler", os.O_RDWR | os.O_CREAT, 0o600)
+os.posix_fallocate(filler, 0, st.f_bavail * st.f_frsize - (56 << 20))      # 56 MiB free: less than a 64 MiB step
+failures = 0
+for round_ in range(12):
+    with amdb.ParallelDB(workers=2, ring_size=1 << 20) as db:
+        try:
+            for n in range(20):                 # 20 x 512 KiB, over both workers at once
+                db.batch_put([(b"%d-%d-%d" % (round_, n, i), b"x" * 1024) for i in range(512)])
+        except amdb.ArenaFullError:
+            failures += 1
+print(failures)
+"""
+
+
+@pytest.mark.skipif(not private_shm_available(), reason="needs root and unshare to mount a private /dev/shm")
+def test_one_workers_commit_does_not_starve_its_sibling():
+    # Spurious ArenaFullError(shm_full) with /dev/shm holding room: with less
+    # than 64 MiB free, two workers tried a 64 MiB commit step at once, and
+    # on tmpfs a failing fallocate takes every free page for a moment, so the
+    # other's small exact commit failed too. Fixed: a full step is tried only
+    # when the file system says it fits, and an exact commit that fails while
+    # it says it fits is retried with backoff (arena.pyx, commit_pages_by).
+    rc, out, err = run_with_private_shm(SIBLING_COMMITS, 200, timeout=240)
+    assert rc == 0, f"rc={rc}\n{err[-3000:]}"
+    assert out.strip() == "0", out

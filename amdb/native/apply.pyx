@@ -390,7 +390,10 @@ cdef void undo_open_batch(Worker *w) noexcept nogil:
     amdb_store_relaxed(&c.version_count, w.batch_versions)
     w.batch_first_seq = 0
     w.refusing = False
-    amdb_store_relaxed(&c.open_batch_seq, 0)
+    # Last, by a release store: a successor that finds no open batch finds
+    # the counters and the ledger head restored (a crash before this store
+    # repeats the undo, which is idempotent).
+    amdb_store_release(&c.open_batch_seq, 0)
 
 
 cdef void rollback_batch(Worker *w, uint64_t abort_seq, uint64_t abort_no) noexcept nogil:
@@ -440,24 +443,39 @@ cdef int relink_crashed_nodes(Worker *w) noexcept nogil:
     return AMDB_STATUS_OK
 
 
-cdef int crash_repair(Worker *w, uint64_t visible_seq, uint64_t *undone_seq) noexcept nogil:
-    """Take over a partition whose worker died (rule 4 of layout.h: what it
-    left is usable, at worst with unlinked garbage): if the batch it began
-    last was never made visible, undo it, as an ABORT would have."""
+cdef void load_open_batch(Worker *w) noexcept nogil:
+    """The open batch as a dead predecessor recorded it (begin_batch, line 7).
+    REQUIRES: open_batch_seq loaded with acquire first (it is stored last)."""
     cdef amdb_control *c = w.p.ctrl
-    cdef uint64_t seq = amdb_load_relaxed(&c.open_batch_seq)
-    cdef int status
-    undone_seq[0] = 0
-    if seq == 0 or seq <= visible_seq:
-        return AMDB_STATUS_OK
-    w.batch_first_seq = seq
+    w.batch_first_seq = amdb_load_relaxed(&c.open_batch_seq)
     w.batch_start_off = amdb_load_relaxed(&c.open_batch_start)
     memcpy(w.batch_ledger_head, c.open_batch_ledger_head, 32)
     w.batch_ledger_chunks = amdb_load_relaxed(&c.open_batch_ledger_chunks)
     w.batch_live_keys = amdb_load_relaxed(&c.open_batch_live_keys)
     w.batch_versions = amdb_load_relaxed(&c.open_batch_versions)
+
+
+cdef int crash_repair(Worker *w, uint64_t visible_seq, bint resume, uint64_t *undone_seq) noexcept nogil:
+    """Take over a partition whose worker died (rule 4 of layout.h: what it
+    left is usable, at worst with unlinked garbage).
+
+    resume=False (it died handling a record): if the batch it began last was
+    never made visible, undo it, as an ABORT would have.
+    resume=True (it died between records, handling_pos == 0): every record
+    it took is whole in the arena, so its open batch, if any, goes on here:
+    the rest of it, its COMMIT or its ABORT are still in the ring."""
+    cdef amdb_control *c = w.p.ctrl
+    # Acquire: begin_batch stores the seq last, with release.
+    cdef uint64_t seq = amdb_load_acquire(&c.open_batch_seq)
+    cdef int status
+    undone_seq[0] = 0
+    if seq == 0 or seq <= visible_seq:
+        return AMDB_STATUS_OK
+    load_open_batch(w)
     if w.batch_start_off < AMDB_ARENA_FIRST_BLOCK or w.batch_start_off > c.arena_used:
         return AMDB_STATUS_CORRUPT
+    if resume:
+        return AMDB_STATUS_OK
     status = relink_crashed_nodes(w)
     if status != AMDB_STATUS_OK:
         return status
@@ -489,14 +507,16 @@ cdef void begin_batch(Worker *w, uint64_t seq) noexcept nogil:
     w.refusing = False
     w.batch_committed = False
     # The same, where a successor finds it should this process die before
-    # the batch ends (crash_repair). The seq goes last: a successor that
-    # sees it sees the rest (all stores of a dead process are, layout.h line 7).
+    # the batch ends (crash_repair). The seq goes last, by a release store:
+    # neither the compiler nor the CPU may move the fields above after it,
+    # so a successor that sees the seq (acquire) sees the rest, wherever
+    # this process died.
     memcpy(c.open_batch_ledger_head, c.ledger_head, 32)
     amdb_store_relaxed(&c.open_batch_start, w.batch_start_off)
     amdb_store_relaxed(&c.open_batch_live_keys, w.batch_live_keys)
     amdb_store_relaxed(&c.open_batch_versions, w.batch_versions)
     amdb_store_relaxed(&c.open_batch_ledger_chunks, w.batch_ledger_chunks)
-    amdb_store_relaxed(&c.open_batch_seq, seq)
+    amdb_store_release(&c.open_batch_seq, seq)
 
 
 cdef int log_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) noexcept nogil:
@@ -691,6 +711,24 @@ cdef int replay_frames(Worker *w, char *data, uint64_t length, uint64_t *frames_
     return AMDB_STATUS_OK
 
 
+cdef inline void take_record(amdb_control *c, uint64_t pos, amdb_ring_chunk *header) noexcept nogil:
+    """Say which record this worker is handling, before it changes anything
+    for it (layout.h, handling_pos): the op, seq and chunk_no first, the
+    position last (release), so that the owner, reading after our death,
+    finds them whole whenever it finds the position."""
+    c.handling_op = header.op
+    amdb_store_relaxed(&c.handling_seq, header.seq)
+    amdb_store_relaxed(&c.handling_chunk_no, header.chunk_no)
+    amdb_store_relaxed(&c.handling_end, header.end)
+    amdb_store_release(&c.handling_pos, pos + 1)
+
+
+cdef inline void finish_record(amdb_control *c) noexcept nogil:
+    """The record taken last is released and acknowledged: a death from here
+    on leaves nothing half done (release: after every store it made)."""
+    amdb_store_release(&c.handling_pos, 0)
+
+
 cdef int worker_loop(Worker *w) noexcept nogil:
     cdef amdb_control *c = w.p.ctrl
     cdef uint64_t capacity = c.ring_capacity
@@ -714,16 +752,19 @@ cdef int worker_loop(Worker *w) noexcept nogil:
             op = (<uint32_t *>ring_at(w.p.ring, capacity - 1, tail))[0]
             if op == AMDB_OP_WRAP:
                 tail += capacity - (tail & (capacity - 1))
-            elif op == AMDB_OP_CHUNK:
-                header = (<amdb_ring_chunk *>ring_at(w.p.ring, capacity - 1, tail))[0]
+                continue
+            if op != AMDB_OP_CHUNK and op != AMDB_OP_ABORT and op != AMDB_OP_COMMIT \
+                    and op != AMDB_OP_CHECKPOINT and op != AMDB_OP_COMPACT:
+                return EXIT_CORRUPT
+            header = (<amdb_ring_chunk *>ring_at(w.p.ring, capacity - 1, tail))[0]
+            take_record(c, tail, &header)
+            if op == AMDB_OP_CHUNK:
                 handle_chunk(w, &header, tail)
                 tail = header.end
             elif op == AMDB_OP_ABORT:
-                header = (<amdb_ring_chunk *>ring_at(w.p.ring, capacity - 1, tail))[0]
                 handle_abort(w, &header)
                 tail += sizeof(amdb_ring_chunk)
-            elif op == AMDB_OP_COMMIT or op == AMDB_OP_CHECKPOINT or op == AMDB_OP_COMPACT:
-                header = (<amdb_ring_chunk *>ring_at(w.p.ring, capacity - 1, tail))[0]
+            else:
                 tail += sizeof(amdb_ring_chunk)
                 # Space back first: an owner that sees the acknowledgement
                 # also sees the ring space free.
@@ -734,9 +775,8 @@ cdef int worker_loop(Worker *w) noexcept nogil:
                     handle_checkpoint(w, &header)
                 else:
                     handle_compact(w, &header)
-            else:
-                return EXIT_CORRUPT
             ring_release(c, tail)
+            finish_record(c)
 
 
 cdef void worker_init(Worker *w, Mapping mapping, int fd, int parent_pid) noexcept:
@@ -826,6 +866,20 @@ def fuzz_replay(const uint8_t[::1] data, uint64_t arena_size=4 << 20):
     return status, frames, breaks
 
 
+cdef int check_start(amdb_control *c, int status, str context) except -1:
+    """Raise for a failed start step, having said why in the control block
+    (start_status, state FAILED): the owner reports it with the exception it
+    stands for (ArenaFullError for a full /dev/shm, say), not as a worker
+    that merely exited."""
+    from amdb.errors import raise_for_status
+    if status != AMDB_STATUS_OK:
+        amdb_store_relaxed(&c.start_status, <uint64_t>status)
+        amdb_store_release(&c.worker_state, AMDB_WORKER_FAILED)
+        progress_publish(c)
+    raise_for_status(status, context)
+    return 0
+
+
 def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=None, respawn=None):
     """Attach to a partition segment and apply what the owner sends until it
     asks us to stop (returns "shutdown") or disappears ("owner_gone").
@@ -835,12 +889,15 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=
     rebuild its arena from a checkpoint and the log segments the owner kept,
     then log everything it applies to a new segment.
 
-    `respawn` ({"visible_seq": int, "poison": [fingerprints]}) makes it the
-    successor of a worker that died: it keeps the arena as it is (layout.h,
-    rule 4), undoes the batch its predecessor left open unless the owner made
-    it visible (crash_repair), logs that undo as an ABORT frame in a new log
-    segment, and applies the ring from where the owner reset it. It refuses
-    chunks whose fingerprint is in "poison" (AMDB_STATUS_POISON)."""
+    `respawn` ({"visible_seq": int, "resume": bool, "poison": [fingerprints]})
+    makes it the successor of a worker that died: it keeps the arena as it is
+    (layout.h, rule 4). With resume (the predecessor died between records) it
+    carries on the predecessor's open batch from the ring; otherwise it undoes
+    that batch unless the owner made it visible (crash_repair), logs the undo
+    as an ABORT frame in a new log segment, and applies the ring from where
+    the owner reset it. It refuses chunks whose fingerprint is in "poison"
+    (AMDB_STATUS_POISON). A worker that cannot start says why in its control
+    block (start_status, state FAILED) before it raises."""
     import mmap
     import os
     from amdb.errors import Error, raise_for_status
@@ -855,6 +912,7 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=
         raise Error("not an AmDb partition segment (magic or layout version differs)", code="corrupt")
     worker_init(&w, mapping, fd, parent_pid)
     amdb_store_relaxed(&c.worker_pid, <uint64_t>getpid())
+
     try:
         if durable is not None:
             w.log.dir_fd = os.open(durable["dir"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -864,9 +922,9 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=
             if durable["checkpoint"] is not None and respawn is None:
                 name = os.fsencode(durable["checkpoint"])
                 status = checkpoint_load(&w.p, w.log.dir_fd, name)
-                raise_for_status(status, f"loading checkpoint {durable['checkpoint']}")
+                check_start(c, status, f"loading checkpoint {durable['checkpoint']}")
         status = arena_init(&w.p)
-        raise_for_status(status, "initialising the arena")
+        check_start(c, status, "initialising the arena")
         skiplist_finger_reset(&w.p, &w.finger)
         if respawn is not None:
             poison = [int(f) for f in respawn.get("poison", ())]
@@ -878,19 +936,20 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=
                     w.poison[i] = fingerprint
                 w.poison_count = len(poison)
             visible_seq = respawn["visible_seq"]
+            resume = bool(respawn.get("resume", False))
             with nogil:
-                status = crash_repair(&w, visible_seq, &undone_seq)
-            raise_for_status(status, "taking over the arena of a crashed worker")
+                status = crash_repair(&w, visible_seq, resume, &undone_seq)
+            check_start(c, status, "taking over the arena of a crashed worker")
             skiplist_finger_reset(&w.p, &w.finger)
             if durable is not None and not durable["read_only"]:
                 status = log_start_segment(&w.log, durable["next_segment"])
-                raise_for_status(status, "starting a new log segment")
+                check_start(c, status, "starting a new log segment")
                 if undone_seq:
                     # The predecessor may have logged chunks (even a COMMIT)
                     # of the batch it died in: this frame makes recovery
                     # drop them (wal.h, invariant 3).
                     status = log_append(&w.log, AMDB_LOG_ABORT, undone_seq, NULL, 0)
-                    raise_for_status(status, "logging the rollback of the crashed worker's batch")
+                    check_start(c, status, "logging the rollback of the crashed worker's batch")
         elif durable is not None:
             for name, length in durable["replay"]:
                 with open(os.path.join(durable["dir"], name), "rb") as f:
@@ -908,7 +967,7 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=
                         w.records = w.p.ring
                         w.records_mask = c.ring_capacity - 1
                         segment_bytes = None
-                raise_for_status(status, f"replaying {name}")
+                check_start(c, status, f"replaying {name}")
             if w.batch_first_seq != 0 and not w.batch_committed:
                 rollback_batch(&w, w.batch_first_seq, 0)    # its COMMIT is not in this log
             # This session's progress counters start from zero (the owner's
@@ -922,7 +981,7 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=
             amdb_store_relaxed(&c.log_bytes, durable["log_bytes"])
             if not durable["read_only"]:
                 status = log_start_segment(&w.log, durable["next_segment"])
-                raise_for_status(status, "starting a new log segment")
+                check_start(c, status, "starting a new log segment")
             skiplist_finger_reset(&w.p, &w.finger)
     except BaseException:
         free(w.poison)

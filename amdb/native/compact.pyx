@@ -68,7 +68,9 @@ cdef void compact_recover(amdb_control *c) noexcept nogil:
     """Finish what a worker that died mid-compaction left (invariant 3).
     Idempotent; a no-op when compact_state is IDLE. Called by every worker
     before it takes its view of the partition (apply.worker_init)."""
-    cdef uint64_t state = amdb_load_relaxed(&c.compact_state)
+    # Acquire: pairs with compact_prepare's release of SWITCHING, after
+    # which the switch record is whole.
+    cdef uint64_t state = amdb_load_acquire(&c.compact_state)
     if state == AMDB_COMPACT_SWITCHING:
         amdb_store_relaxed(&c.arena_used, c.switch_used)
         amdb_store_relaxed(&c.arena_committed, c.switch_committed)
@@ -90,7 +92,7 @@ cdef int _build(PartitionView *src, PartitionView *dst, uint64_t keep, uint64_t 
     cdef amdb_control *c = src.ctrl
     cdef amdb_arena_header *header
     cdef uint64_t capacity = AMDB_HASH_INITIAL_CAPACITY
-    cdef uint32_t log2_capacity = 12
+    cdef uint32_t log2_capacity = AMDB_HASH_INITIAL_LOG2
     cdef uint64_t nodes = amdb_load_relaxed(&c.node_count)
     cdef uint64_t off, ahead, latest, v_off, need, count, i, node_bytes
     cdef uint64_t new_node, new_version, new_prev, base_off

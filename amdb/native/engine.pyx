@@ -42,7 +42,7 @@ from cpython.ref cimport Py_INCREF
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
-from posix.unistd cimport usleep
+from posix.unistd cimport usleep, getpid
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport *
 from amdb.shm.arena cimport Mapping
@@ -59,6 +59,21 @@ from amdb.errors import (ClosedError, Error, InvalidArgumentError, InvalidTypeEr
 
 cdef extern from "Python.h":
     int PyErr_CheckSignals() except -1
+
+
+# Every open Engine of this process, so that a forked child can turn each
+# into a read-only view of its parent's database (_became_foreign).
+import os as _os
+import weakref as _weakref
+_open_engines = _weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    for engine in list(_open_engines):
+        engine._became_foreign()
+
+
+_os.register_at_fork(after_in_child=_after_fork_in_child)
 
 cdef enum:
     WAIT_SLICE_NS = 50000000      # 50 ms: waits wake up this often to check liveness and Ctrl-C
@@ -164,13 +179,6 @@ cdef int _raise_reclaimed_now(key) except -1:
                                 + " was reclaimed by compaction", key=key)
 
 
-def raise_reentrant_write():
-    raise Error("a write, close(), verify() or digest() was called from code that a write of the "
-                "same thread is running (a generator or iterable passed to batch_put, say)",
-                code="reentrant_write",
-                hint="finish the batch first: collect the items, then write, or write from another thread")
-
-
 cdef class Engine:
     cdef int nworkers
     cdef PartitionView *parts
@@ -196,6 +204,16 @@ cdef class Engine:
     cdef object _write_lock
     cdef readonly bint durable     # a write-ahead log: batches end with COMMIT records
     cdef int forced_worker         # >= 0: _pack sends every record there (resharding), not by slot
+    cdef bint _in_batch            # a batch is being written (between _begin_batch and its end)
+    cdef object _batch_reentered   # the Error a re-entrant call of that batch's own code got, or None
+    cdef bint _detach_pending      # closed while readers were inside: the last to leave detaches
+    # A forked child's view (see "Process safety"): reads take reader slot
+    # _reader_slot (-1: none yet); _foreign_inside reads are in flight, all
+    # in read epoch _foreign_epoch, whose regions parts[] point into.
+    cdef readonly bint _foreign
+    cdef int _reader_slot
+    cdef uint64_t _foreign_inside
+    cdef uint64_t _foreign_epoch
 
     def __cinit__(self, *args, **kwargs):
         self.parts = NULL
@@ -208,6 +226,8 @@ cdef class Engine:
         self._mappings = []
         self._audit = None
         self.forced_worker = -1
+        self._reader_slot = -1
+        self._batch_reentered = None
 
     def __dealloc__(self):
         free(self.parts)
@@ -264,20 +284,29 @@ cdef class Engine:
         self._refresh_len()              # a recovered database starts with keys
         self._attached = True
         self.closed = False
+        _open_engines.add(self)
 
     def _mark_closed(self):
-        """Refuse new operations, then wait until no GIL-free reader is inside."""
+        """Refuse new operations. Never waits: readers inside keep the memory
+        (_release_memory)."""
         self.closed = True
-        # A full fence (seq_cst RMW): our `closed` store is ordered before the
-        # reader count we load next, as each reader's increment is ordered
-        # before its load of `closed` (Dekker) — no reader can slip past both.
-        amdb_fetch_add_seqcst(&self._readers[0], 0)
-        with nogil:
-            while amdb_load_seqcst(&self._readers[0]) != 0 or amdb_load_seqcst(&self._readers[1]) != 0:
-                amdb_cpu_relax()
+
+    def _release_memory(self):
+        """Drop the mappings now if no registered reader is inside, else when
+        the last one leaves. REQUIRES closed and, in the owner, no write in
+        flight (the write lock held, or the process exiting without it: then
+        this is not called)."""
+        if self._readers[0] == 0 and self._readers[1] == 0 and self._foreign_inside == 0:
+            self._detach()
+        else:
+            self._detach_pending = True
 
     def _detach(self):
         """Forget every pointer and drop our references to the mappings."""
+        self._detach_pending = False
+        if self._foreign and self._reader_slot >= 0 and self.dbc != NULL:
+            amdb_store_release(&self.dbc.readers[self._reader_slot].pid, 0)
+            self._reader_slot = -1
         self._attached = False
         self.dbc = NULL
         self.nworkers = 0
@@ -290,6 +319,81 @@ cdef class Engine:
         self._arena_base = NULL
         self._region = NULL
         self._mappings = []
+        _open_engines.discard(self)
+
+    def _became_foreign(self):
+        """Called in a forked child (os.register_at_fork): from now on this
+        handle only reads, through a reader slot, and closes. The threads that
+        were reading in the parent do not exist here: their registrations
+        (_readers) never leave, so this process's memory is dropped only
+        when it exits (the mappings are private to it), never too early."""
+        self._foreign = True
+        self._reader_slot = -1
+        self._foreign_inside = 0
+        self._foreign_epoch = 0          # no epoch: the first read adopts the current regions
+
+    def _close_foreign(self):
+        """close() in a forked child: its handle only. The owner's workers,
+        locks, logs and audit log are not this process's to touch."""
+        self.closed = True
+        if self._attached:
+            if self._foreign_inside == 0:
+                self._detach()
+            else:
+                self._detach_pending = True
+
+    cdef int _claim_reader_slot(self) except -1:
+        """Take a free reader slot, or one whose process is gone."""
+        from amdb.shm.segment import pid_alive
+        cdef int i
+        cdef uint64_t me = <uint64_t>getpid()
+        cdef uint64_t holder
+        for i in range(AMDB_READER_SLOTS):
+            holder = amdb_load_seqcst(&self.dbc.readers[i].pid)
+            if holder != 0 and (holder == me or pid_alive(<long>holder)):
+                continue
+            if amdb_cas_seqcst(&self.dbc.readers[i].pid, holder, me):
+                amdb_store_seqcst(&self.dbc.readers[i].epoch, 0)
+                self._reader_slot = i
+                return 0
+        raise Error(f"more than {AMDB_READER_SLOTS} processes read this database at once",
+                    code="too_many_readers", hint="close the database in processes that no longer use it")
+
+    cdef int _enter_foreign(self) except -1:
+        """Begin a read in a forked child: pin the read epoch in our slot
+        (layout.h, "Reader slots"), then point parts[] at the regions current
+        in it if the epoch moved. Nested and concurrent reads of this
+        process share the pin. REQUIRES the GIL."""
+        cdef amdb_reader_slot *slot
+        cdef uint64_t epoch, again
+        if self.closed:
+            raise ClosedError("the database is closed")
+        if self._foreign_inside == 0:
+            if self._reader_slot < 0:
+                self._claim_reader_slot()
+            slot = &self.dbc.readers[self._reader_slot]
+            epoch = amdb_load_seqcst(&self.dbc.read_epoch)
+            while True:
+                amdb_store_seqcst(&slot.epoch, epoch)
+                again = amdb_load_seqcst(&self.dbc.read_epoch)
+                if again == epoch:
+                    break
+                epoch = again
+            if epoch != self._foreign_epoch:
+                self._adopt_regions(False)
+                self._foreign_epoch = epoch
+                self._refresh_len()
+        self._foreign_inside += 1
+        return 0
+
+    cdef int _leave_foreign(self) except -1:
+        self._foreign_inside -= 1
+        if self._foreign_inside == 0:
+            if self._reader_slot >= 0:
+                amdb_store_release(&self.dbc.readers[self._reader_slot].epoch, 0)
+            if self._detach_pending:
+                self._detach()
+        return 0
 
     def _check_worker(self, int worker):
         """Hook: raise WorkerCrashedError if `worker` is gone (ParallelDB overrides)."""
@@ -299,26 +403,61 @@ cdef class Engine:
             raise ClosedError("the database is closed")
         return 0
 
-    cdef int _check_writable(self) except -1:
-        """Before taking the write lock: open, and not already held by this
-        thread (see "Process safety" above)."""
+    def _enter_exclusive(self, str what):
+        """The one guard of every method that writes, sends control records
+        or needs the write lock, run before any lock or epoch: a forked
+        child's handle only reads (Error code "forked"); the database is
+        open; and the write lock is not already held by this thread (code
+        the call runs, such as a generator passed to batch_put, calling back
+        in: Error code "reentrant_write", which also fails that batch)."""
+        if self._foreign:
+            raise Error(f"this ParallelDB was opened by another process; a forked child cannot {what} "
+                        "(it may read, and close its handle)", code="forked",
+                        hint="open a new ParallelDB in the child, or create the database after forking")
         self._check_open()
         if self._write_lock._is_owned():
-            raise_reentrant_write()
+            self._refuse_reentrant(what)
+        return None
+
+    cdef int _check_writable(self) except -1:
+        """Before taking the write lock for a write (see _enter_exclusive)."""
+        if self._foreign or self.closed or self._write_lock._is_owned():
+            self._enter_exclusive("write")
         return 0
+
+    cdef int _refuse_reentrant(self, str what) except -1:
+        """Raise the re-entrant-call error; the batch in flight, if any, fails
+        with it even when the caller's code swallows it (_finish_batch)."""
+        exc = Error(f"{what} was called from code that a write, close(), verify() or digest() of the "
+                    "same thread is running (a generator or iterable passed to batch_put, say)",
+                    code="reentrant_write",
+                    hint="finish the batch first: collect the items, then write, or write from another thread")
+        if self._in_batch and self._batch_reentered is None:
+            self._batch_reentered = exc
+        raise exc
 
     cdef inline int _enter_nogil_read(self) except -1:
         """Register a reader (see "Process safety"); returns the slot to pass
-        to _leave_nogil_read. Take base pointers only after this. REQUIRES the GIL."""
-        cdef int slot = <int>(self._read_epoch & 1)
+        to _leave_nogil_read (2: a forked child's reader slot). Take base
+        pointers only after this. REQUIRES the GIL."""
+        cdef int slot
+        if self._foreign:
+            self._enter_foreign()
+            return 2
+        slot = <int>(self._read_epoch & 1)
         amdb_fetch_add_seqcst(&self._readers[slot], 1)
         if self.closed:
             amdb_fetch_sub_seqcst(&self._readers[slot], 1)
             raise ClosedError("the database is closed")
         return slot
 
-    cdef inline void _leave_nogil_read(self, int slot) noexcept:
+    cdef inline int _leave_nogil_read(self, int slot) except -1:
+        if slot == 2:
+            return self._leave_foreign()
         amdb_fetch_sub_seqcst(&self._readers[slot], 1)
+        if self._detach_pending and self._readers[0] == 0 and self._readers[1] == 0:
+            self._detach()
+        return 0
 
     # ---- packing writes into the rings -------------------------------------
 
@@ -426,6 +565,8 @@ cdef class Engine:
         self.batch_seq = self.next_seq
         self.batch_used_seq = False
         self.batch_key_digest = 0
+        self._in_batch = True
+        self._batch_reentered = None
         return 0
 
     cdef void _end_batch_seq(self) noexcept:
@@ -536,12 +677,14 @@ cdef class Engine:
             self._adopt_regions()
             self._refresh_len()
 
-    def _adopt_regions(self):
+    def _adopt_regions(self, bint publish=True):
         """Point parts[w].arena at the region each worker's control block names
         as current (after a compaction, or a worker that attached again), and
         bump the read epoch once if any base changed. Runs with the GIL, so
-        no GIL-holding read step sees half of it. Returns [(worker, region
-        it left)]."""
+        no GIL-holding read step sees half of it. The owner (publish) also
+        bumps the shared read epoch, after the switch it saw (layout.h,
+        "Reader slots"); a forked child adopts without publishing. Returns
+        [(worker, region it left)]."""
         cdef int i
         cdef uint64_t region
         cdef amdb_control *c
@@ -558,31 +701,55 @@ cdef class Engine:
                 self.parts[i].region_offset = c.arena_offset + region * c.arena_capacity
         if retired:
             self._read_epoch += 1
+            if publish:
+                amdb_fetch_add_seqcst(&self.dbc.read_epoch, 1)
         return retired
 
-    def _wait_readers(self, int slot, double timeout):
-        """Wait until no registered reader of `slot` is left (readers that
-        entered before the read epoch moved on), at most `timeout` seconds
-        (negative: until they are gone; Ctrl-C works). True when none is left."""
+    def _shared_read_epoch(self):
+        """The shared read epoch now (layout.h, "Reader slots")."""
+        return amdb_load_seqcst(&self.dbc.read_epoch)
+
+    def _foreign_readers_before(self, uint64_t epoch):
+        """[pid] of live processes whose reader slot holds a read epoch below
+        `epoch`: they may still read a region retired before it."""
+        from amdb.shm.segment import pid_alive
+        cdef int i
+        cdef uint64_t pid, held
+        out = []
+        for i in range(AMDB_READER_SLOTS):
+            pid = amdb_load_seqcst(&self.dbc.readers[i].pid)
+            held = amdb_load_seqcst(&self.dbc.readers[i].epoch)
+            if pid != 0 and 0 < held < epoch and pid_alive(<long>pid):
+                out.append(pid)
+        return out
+
+    def _wait_readers(self, int slot, double timeout, uint64_t epoch=0):
+        """Wait until no registered reader of `slot` (0 or 1; -1: none) is left
+        (readers that entered before the read epoch moved on) and, with
+        `epoch`, no live forked child reads in a shared read epoch below it;
+        at most `timeout` seconds (negative: until they are gone; Ctrl-C
+        works). True when none is left."""
         cdef uint64_t deadline_ns = amdb_monotonic_ns() + <uint64_t>(max(timeout, 0.0) * 1e9)
         cdef uint64_t slice_end
-        cdef bint gone = False
-        if slot < 0 or slot > 1:
-            return True
+        cdef bint gone
         while True:
             slice_end = amdb_monotonic_ns() + WAIT_SLICE_NS
+            gone = slot < 0 or slot > 1
             with nogil:
-                while True:
+                while not gone:
                     if amdb_load_seqcst(&self._readers[slot]) == 0:
                         gone = True
+                    elif amdb_monotonic_ns() >= slice_end:
                         break
-                    if amdb_monotonic_ns() >= slice_end:
-                        break
-                    usleep(50)
-            if gone:
+                    else:
+                        usleep(50)
+            if gone and (epoch == 0 or not self._foreign_readers_before(epoch)):
                 return True
             if timeout >= 0 and amdb_monotonic_ns() >= deadline_ns:
                 return False
+            if gone:
+                with nogil:
+                    usleep(1000)        # a forked child's read: they are short
             PyErr_CheckSignals()
 
     def _debug_enter_read(self):
@@ -621,6 +788,11 @@ cdef class Engine:
         cdef uint64_t count = 0, chunks = 0, participants = 0
         cdef int failed_worker = -1
         cdef uint64_t failed_status = 0
+        if self._batch_reentered is not None:
+            # The batch's own code called a write back and swallowed the
+            # error: the batch fails anyway, as docs/API.md promises.
+            raise Error("the batch's own code made a re-entrant call (refused); nothing of the batch was kept",
+                        code="reentrant_write", hint=self._batch_reentered.hint) from self._batch_reentered
         for i in range(self.nworkers):
             if self.producers[i].chunk_open:
                 self._close_chunk(i)
@@ -644,6 +816,7 @@ cdef class Engine:
         if failed_worker >= 0:
             self._abort_batch()
             raise_for_status(<int>failed_status, f"worker {failed_worker} refused the batch; nothing of it was applied")
+        self._in_batch = False
         if chunks == 0:
             return BatchResult(0, 0, 0, 0, [0] * self.nworkers, 0)
         # Release: every worker's versions of the batch happen-before any
@@ -675,6 +848,7 @@ cdef class Engine:
         """
         cdef int i
         cdef RingProducer *r
+        self._in_batch = False
         for i in range(self.nworkers):
             r = &self.producers[i]
             if r.chunk_open:
@@ -1040,6 +1214,8 @@ cdef class Engine:
             if held:
                 PyBuffer_Release(&view)
             raise ClosedError("the database is closed")
+        if self._foreign:
+            return self._get_foreign(key, kp, kl, &view, held, default)
         # Acquire first: roots loaded after it are at least as new as the batch.
         visible = amdb_load_acquire(&self.dbc.visible_seq)
         version_off = self._lookup(kp, kl, visible, &worker, &arena)
@@ -1051,6 +1227,29 @@ cdef class Engine:
             _raise_reclaimed_now(key)
         v = version_at(arena, version_off)
         return PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
+
+    cdef object _get_foreign(self, key, const uint8_t *kp, Py_ssize_t kl, Py_buffer *view, bint held, default):
+        """get() in a forked child: the same lookup inside a reader slot."""
+        cdef uint64_t version_off = 0
+        cdef int worker
+        cdef const char *arena
+        cdef amdb_version *v
+        value = default
+        try:
+            self._enter_foreign()
+            try:
+                version_off = self._lookup(kp, kl, amdb_load_acquire(&self.dbc.visible_seq), &worker, &arena)
+                if version_off != 0 and version_off != VERSION_RECLAIMED:
+                    v = version_at(arena, version_off)
+                    value = PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
+            finally:
+                self._leave_foreign()
+        finally:
+            if held:
+                PyBuffer_Release(view)
+        if version_off == VERSION_RECLAIMED:
+            _raise_reclaimed_now(key)
+        return value
 
     cdef object _get_held(self, Py_buffer *view, uint64_t version_off, const char *arena, default):
         """get()'s end for a key whose buffer we hold: the value is copied
@@ -1111,11 +1310,8 @@ cdef class Engine:
         return amdb_load_acquire(&node_at(arena[0], node_off).latest)
 
     def _get_versioned(self, key, default, version, at_seq):
-        cdef int worker
-        cdef uint64_t limit, off, wanted = 0, number
-        cdef const char *arena
-        cdef amdb_version *v
-        cdef amdb_version_tail *tail
+        cdef uint64_t limit, wanted = 0
+        cdef int slot
         if version is not None:
             if isinstance(version, bool) or not isinstance(version, int):
                 raise InvalidTypeError(f"version= must be an int, not {type(version).__name__}",
@@ -1127,6 +1323,21 @@ cdef class Engine:
             wanted = version if version <= 0xFFFFFFFFFFFFFFFF else 0xFFFFFFFFFFFFFFFF
         limit = self._limit_seq(at_seq)
         key = _as_key(key, "key")        # the caller's code runs here, if at all; not below
+        if self._foreign:
+            slot = self._enter_nogil_read()
+            try:
+                return self._versioned_walk(key, default, version, at_seq, wanted, limit)
+            finally:
+                self._leave_nogil_read(slot)
+        return self._versioned_walk(key, default, version, at_seq, wanted, limit)
+
+    cdef object _versioned_walk(self, bytes key, default, version, at_seq, uint64_t wanted, uint64_t limit):
+        """_get_versioned's walk down the key's chain. No code of the caller runs in here."""
+        cdef int worker
+        cdef uint64_t off, number
+        cdef const char *arena
+        cdef amdb_version *v
+        cdef amdb_version_tail *tail
         off = self._chain_of(key, &worker, &arena)
         while off != 0:
             v = version_at(arena, off)
@@ -1198,9 +1409,20 @@ cdef class Engine:
             if held:
                 PyBuffer_Release(&view)
             raise ClosedError("the database is closed")
-        found = self._lookup(kp, kl, amdb_load_acquire(&self.dbc.visible_seq), &worker, &arena)
-        if held:
-            PyBuffer_Release(&view)
+        if self._foreign:
+            try:
+                self._enter_foreign()
+                try:
+                    found = self._lookup(kp, kl, amdb_load_acquire(&self.dbc.visible_seq), &worker, &arena)
+                finally:
+                    self._leave_foreign()
+            finally:
+                if held:
+                    PyBuffer_Release(&view)
+        else:
+            found = self._lookup(kp, kl, amdb_load_acquire(&self.dbc.visible_seq), &worker, &arena)
+            if held:
+                PyBuffer_Release(&view)
         if found == VERSION_RECLAIMED:
             _raise_reclaimed_now(key)
         return found != 0
@@ -1208,6 +1430,8 @@ cdef class Engine:
     def __len__(self):
         if self.closed:
             raise ClosedError("the database is closed")
+        if self._foreign:                # the owner's writes do not refresh this process's count
+            self._refresh_len()
         return self.committed_len
 
     cdef void _lookup_many(self, Py_ssize_t n, const uint8_t **keys, uint64_t *lengths,
@@ -1610,24 +1834,30 @@ cdef class Engine:
     def _visible_seq(self):
         return amdb_load_acquire(&self.dbc.visible_seq) if self.dbc != NULL else 0
 
-    def _take_over_ring(self, int worker, uint64_t incarnation):
+    def _take_over_ring(self, int worker, uint64_t incarnation, bint resume):
         """Worker `worker` is dead: prepare its ring and control block for a
-        successor. Whatever the dead worker had not released belongs to the
-        batch in flight, which is rolled back (its successor undoes its part,
-        the owner raises), so the successor starts at the published head.
+        successor. With resume (it died between records: handling_pos was 0)
+        the successor starts at ring_tail and carries on, so every record
+        still in the ring, and every rollback owed, is applied as if nothing
+        happened. Otherwise whatever the dead worker had not released belongs
+        to the batch in flight, which is rolled back (its successor undoes its
+        part, the owner raises), so the successor starts at the published head.
         REQUIRES: the write lock, and no live worker on this ring (the owner
         writes the worker's fields only while nobody else can)."""
         cdef RingProducer *r = &self.producers[worker]
         cdef amdb_control *c = r.ctrl
         cdef uint64_t head = amdb_load_relaxed(&c.ring_head)
         self._check_open()
-        amdb_store_release(&c.ring_tail, head)
-        r.cached_tail = head
+        if not resume:
+            amdb_store_release(&c.ring_tail, head)
+            r.cached_tail = head
+            # Rolled back by the successor (crash_repair) if pending.
+            r.abort_to_send = 0
+            r.abort_to_ack = 0
+        amdb_store_release(&c.handling_pos, 0)
         amdb_store32_seqcst(&c.consumer_sleeping, 0)
-        # Rolled back by the successor (crash_repair) if pending.
-        r.abort_to_send = 0
-        r.abort_to_ack = 0
         amdb_store_relaxed(&c.incarnation, incarnation)
+        amdb_store_relaxed(&c.start_status, 0)
         amdb_store_release(&c.worker_state, AMDB_WORKER_STARTING)
 
     def scan(self, start=None, stop=None, *, prefix=None, bint reverse=False, bint keys_only=False,
@@ -1728,9 +1958,18 @@ cdef class ScanIterator:
         if self.cursor == NULL or self.cursor_version == NULL:
             raise MemoryError()
         self.visible = visible
-        self.epoch = engine._read_epoch
-        for w in range(self.nworkers):
-            self._seek_first(w)
+        if engine._foreign:
+            engine._enter_foreign()      # may adopt new regions: take the epoch after it
+            try:
+                self.epoch = engine._read_epoch
+                for w in range(self.nworkers):
+                    self._seek_first(w)
+            finally:
+                engine._leave_foreign()
+        else:
+            self.epoch = engine._read_epoch
+            for w in range(self.nworkers):
+                self._seek_first(w)
 
     def __dealloc__(self):
         free(self.cursor)
@@ -1820,14 +2059,23 @@ cdef class ScanIterator:
         return self
 
     def __next__(self):
+        if self.engine.closed:
+            raise ClosedError("the database was closed while a scan was open")
+        if not self.engine._foreign:
+            return self._step()
+        self.engine._enter_foreign()
+        try:
+            return self._step()
+        finally:
+            self.engine._leave_foreign()
+
+    cdef object _step(self):
         cdef int w, best = -1
         cdef amdb_node *n
         cdef amdb_node *b
         cdef int c
         cdef const char *arena
         cdef amdb_version *v
-        if self.engine.closed:
-            raise ClosedError("the database was closed while a scan was open")
         if self.epoch != self.engine._read_epoch:
             self._reseek()                 # a compaction switched generations since the last step
         for w in range(self.nworkers):
@@ -1887,6 +2135,7 @@ def init_db_control(Mapping m, int worker_count, slot_owner, uint64_t visible_se
     d.slot_count = AMDB_SLOT_COUNT
     for slot in range(AMDB_SLOT_COUNT):
         d.slot_owner[slot] = <uint16_t>slot_owner[slot]
+    d.read_epoch = 1                     # 0 in a reader slot means "not reading"
     amdb_store_release(&d.visible_seq, visible_seq)
 
 
@@ -1940,37 +2189,41 @@ def worker_position(Mapping m):
     """Where the worker of control block `m` is, read from shared memory (it
     works for a dead worker, whatever killed it; the crash report of
     ParallelDB._check_worker): what it last applied, and the ring record it
-    was working on — the one at ring_tail, which the worker releases only
-    when it is done with it — or None when its ring was empty.
+    was working on — the record it had taken off the ring and not finished
+    (layout.h, handling_pos) — or None when it died between records.
 
     Returns {"pid", "compact_state" ("idle" | "building" | "switching": a
     compaction it was writing, compact.pyx), "applied_chunk", "applied_seq", "failed_chunk",
     "aborts_done", "in_flight": None or {"op": "chunk" | "abort" | "commit" | "checkpoint" | "compaction", "seq",
     "chunk_no", "records"}}. Reads racily; use it once the worker is gone."""
     cdef amdb_control *c = <amdb_control *>m.base
-    cdef uint64_t mask, tail, head
+    cdef uint64_t mask, tail, head, pos, handling
     cdef amdb_ring_chunk *record
     cdef object in_flight = None
+    cdef uint32_t op
     if c == NULL:
         return None
     mask = c.ring_capacity - 1
     head = amdb_load_acquire(&c.ring_head)
     tail = amdb_load_acquire(&c.ring_tail)
-    if c.ring_offset + c.ring_capacity <= m.length and tail != head:
-        record = <amdb_ring_chunk *>ring_at(m.base + c.ring_offset, mask, tail)
-        if record.op == AMDB_OP_WRAP:
-            tail += c.ring_capacity - (tail & mask)
-            record = <amdb_ring_chunk *>ring_at(m.base + c.ring_offset, mask, tail)
-        if tail != head and record.op in (AMDB_OP_CHUNK, AMDB_OP_ABORT, AMDB_OP_COMMIT, AMDB_OP_CHECKPOINT,
-                                          AMDB_OP_COMPACT):
-            in_flight = {"op": {AMDB_OP_CHUNK: "chunk", AMDB_OP_ABORT: "abort", AMDB_OP_COMMIT: "commit",
-                                AMDB_OP_CHECKPOINT: "checkpoint", AMDB_OP_COMPACT: "compaction"}[record.op],
-                         "seq": record.seq,
-                         "chunk_no": record.chunk_no, "records": record.count, "fingerprint": None}
-            if record.op == AMDB_OP_CHUNK and tail < record.end <= head:
-                # Which data it died on, wherever it lies in the ring (poison batches).
-                in_flight["fingerprint"] = ring_chunk_fingerprint(m.base + c.ring_offset, c.ring_capacity,
-                                                                  tail, record.end)
+    # Acquire: the worker wrote the op, seq and chunk_no before the position.
+    handling = amdb_load_acquire(&c.handling_pos)
+    if handling != 0:
+        pos = handling - 1
+        op = c.handling_op
+        names = {AMDB_OP_CHUNK: "chunk", AMDB_OP_ABORT: "abort", AMDB_OP_COMMIT: "commit",
+                 AMDB_OP_CHECKPOINT: "checkpoint", AMDB_OP_COMPACT: "compaction"}
+        in_flight = {"op": names.get(op, f"op {op}"), "seq": amdb_load_relaxed(&c.handling_seq),
+                     "chunk_no": amdb_load_relaxed(&c.handling_chunk_no), "records": 0, "fingerprint": None}
+        # A chunk's bytes stay the worker's until it releases them: read them
+        # only while the ring still holds them (tail <= pos).
+        if op == AMDB_OP_CHUNK and c.ring_offset + c.ring_capacity <= m.length and tail <= pos \
+                and pos < c.handling_end <= head:
+            record = <amdb_ring_chunk *>ring_at(m.base + c.ring_offset, mask, pos)
+            in_flight["records"] = record.count
+            # Which data it died on, wherever it lies in the ring (poison batches).
+            in_flight["fingerprint"] = ring_chunk_fingerprint(m.base + c.ring_offset, c.ring_capacity,
+                                                              pos, c.handling_end)
     return {"pid": amdb_load_relaxed(&c.worker_pid),
             "log_segment": amdb_load_relaxed(&c.log_segment),
             "incarnation": amdb_load_relaxed(&c.incarnation),
@@ -1979,7 +2232,15 @@ def worker_position(Mapping m):
             "applied_seq": amdb_load_relaxed(&c.applied_seq),
             "failed_chunk": amdb_load_acquire(&c.failed_chunk),
             "aborts_done": amdb_load_acquire(&c.aborts_done),
+            "unread_bytes": head - tail,
             "in_flight": in_flight}
+
+
+def worker_start_status(Mapping m):
+    """(AMDB_WORKER_* state, AMDB_STATUS_* it failed to start with, 0 if none)."""
+    cdef amdb_control *c = <amdb_control *>m.base
+    cdef uint64_t state = amdb_load_acquire(&c.worker_state)
+    return state, (amdb_load_relaxed(&c.start_status) if state == AMDB_WORKER_FAILED else 0)
 
 
 def worker_progress(Mapping m):

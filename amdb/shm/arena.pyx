@@ -25,9 +25,32 @@ from libc.errno cimport errno
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport amdb_load_relaxed, amdb_store_relaxed, amdb_store_release
+from amdb.shm.check cimport AMDB_ASSERT, AMDB_DEBUG_BUILD
 
 cdef extern from "fcntl.h" nogil:
     int posix_fallocate(int fd, long offset, long length)
+
+cdef extern from "sys/statvfs.h" nogil:
+    ctypedef struct statvfs_t "struct statvfs":
+        unsigned long f_frsize
+        unsigned long f_bavail
+    int fstatvfs(int fd, statvfs_t *buf)
+
+cdef extern from "unistd.h" nogil:
+    int usleep(unsigned int usec)
+
+cdef enum:
+    SHM_RETRY_NS = 200000000                    # 200 ms: a sibling's failing fallocate is over by then
+    SHM_RETRY_FIRST_PAUSE_NS = 50000            # 50 us, doubling
+    SHM_RETRY_MAX_PAUSE_NS = 10000000           # 10 ms
+
+
+cdef uint64_t shm_free_bytes(int fd) noexcept nogil:
+    """Bytes the file system of `fd` can still give (all of them if it cannot say)."""
+    cdef statvfs_t st
+    if fstatvfs(fd, &st) != 0:
+        return <uint64_t>-1
+    return <uint64_t>st.f_bavail * st.f_frsize
 
 cdef extern from "sys/mman.h" nogil:
     int madvise(void *addr, size_t length, int advice)
@@ -57,25 +80,34 @@ cdef int commit_pages(PartitionView *p, uint64_t nbytes) noexcept nogil:
 cdef int commit_pages_by(PartitionView *p, uint64_t nbytes, uint64_t step) noexcept nogil:
     """commit_pages in steps of `step` bytes (a multiple of AMDB_PAGE).
     Compaction commits the generation it writes in small steps, so that the
-    memory it holds is about what it uses."""
+    memory it holds is about what it uses.
+
+    Never starves a sibling: on tmpfs a posix_fallocate that fails takes
+    every free page for a moment before it gives them back, so a sibling
+    worker's commit that would fit fails meanwhile. A full step is tried only
+    when the file system says it fits; an exact commit that fails while the
+    file system says it fits is retried with backoff (the space was a
+    sibling's failing attempt), for SHM_RETRY_NS at most."""
     cdef amdb_control *c = p.ctrl
     cdef uint64_t used = c.arena_used
     cdef uint64_t committed = c.arena_committed
     cdef uint64_t need = used + nbytes
-    cdef uint64_t target
+    cdef uint64_t target, exact, waited = 0, pause = SHM_RETRY_FIRST_PAUSE_NS
     if need <= committed:
         return AMDB_STATUS_OK
     if need > c.arena_capacity:
         return AMDB_STATUS_ARENA_FULL
-    target = (need + step - 1) // step * step
-    if target > c.arena_capacity:
-        target = c.arena_capacity
-    if posix_fallocate(p.fd, <long>(p.region_offset + committed), <long>(target - committed)) != 0:
-        target = (need + AMDB_PAGE - 1) // AMDB_PAGE * AMDB_PAGE
-        if target > c.arena_capacity:
-            target = c.arena_capacity
-        if posix_fallocate(p.fd, <long>(p.region_offset + committed), <long>(target - committed)) != 0:
-            return AMDB_STATUS_SHM_FULL
+    exact = min((need + AMDB_PAGE - 1) // AMDB_PAGE * AMDB_PAGE, c.arena_capacity)
+    target = min((need + step - 1) // step * step, c.arena_capacity)
+    if not (target > exact and shm_free_bytes(p.fd) >= target - committed
+            and posix_fallocate(p.fd, <long>(p.region_offset + committed), <long>(target - committed)) == 0):
+        target = exact
+        while posix_fallocate(p.fd, <long>(p.region_offset + committed), <long>(target - committed)) != 0:
+            if waited >= SHM_RETRY_NS or shm_free_bytes(p.fd) < target - committed:
+                return AMDB_STATUS_SHM_FULL
+            usleep(<unsigned int>(pause // 1000))
+            waited += pause
+            pause = min(pause * 2, SHM_RETRY_MAX_PAUSE_NS)
     # Map the new pages into this process now, in one call, rather than
     # taking a page fault per 4 KiB page while applying (best effort).
     madvise(p.arena + committed, target - committed, MADV_POPULATE_WRITE_OR_ZERO)
@@ -93,7 +125,8 @@ cdef uint64_t alloc_block(PartitionView *p, uint32_t kind, uint64_t nbytes) noex
     cdef amdb_control *c = p.ctrl
     cdef uint64_t off = c.arena_used
     cdef amdb_block *block = <amdb_block *>(p.arena + off)
-    assert nbytes % 8 == 0 and off + nbytes <= c.arena_committed
+    AMDB_ASSERT(nbytes % 8 == 0 and off + nbytes <= c.arena_committed,
+                "alloc_block: a multiple of 8 bytes, within committed memory")
     block.kind = kind
     block.words = <uint32_t>(nbytes // 8)
     # Release: the header is written before arena_used covers it, so that a
@@ -139,7 +172,8 @@ cdef void region_init(PartitionView *p, uint64_t table_capacity, uint32_t log2_c
     cdef uint64_t head_off, table_off
     cdef amdb_node *head
     cdef amdb_hash_table *table
-    assert p.ctrl.arena_used == AMDB_ARENA_FIRST_BLOCK and (1ULL << log2_capacity) == table_capacity
+    AMDB_ASSERT(p.ctrl.arena_used == AMDB_ARENA_FIRST_BLOCK and (1ULL << log2_capacity) == table_capacity,
+                "region_init: an empty region and a power-of-two table")
     header.magic = AMDB_PARTITION_MAGIC
     header.generation = generation
     header.base_block = 0
@@ -162,19 +196,45 @@ cdef void region_init(PartitionView *p, uint64_t table_capacity, uint32_t log2_c
 
 cdef int arena_init(PartitionView *p) noexcept nogil:
     """Create the first generation of an empty arena (region_init). Idempotent:
-    a worker that finds roots in its region's header keeps them."""
+    a worker that finds roots in its region's header keeps them.
+
+    The header is read only once memory is committed (invariant 6): on a full
+    /dev/shm even a read of an uncommitted tmpfs page raises SIGBUS. A region
+    with nothing committed has never been written, so it holds no roots."""
     cdef amdb_control *c = p.ctrl
     cdef int status
-    if amdb_arena_header_of(p.arena).skiplist_head != 0:
+    if amdb_load_relaxed(&c.arena_committed) >= AMDB_ARENA_FIRST_BLOCK \
+            and amdb_arena_header_of(p.arena).skiplist_head != 0:
         return AMDB_STATUS_OK
     if c.arena_used == 0:
         amdb_store_relaxed(&c.arena_used, AMDB_ARENA_FIRST_BLOCK)
     status = commit_pages(p, region_init_bytes(AMDB_HASH_INITIAL_CAPACITY))
     if status != AMDB_STATUS_OK:
         return status
-    region_init(p, AMDB_HASH_INITIAL_CAPACITY, 12, 1)
-    assert (1 << 12) == AMDB_HASH_INITIAL_CAPACITY
+    region_init(p, AMDB_HASH_INITIAL_CAPACITY, AMDB_HASH_INITIAL_LOG2, 1)
     return AMDB_STATUS_OK
+
+
+def debug_build():
+    """True in the debug and asan builds (AMDB_DEBUG: AMDB_ASSERT aborts)."""
+    return bool(AMDB_DEBUG_BUILD)
+
+
+def _debug_violate_assertion():
+    """Test hook: break an AMDB_ASSERT precondition (alloc_block past committed
+    memory, on a private copy). The debug build aborts the process; the
+    release build checks nothing and returns."""
+    cdef amdb_control ctrl
+    cdef PartitionView view
+    cdef char scratch[64]
+    memset(&ctrl, 0, sizeof(ctrl))
+    memset(&view, 0, sizeof(view))
+    view.ctrl = &ctrl
+    view.arena = scratch
+    ctrl.arena_used = 0
+    ctrl.arena_committed = 0           # nothing committed: any allocation breaks the precondition
+    if AMDB_DEBUG_BUILD:
+        alloc_block(&view, AMDB_BLOCK_PAD, 8)
 
 
 cdef extern from *:

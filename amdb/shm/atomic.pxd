@@ -7,11 +7,11 @@ cdef extern from "atomic.h" nogil:
     uint64_t amdb_load_relaxed(const uint64_t *p) noexcept
     void amdb_store_release(uint64_t *p, uint64_t v) noexcept
     void amdb_store_relaxed(uint64_t *p, uint64_t v) noexcept
-    uint64_t amdb_fetch_add_relaxed(uint64_t *p, uint64_t v) noexcept
     uint64_t amdb_fetch_add_seqcst(uint64_t *p, uint64_t v) noexcept
     uint64_t amdb_fetch_sub_seqcst(uint64_t *p, uint64_t v) noexcept
     uint64_t amdb_load_seqcst(const uint64_t *p) noexcept
     void amdb_store_seqcst(uint64_t *p, uint64_t v) noexcept
+    int amdb_cas_seqcst(uint64_t *p, uint64_t expected, uint64_t desired) noexcept
     uint32_t amdb_load32_seqcst(const uint32_t *p) noexcept
     void amdb_store32_seqcst(uint32_t *p, uint32_t v) noexcept
     uint32_t amdb_fetch_add32_seqcst(uint32_t *p, uint32_t v) noexcept

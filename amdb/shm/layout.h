@@ -98,6 +98,7 @@ enum {
     AMDB_WORKER_STARTING = 0,
     AMDB_WORKER_READY = 1,        /* arena initialised, roots published */
     AMDB_WORKER_STOPPED = 2,      /* left its apply loop cleanly */
+    AMDB_WORKER_FAILED = 3,       /* could not start: start_status says why (then it exits) */
 };
 
 /* Per-partition control block, at offset 0 of the partition segment.
@@ -124,6 +125,19 @@ typedef struct amdb_control {
     AMDB_LINE uint64_t ring_tail;  /* bytes ever released; release store */
     uint32_t ring_space_event;     /* futex word: bumped after each release */
     uint32_t producer_sleeping;    /* owner: 1 while waiting for space */
+    /* The record the worker has taken off the ring and not finished (its
+     * header, copied): handling_pos is 1 + its ring position, 0 between
+     * records. The op, seq and chunk_no are written first, handling_pos last
+     * (release); it goes back to 0 (release) once the record is released and
+     * acknowledged. Read by the owner only after the worker died: a worker
+     * that died with handling_pos == 0 took nothing it did not finish, so its
+     * successor resumes from ring_tail and nothing is blamed on the data. */
+    uint64_t handling_pos;
+    uint32_t handling_op;
+    uint32_t handling_reserved;
+    uint64_t handling_seq;
+    uint64_t handling_chunk_no;
+    uint64_t handling_end;         /* CHUNK: ring position past its last record */
 
     /* Line 3 — progress: written by the worker, read by the owner. */
     AMDB_LINE uint64_t applied_chunk; /* chunk_no of the last chunk applied; release store */
@@ -135,6 +149,8 @@ typedef struct amdb_control {
     uint32_t owner_waiting;        /* owner: 1 while waiting for progress */
     uint64_t worker_state;         /* AMDB_WORKER_*; release store */
     uint64_t worker_pid;
+    uint64_t start_status;         /* AMDB_STATUS_* why it could not start (state FAILED); written
+                                    * before worker_state */
 
     /* Line 4 — counters of the current generation: written by the worker
      * (relaxed: the owner reads them for statistics, and under the write lock,
@@ -203,13 +219,40 @@ typedef struct amdb_control {
     uint64_t last_bytes_after;
 } amdb_control;
 
-/* Database control block (its own small segment): written by the owner. */
+/* Reader slots: how a process other than the owner (a forked child) reads
+ * safely while the owner retires arena regions (compaction).
+ *
+ *   - read_epoch (db control) starts at 1; the owner bumps it (seq_cst) after
+ *     it adopts a new generation of any partition. A region retired at epoch
+ *     E (current before the bump to E + 1) is punched out or rewritten only
+ *     once no live slot holds an epoch in [1, E].
+ *   - A foreign process claims a slot (CAS on pid, 0 = free, or the pid of a
+ *     dead process). To read, it stores read_epoch into its slot's epoch
+ *     (seq_cst), loads read_epoch again and repeats until both agree (so the
+ *     owner's scan after its bump sees the slot or the reader sees the bump:
+ *     Dekker), then takes each partition's region from control.arena_region
+ *     (acquire) when its epoch moved. Leaving, it stores 0 (release).
+ *   - The owner never takes a slot: its own readers are counted in process
+ *     (engine.pyx, "Process safety").
+ * A dead process's slot holds at most a stale epoch: the owner skips slots
+ * whose pid no longer runs. */
+#define AMDB_READER_SLOTS 128
+typedef struct amdb_reader_slot {
+    uint64_t pid;                   /* holder; 0 = free; claimed by CAS */
+    uint64_t epoch;                 /* read_epoch its reads entered in; 0 = not reading */
+    uint64_t reserved[6];           /* a cache line per slot: processes never share one */
+} amdb_reader_slot;
+
+/* Database control block (its own small segment): written by the owner,
+ * except the reader slots (each written by its holder). */
 typedef struct amdb_db_control {
     uint64_t magic;
     uint64_t layout_version;
     uint64_t worker_count;
     uint64_t slot_count;
     AMDB_LINE uint64_t visible_seq;   /* newest seq every reader may see; release store */
+    AMDB_LINE uint64_t read_epoch;    /* owner: +1 after each region switch; seq_cst */
+    AMDB_LINE amdb_reader_slot readers[AMDB_READER_SLOTS];
     AMDB_LINE uint16_t slot_owner[AMDB_SLOT_COUNT]; /* slot -> worker index */
 } amdb_db_control;
 
@@ -390,7 +433,8 @@ typedef struct amdb_hash_table {
 
 #define AMDB_HASH_MAX_LOAD_NUM 5    /* grow past 5/8 = 62.5% full */
 #define AMDB_HASH_MAX_LOAD_DEN 8
-#define AMDB_HASH_INITIAL_CAPACITY 4096
+#define AMDB_HASH_INITIAL_LOG2 12
+#define AMDB_HASH_INITIAL_CAPACITY (1ULL << AMDB_HASH_INITIAL_LOG2)
 
 static inline uint64_t amdb_round8(uint64_t n) { return (n + 7) & ~7ULL; }
 static inline uint64_t amdb_node_bytes(uint32_t height, uint32_t key_len) {
@@ -427,6 +471,7 @@ static inline uint64_t amdb_key_prefix(const uint8_t *key, uint32_t len) {
 }
 
 _Static_assert(sizeof(amdb_control) <= AMDB_CONTROL_BYTES, "control block fits a page");
+_Static_assert(sizeof(amdb_reader_slot) == 64, "a reader slot is one cache line");
 _Static_assert(sizeof(amdb_ring_record) == 24, "ring record header is 24 bytes");
 _Static_assert(sizeof(amdb_ring_chunk) == 40, "chunk header is 40 bytes");
 _Static_assert(sizeof(amdb_node) == 40, "node header is 40 bytes");

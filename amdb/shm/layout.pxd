@@ -30,6 +30,8 @@ cdef extern from "layout.h" nogil:
         AMDB_WORKER_STARTING
         AMDB_WORKER_READY
         AMDB_WORKER_STOPPED
+        AMDB_WORKER_FAILED
+        AMDB_READER_SLOTS
         AMDB_OP_PUT
         AMDB_OP_DELETE
         AMDB_OP_CHUNK
@@ -51,6 +53,7 @@ cdef extern from "layout.h" nogil:
         AMDB_HASH_MAX_LOAD_NUM
         AMDB_HASH_MAX_LOAD_DEN
         AMDB_HASH_INITIAL_CAPACITY
+        AMDB_HASH_INITIAL_LOG2
         AMDB_SLOT_TAG_BITS
 
     ctypedef struct amdb_control:
@@ -69,6 +72,11 @@ cdef extern from "layout.h" nogil:
         uint64_t ring_tail
         uint32_t ring_space_event
         uint32_t producer_sleeping
+        uint64_t handling_pos
+        uint32_t handling_op
+        uint64_t handling_seq
+        uint64_t handling_chunk_no
+        uint64_t handling_end
         uint64_t applied_chunk
         uint64_t applied_seq
         uint64_t failed_chunk
@@ -78,6 +86,7 @@ cdef extern from "layout.h" nogil:
         uint32_t owner_waiting
         uint64_t worker_state
         uint64_t worker_pid
+        uint64_t start_status
         uint64_t arena_used
         uint64_t arena_committed
         uint64_t live_keys
@@ -116,12 +125,17 @@ cdef extern from "layout.h" nogil:
         uint64_t last_bytes_before
         uint64_t last_bytes_after
 
+    ctypedef struct amdb_reader_slot:
+        uint64_t pid
+        uint64_t epoch
     ctypedef struct amdb_db_control:
         uint64_t magic
         uint64_t layout_version
         uint64_t worker_count
         uint64_t slot_count
         uint64_t visible_seq
+        uint64_t read_epoch
+        amdb_reader_slot readers[AMDB_READER_SLOTS]
         uint16_t slot_owner[16384]
 
     ctypedef struct amdb_ring_record:

@@ -13,7 +13,7 @@ import secrets
 
 import posix_ipc
 
-from amdb.errors import ArenaFullError, Error
+from amdb.errors import SHM_FULL_HINT, ArenaFullError, Error
 
 SHM_DIR = "/dev/shm"
 _OWNED_NAME = re.compile(r"^amdb_(\d+)_[0-9a-f]+_")
@@ -39,7 +39,7 @@ def create(name, size, commit_bytes):
         shm.close_fd()
         unlink_quietly(name)
         raise ArenaFullError(f"/dev/shm cannot hold {commit_bytes} bytes for {name}: {exc.strerror}",
-                             code="shm_full") from exc
+                             code="shm_full", hint=SHM_FULL_HINT) from exc
     return shm
 
 
@@ -51,13 +51,21 @@ def unlink_quietly(name):
 
 
 def pid_alive(pid):
+    """True while process `pid` runs. A zombie (exited, not yet reaped: an
+    owner killed with SIGKILL whose parent has not waited for it) is dead:
+    it holds nothing and will never act again."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True                 # no /proc: trust kill()
+    return state not in (b"Z", b"X", b"x")
 
 
 def sweep_stale():
