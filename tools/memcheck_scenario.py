@@ -1,6 +1,7 @@
 """A small scenario that exercises every native path (chunking, ring wrap,
 deletes, an aborted multi-chunk batch, scans both ways, batch reads, the numpy
-paths, history, snapshots, verify and the ledger, compaction; the log,
+paths, history, snapshots, verify and the ledger, compaction, a forked child's
+reads, an idle worker's successor resuming its ring; the log,
 checkpoints and recovery; a hung worker replaced mid-batch) for `make memcheck`
 (valgrind) and `make asan-test` smoke runs.
 Exits non-zero if any result is wrong."""
@@ -41,6 +42,29 @@ except amdb.VersionReclaimedError:
 db.put(b"k00001", b"again")
 db.compact()
 assert db.history(b"k00001")[1].version == 2 and db.verify().ok and db.digest() != digest
+# A forked child reads through a reader slot while the parent compacts
+# (layout.h, "Reader slots"), and an idle worker killed between calls is
+# replaced by a successor that resumes from its ring.
+import os, signal
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.read(r, 1)
+    ok = db.get(b"k00001") == b"third" and len(db.batch_get([b"k%05d" % i for i in range(3000)])) == 3000
+    try:
+        db.put(b"x", b"y")
+        ok = False
+    except amdb.Error as exc:
+        ok = ok and exc.code == "forked"
+    db.close()
+    os._exit(0 if ok else 1)
+db.put(b"k00001", b"third")
+db.compact(keep_versions=1)
+os.write(w, b"x")
+assert os.waitpid(pid, 0)[1] == 0
+os.kill(db.stats()["workers"][0]["pid"], signal.SIGKILL)
+db.batch_put([(b"k%05d" % i, b"after") for i in range(100)])
+assert db.get(b"k00050") == b"after" and db.stats()["worker_restarts"] == 1 and db.verify().ok
 db.close()
 # Durable: the write-ahead log (chunks that wrap the ring, COMMIT, ABORT), a
 # checkpoint, and recovery (checkpoint load + log replay) on reopening.
