@@ -20,6 +20,6 @@ def __getattr__(name):
         from amdb import db
         return getattr(db, name)
     if name == "backup":
-        from amdb.storage import backup
+        from amdb.db import backup
         return backup
     raise AttributeError(f"module 'amdb' has no attribute {name!r}")

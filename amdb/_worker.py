@@ -4,7 +4,7 @@
 SEGMENT is the partition segment's name, or ``fd:N:INDEX`` for a successor
 of crashed worker INDEX, which inherits the owner's descriptor N (the name is
 gone by then). DURABLE_PLAN and RESPAWN are Python literals (amdb.storage.worker_plan,
-amdb.native.apply.run_worker), ``None`` when absent.
+amdb.native.worker.loop.run_worker), ``None`` when absent.
 
 Workers are fresh interpreters started by the owner (spawn semantics: no
 fork of a threaded process, and, unlike multiprocessing's spawn, no re-import
@@ -32,10 +32,9 @@ import os
 import signal
 import sys
 
+from amdb.native.constants import FAULT_ACTIONS, FAULT_POINTS   # amdb/native/faults.h
+
 FAULT_ENV = "AMDB_FAULT"
-# Numbers shared with amdb/native/faults.h (AMDB_FAULT_*).
-FAULT_POINTS = {"after_records": 1, "mid_insert": 2, "mid_publish": 3, "mid_link": 4, "mid_compact": 5}
-FAULT_ACTIONS = {"segv": 1, "abort": 2, "hang": 3}
 FAULT_KEYS = ("worker", "point", "action", "after", "incarnations")
 FAULT_FORMAT = ("worker=<index>|any,point=after_records|mid_insert|mid_publish|mid_link|mid_compact,"
                 "action=segv|abort|hang[,after=<passes>][,incarnations=<n>]")
@@ -155,7 +154,7 @@ def main(argv=None):
 
     import posix_ipc
 
-    from amdb.native.apply import run_worker
+    from amdb.native.worker.loop import run_worker
 
     if name.startswith("fd:"):
         fd = int(name.split(":")[1])    # inherited from the owner (a successor)

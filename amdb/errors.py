@@ -178,7 +178,9 @@ class CorruptionError(StorageError):
     hint = "run 'python -m amdb verify PATH'; restore from a backup (amdb.backup)"
 
 
-# Status numbers shared with native code (amdb/shm/layout.h, AMDB_STATUS_*).
+# Status numbers shared with native code (amdb/shm/layout.h, AMDB_STATUS_*): a copy, so that
+# this module imports before the extensions are built; tests/test_constants.py checks it
+# against amdb.native.constants.STATUS.
 STATUS_OK = 0
 STATUS_ARENA_FULL = 1
 STATUS_SHM_FULL = 2

@@ -33,7 +33,7 @@ class Break(NamedTuple):
     worker: int
     key: Optional[bytes]      # None when the key itself cannot be read safely
     version: Optional[int]
-    kind: str                 # "hash", "link", "version_no", "node", "key_hash", "order", "first", "bounds"
+    kind: str                 # "hash", "link", "version_no", "node", "key_hash", "order", "first", "bounds", "count", "ledger"
     expected: Optional[int]
     stored: Optional[int]
 

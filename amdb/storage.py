@@ -28,21 +28,21 @@ from typing import NamedTuple
 import xxhash
 
 from amdb.errors import CorruptionError, InvalidArgumentError, LockedError, StorageError
+from amdb.native.constants import (CHECKPOINT_BLOCK, CHECKPOINT_MAGIC, FORMAT_VERSION, LAYOUT_VERSION, LOG_KINDS,
+                                   LOG_MAGIC, SLOT_COUNT, SYNC_MODES)
 from amdb.shm.segment import pid_alive
 
 MANIFEST = "MANIFEST"
 LOCK = "LOCK"
 MANIFEST_MAGIC = "amdb-database"
-FORMAT_VERSION = 1
-LAYOUT_VERSION = 2                  # AMDB_LAYOUT_VERSION of the arena bytes in checkpoints
+# From the headers (amdb.native.constants): FORMAT_VERSION of logs and checkpoints,
+# LAYOUT_VERSION of the arena bytes in checkpoints, SLOT_COUNT, the magics, the log
+# frame kinds and the sync modes.
 READABLE_LAYOUTS = (1, 2)           # 1: roots not yet in the arena header (loading upgrades it)
-SLOT_COUNT = 16384
 
-LOG_MAGIC = 0x474C4D41              # "AMLG"
-CHECKPOINT_MAGIC = 0x54504B4342444D41  # "AMDBCKPT"
-CHECKPOINT_BLOCK = 4 << 20
-LOG_CHUNK, LOG_COMMIT, LOG_ABORT = 1, 2, 3
-KIND_NAMES = {LOG_CHUNK: "chunk", LOG_COMMIT: "commit", LOG_ABORT: "abort"}
+KIND_NAMES = LOG_KINDS
+LOG_CHUNK, LOG_COMMIT, LOG_ABORT = (next(n for n, name in LOG_KINDS.items() if name == kind)
+                                    for kind in ("chunk", "commit", "abort"))
 
 FRAME = struct.Struct("<IIQQQQ")                # amdb_log_frame, 40 bytes
 CHUNK_META = struct.Struct("<QQII")             # amdb_log_chunk, 24 bytes
@@ -51,8 +51,6 @@ assert FRAME.size == 40 and CHUNK_META.size == 24 and CHECKPOINT_HEADER.size == 
 
 SEGMENT_NAME = re.compile(r"^wal-(\d{4})-(\d{8})\.log$")
 CHECKPOINT_NAME = re.compile(r"^ckpt-(\d{4})-(\d{16})\.ckpt$")
-
-SYNC_MODES = {"none": 0, "batch": 1, "interval": 2}
 
 
 def segment_name(worker, number):
@@ -92,7 +90,7 @@ def write_manifest(directory, workers, slot_owner, options, sweep=False):
     import numpy as np
     table = np.asarray(slot_owner, dtype="<u2")
     if table.shape != (SLOT_COUNT,):
-        raise InvalidArgumentError("a slot table has 16384 entries")
+        raise InvalidArgumentError(f"a slot table has {SLOT_COUNT} entries")
     body = {"magic": MANIFEST_MAGIC, "format_version": FORMAT_VERSION, "workers": workers,
             "slot_owner": base64.b64encode(table.tobytes()).decode(), "options": options}
     if sweep:       # keys may sit in a partition that does not own their slot (resharding)
@@ -552,7 +550,7 @@ def cut_torn_tail(directory, worker, current_segment):
 
 
 def worker_plan(directory, plan, sync, interval_ms, segment_bytes, read_only=False):
-    """The `durable` argument of amdb.native.apply.run_worker."""
+    """The `durable` argument of amdb.native.worker.loop.run_worker."""
     return {"dir": os.path.abspath(directory), "checkpoint": plan.checkpoint, "replay": plan.replay,
             "next_segment": plan.next_segment, "sync": SYNC_MODES[sync], "interval_ms": interval_ms,
             "segment_bytes": segment_bytes, "log_bytes": plan.log_bytes, "read_only": read_only}
@@ -595,17 +593,6 @@ def copy_files(directory, names, dest):
             shutil.copyfile(source, target)
             with open(target, "rb") as f:
                 os.fsync(f.fileno())
-
-
-def backup(path, dest, **options):
-    """Consistent copy of the database directory `path` into the new
-    directory `dest`: opens it (recovering as usual), then ParallelDB.backup."""
-    from amdb.db import ParallelDB
-    manifest = read_manifest(path)
-    if manifest is None:
-        raise InvalidArgumentError(f"{path} is not an AmDb database (no {MANIFEST})")
-    with ParallelDB(path, workers=manifest["workers"], **options) as db:
-        return db.backup(dest)
 
 
 def check_directory_writable(directory):

@@ -27,7 +27,7 @@ import amdb
 
 
 def segment_bytes(db):
-    return sum(os.fstat(fd).st_blocks * 512 for fd in db._segment_fds[:db.workers])
+    return sum(os.fstat(fd).st_blocks * 512 for fd in db._supervisor.segment_fds[:db.workers])
 
 
 def shm_used():

@@ -51,7 +51,7 @@ def build_skipping_copy(dest, skip_ledger):
     patch(os.path.join(dest, "amdb/native/versions.pyx"),
           "    cdef uint8_t *out\n", "    cdef uint8_t *out\n    return 0   # chain skipped\n")
     if skip_ledger:
-        patch(os.path.join(dest, "amdb/native/apply.pyx"),
+        patch(os.path.join(dest, "amdb/native/worker/apply.pyx"),
               "    cdef amdb_ledger_block *block\n",
               "    cdef amdb_ledger_block *block\n    if True:\n"
               "        alloc_block(&w.p, AMDB_BLOCK_LEDGER, sizeof(amdb_ledger_block))\n        return\n")

@@ -40,7 +40,7 @@ import time
 LMDB_MAP_SIZE = 8 << 30     # bytes; LMDB reserves the map up front (sparse file)
 PEERS = ("plyvel", "rocksdict", "lmdb")        # the databases AmDb is compared with
 ENGINES = ("amdb", "plyvel", "rocksdict", "lmdb", "dict", "sqlite3")
-IMPORT_NAMES = {"amdb": "amdb.native.engine", "plyvel": "plyvel", "rocksdict": "rocksdict",
+IMPORT_NAMES = {"amdb": "amdb.native.client.writer", "plyvel": "plyvel", "rocksdict": "rocksdict",
                 "lmdb": "lmdb", "dict": None, "sqlite3": "sqlite3"}
 
 

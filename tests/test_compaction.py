@@ -384,7 +384,7 @@ def test_automatic_compaction_keeps_versions_bounded(make_db):
 
 def _segment_bytes(db):
     """What the partition segments hold in memory: their allocated blocks."""
-    return sum(os.fstat(fd).st_blocks * 512 for fd in db._segment_fds[:db.workers])
+    return sum(os.fstat(fd).st_blocks * 512 for fd in db._supervisor.segment_fds[:db.workers])
 
 
 def test_compaction_gives_the_memory_back(make_db):
@@ -575,7 +575,7 @@ def test_a_reader_in_the_old_generation_keeps_its_memory(make_db):
     keys = [b"h%04d" % i for i in range(3000)]
     for round_ in range(8):
         db.batch_put([(k, b"x" * 200 + b"%d" % round_) for k in keys])
-    db._compact_drain_timeout = 0.05
+    db._supervisor.compact_drain_timeout = 0.05
     slot = db._debug_enter_read()
     try:
         region_before = db._regions()[0][0]
@@ -693,7 +693,7 @@ def test_a_worker_dying_mid_switch_is_replaced_and_its_successor_finishes_the_sw
     assert "fires segv at mid_compact" in capfd.readouterr().err
     stats = db.stats()["workers"]
     assert [w["compact_state"] for w in stats] == ["idle", "idle"] and [w["region"] for w in stats] == [1, 1]
-    assert recover_compaction(db._controls[1]) == 1          # nothing left to replay: idempotent
+    assert recover_compaction(db._supervisor.controls[1]) == 1          # nothing left to replay: idempotent
     assert list(db.scan()) == items and db.digest() == digest
     assert [len(db.history(k)) for k in keys[:20]] == [1] * 20
     report = db.verify()

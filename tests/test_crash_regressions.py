@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import amdb
+from amdb.native.constants import STATUS
 from amdb_testutil import private_shm_available, python_child, reap, run_with_private_shm
 
 
@@ -66,7 +67,7 @@ def test_replay_refuses_a_log_record_whose_key_hash_is_wrong():
     # record's key hash: a ring record comes from the owner, a log from disk.
     import struct
     import xxhash
-    from amdb.native.apply import fuzz_replay
+    from amdb.native.worker.replay import fuzz_replay
     from amdb.storage import LOG_MAGIC
 
     def frame(kind, seq, payload):
@@ -80,7 +81,7 @@ def test_replay_refuses_a_log_record_whose_key_hash_is_wrong():
 
     assert fuzz_replay(log(xxhash.xxh64_intdigest(b"key"))) == (0, 2, 0)   # honest: replayed, clean
     status, frames, _ = fuzz_replay(log(0))
-    assert status == 3 and frames == 0                                   # AMDB_STATUS_CORRUPT
+    assert status == STATUS["CORRUPT"] and frames == 0
 
 
 # -- found by tests/test_fuzz.py (issue 6) ------------------------------------------
@@ -305,14 +306,14 @@ def test_replay_refuses_a_frame_that_would_misalign_the_next():
     import struct
     import xxhash
     from amdb import storage
-    from amdb.native.apply import fuzz_replay
+    from amdb.native.worker.replay import fuzz_replay
 
     def frame(kind, seq, payload):
         header = struct.pack("<IIQQQ", storage.LOG_MAGIC, kind, seq, len(payload), xxhash.xxh64_intdigest(payload, seed=seq))
         return header + struct.pack("<Q", xxhash.xxh64_intdigest(header)) + payload
 
     odd = frame(3, 1, b"abc") + frame(3, 1, b"")
-    assert fuzz_replay(odd)[:2] == (3, 0)                    # AMDB_STATUS_CORRUPT at the first frame
+    assert fuzz_replay(odd)[:2] == (STATUS["CORRUPT"], 0)          # at the first frame
     scan = storage.scan_log_bytes(odd)
     assert scan.valid_bytes == 0 and "multiple of 8" in scan.problem
     assert fuzz_replay(frame(3, 1, b"") + frame(3, 1, b""))[:2] == (0, 2)

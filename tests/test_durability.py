@@ -245,13 +245,14 @@ def test_interrupted_reshard_is_finished_or_undone_by_the_next_opening(tmp_path,
     model = {}
     with amdb.ParallelDB(path, **SMALL) as db:
         write_random(db, random.Random(12), model, 30)
-    real = amdb.ParallelDB._checkpoint_locked
+    from amdb.supervisor import Supervisor
+    real = Supervisor.checkpoint_locked
 
     def crash_after_copying(self, why):
         if why == "reshard":
             raise RuntimeError("simulated crash in the middle of a reshard")
         return real(self, why)
-    monkeypatch.setattr(amdb.ParallelDB, "_checkpoint_locked", crash_after_copying)
+    monkeypatch.setattr(Supervisor, "checkpoint_locked", crash_after_copying)
     with pytest.raises(RuntimeError):
         amdb.ParallelDB(path, workers=3, max_batch=64, ring_size=1 << 16)
     monkeypatch.undo()

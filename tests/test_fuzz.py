@@ -45,7 +45,7 @@ from hypothesis import strategies as st
 
 import amdb
 from amdb.native import routing
-from amdb.native.engine import RECORD_HEADER_BYTES
+from amdb.shm.control import RECORD_HEADER_BYTES
 from amdb_testutil import children_of, shm_entries, wait_until
 
 MAX_KEY = 48                # bytes: max_key_size of the fuzzed database

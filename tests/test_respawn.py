@@ -214,7 +214,7 @@ def test_a_successor_that_cannot_start_leaves_reads_working(monkeypatch):
     db = amdb.ParallelDB(workers=2, start_timeout=20)
     try:
         db.batch_put([(b"k%03d" % i, b"v") for i in range(100)])
-        db._worker_env["AMDB_FAULT"] = "not a spec"       # the successor exits at once
+        db._supervisor.worker_env["AMDB_FAULT"] = "not a spec"       # the successor exits at once
         victim = pids(db)[1]
         os.kill(victim, signal.SIGKILL)
         assert wait_until(lambda: not is_alive(victim), GONE_WITHIN_S)

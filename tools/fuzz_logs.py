@@ -29,8 +29,10 @@ import xxhash  # noqa: E402
 
 from amdb import storage  # noqa: E402
 from amdb.errors import CorruptionError  # noqa: E402
+from amdb.native.constants import STATUS  # noqa: E402  (amdb/shm/layout.h)
 
-STATUS_OK, STATUS_ARENA_FULL, STATUS_CORRUPT, STATUS_NO_MEMORY = 0, 1, 3, 5
+STATUS_OK, STATUS_ARENA_FULL, STATUS_CORRUPT, STATUS_NO_MEMORY = (STATUS[name] for name in (
+    "OK", "ARENA_FULL", "CORRUPT", "NO_MEMORY"))
 SCRATCH = tempfile.mkdtemp(prefix="amdb-fuzz-")
 
 
@@ -56,7 +58,7 @@ def frames_from(data):
 
 
 def check_replay(segment):
-    from amdb.native.apply import fuzz_replay
+    from amdb.native.worker.replay import fuzz_replay
     status, frames, breaks = fuzz_replay(segment)
     assert status in (STATUS_OK, STATUS_CORRUPT, STATUS_ARENA_FULL, STATUS_NO_MEMORY), status
     if status == STATUS_OK:

@@ -30,7 +30,7 @@
  * each amdb_fault_point_* function is noinline and fires in its own frame.
  *
  * Process safety: everything here is private to one worker process (static
- * globals of the apply module, which alone includes this header). It is
+ * globals of amdb/native/worker/apply.pyx, which alone includes this header). It is
  * armed once, before the apply loop starts, and is then read and written by
  * the worker's apply thread only.
  *

@@ -1,8 +1,9 @@
 # cython: language_level=3
 """Fault injection into the worker's apply path (crash tests; see faults.h).
 
-Only amdb/native/apply.pyx cimports this: the header's state is static, one
-copy per extension module that includes it.
+Only amdb/native/worker/apply.pyx cimports this: the header's state is static,
+one copy per extension module that includes it (loop.pyx calls through apply's
+arm_fault and fault_check_* functions).
 """
 from libc.stdint cimport uint64_t
 

@@ -64,6 +64,7 @@
 #define AMDB_LAYOUT_VERSION  2     /* 2: roots in the arena header, LEDGER_BASE blocks (compaction) */
 
 #define AMDB_SLOT_COUNT 16384        /* hash slots: slot = xxh64(key) % 16384 */
+#define AMDB_MAX_WORKERS 256         /* workers of one database (per-worker arrays are sized to it) */
 #define AMDB_CONTROL_BYTES 4096      /* control block: one page */
 #define AMDB_PAGE 4096
 #define AMDB_ARENA_FIRST_BLOCK 64    /* offset 0 is null; bytes 0..63 hold amdb_arena_header */
@@ -471,6 +472,7 @@ static inline uint64_t amdb_key_prefix(const uint8_t *key, uint32_t len) {
 }
 
 _Static_assert(sizeof(amdb_control) <= AMDB_CONTROL_BYTES, "control block fits a page");
+_Static_assert(AMDB_MAX_WORKERS <= 65536, "a slot owner is a uint16");
 _Static_assert(sizeof(amdb_reader_slot) == 64, "a reader slot is one cache line");
 _Static_assert(sizeof(amdb_ring_record) == 24, "ring record header is 24 bytes");
 _Static_assert(sizeof(amdb_ring_chunk) == 40, "chunk header is 40 bytes");

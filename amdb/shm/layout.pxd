@@ -9,6 +9,7 @@ cdef extern from "layout.h" nogil:
         AMDB_DATABASE_MAGIC
         AMDB_LAYOUT_VERSION
         AMDB_SLOT_COUNT
+        AMDB_MAX_WORKERS
         AMDB_CONTROL_BYTES
         AMDB_PAGE
         AMDB_ARENA_FIRST_BLOCK

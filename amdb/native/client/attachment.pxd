@@ -1,0 +1,36 @@
+# cython: language_level=3
+"""The attachment: one process's view of an open database's shared memory
+(see attachment.pyx for who writes what and the reader protocol)."""
+from libc.stdint cimport uint64_t
+from amdb.shm.layout cimport PartitionView, amdb_db_control
+
+
+cdef class Attachment:
+    cdef readonly int nworkers
+    cdef PartitionView *parts          # per worker: control block, ring, current arena region
+    cdef amdb_db_control *dbc
+    cdef list mappings                 # the Mappings parts[] and dbc point into: kept while attached
+    cdef readonly bint closed
+    cdef readonly bint attached
+    cdef uint64_t readers[2]           # registered in-process readers, by parity of the read epoch
+    cdef readonly uint64_t read_epoch  # +1 whenever a partition's base pointer changes (compaction)
+    cdef char **arena_base             # per worker: where its region 0 is mapped
+    cdef uint64_t *region              # per worker: the region parts[w].arena points into
+    cdef readonly uint64_t committed_len  # live keys as of the last batch this process saw end
+    cdef bint detach_pending           # closed while readers were inside: the last to leave detaches
+    # A forked child's view ("Process safety" in attachment.pyx): its reads
+    # take reader slot reader_slot (-1: none yet); foreign_inside reads are in
+    # flight, all in shared read epoch foreign_epoch, whose regions parts[] name.
+    cdef readonly bint foreign
+    cdef int reader_slot
+    cdef uint64_t foreign_inside
+    cdef uint64_t foreign_epoch
+    cdef object __weakref__            # the fork hook keeps a WeakSet of attachments
+
+    cdef int check_open(self) except -1
+    cdef int enter_read(self) except -1
+    cdef int leave_read(self, int slot) except -1
+    cdef int enter_foreign(self) except -1
+    cdef int leave_foreign(self) except -1
+    cdef int claim_reader_slot(self) except -1
+    cdef void refresh_len(self) noexcept

@@ -1,0 +1,392 @@
+# cython: language_level=3
+"""The attachment: one process's view of an open database's shared memory,
+shared by its reader (reader.pyx) and its writer (writer.pyx).
+
+Who calls it: amdb.db.ParallelDB creates it, amdb.supervisor.Supervisor
+attaches it to the segments it made and closes it; the reader and the
+writer read its pointers.
+
+Shared memory it touches: it maps every partition's control block and ring
+(read-write: the writer produces into the rings) and arena regions (read-
+only), and the database control block. It writes only the reader slot of a
+forked child (layout.h, "Reader slots") and, in the owner, the shared read
+epoch.
+
+Process safety:
+  - Reads: any number of threads, without locks. Each read loads visible_seq
+    (acquire) FIRST, then the roots it follows (acquire), so everything of a
+    batch at or below visible_seq is visible to it and nothing above is.
+  - close() vs reads: reads that hold the GIL cannot overlap the unmap
+    (which also runs under the GIL). Reads that release the GIL register in
+    `readers` (seq_cst) and re-check `closed`; close sets closed and drops
+    the mappings at once when no reader is registered, else the last
+    registered reader to leave drops them (release_memory): close never waits
+    for a reader, so a finalizer that closes the database in the middle of a
+    read of its own thread cannot wait for itself. No shutdown path unmaps
+    memory a call in another thread can still touch: writers hold the write
+    lock, which close takes (and the exit handler unmaps only when it got it).
+    Code of the caller can run in the middle of a read (a generator of keys,
+    an int subclass's comparisons, another thread meanwhile): reads check
+    `closed` after the last point where the caller's code can run and before
+    they touch shared memory.
+  - Compaction vs reads (layout.h, "Arena regions", invariant 8): every read
+    takes a partition's base pointer (parts[w].arena) ONCE, with the GIL, and
+    follows only offsets and roots read through that same base. The owner
+    switches a base only under the GIL (adopt_regions), and bumps read_epoch
+    with it; so a read sees one generation, old or new, never a mix. The old
+    region's memory is given back only once every registered reader that
+    could hold its base has left: readers that release the GIL, or that may
+    run Python code (a garbage collection) in the middle of a walk, register
+    in readers[read_epoch & 1]; after a switch the old parity's count can
+    only fall (new readers count in the other one), and the supervisor waits
+    for it to reach zero (bounded) before it punches the old region out.
+    Reads that hold the GIL and run no Python code between taking the base
+    and their last arena access need no registration (get, `in`, a scan
+    step). A scan keeps offsets from one step to the next: it notes
+    read_epoch and re-seeks after its last key when it changed.
+  - A forked child (os.register_at_fork, became_foreign) may only read and
+    close its handle: the writer's guard refuses everything else before any
+    lock or epoch. Its reads take a reader slot in the database control block
+    (layout.h, "Reader slots"), so that the owner does not retire a region
+    such a read is in; they adopt the regions the control blocks name
+    whenever the shared read epoch moved.
+"""
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport calloc, free
+from posix.unistd cimport usleep, getpid
+from amdb.shm.layout cimport *
+from amdb.shm.atomic cimport *
+from amdb.shm.arena cimport Mapping
+
+from amdb.errors import ClosedError, Error, InvalidArgumentError
+
+cdef extern from "Python.h":
+    int PyErr_CheckSignals() except -1
+
+cdef enum:
+    WAIT_SLICE_NS = 50000000      # 50 ms: waits wake up this often to check Ctrl-C
+
+
+# Every attached Attachment of this process, so that a forked child can turn
+# each into a read-only view of its parent's database (became_foreign).
+import os as _os
+import weakref as _weakref
+_attached = _weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    for attachment in list(_attached):
+        attachment.became_foreign()
+
+
+_os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+cdef class Attachment:
+    """One process's view of an open database (see the module docstring)."""
+
+    def __cinit__(self):
+        self.parts = NULL
+        self.arena_base = NULL
+        self.region = NULL
+        self.dbc = NULL
+        self.closed = True
+        self.attached = False
+        self.mappings = []
+        self.reader_slot = -1
+
+    def __dealloc__(self):
+        free(self.parts)
+        free(self.arena_base)
+        free(self.region)
+
+    # ---- lifecycle ---------------------------------------------------------
+
+    def attach(self, Mapping db_mapping, list controls, list arenas):
+        """Take this process's view of the segments: `controls[i]` maps
+        partition i's control block and ring read-write, `arenas[i]` its arena
+        regions (AMDB_ARENA_REGIONS of them, back to back) read-only."""
+        cdef int i
+        cdef Mapping cm, am
+        cdef amdb_control *c
+        self.nworkers = len(controls)
+        self.parts = <PartitionView *>calloc(self.nworkers, sizeof(PartitionView))
+        self.arena_base = <char **>calloc(self.nworkers, sizeof(char *))
+        self.region = <uint64_t *>calloc(self.nworkers, sizeof(uint64_t))
+        if self.parts == NULL or self.arena_base == NULL or self.region == NULL:
+            raise MemoryError()
+        self.dbc = <amdb_db_control *>db_mapping.base
+        for i in range(self.nworkers):
+            cm = controls[i]
+            am = arenas[i]
+            c = <amdb_control *>cm.base
+            self.parts[i].ctrl = c
+            self.parts[i].ring = cm.base + c.ring_offset
+            if am.length < AMDB_ARENA_REGIONS * c.arena_capacity:
+                raise InvalidArgumentError("an arena mapping must cover every region")
+            self.arena_base[i] = am.base
+            # The generation the worker published (a new segment: region 0).
+            self.region[i] = amdb_load_acquire(&c.arena_region)
+            self.parts[i].arena = am.base + self.region[i] * c.arena_capacity
+            self.parts[i].region_offset = c.arena_offset + self.region[i] * c.arena_capacity
+            self.parts[i].fd = -1
+        self.mappings = [db_mapping] + controls + arenas
+        self.refresh_len()               # a recovered database starts with keys
+        self.attached = True
+        self.closed = False
+        _attached.add(self)
+
+    cdef int check_open(self) except -1:
+        if self.closed:
+            raise ClosedError("the database is closed")
+        return 0
+
+    def mark_closed(self):
+        """Refuse new operations. Never waits: readers inside keep the memory
+        (release_memory)."""
+        self.closed = True
+
+    def release_memory(self):
+        """Drop the mappings now if no registered reader is inside, else when
+        the last one leaves. REQUIRES closed and no write in flight (the
+        write lock held, or the process exiting without it: then this is not
+        called)."""
+        if self.readers[0] == 0 and self.readers[1] == 0 and self.foreign_inside == 0:
+            self.detach()
+        else:
+            self.detach_pending = True
+
+    def detach(self):
+        """Forget every pointer and drop our references to the mappings."""
+        self.detach_pending = False
+        if self.foreign and self.reader_slot >= 0 and self.dbc != NULL:
+            amdb_store_release(&self.dbc.readers[self.reader_slot].pid, 0)
+            self.reader_slot = -1
+        self.attached = False
+        self.closed = True
+        self.dbc = NULL
+        self.nworkers = 0
+        free(self.parts)
+        free(self.arena_base)
+        free(self.region)
+        self.parts = NULL
+        self.arena_base = NULL
+        self.region = NULL
+        self.mappings = []
+        _attached.discard(self)
+
+    def became_foreign(self):
+        """Called in a forked child (os.register_at_fork): from now on this
+        handle only reads, through a reader slot, and closes. The threads that
+        were reading in the parent do not exist here: their registrations
+        (readers) never leave, so this process's memory is dropped only when
+        it exits (the mappings are private to it), never too early."""
+        self.foreign = True
+        self.reader_slot = -1
+        self.foreign_inside = 0
+        self.foreign_epoch = 0           # no epoch: the first read adopts the current regions
+
+    def close_foreign(self):
+        """close() in a forked child: its handle only. The owner's workers,
+        locks, logs and audit log are not this process's to touch."""
+        self.closed = True
+        if self.attached:
+            if self.foreign_inside == 0:
+                self.detach()
+            else:
+                self.detach_pending = True
+
+    # ---- reader registration -------------------------------------------------
+
+    cdef int enter_read(self) except -1:
+        """Register a reader (see "Process safety"); returns the slot to pass
+        to leave_read (2: a forked child's reader slot). Take base pointers
+        only after this. REQUIRES the GIL."""
+        cdef int slot
+        if self.foreign:
+            self.enter_foreign()
+            return 2
+        slot = <int>(self.read_epoch & 1)
+        amdb_fetch_add_seqcst(&self.readers[slot], 1)
+        if self.closed:
+            amdb_fetch_sub_seqcst(&self.readers[slot], 1)
+            raise ClosedError("the database is closed")
+        return slot
+
+    cdef int leave_read(self, int slot) except -1:
+        if slot == 2:
+            return self.leave_foreign()
+        amdb_fetch_sub_seqcst(&self.readers[slot], 1)
+        if self.detach_pending and self.readers[0] == 0 and self.readers[1] == 0:
+            self.detach()
+        return 0
+
+    cdef int claim_reader_slot(self) except -1:
+        """Take a free reader slot, or one whose process is gone."""
+        from amdb.shm.segment import pid_alive
+        cdef int i
+        cdef uint64_t me = <uint64_t>getpid()
+        cdef uint64_t holder
+        for i in range(AMDB_READER_SLOTS):
+            holder = amdb_load_seqcst(&self.dbc.readers[i].pid)
+            if holder != 0 and (holder == me or pid_alive(<long>holder)):
+                continue
+            if amdb_cas_seqcst(&self.dbc.readers[i].pid, holder, me):
+                amdb_store_seqcst(&self.dbc.readers[i].epoch, 0)
+                self.reader_slot = i
+                return 0
+        raise Error(f"more than {AMDB_READER_SLOTS} processes read this database at once",
+                    code="too_many_readers", hint="close the database in processes that no longer use it")
+
+    cdef int enter_foreign(self) except -1:
+        """Begin a read in a forked child: pin the read epoch in our slot
+        (layout.h, "Reader slots"), then point parts[] at the regions current
+        in it if the epoch moved. Nested and concurrent reads of this process
+        share the pin. REQUIRES the GIL."""
+        cdef amdb_reader_slot *slot
+        cdef uint64_t epoch, again
+        if self.closed:
+            raise ClosedError("the database is closed")
+        if self.foreign_inside == 0:
+            if self.reader_slot < 0:
+                self.claim_reader_slot()
+            slot = &self.dbc.readers[self.reader_slot]
+            epoch = amdb_load_seqcst(&self.dbc.read_epoch)
+            while True:
+                amdb_store_seqcst(&slot.epoch, epoch)
+                again = amdb_load_seqcst(&self.dbc.read_epoch)
+                if again == epoch:
+                    break
+                epoch = again
+            if epoch != self.foreign_epoch:
+                self.adopt_regions(False)
+                self.foreign_epoch = epoch
+                self.refresh_len()
+        self.foreign_inside += 1
+        return 0
+
+    cdef int leave_foreign(self) except -1:
+        self.foreign_inside -= 1
+        if self.foreign_inside == 0:
+            if self.reader_slot >= 0:
+                amdb_store_release(&self.dbc.readers[self.reader_slot].epoch, 0)
+            if self.detach_pending:
+                self.detach()
+        return 0
+
+    def debug_enter_read(self):
+        """Test hook: register as a reader, as a GIL-free read does (returns
+        the slot for debug_leave_read)."""
+        return self.enter_read()
+
+    def debug_leave_read(self, int slot):
+        if slot not in (0, 1, 2):
+            raise InvalidArgumentError("a reader slot is 0, 1 or 2")
+        self.leave_read(slot)
+
+    # ---- generations (compaction) --------------------------------------------
+
+    def adopt_regions(self, bint publish=True):
+        """Point parts[w].arena at the region each worker's control block names
+        as current (after a compaction, or a worker that attached again), and
+        bump read_epoch once if any base changed. Runs with the GIL, so no
+        GIL-holding read step sees half of it. The owner (publish) also bumps
+        the shared read epoch, after the switch it saw (layout.h, "Reader
+        slots"); a forked child adopts without publishing. Returns
+        [(worker, region it left)]."""
+        cdef int i
+        cdef uint64_t region
+        cdef amdb_control *c
+        retired = []
+        for i in range(self.nworkers):
+            c = self.parts[i].ctrl
+            # Acquire: the worker wrote the generation (and its header) before
+            # publishing the region; we read them through the new base next.
+            region = amdb_load_acquire(&c.arena_region)
+            if region != self.region[i] and region < AMDB_ARENA_REGIONS:
+                retired.append((i, self.region[i]))
+                self.region[i] = region
+                self.parts[i].arena = self.arena_base[i] + region * c.arena_capacity
+                self.parts[i].region_offset = c.arena_offset + region * c.arena_capacity
+        if retired:
+            self.read_epoch += 1
+            if publish:
+                amdb_fetch_add_seqcst(&self.dbc.read_epoch, 1)
+        return retired
+
+    def shared_read_epoch(self):
+        """The shared read epoch now (layout.h, "Reader slots")."""
+        return amdb_load_seqcst(&self.dbc.read_epoch)
+
+    def foreign_readers_before(self, uint64_t epoch):
+        """[pid] of live processes whose reader slot holds a read epoch below
+        `epoch`: they may still read a region retired before it."""
+        from amdb.shm.segment import pid_alive
+        cdef int i
+        cdef uint64_t pid, held
+        out = []
+        for i in range(AMDB_READER_SLOTS):
+            pid = amdb_load_seqcst(&self.dbc.readers[i].pid)
+            held = amdb_load_seqcst(&self.dbc.readers[i].epoch)
+            if pid != 0 and 0 < held < epoch and pid_alive(<long>pid):
+                out.append(pid)
+        return out
+
+    def wait_readers(self, int slot, double timeout, uint64_t epoch=0):
+        """Wait until no registered reader of `slot` (0 or 1; -1: none) is left
+        (readers that entered before the read epoch moved on) and, with
+        `epoch`, no live forked child reads in a shared read epoch below it;
+        at most `timeout` seconds (negative: until they are gone; Ctrl-C
+        works). True when none is left."""
+        cdef uint64_t deadline_ns = amdb_monotonic_ns() + <uint64_t>(max(timeout, 0.0) * 1e9)
+        cdef uint64_t slice_end
+        cdef bint gone
+        while True:
+            slice_end = amdb_monotonic_ns() + WAIT_SLICE_NS
+            gone = slot < 0 or slot > 1
+            with nogil:
+                while not gone:
+                    if amdb_load_seqcst(&self.readers[slot]) == 0:
+                        gone = True
+                    elif amdb_monotonic_ns() >= slice_end:
+                        break
+                    else:
+                        usleep(50)
+            if gone and (epoch == 0 or not self.foreign_readers_before(epoch)):
+                return True
+            if timeout >= 0 and amdb_monotonic_ns() >= deadline_ns:
+                return False
+            if gone:
+                with nogil:
+                    usleep(1000)        # a forked child's read: they are short
+            PyErr_CheckSignals()
+
+    def regions(self):
+        """[(region, generation)] of every partition as this process reads it."""
+        cdef int i
+        out = []
+        for i in range(self.nworkers):
+            out.append((self.region[i], amdb_arena_header_of(self.parts[i].arena).generation))
+        return out
+
+    # ---- counters --------------------------------------------------------------
+
+    cdef void refresh_len(self) noexcept:
+        cdef uint64_t total = 0
+        cdef int i
+        for i in range(self.nworkers):
+            total += amdb_load_relaxed(&self.parts[i].ctrl.live_keys)
+        self.committed_len = total
+
+    def version_counts(self):
+        """(versions, nodes) stored in every partition together (relaxed: statistics,
+        and the automatic compaction's trigger)."""
+        cdef int i
+        cdef uint64_t versions = 0, nodes = 0
+        for i in range(self.nworkers):
+            versions += amdb_load_relaxed(&self.parts[i].ctrl.version_count)
+            nodes += amdb_load_relaxed(&self.parts[i].ctrl.node_count)
+        return versions, nodes
+
+    def visible_seq(self):
+        return amdb_load_acquire(&self.dbc.visible_seq) if self.dbc != NULL else 0

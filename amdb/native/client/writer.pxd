@@ -1,0 +1,53 @@
+# cython: language_level=3
+"""The ring producer (writer.pyx)."""
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from amdb.shm.ring cimport RingProducer
+from amdb.native.client.attachment cimport Attachment
+
+
+cdef class Writer:
+    cdef Attachment att
+    cdef RingProducer *producers
+    cdef uint64_t next_seq         # seq the next batch will carry
+    cdef uint64_t batch_seq        # seq of the batch being written
+    cdef bint batch_used_seq       # it has opened a chunk (so its seq is spent)
+    cdef uint64_t batch_key_digest # rolling xxh64 digest of the batch's keys (audit log)
+    cdef public object audit       # amdb.audit.AuditLog or None
+    cdef readonly uint64_t max_batch
+    cdef readonly uint64_t max_key_size
+    cdef readonly uint64_t max_value_size
+    cdef uint64_t chunk_byte_cap
+    cdef object write_lock
+    cdef readonly bint durable     # a write-ahead log: batches end with COMMIT records
+    cdef object supervisor         # check_worker(worker), before_write(): amdb.supervisor.Supervisor
+    cdef int forced_worker         # >= 0: records go there (routed batches), not by slot
+    cdef bint _in_batch            # a batch is being written (between _begin_batch and its end)
+    cdef object _batch_reentered   # the Error a re-entrant call of that batch's own code got, or None
+
+    cdef int _check_writable(self) except -1
+    cdef int _refuse_reentrant(self, str what) except -1
+    cdef object _write(self, str name, int source, object data)
+    cdef object _run_batch(self, int source, object data)
+    cdef int _pack_pairs(self, items) except -1
+    cdef int _pack_deletes(self, keys) except -1
+    cdef int _pack_arrays(self, const uint8_t[::1] keys, Py_ssize_t key_width, bint strip_keys,
+                          const uint8_t[::1] values, Py_ssize_t value_width, bint strip_values,
+                          Py_ssize_t n) except -1
+    cdef int _pack_packed(self, const uint8_t[::1] keys, const int64_t[::1] key_offsets,
+                          const uint8_t[::1] values, const int64_t[::1] value_offsets) except -1
+    cdef int _pack_routed(self, ops) except -1
+    cdef int _wait_space(self, int worker, uint64_t nbytes) except -1
+    cdef uint64_t _reserve(self, int worker, uint64_t nbytes) except? 0
+    cdef int _open_chunk(self, int worker) except -1
+    cdef void _close_chunk(self, int worker) noexcept
+    cdef int _append_record(self, uint32_t op, const uint8_t *key, uint64_t key_len,
+                            const uint8_t *value, uint64_t value_len) except -1
+    cdef int _begin_batch(self) except -1
+    cdef void _end_batch_seq(self) noexcept
+    cdef int _wait_progress(self, int worker, uint64_t applied_target, uint64_t aborted_target) except -1
+    cdef int _send_control(self, int worker, uint32_t op, uint64_t seq, uint64_t count) except -1
+    cdef tuple _broadcast_control(self, uint32_t op, uint64_t count)
+    cdef object _finish_batch(self)
+    cdef int _abort_batch(self) except -1
+    cdef bint _send_abort(self, int worker, bint wait) except -1
+    cdef int _settle_aborts(self) except -1

@@ -1,0 +1,737 @@
+# cython: language_level=3
+"""The ring producer: every write of an open database, packed into the
+workers' rings, and the control records (COMMIT, ABORT, CHECKPOINT,
+COMPACT) that go the same way.
+
+Who calls it: amdb.db.ParallelDB (its write methods are this class's own,
+bound at open) and amdb.supervisor.Supervisor (control records, routed
+batches, a dead worker's ring). Every wait on a worker asks the supervisor
+(check_worker) each WAIT_SLICE_NS whether that worker still lives.
+
+Shared memory: it is the single producer of every ring (layout.h, line 1,
+and the ring bytes) and the single writer of visible_seq, under its write
+lock; it reads the workers' progress lines (acquire).
+
+Process safety: one thread at a time holds the write lock. The lock is an
+RLock only so that a write can see that its own thread holds it: a write or
+an admin call made from code that a write of the same thread runs (a
+generator passed to batch_put) raises instead of waiting for itself, and the
+batch it came from fails (enter_exclusive, _finish_batch).
+
+The write path: put / delete / batch_put / batch_delete / put_arrays /
+put_packed -> _write (guard, lock, supervisor.before_write, audit) ->
+_run_batch (begin; the packer of the source; finish or abort) ->
+_append_record (the one place a record header is filled) -> _finish_batch
+(publish, COMMIT when durable, wait for every worker, advance visible_seq).
+"""
+from cpython.bytes cimport PyBytes_AS_STRING
+from cpython.buffer cimport PyBuffer_Release
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, memset
+from amdb.shm.layout cimport *
+from amdb.shm.atomic cimport *
+from amdb.shm.ring cimport (RingProducer, ring_wait_space, ring_reserve_nowait, ring_publish,
+                            progress_prepare_wait, progress_sleep, ring_at)
+from amdb.native.hashing cimport amdb_xxh64, SLOT_MASK, SLOT_COUNT
+from amdb.native.client.attachment cimport Attachment
+from amdb.native.client.keys cimport bytes_view
+
+from amdb.errors import (Error, InvalidArgumentError, InvalidTypeError, KeyTooLargeError, ValueTooLargeError,
+                         raise_for_status)
+
+cdef extern from "Python.h":
+    int PyErr_CheckSignals() except -1
+
+cdef enum:
+    WAIT_SLICE_NS = 50000000      # 50 ms: waits wake up this often to check liveness and Ctrl-C
+    FIRST_CHUNK_RECORDS = 512     # records in a batch's first chunk per worker; doubles per chunk
+
+cdef enum WaitResult:
+    WAIT_DONE = 0
+    WAIT_FAILED = 1
+    WAIT_TIMEOUT = 2
+
+cdef enum Source:                 # what a batch is packed from (_run_batch)
+    PAIRS = 0                     # an iterable of (key, value)
+    DELETES = 1                   # an iterable of keys
+    ARRAYS = 2                    # fixed-width numpy buffers (put_array)
+    PACKED = 3                    # packed buffers and offsets (put_packed)
+    ROUTED = 4                    # (worker, key, value or None) records, routed by the caller
+
+
+class BatchResult(object):
+    """What a batch write did: `count` records in `chunks` chunks; `seq` is the
+    batch's sequence number (first_seq == last_seq == seq: a batch has one);
+    `per_worker[i]` records went to worker i; `key_digest` folds the keys'
+    xxh64 (audit log)."""
+
+    __slots__ = ("count", "first_seq", "last_seq", "chunks", "per_worker", "key_digest")
+
+    def __init__(self, count, first_seq, last_seq, chunks, per_worker, key_digest=0):
+        self.count = count
+        self.first_seq = first_seq
+        self.last_seq = last_seq
+        self.chunks = chunks
+        self.per_worker = per_worker
+        self.key_digest = key_digest
+
+    @property
+    def seq(self):
+        """The batch's sequence number (every version of it carries it)."""
+        return self.last_seq
+
+    def __repr__(self):
+        return (f"BatchResult(count={self.count}, seq={self.last_seq}, chunks={self.chunks}, "
+                f"per_worker={self.per_worker})")
+
+    def as_dict(self):
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+
+cdef class Writer:
+    """Every write of the database (see the module docstring)."""
+
+    def __cinit__(self, Attachment att, uint64_t max_batch, uint64_t max_key_size, uint64_t max_value_size,
+                  write_lock, bint durable, supervisor):
+        cdef int i
+        cdef amdb_control *c
+        self.att = att
+        self.producers = <RingProducer *>calloc(max(att.nworkers, 1), sizeof(RingProducer))
+        if self.producers == NULL:
+            raise MemoryError()
+        for i in range(att.nworkers):
+            c = att.parts[i].ctrl
+            self.producers[i].ctrl = c
+            self.producers[i].ring = att.parts[i].ring
+            self.producers[i].capacity = c.ring_capacity
+            self.producers[i].mask = c.ring_capacity - 1
+            self.producers[i].head = c.ring_head
+            self.producers[i].cached_tail = c.ring_tail
+        self.max_batch = max_batch
+        self.max_key_size = max_key_size
+        self.max_value_size = max_value_size
+        self.chunk_byte_cap = self.producers[0].capacity // 4
+        self.next_seq = amdb_load_acquire(&att.dbc.visible_seq) + 1
+        self.write_lock = write_lock
+        self.durable = durable
+        self.supervisor = supervisor
+        self.audit = None
+        self.forced_worker = -1
+        self._batch_reentered = None
+
+    def __dealloc__(self):
+        free(self.producers)
+
+    # ---- the guard ------------------------------------------------------------
+
+    def enter_exclusive(self, str what):
+        """The one guard of every method that writes, sends control records
+        or needs the write lock, run before any lock or epoch: a forked
+        child's handle only reads (Error code "forked"); the database is
+        open; and the write lock is not already held by this thread (code
+        the call runs, such as a generator passed to batch_put, calling back
+        in: Error code "reentrant_write", which also fails that batch)."""
+        if self.att.foreign:
+            raise Error(f"this ParallelDB was opened by another process; a forked child cannot {what} "
+                        "(it may read, and close its handle)", code="forked",
+                        hint="open a new ParallelDB in the child, or create the database after forking")
+        self.att.check_open()
+        if self.write_lock._is_owned():
+            self._refuse_reentrant(what)
+        return None
+
+    cdef int _check_writable(self) except -1:
+        """Before taking the write lock for a write (see enter_exclusive)."""
+        if self.att.foreign or self.att.closed or self.write_lock._is_owned():
+            self.enter_exclusive("write")
+        return 0
+
+    cdef int _refuse_reentrant(self, str what) except -1:
+        """Raise the re-entrant-call error; the batch in flight, if any, fails
+        with it even when the caller's code swallows it (_finish_batch)."""
+        exc = Error(f"{what} was called from code that a write, close(), verify() or digest() of the "
+                    "same thread is running (a generator or iterable passed to batch_put, say)",
+                    code="reentrant_write",
+                    hint="finish the batch first: collect the items, then write, or write from another thread")
+        if self._in_batch and self._batch_reentered is None:
+            self._batch_reentered = exc
+        raise exc
+
+    # ---- public writes ----------------------------------------------------------
+
+    def put(self, key, value):
+        """Store `value` under `key` (both bytes-like)."""
+        self._write("put", PAIRS, ((key, value),))
+
+    def delete(self, key):
+        """Delete `key`; deleting a missing key does nothing."""
+        self._write("delete", DELETES, (key,))
+
+    def batch_put(self, items):
+        """Write every (key, value) pair of `items` as one atomic batch; the BatchResult."""
+        return self._write("batch_put", PAIRS, items)
+
+    def batch_delete(self, keys):
+        """Delete every key of `keys` as one atomic batch; the BatchResult."""
+        return self._write("batch_delete", DELETES, keys)
+
+    def put_arrays(self, keys, Py_ssize_t key_width, bint strip_keys,
+                   values, Py_ssize_t value_width, bint strip_values, Py_ssize_t n):
+        """n fixed-width keys and values from flat uint8 buffers (ParallelDB.put_array)."""
+        if key_width > <Py_ssize_t>self.max_key_size:
+            raise KeyTooLargeError(f"keys of {key_width} bytes exceed max_key_size={self.max_key_size}")
+        if value_width > <Py_ssize_t>self.max_value_size:
+            raise ValueTooLargeError(f"values of {value_width} bytes exceed max_value_size={self.max_value_size}")
+        return self._write("put_array", ARRAYS, (keys, key_width, strip_keys, values, value_width, strip_values, n))
+
+    def put_packed(self, const uint8_t[::1] keys, const int64_t[::1] key_offsets,
+                   const uint8_t[::1] values, const int64_t[::1] value_offsets):
+        """Item i is keys[key_offsets[i]:key_offsets[i+1]] and the same of values."""
+        cdef Py_ssize_t i, n = key_offsets.shape[0] - 1
+        # Validate every offset before anything is packed, by comparisons only:
+        # a difference of two int64 offsets can overflow (and wrap to a small length).
+        for i in range(n):
+            if key_offsets[i] < 0 or key_offsets[i] > key_offsets[i + 1] or key_offsets[i + 1] > keys.shape[0] \
+                    or value_offsets[i] < 0 or value_offsets[i] > value_offsets[i + 1] \
+                    or value_offsets[i + 1] > values.shape[0]:
+                raise InvalidArgumentError(f"put_packed: offsets of item {i} are out of order or out of bounds")
+        return self._write("put_packed", PACKED, (keys, key_offsets, values, value_offsets))
+
+    def write_routed(self, ops):
+        """One atomic batch of (worker, key, value or None for a delete), each
+        record sent to the given worker whatever the slot table says. For
+        moving slots between workers (ParallelDB reopened with another count).
+        REQUIRES the write lock."""
+        self.att.check_open()
+        return self._run_batch(ROUTED, ops)
+
+    cdef object _write(self, str name, int source, object data):
+        """The one entry of every public write: the guard, the lock, the
+        supervisor's checks, the batch, the audit record."""
+        self._check_writable()
+        with self.write_lock:
+            self.att.check_open()
+            self.supervisor.before_write()
+            result = self._run_batch(source, data)
+            if self.audit is not None:
+                self.audit.write_op(name, result.count, result.first_seq, result.last_seq, result.key_digest)
+            return result
+
+    cdef object _run_batch(self, int source, object data):
+        """Pack `data` as one batch and finish it, or abort it whole."""
+        self._begin_batch()              # settles earlier aborts; raises before anything is sent
+        try:
+            if source == PAIRS:
+                self._pack_pairs(data)
+            elif source == DELETES:
+                self._pack_deletes(data)
+            elif source == ARRAYS:
+                self._pack_arrays(data[0], data[1], data[2], data[3], data[4], data[5], data[6])
+            elif source == PACKED:
+                self._pack_packed(data[0], data[1], data[2], data[3])
+            else:
+                self._pack_routed(data)
+            return self._finish_batch()
+        except BaseException:
+            self.forced_worker = -1
+            self._abort_batch()
+            raise
+
+    # ---- packers: one per kind of source ----------------------------------------
+
+    cdef int _pack_pairs(self, items) except -1:
+        cdef const uint8_t *kp
+        cdef const uint8_t *vp
+        cdef Py_ssize_t kl, vl
+        cdef Py_buffer kview, vview
+        cdef bint kheld = False, vheld = False
+        cdef object key, value
+        if isinstance(items, (list, tuple)):
+            seq = items
+        else:
+            try:
+                seq = iter(items)
+            except TypeError:
+                raise InvalidTypeError(f"batch_put takes an iterable of (key, value) pairs, "
+                                       f"not {type(items).__name__}") from None
+        for item in seq:
+            if type(item) is tuple and len(<tuple>item) == 2:
+                key = (<tuple>item)[0]
+                value = (<tuple>item)[1]
+            elif isinstance(item, (tuple, list)) and len(item) == 2:
+                key, value = item
+            else:
+                raise InvalidArgumentError(
+                    f"batch_put items must be (key, value) pairs, got {type(item).__name__}"
+                    + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""),
+                    hint="pass an iterable of 2-tuples, e.g. zip(keys, values)")
+            bytes_view(key, &kp, &kl, &kview, &kheld, "key")
+            try:
+                bytes_view(value, &vp, &vl, &vview, &vheld, "value")
+                try:
+                    self._append_record(AMDB_OP_PUT, kp, kl, vp, vl)
+                finally:
+                    if vheld:
+                        PyBuffer_Release(&vview)
+            finally:
+                if kheld:
+                    PyBuffer_Release(&kview)
+        return 0
+
+    cdef int _pack_deletes(self, keys) except -1:
+        cdef const uint8_t *kp
+        cdef Py_ssize_t kl
+        cdef Py_buffer kview
+        cdef bint kheld = False
+        if isinstance(keys, (bytes, bytearray, str)):
+            raise InvalidTypeError("batch_delete takes an iterable of keys, not a single key",
+                                   hint="wrap it in a list: [key]")
+        try:
+            keys = iter(keys)
+        except TypeError:
+            raise InvalidTypeError(f"batch_delete takes an iterable of keys, not {type(keys).__name__}",
+                                   hint="pass a list of bytes keys") from None
+        for key in keys:
+            bytes_view(key, &kp, &kl, &kview, &kheld, "key")
+            try:
+                self._append_record(AMDB_OP_DELETE, kp, kl, NULL, 0)
+            finally:
+                if kheld:
+                    PyBuffer_Release(&kview)
+        return 0
+
+    cdef int _pack_arrays(self, const uint8_t[::1] keys, Py_ssize_t key_width, bint strip_keys,
+                          const uint8_t[::1] values, Py_ssize_t value_width, bint strip_values,
+                          Py_ssize_t n) except -1:
+        cdef Py_ssize_t i, kl, vl
+        cdef const uint8_t *kp
+        cdef const uint8_t *vp
+        for i in range(n):
+            kp = &keys[i * key_width] if key_width else NULL
+            vp = &values[i * value_width] if value_width else NULL
+            kl = key_width
+            vl = value_width
+            if strip_keys:
+                while kl > 0 and kp[kl - 1] == 0:
+                    kl -= 1
+            if strip_values:
+                while vl > 0 and vp[vl - 1] == 0:
+                    vl -= 1
+            self._append_record(AMDB_OP_PUT, kp, kl, vp, vl)
+        return 0
+
+    cdef int _pack_packed(self, const uint8_t[::1] keys, const int64_t[::1] key_offsets,
+                          const uint8_t[::1] values, const int64_t[::1] value_offsets) except -1:
+        """REQUIRES offsets checked (put_packed)."""
+        cdef Py_ssize_t i, n = key_offsets.shape[0] - 1
+        cdef const uint8_t *kbase = &keys[0] if keys.shape[0] else <const uint8_t *>""
+        cdef const uint8_t *vbase = &values[0] if values.shape[0] else <const uint8_t *>""
+        for i in range(n):
+            self._append_record(AMDB_OP_PUT, kbase + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
+                                vbase + value_offsets[i], value_offsets[i + 1] - value_offsets[i])
+        return 0
+
+    cdef int _pack_routed(self, ops) except -1:
+        cdef int worker
+        for worker, key, value in ops:
+            if not 0 <= worker < self.att.nworkers or not isinstance(key, bytes):
+                raise InvalidArgumentError(f"bad routed record for worker {worker}")
+            self.forced_worker = worker
+            if value is None:
+                self._append_record(AMDB_OP_DELETE, <const uint8_t *>PyBytes_AS_STRING(key), len(key), NULL, 0)
+            else:
+                self._append_record(AMDB_OP_PUT, <const uint8_t *>PyBytes_AS_STRING(key), len(key),
+                                    <const uint8_t *>PyBytes_AS_STRING(value), len(value))
+        self.forced_worker = -1
+        return 0
+
+    # ---- the rings ----------------------------------------------------------------
+
+    cdef int _wait_space(self, int worker, uint64_t nbytes) except -1:
+        cdef RingProducer *r = &self.producers[worker]
+        cdef int status
+        while True:
+            with nogil:
+                status = ring_wait_space(r, nbytes, WAIT_SLICE_NS)
+            if status == AMDB_STATUS_OK:
+                return 0
+            PyErr_CheckSignals()
+            self.supervisor.check_worker(worker)
+
+    cdef uint64_t _reserve(self, int worker, uint64_t nbytes) except? 0:
+        cdef RingProducer *r = &self.producers[worker]
+        cdef uint64_t offset = r.head & r.mask
+        cdef uint64_t need = nbytes
+        if offset + nbytes > r.capacity:
+            need += r.capacity - offset        # room for the wrap as well
+        if r.capacity - (r.head - r.cached_tail) < need:
+            self._wait_space(worker, need)
+        return ring_reserve_nowait(r, nbytes)
+
+    cdef int _open_chunk(self, int worker) except -1:
+        cdef RingProducer *r = &self.producers[worker]
+        r.chunk_pos = self._reserve(worker, sizeof(amdb_ring_chunk))
+        self.batch_used_seq = True
+        r.chunk_count = 0
+        r.chunk_bytes = sizeof(amdb_ring_chunk)
+        r.chunk_flags = AMDB_CHUNK_FIRST_OF_BATCH if r.batch_chunks == 0 else 0
+        # Ramp up: a batch's first chunks are small so the worker starts
+        # applying while we still pack; later ones grow to max_batch.
+        r.chunk_limit = min(self.max_batch, FIRST_CHUNK_RECORDS << min(r.batch_chunks, 20))
+        r.chunk_open = True
+        return 0
+
+    cdef void _close_chunk(self, int worker) noexcept:
+        cdef RingProducer *r = &self.producers[worker]
+        cdef amdb_ring_chunk *header = <amdb_ring_chunk *>ring_at(r.ring, r.mask, r.chunk_pos)
+        header.op = AMDB_OP_CHUNK
+        header.flags = r.chunk_flags
+        header.seq = self.batch_seq
+        header.count = r.chunk_count
+        header.end = r.head
+        r.chunks_published += 1
+        header.chunk_no = r.chunks_published
+        ring_publish(r)
+        if r.batch_chunks == 0:
+            r.batch_first_chunk = r.chunks_published
+        r.last_chunk_sent = r.chunks_published
+        r.batch_chunks += 1
+        r.chunk_open = False
+
+    cdef int _append_record(self, uint32_t op, const uint8_t *key, uint64_t key_len,
+                            const uint8_t *value, uint64_t value_len) except -1:
+        """Append one put/delete record to its worker's open chunk: the one
+        place a record header is filled."""
+        cdef uint64_t h, nbytes, pos
+        cdef int worker
+        cdef RingProducer *r
+        cdef amdb_ring_record *rec
+        cdef uint8_t *out
+        if key_len > self.max_key_size:
+            raise KeyTooLargeError(f"key of {key_len} bytes exceeds max_key_size={self.max_key_size}")
+        if value_len > self.max_value_size:
+            raise ValueTooLargeError(f"value of {value_len} bytes exceeds max_value_size={self.max_value_size}")
+        h = amdb_xxh64(key, key_len, 0)
+        # Order-sensitive digest of the batch's keys, for the audit log.
+        self.batch_key_digest = ((self.batch_key_digest << 5) | (self.batch_key_digest >> 59)) ^ h
+        worker = self.att.dbc.slot_owner[h & SLOT_MASK] if self.forced_worker < 0 else self.forced_worker
+        r = &self.producers[worker]
+        nbytes = amdb_record_bytes(<uint32_t>key_len, <uint32_t>value_len)
+        if r.chunk_open and (r.chunk_count >= r.chunk_limit or r.chunk_bytes + nbytes > self.chunk_byte_cap):
+            self._close_chunk(worker)
+        if not r.chunk_open:
+            self._open_chunk(worker)
+        pos = self._reserve(worker, nbytes)
+        rec = <amdb_ring_record *>ring_at(r.ring, r.mask, pos)
+        rec.op = op
+        rec.key_len = <uint32_t>key_len
+        rec.value_len = <uint32_t>value_len
+        rec.reserved = 0
+        rec.hash = h
+        out = <uint8_t *>(rec + 1)
+        if key_len:                      # key may be NULL when empty (numpy S0)
+            memcpy(out, key, key_len)
+        if value_len:
+            memcpy(out + key_len, value, value_len)
+        # Zero the padding: ring bytes are deterministic (and valgrind-clean).
+        memset(out + key_len + value_len, 0, nbytes - sizeof(amdb_ring_record) - key_len - value_len)
+        r.chunk_count += 1
+        r.chunk_bytes += nbytes
+        r.batch_records += 1
+        return 0
+
+    cdef int _begin_batch(self) except -1:
+        cdef int i
+        self._settle_aborts()
+        for i in range(self.att.nworkers):
+            self.producers[i].batch_chunks = 0
+            self.producers[i].batch_records = 0
+            self.producers[i].last_chunk_sent = 0
+            self.producers[i].batch_first_chunk = 0
+            self.producers[i].chunk_open = False
+        self.batch_seq = self.next_seq
+        self.batch_used_seq = False
+        self.batch_key_digest = 0
+        self._in_batch = True
+        self._batch_reentered = None
+        return 0
+
+    cdef void _end_batch_seq(self) noexcept:
+        """A committed batch that opened a chunk has used its seq up."""
+        if self.batch_used_seq:
+            self.next_seq += 1
+            self.batch_used_seq = False
+
+    cdef int _wait_progress(self, int worker, uint64_t applied_target, uint64_t aborted_target) except -1:
+        """Wait until the worker applied chunk `applied_target` (or refused a
+        chunk of this batch), or, with aborted_target, handled ABORT number
+        `aborted_target`. Returns WAIT_DONE or WAIT_FAILED."""
+        cdef amdb_control *c = self.att.parts[worker].ctrl
+        cdef uint64_t first_chunk = self.producers[worker].batch_first_chunk
+        cdef uint32_t seen
+        cdef int result = WAIT_TIMEOUT
+        cdef int i
+        while True:
+            with nogil:
+                for i in range(AMDB_SPIN_STEPS + 1):
+                    if aborted_target:
+                        if amdb_load_acquire(&c.aborts_done) >= aborted_target:
+                            result = WAIT_DONE
+                    elif amdb_load_acquire(&c.applied_chunk) >= applied_target:
+                        result = WAIT_DONE
+                    elif amdb_load_acquire(&c.failed_chunk) >= first_chunk:
+                        result = WAIT_FAILED
+                    if result != WAIT_TIMEOUT:
+                        break
+                    if i == AMDB_SPIN_STEPS:
+                        seen = progress_prepare_wait(c)
+                        if aborted_target:
+                            if amdb_load_acquire(&c.aborts_done) >= aborted_target:
+                                result = WAIT_DONE
+                        elif amdb_load_acquire(&c.applied_chunk) >= applied_target:
+                            result = WAIT_DONE
+                        elif amdb_load_acquire(&c.failed_chunk) >= first_chunk:
+                            result = WAIT_FAILED
+                        if result == WAIT_TIMEOUT:
+                            progress_sleep(c, seen, WAIT_SLICE_NS)
+                        else:
+                            amdb_store32_seqcst(&c.owner_waiting, 0)
+                    amdb_spin_step(i)
+            if result != WAIT_TIMEOUT:
+                return result
+            PyErr_CheckSignals()
+            self.supervisor.check_worker(worker)
+
+    cdef int _send_control(self, int worker, uint32_t op, uint64_t seq, uint64_t count) except -1:
+        """Publish a COMMIT or CHECKPOINT record; the worker acknowledges it
+        like a chunk (applied_chunk or failed_chunk = its chunk_no)."""
+        cdef RingProducer *r = &self.producers[worker]
+        cdef uint64_t pos = self._reserve(worker, sizeof(amdb_ring_chunk))
+        cdef amdb_ring_chunk *rec = <amdb_ring_chunk *>ring_at(r.ring, r.mask, pos)
+        rec.op = op
+        rec.flags = 0
+        rec.seq = seq
+        rec.count = count
+        rec.end = r.head
+        r.chunks_published += 1
+        rec.chunk_no = r.chunks_published
+        ring_publish(r)
+        r.last_chunk_sent = r.chunks_published
+        return 0
+
+    cdef tuple _broadcast_control(self, uint32_t op, uint64_t count):
+        """Send control record `op` (as of the newest visible batch) to every
+        worker and wait for all of them. REQUIRES the write lock (a batch
+        boundary). Returns (seq, [(worker, status)] of the workers that failed)."""
+        cdef int i
+        cdef RingProducer *r
+        cdef uint64_t seq
+        self.att.check_open()
+        self._settle_aborts()
+        seq = amdb_load_acquire(&self.att.dbc.visible_seq)
+        for i in range(self.att.nworkers):
+            r = &self.producers[i]
+            self._send_control(i, op, seq, count)
+            r.batch_first_chunk = r.last_chunk_sent
+        failed = []
+        for i in range(self.att.nworkers):
+            r = &self.producers[i]
+            if self._wait_progress(i, r.last_chunk_sent, 0) == WAIT_FAILED:
+                failed.append((i, amdb_load_relaxed(&r.ctrl.failed_status)))
+        return seq, failed
+
+    def checkpoint_workers(self):
+        """Have every worker write a checkpoint as of the newest batch and
+        wait for all of them. REQUIRES the write lock (a batch boundary).
+        Returns [(worker, status)] of the workers that failed."""
+        return self._broadcast_control(AMDB_OP_CHECKPOINT, 0)[1]
+
+    def compact_workers(self, uint64_t keep):
+        """Have every worker write its next arena generation keeping the newest
+        `keep` versions of each key (0: all), wait for all of them, and point
+        this process's readers at the generations they switched to.
+        REQUIRES the write lock (a batch boundary) and an empty target region
+        in every partition (ParallelDB punches the retired ones out).
+        Returns (seq, [(worker, status)] of the workers that failed). The
+        regions left behind may be given back once the readers of the read
+        epoch before it are gone (_wait_readers; ParallelDB._compact_locked)."""
+        try:
+            return self._broadcast_control(AMDB_OP_COMPACT, keep)
+        finally:
+            # Also when a wait raised (a worker died, and its successor
+            # finished the switch): the workers that did switch no longer
+            # write their old region.
+            self.att.adopt_regions()
+            self.att.refresh_len()
+
+    cdef object _finish_batch(self):
+        """Publish every open chunk, wait for every worker of the batch, then
+        advance visible_seq: the batch becomes visible all at once."""
+        cdef int i
+        cdef RingProducer *r
+        cdef uint64_t count = 0, chunks = 0, participants = 0
+        cdef int failed_worker = -1
+        cdef uint64_t failed_status = 0
+        if self._batch_reentered is not None:
+            # The batch's own code called a write back and swallowed the
+            # error: the batch fails anyway, as docs/API.md promises.
+            raise Error("the batch's own code made a re-entrant call (refused); nothing of the batch was kept",
+                        code="reentrant_write", hint=self._batch_reentered.hint) from self._batch_reentered
+        for i in range(self.att.nworkers):
+            if self.producers[i].chunk_open:
+                self._close_chunk(i)
+            if self.producers[i].batch_chunks:
+                participants += 1
+        if self.durable and participants:
+            # wal.h, invariants 2-3: the batch is acknowledged only once every
+            # worker in it has logged its COMMIT.
+            for i in range(self.att.nworkers):
+                if self.producers[i].batch_chunks:
+                    self._send_control(i, AMDB_OP_COMMIT, self.batch_seq, participants)
+        for i in range(self.att.nworkers):
+            r = &self.producers[i]
+            if r.batch_chunks == 0:
+                continue
+            if self._wait_progress(i, r.last_chunk_sent, 0) == WAIT_FAILED and failed_worker < 0:
+                failed_worker = i
+                failed_status = amdb_load_relaxed(&r.ctrl.failed_status)
+            count += r.batch_records
+            chunks += r.batch_chunks
+        if failed_worker >= 0:
+            self._abort_batch()
+            raise_for_status(<int>failed_status, f"worker {failed_worker} refused the batch; nothing of it was applied")
+        self._in_batch = False
+        if chunks == 0:
+            return BatchResult(0, 0, 0, 0, [0] * self.att.nworkers, 0)
+        # Release: every worker's versions of the batch happen-before any
+        # reader that acquires the new watermark.
+        amdb_store_release(&self.att.dbc.visible_seq, self.batch_seq)
+        self._end_batch_seq()
+        self.att.refresh_len()
+        return BatchResult(count, self.batch_seq, self.batch_seq, chunks,
+                           [self.producers[i].batch_records for i in range(self.att.nworkers)],
+                           self.batch_key_digest)
+
+    cdef int _abort_batch(self) except -1:
+        """Undo the batch in flight: drop what was not published, and have every
+        worker that received part of it roll that part back.
+
+        Never blocks, so Ctrl-C and a stuck worker surface at once: an ABORT
+        that does not fit its ring now stays pending, and no acknowledgement
+        is awaited here; the next write settles both before it sends anything
+        (_settle_aborts).
+        Until then the batch is invisible anyway: its versions are above
+        visible_seq, which only a write after the settlement can advance.
+        """
+        cdef int i
+        cdef RingProducer *r
+        self._in_batch = False
+        for i in range(self.att.nworkers):
+            r = &self.producers[i]
+            if r.chunk_open:
+                r.head = r.ctrl.ring_head       # our own last publication
+                r.chunk_open = False
+            if r.batch_chunks:
+                r.abort_to_send = self.batch_seq
+                r.batch_chunks = 0
+        # The seq is not used up: the next batch reuses it once every rollback
+        # is acknowledged (_settle_aborts), so seqs count committed batches
+        # and a failed attempt leaves no trace in seqs or in the ledger.
+        self.batch_used_seq = False
+        for i in range(self.att.nworkers):
+            self._send_abort(i, False)
+        return 0
+
+    cdef bint _send_abort(self, int worker, bint wait) except -1:
+        """Write the pending ABORT record of `worker`, if any. With wait=False,
+        only if its ring has room now. True when nothing is left to send."""
+        cdef RingProducer *r = &self.producers[worker]
+        cdef amdb_ring_chunk *rec
+        cdef uint64_t pos, need = sizeof(amdb_ring_chunk)
+        if r.abort_to_send == 0:
+            return True
+        if r.capacity - (r.head & r.mask) < need:
+            need += r.capacity - (r.head & r.mask)
+        r.cached_tail = amdb_load_acquire(&r.ctrl.ring_tail)
+        if not wait and r.capacity - (r.head - r.cached_tail) < need:
+            return False
+        pos = self._reserve(worker, sizeof(amdb_ring_chunk))
+        rec = <amdb_ring_chunk *>ring_at(r.ring, r.mask, pos)
+        rec.op = AMDB_OP_ABORT
+        rec.flags = 0
+        r.aborts_sent += 1
+        rec.seq = r.abort_to_send
+        rec.count = 0
+        rec.end = r.head
+        rec.chunk_no = r.aborts_sent
+        ring_publish(r)
+        r.abort_to_ack = r.aborts_sent
+        r.abort_to_send = 0
+        return True
+
+    cdef int _settle_aborts(self) except -1:
+        """Make pending rollbacks happen before a new batch: write the ABORTs
+        still owed (waiting for ring space), then wait for every rollback to be
+        acknowledged. Waits check worker liveness and Ctrl-C; what they leave
+        undone stays pending for the next write."""
+        cdef int i
+        cdef RingProducer *r
+        for i in range(self.att.nworkers):
+            if self.producers[i].abort_to_send:
+                self.supervisor.check_worker(i)
+                self._send_abort(i, True)
+        for i in range(self.att.nworkers):
+            r = &self.producers[i]
+            if r.abort_to_ack:
+                self.supervisor.check_worker(i)
+                self._wait_progress(i, 0, r.abort_to_ack)
+                r.abort_to_ack = 0
+        return 0
+
+    # ---- what the supervisor asks of the rings ------------------------------------
+
+    def set_slot_owner(self, table):
+        """Replace the slot table. REQUIRES the write lock and no reader yet
+        (ParallelDB does it while opening, before anyone has the object)."""
+        cdef int slot
+        self.att.check_open()
+        if len(table) != SLOT_COUNT or any(not 0 <= w < self.att.nworkers for w in table):
+            raise InvalidArgumentError("a slot table maps 16384 slots to workers")
+        for slot in range(SLOT_COUNT):
+            self.att.dbc.slot_owner[slot] = <uint16_t>table[slot]
+
+
+    def quiesce(self):
+        """REQUIRES the write lock: settle pending rollbacks, so that the
+        arenas hold exactly the committed batches."""
+        self._settle_aborts()
+
+
+    def take_over_ring(self, int worker, uint64_t incarnation, bint resume):
+        """Worker `worker` is dead: prepare its ring and control block for a
+        successor. With resume (it died between records: handling_pos was 0)
+        the successor starts at ring_tail and carries on, so every record
+        still in the ring, and every rollback owed, is applied as if nothing
+        happened. Otherwise whatever the dead worker had not released belongs
+        to the batch in flight, which is rolled back (its successor undoes its
+        part, the owner raises), so the successor starts at the published head.
+        REQUIRES: the write lock, and no live worker on this ring (the owner
+        writes the worker's fields only while nobody else can)."""
+        cdef RingProducer *r = &self.producers[worker]
+        cdef amdb_control *c = r.ctrl
+        cdef uint64_t head = amdb_load_relaxed(&c.ring_head)
+        self.att.check_open()
+        if not resume:
+            amdb_store_release(&c.ring_tail, head)
+            r.cached_tail = head
+            # Rolled back by the successor (crash_repair) if pending.
+            r.abort_to_send = 0
+            r.abort_to_ack = 0
+        amdb_store_release(&c.handling_pos, 0)
+        amdb_store32_seqcst(&c.consumer_sleeping, 0)
+        amdb_store_relaxed(&c.incarnation, incarnation)
+        amdb_store_relaxed(&c.start_status, 0)
+        amdb_store_release(&c.worker_state, AMDB_WORKER_STARTING)
+

@@ -1,0 +1,1 @@
+"""The worker process: apply, rollback and repair, log replay, the loop (see loop.pyx)."""
