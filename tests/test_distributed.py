@@ -21,12 +21,14 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 import amdb  # noqa: E402
 from amdb import SLOT_COUNT  # noqa: E402
-from amdb._routing import pack_keys, slots_of_packed, xxh64_packed  # noqa: E402
 from amdb.distributed import DistributedCluster  # noqa: E402
 from amdb.native.hashing import slot_of, xxh64  # noqa: E402
+from amdb.native.routing import slots_of_packed  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from amdb_testutil import is_alive, proc_cmdline, wait_until  # noqa: E402
+from xxh64_oracle import pack_keys, xxh64_packed  # noqa: E402
+from xxh64_oracle import slots_of_packed as oracle_slots_of_packed  # noqa: E402
 
 OBJECT_STORE = 100 << 20
 DB_OPTIONS = {"ring_size": 1 << 20}
@@ -95,15 +97,17 @@ def random_keys(rng, n, prefix=b""):
 # ---- routing --------------------------------------------------------------------------
 
 
-def test_numpy_routing_matches_native_hash():
+def test_native_routing_matches_numpy_oracle_and_native_hash():
     rng = random.Random(7)
     keys = random_keys(rng, 3000) + [b"", b"\x00", b"x" * 31, b"y" * 32, b"z" * 33, b"w" * 100]
     keys += [b"%016d" % i for i in range(500)]
     buf, offsets, _ = pack_keys(keys)
     assert xxh64_packed(buf, offsets).tolist() == [xxh64(k) for k in keys]
+    assert oracle_slots_of_packed(buf, offsets).tolist() == [slot_of(k) for k in keys]
     assert slots_of_packed(buf, offsets).tolist() == [slot_of(k) for k in keys]
-    fixed = [b"%016d" % i for i in range(2000)]           # the reshape fast path
+    fixed = [b"%016d" % i for i in range(2000)]           # the oracle's reshape fast path
     buf, offsets, _ = pack_keys(fixed)
+    assert oracle_slots_of_packed(buf, offsets).tolist() == [xxh64(k) % SLOT_COUNT for k in fixed]
     assert slots_of_packed(buf, offsets).tolist() == [xxh64(k) % SLOT_COUNT for k in fixed]
 
 

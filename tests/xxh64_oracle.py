@@ -1,10 +1,13 @@
-"""Hash-slot routing over packed key buffers, vectorised with numpy (no native code).
+"""Test oracle: xxh64 and hash slots over packed key buffers in plain numpy.
 
 A key belongs to slot ``xxh64(key, seed=0) % 16384`` (``amdb.SLOT_COUNT``),
-exactly as :func:`amdb.native.hashing.slot_of` computes it for one key. This
-module computes the same slots for many keys at once from the *packed* layout
-used by the cluster: one ``uint8`` buffer holding every key back to back and an
-``int64`` array of ``n + 1`` offsets (key ``i`` is ``buf[offsets[i]:offsets[i+1]]``).
+exactly as :func:`amdb.native.hashing.slot_of` computes it for one key and
+``amdb.native.routing.slots_of_packed`` for many. This module computes the same
+hashes and slots independently of the native code, for tests to check it
+against (the cluster routes with ``amdb.native.routing``; this numpy version
+used to be amdb/_routing.py). Keys come in the *packed* layout used by the
+cluster: one ``uint8`` buffer holding every key back to back and an ``int64``
+array of ``n + 1`` offsets (key ``i`` is ``buf[offsets[i]:offsets[i+1]]``).
 
 xxh64 is evaluated column by column over ``uint64`` arrays (numpy integer
 arithmetic wraps modulo 2**64, which is what xxh64 needs). Keys are grouped by
@@ -14,13 +17,13 @@ loads and two shifts. When every key has the same length and the keys are
 contiguous (the common case of fixed-width keys), the buffer is simply
 reshaped and no gather is needed.
 
-Checked bit for bit against ``amdb.native.hashing.xxh64`` in
+Itself checked bit for bit against ``amdb.native.hashing.xxh64`` in
 tests/test_distributed.py.
 """
 import numpy as np
 
 from amdb import SLOT_COUNT
-from amdb.errors import InvalidArgumentError, InvalidTypeError
+from amdb.errors import InvalidArgumentError
 
 __all__ = ["xxh64_packed", "slots_of_packed", "pack_keys", "SLOT_MASK"]
 
@@ -181,30 +184,10 @@ def slots_of_packed(buf, offsets):
     return (xxh64_packed(buf, offsets) & _U64(SLOT_MASK)).astype(np.uint16)
 
 
-def _key_bytes(key, what="key"):
-    if isinstance(key, bytes):
-        return key
-    if isinstance(key, str):
-        raise InvalidTypeError(f"{what} must be bytes-like, not str",
-                               hint=f"encode it, e.g. {what}.encode('utf-8')")
-    try:
-        return memoryview(key).cast("B").tobytes()
-    except TypeError:
-        raise InvalidTypeError(f"{what} must be bytes-like, not {type(key).__name__}",
-                               hint="use bytes, bytearray, memoryview or a C-contiguous buffer") from None
-
-
-def n_types_not_bytes(seq):
-    """True if some element of ``seq`` is not exactly ``bytes`` (C-speed check)."""
-    types = set(map(type, seq))
-    return bool(types - {bytes})
-
-
-def pack_keys(keys, what="key"):
-    """(uint8 buffer, int64 offsets of n + 1 entries, list of bytes) for a sequence of keys."""
-    keys = list(keys)
-    if n_types_not_bytes(keys):
-        keys = [_key_bytes(k, what) for k in keys]
+def pack_keys(keys):
+    """(uint8 buffer, int64 offsets of n + 1 entries, list of bytes) for a sequence of
+    bytes-like keys."""
+    keys = [k if isinstance(k, bytes) else bytes(k) for k in keys]
     n = len(keys)
     offsets = np.zeros(n + 1, dtype=np.int64)
     if n:

@@ -1,444 +1,43 @@
-"""DistributedCluster: AmDb across hosts, on Ray.
+"""DistributedCluster: the client of an AmDb cluster on Ray, and its batch results.
 
-::
+The application creates a ``DistributedCluster`` (``amdb.distributed`` re-exports
+it); ``python -m amdb cluster-bench`` does too. The client starts the
+``AmDbCoordinator`` actor (``amdb.distributed.coordinator``) and one
+``AmDbNode`` actor per node (``amdb.distributed.node``), all with
+``num_cpus=0`` so that they never starve Ray's scheduler. It caches the slot
+table, routes ``slot = xxh64(key) % SLOT_COUNT`` with the native, GIL-releasing
+``amdb.native.routing`` (``pack_pairs`` for batch_put, ``slots_of_packed`` over
+packed keys otherwise), sends one packed request per node in parallel, and on a
+refusal (stale version, wrong node, slot moving) refreshes the table and
+retries until ``retry_timeout``.
 
-    from amdb.distributed import DistributedCluster
-    with DistributedCluster(node_count=4) as cluster:
-        success, results = cluster.batch_put(items)
-        cluster.get(b"key_123")
-
-Pieces (all Ray actors use ``num_cpus=0``, so they never starve Ray's scheduler):
-
-* ``AmDbNode`` — one per node; owns a ``ParallelDB`` (memory only: its workers
-  are fresh interpreters, ``python -m amdb._worker``, never forked) and a
-  per-slot state: OWNED, FROZEN (moving out: reads served, writes refused),
-  INCOMING (moving in: nothing served), LOST (restarted without a path), or
-  not owned. It checks every request against the table version the client
-  used and against its slot states, and refuses what it must not serve.
-* ``AmDbCoordinator`` — holds the versioned slot -> node table (``SLOT_COUNT``
-  slots), the node handles, the version at which each node's slot set last
-  changed, and the record of slots that lost their data.
-* ``DistributedCluster`` — the client: caches the table, routes
-  ``slot = xxh64(key) % SLOT_COUNT`` (numpy, vectorised over packed buffers:
-  amdb/_routing.py), sends one packed request per node in parallel, and on a
-  refusal (stale version, wrong node, slot moving) refreshes the table and
-  retries until ``retry_timeout``.
-
-Membership changes move only the slots that change owner, a step of
-``slots_per_step`` slots at a time: freeze at the source and copy, then flip
-the table entries (new version), then release (delete) at the source and
-activate at the target. Reads and writes go on meanwhile; a write to a slot in
-flight waits (retries) for the few milliseconds of its step.
+Scans are merged by ``amdb.distributed.scan``; ``add_node`` / ``remove_node``
+move slots with ``amdb.distributed.rebalance``; packing helpers live in
+``amdb.distributed.packing``.
 """
-import heapq
 import itertools
-import os
 import threading
 import time
 
 import numpy as np
-
-try:
-    import ray
-    from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
-except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by the tests
-    raise ImportError(
-        "amdb.distributed needs Ray, which is an optional extra: pip install amdb[cluster] "
-        f"(import failed: {_exc})") from _exc
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from amdb import SLOT_COUNT
-from amdb.native.routing import pack_pairs, take_packed
-from amdb._routing import n_types_not_bytes, pack_keys, slots_of_packed
+from amdb.distributed.coordinator import AmDbCoordinator
+from amdb.distributed.node import DATA_LOST, OK, WRONG_NODE, AmDbNode
+from amdb.distributed.packing import _bound, _bytes_list, _key_bytes, _pack, _take
+from amdb.distributed.rebalance import DEFAULT_SLOTS_PER_STEP, move_slots, plan_add, plan_remove
+from amdb.distributed.scan import _prefix_stop, scan_merged
 from amdb.errors import (ClosedError, Error, InvalidArgumentError, InvalidTypeError, KeyTooLargeError,
                          NodeUnavailableError, ValueTooLargeError)
-from amdb.native.hashing import slot_of
 from amdb.history import Break, VerifyReport, Version
-
-__all__ = ["DistributedCluster", "ClusterBatchResult", "AmDbNode", "AmDbCoordinator"]
-
-# ---- per-slot states (node side) and reply statuses ---------------------------------
-
-NOT_OWNED, OWNED, FROZEN, INCOMING, LOST = 0, 1, 2, 3, 4
-OK, STALE, WRONG_NODE, MOVING, DATA_LOST = "ok", "stale", "wrong_node", "moving", "data_lost"
+from amdb.native.hashing import slot_of
+from amdb.native.routing import pack_pairs, slots_of_packed
 
 DEFAULT_RETRY_TIMEOUT = 30.0       # seconds a call keeps retrying refused requests
 DEFAULT_CALL_TIMEOUT = 300.0       # seconds one node call may take before node_timeout
-DEFAULT_SLOTS_PER_STEP = 64        # slots moved per copy / flip / release step
 SCAN_PAGE = 2048                   # keys per scan page and node
-
-
-def _split(buf, offsets):
-    """List of bytes objects of a packed buffer."""
-    data = buf.tobytes() if isinstance(buf, np.ndarray) else bytes(buf)
-    offs = offsets.tolist()
-    return [data[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)]
-
-
-def _pack(objs):
-    """(uint8 buffer, int64 offsets) of a list of bytes."""
-    n = len(objs)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    if n:
-        np.cumsum(np.fromiter(map(len, objs), dtype=np.int64, count=n), out=offsets[1:])
-    return np.frombuffer(b"".join(objs), dtype=np.uint8), offsets
-
-
-def _fixed_width(buf, offsets):
-    """The items of a packed buffer as a numpy S<w> array without copying, when every
-    item has the same length w and none ends in a NUL byte (put_array strips trailing
-    NULs); else None."""
-    n = len(offsets) - 1
-    if n == 0 or int(offsets[0]) != 0:
-        return None
-    width = int(offsets[1] - offsets[0])
-    if width == 0 or int(offsets[-1]) != n * width or not (np.diff(offsets) == width).all():
-        return None
-    if (buf[width - 1:n * width:width] == 0).any():
-        return None
-    return buf[:n * width].view(f"S{width}")
-
-
-# ---- node actor ---------------------------------------------------------------------
-
-
-class AmDbNode:
-    """One node of a cluster: a ParallelDB plus the slot states it is allowed to serve."""
-
-    def __init__(self, node_id, coordinator_name, namespace, db_options):
-        import amdb
-        self.node_id = node_id
-        # Found by name (not passed as a handle) so that the constructor arguments are
-        # plain values, which Ray can always replay when it restarts this actor.
-        coordinator = ray.get_actor(coordinator_name, namespace=namespace)
-        self.coordinator = coordinator
-        self.db = amdb.ParallelDB(None, **db_options)
-        self.state = np.zeros(SLOT_COUNT, dtype=np.uint8)
-        self.version = 0
-        self.incoming_per_slot = np.zeros(SLOT_COUNT, dtype=np.int64)
-        self.incoming_count = 0
-        self.track_mask = np.zeros(SLOT_COUNT, dtype=bool)
-        self.tracking = None            # slot -> set of keys while slots are being moved out
-        self.restarted = False
-        self.lost_count = 0
-        if ray.get(coordinator.node_started.remote(node_id)) > 1:
-            # Ray restarted this actor after it died. There is no path, so the data
-            # of every slot this node owned is gone: say so instead of serving empty.
-            self.restarted = True
-            version, owned = ray.get(coordinator.node_view.remote(node_id))
-            self.version = version
-            self.state[owned] = LOST
-            self.lost_count = len(owned)
-            ray.get(coordinator.report_lost.remote(node_id, owned, "the node actor died and was restarted"))
-
-    # -- checks --------------------------------------------------------------
-
-    def _refuse(self, version, slots, write):
-        """None if the request may run, else (status, detail)."""
-        if version < self.version:
-            return STALE, self.version
-        states = self.state[slots] if isinstance(slots, np.ndarray) else self.state[[slots]]
-        if write:
-            if (states == OWNED).all():
-                return None
-        elif ((states == OWNED) | (states == FROZEN)).all():
-            return None
-        if (states == LOST).any():
-            lost = np.flatnonzero(self.state == LOST)
-            return DATA_LOST, len(lost)
-        if (states == NOT_OWNED).any():
-            return WRONG_NODE, self.version
-        return MOVING, self.version
-
-    def _track(self, slots, kbuf, koffs):
-        """Remember the keys written to slots that are being moved out."""
-        if self.tracking is None:
-            return
-        hit = np.flatnonzero(self.track_mask[slots])
-        if not len(hit):
-            return
-        offs = koffs.tolist()
-        data = kbuf.tobytes()
-        for i in hit.tolist():
-            self.tracking[int(slots[i])].add(data[offs[i]:offs[i + 1]])
-
-    def _write(self, kbuf, koffs, vbuf, voffs):
-        put_packed = getattr(self.db, "put_packed", None)
-        if put_packed is not None:
-            # ParallelDB.put_packed (docs/API.md) takes this very layout: no conversion
-            return put_packed(np.asarray(kbuf, dtype=np.uint8), np.asarray(koffs, dtype=np.int64),
-                              np.asarray(vbuf, dtype=np.uint8), np.asarray(voffs, dtype=np.int64)).results.count
-        # without it: put_array on fixed-width items (zero copy), else batch_put
-        keys = _fixed_width(kbuf, koffs)
-        values = _fixed_width(vbuf, voffs) if keys is not None else None
-        if keys is not None and values is not None:
-            return self.db.put_array(keys, values).results.count
-        return self.db.batch_put(zip(_split(kbuf, koffs), _split(vbuf, voffs))).results.count
-
-    # -- client requests ------------------------------------------------------
-
-    def ping(self):
-        return self.node_id
-
-    def put_packed(self, version, slots, kbuf, koffs, vbuf, voffs):
-        refused = self._refuse(version, slots, True)
-        if refused:
-            return refused
-        self._track(slots, kbuf, koffs)
-        return OK, self._write(kbuf, koffs, vbuf, voffs)
-
-    def delete_packed(self, version, slots, kbuf, koffs):
-        refused = self._refuse(version, slots, True)
-        if refused:
-            return refused
-        self._track(slots, kbuf, koffs)
-        return OK, self.db.batch_delete(_split(kbuf, koffs)).results.count
-
-    def get_packed(self, version, slots, kbuf, koffs):
-        refused = self._refuse(version, slots, False)
-        if refused:
-            return refused
-        return OK, self.db.batch_get(_split(kbuf, koffs))
-
-    def put_one(self, version, slot, key, value):
-        refused = self._refuse(version, slot, True)
-        if refused:
-            return refused
-        if self.tracking is not None and self.track_mask[slot]:
-            self.tracking[slot].add(key)
-        self.db.put(key, value)
-        return OK, 1
-
-    def delete_one(self, version, slot, key):
-        refused = self._refuse(version, slot, True)
-        if refused:
-            return refused
-        if self.tracking is not None and self.track_mask[slot]:
-            self.tracking[slot].add(key)
-        self.db.delete(key)
-        return OK, 1
-
-    def get_one(self, version, slot, key):
-        refused = self._refuse(version, slot, False)
-        if refused:
-            return refused
-        return OK, self.db.get(key)
-
-    def history_one(self, version, slot, key):
-        refused = self._refuse(version, slot, False)
-        if refused:
-            return refused
-        return OK, [tuple(v) for v in self.db.history(key)]
-
-    def verify(self):
-        report = self.db.verify()
-        return (report.keys_checked, report.versions_checked, report.breaks_total,
-                [tuple(b) for b in report.breaks[:1000]], report.seconds)
-
-    def digest(self):
-        return self.db.digest()
-
-    def scan_page(self, start, stop, reverse, keys_only, limit):
-        """(node version, items of served slots, last key examined, exhausted)."""
-        raw = list(itertools.islice(self.db.scan(start, stop, reverse=reverse, keys_only=keys_only), limit))
-        exhausted = len(raw) < limit
-        if not raw:
-            return self.version, [], None, True
-        keys = raw if keys_only else [k for k, _ in raw]
-        buf, offs, _ = pack_keys(keys)
-        served = self.state[slots_of_packed(buf, offs)]
-        keep = np.flatnonzero((served == OWNED) | (served == FROZEN))
-        if len(keep) != len(raw):
-            raw = [raw[i] for i in keep.tolist()]
-        return self.version, raw, keys[-1], exhausted
-
-    def count(self):
-        return self.version, len(self.db) - self.incoming_count
-
-    # -- membership -------------------------------------------------------------
-
-    def assign(self, version, slots):
-        self.state[slots] = OWNED
-        self.version = max(self.version, version)
-        return int((self.state == OWNED).sum())
-
-    def begin_export(self, slots):
-        """Start tracking the keys of ``slots`` (which are about to move out)."""
-        self.track_mask[:] = False
-        self.track_mask[slots] = True
-        self.tracking = {int(s): set() for s in np.asarray(slots).tolist()}
-        found = 0
-        for slot, key in self._keys_in(self.track_mask):
-            self.tracking[slot].add(key)
-            found += 1
-        return found
-
-    def _keys_in(self, slot_mask):
-        """(slot, key) of every stored key whose slot is set in ``slot_mask``."""
-        it = self.db.scan(keys_only=True)
-        while True:
-            chunk = list(itertools.islice(it, 1 << 16))
-            if not chunk:
-                return
-            buf, offs, keys = pack_keys(chunk)
-            sl = slots_of_packed(buf, offs)
-            for i in np.flatnonzero(slot_mask[sl]).tolist():
-                yield int(sl[i]), keys[i]
-
-    def export_slots(self, slots):
-        """Freeze ``slots`` (writes refused from now on) and return their data."""
-        if not (self.state[slots] == OWNED).all():
-            raise Error(f"node {self.node_id}: export of slots it does not own", code="cluster_state")
-        self.state[slots] = FROZEN
-        keys = []
-        for s in np.asarray(slots).tolist():
-            keys.extend(self.tracking.get(s, ()))
-        values = self.db.batch_get(keys) if keys else []
-        kept = [(k, v) for k, v in zip(keys, values) if v is not None]
-        ks = [k for k, _ in kept]
-        vs = [v for _, v in kept]
-        kbuf, koffs = _pack(ks)
-        vbuf, voffs = _pack(vs)
-        return slots_of_packed(kbuf, koffs), kbuf, koffs, vbuf, voffs
-
-    def import_slots(self, slots, payload):
-        kslots, kbuf, koffs, vbuf, voffs = payload
-        if not np.isin(self.state[slots], (NOT_OWNED, INCOMING)).all():
-            raise Error(f"node {self.node_id}: import into slots it serves", code="cluster_state")
-        self.state[slots] = INCOMING
-        n = len(koffs) - 1
-        if n:
-            self._write(kbuf, koffs, vbuf, voffs)
-            np.add.at(self.incoming_per_slot, kslots.astype(np.int64), 1)
-            self.incoming_count += n
-        return n
-
-    def release_slots(self, version, slots):
-        """The table moved ``slots`` away: stop serving them, delete their data."""
-        self.state[slots] = NOT_OWNED
-        self.version = max(self.version, version)
-        keys = set()
-        for s in np.asarray(slots).tolist():
-            keys |= self.tracking.pop(s, set()) if self.tracking is not None else set()
-        self.track_mask[slots] = False
-        if keys:
-            self.db.batch_delete(list(keys))
-        return len(keys)
-
-    def activate_slots(self, version, slots):
-        self.state[slots] = OWNED
-        self.version = max(self.version, version)
-        self.incoming_count -= int(self.incoming_per_slot[slots].sum())
-        self.incoming_per_slot[slots] = 0
-        return int((self.state == OWNED).sum())
-
-    def abort_export(self, slots):
-        frozen = slots[self.state[slots] == FROZEN]
-        self.state[frozen] = OWNED
-        return len(frozen)
-
-    def abort_import(self, slots):
-        """Drop what was imported into ``slots`` (a step that failed before its flip)."""
-        mask = np.zeros(SLOT_COUNT, dtype=bool)
-        mask[slots[self.state[slots] == INCOMING]] = True
-        doomed = [key for _, key in self._keys_in(mask)]
-        if doomed:
-            self.db.batch_delete(doomed)
-        self.incoming_count -= int(self.incoming_per_slot[mask].sum())
-        self.incoming_per_slot[mask] = 0
-        self.state[mask] = NOT_OWNED
-        return len(doomed)
-
-    def end_export(self):
-        self.tracking = None
-        self.track_mask[:] = False
-
-    def acknowledge_loss(self):
-        lost = np.flatnonzero(self.state == LOST)
-        self.state[lost] = OWNED
-        self.lost_count = 0
-        return lost
-
-    # -- lifecycle ----------------------------------------------------------------
-
-    def stats(self):
-        ctx = ray.get_runtime_context()
-        return {
-            "node_id": self.node_id,
-            "pid": os.getpid(),
-            "ray_node_id": ctx.get_node_id(),
-            "version": self.version,
-            "restarted": self.restarted,
-            "slots": {"owned": int((self.state == OWNED).sum()), "frozen": int((self.state == FROZEN).sum()),
-                      "incoming": int((self.state == INCOMING).sum()), "lost": int((self.state == LOST).sum())},
-            "keys": len(self.db) - self.incoming_count,
-            "db": self.db.stats(),
-        }
-
-    def close(self):
-        self.db.close()
-        return True
-
-
-class AmDbCoordinator:
-    """The versioned slot -> node table and the membership record."""
-
-    def __init__(self):
-        self.version = 0
-        self.table = np.full(SLOT_COUNT, -1, dtype=np.int32)
-        self.nodes = {}
-        self.node_versions = {}
-        self.lost = {}                 # node_id -> (sorted slots, reason)
-        self.starts = {}               # node_id -> how many times its actor started
-
-    def snapshot(self):
-        return self.version, self.table, dict(self.nodes), dict(self.node_versions)
-
-    def node_started(self, node_id):
-        """Count the starts of a node's actor: more than 1 means Ray restarted it."""
-        self.starts[node_id] = self.starts.get(node_id, 0) + 1
-        return self.starts[node_id]
-
-    def register(self, node_id, handle):
-        self.nodes[node_id] = handle
-        self.node_versions[node_id] = 0        # owns nothing yet; its actor starts at version 0
-        return self.version
-
-    def unregister(self, node_id):
-        if (self.table == node_id).any():
-            raise Error(f"node {node_id} still owns slots", code="cluster_state")
-        self.nodes.pop(node_id, None)
-        self.node_versions.pop(node_id, None)
-        self.lost.pop(node_id, None)
-        self.version += 1
-        return self.version
-
-    def set_slots(self, slots, node_id):
-        """Give ``slots`` to ``node_id``; returns the new table version."""
-        slots = np.asarray(slots, dtype=np.int64)
-        self.version += 1
-        for old in np.unique(self.table[slots]).tolist():
-            if old >= 0:
-                self.node_versions[old] = self.version
-        self.node_versions[node_id] = self.version
-        self.table[slots] = node_id
-        return self.version
-
-    def node_view(self, node_id):
-        return self.node_versions.get(node_id, self.version), np.flatnonzero(self.table == node_id)
-
-    def report_lost(self, node_id, slots, reason):
-        slots = np.asarray(slots, dtype=np.int64)
-        if len(slots):
-            self.lost[node_id] = (np.sort(slots), reason)
-        return True
-
-    def lost_slots(self):
-        return {node_id: (slots.tolist(), reason) for node_id, (slots, reason) in self.lost.items()}
-
-    def clear_lost(self, node_id):
-        self.lost.pop(node_id, None)
-        return True
-
 
 _NodeActor = ray.remote(AmDbNode)
 _CoordinatorActor = ray.remote(AmDbCoordinator)
@@ -471,45 +70,8 @@ class ClusterBatchResult:
                 f"failures={ {k: str(v) for k, v in self.failures.items()} }, failed={self.failed})")
 
 
-def _successor(key):
-    """The smallest key greater than ``key`` in bytewise order."""
-    return key + b"\x00"
-
-
-def _prefix_stop(prefix):
-    """The smallest key greater than every key starting with ``prefix`` (None: no bound)."""
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return None
-    return stripped[:-1] + bytes([stripped[-1] + 1])
-
-
-def _take(buf, offsets, idx):
-    """The items `idx` of a packed buffer: the buffer itself when idx is all
-    of it in order (routing rounds pass sorted, unique indices), else a
-    native gather."""
-    if len(idx) == len(offsets) - 1:
-        return buf, offsets
-    return take_packed(buf, offsets, idx)
-
-
-def _bytes_list(seq, what):
-    seq = list(seq)
-    if n_types_not_bytes(seq):
-        from amdb._routing import _key_bytes
-        seq = [_key_bytes(x, what) for x in seq]
-    return seq
-
-
-def _bound(key, what):
-    if isinstance(key, bytes):
-        return key
-    from amdb._routing import _key_bytes
-    return _key_bytes(key, what)
-
-
 class DistributedCluster:
-    """A cluster of ParallelDB nodes on Ray with hash-slot routing (see the module doc).
+    """A cluster of ParallelDB nodes on Ray with hash-slot routing (see the package doc).
 
     Parameters: ``node_count`` nodes (one ``AmDbNode`` actor each); ``address`` of a
     Ray cluster to join (None: use the Ray already initialised in this process, or
@@ -695,7 +257,6 @@ class DistributedCluster:
             raise InvalidTypeError(f"{what} must be bytes-like, not str",
                                    hint=f"encode it, e.g. {what}.encode('utf-8')")
         if not isinstance(key, bytes):
-            from amdb._routing import _key_bytes
             key = _key_bytes(key, what)
         limit = self._max_key_size if what == "key" else self._max_value_size
         if len(key) > limit:
@@ -934,92 +495,7 @@ class DistributedCluster:
             start, stop = prefix, _prefix_stop(prefix)
         start = None if start is None else _bound(start, "start")
         stop = None if stop is None else _bound(stop, "stop")
-        return self._scan(start, stop, reverse, keys_only, page_size)
-
-    def _scan(self, lo, hi, reverse, keys_only, page_size):
-        cursor = None                       # last key yielded
-        deadline = time.monotonic() + self._retry_timeout
-        lags = 0
-
-        def key_of(item):
-            return item if keys_only else item[0]
-
-        while True:
-            view = self._view
-            nodes = view[2]
-            buffers = {n: [] for n in nodes}
-            last = {n: None for n in nodes}      # last key a node examined
-            done = {n: False for n in nodes}
-            restart = False
-            while not restart:
-                wanted = [n for n in nodes if not buffers[n] and not done[n]]
-                refs = []
-                for n in wanted:
-                    edge = last[n]
-                    if edge is None:
-                        s, e = lo, hi
-                    elif reverse:
-                        s, e = lo, edge
-                    else:
-                        s, e = _successor(edge), hi
-                    if s is not None and e is not None and s >= e:
-                        done[n] = True
-                        continue
-                    refs.append((n, nodes[n].scan_page.remote(s, e, reverse, keys_only, page_size)))
-                for n, ref in refs:
-                    try:
-                        reply_version, items, last_key, exhausted = self._get(n, ref)
-                    except NodeUnavailableError:
-                        if not self._gone(n):
-                            raise
-                        restart = True
-                        continue
-                    check = self._validated(view, n, reply_version)
-                    if check:
-                        restart = True
-                        if check < 0:
-                            lags += 1
-                        continue
-                    buffers[n] = items
-                    if last_key is not None:
-                        last[n] = last_key
-                    done[n] = exhausted
-                if restart:
-                    break
-                live = [last[n] for n in nodes if not done[n]]
-                if live:
-                    bound = max(live) if reverse else min(live)
-                else:
-                    bound = None
-                heads = []
-                for n in nodes:
-                    buf = buffers[n]
-                    if bound is None:
-                        take = len(buf)
-                    elif reverse:
-                        take = next((i for i, it in enumerate(buf) if key_of(it) < bound), len(buf))
-                    else:
-                        take = next((i for i, it in enumerate(buf) if key_of(it) > bound), len(buf))
-                    heads.append(buf[:take])
-                    buffers[n] = buf[take:]
-                merged = heapq.merge(*heads, key=key_of, reverse=reverse)
-                for item in merged:
-                    cursor = key_of(item)
-                    yield item
-                if bound is None and all(done.values()):
-                    return
-            if time.monotonic() >= deadline:
-                raise Error("scan: the table kept changing (or a node lagged) for "
-                            f"{self._retry_timeout}s", code="cluster_timeout")
-            if lags:
-                time.sleep(min(0.05, 0.0005 * (2 ** min(lags, 7))))
-            self._refresh()
-            # resume after the cursor: lo/hi shrink to what is left
-            if cursor is not None:
-                if reverse:
-                    hi = cursor
-                else:
-                    lo = _successor(cursor)
+        return scan_merged(self, start, stop, reverse, keys_only, page_size)
 
     def keys(self):
         return self.scan(keys_only=True)
@@ -1072,20 +548,7 @@ class DistributedCluster:
             node_id, handle = self._create_node(strategy)
             self._get(node_id, handle.ping.remote())
             version, table, nodes, _ = self._refresh()
-            members = sorted(nodes)
-            share = SLOT_COUNT // len(members)
-            moves = []
-            counts = {n: int((table == n).sum()) for n in members}
-            need = share
-            for donor in sorted(members, key=lambda n: -counts[n]):
-                if donor == node_id or need <= 0:
-                    continue
-                surplus = min(need, counts[donor] - share)
-                if surplus > 0:
-                    own = np.flatnonzero(table == donor)
-                    moves.append((donor, node_id, own[-surplus:]))
-                    need -= surplus
-            self._move(moves, slots_per_step)
+            move_slots(self, plan_add(table, sorted(nodes), node_id), slots_per_step)
             return node_id
 
     def remove_node(self, node_id, *, slots_per_step=DEFAULT_SLOTS_PER_STEP):
@@ -1098,18 +561,7 @@ class DistributedCluster:
             others = sorted(n for n in nodes if n != node_id)
             if not others:
                 raise InvalidArgumentError("remove_node: cannot remove the last node")
-            own = np.flatnonzero(table == node_id)
-            counts = {n: int((table == n).sum()) for n in others}
-            target = (SLOT_COUNT + len(others) - 1) // len(others)
-            moves, pos = [], 0
-            for n in sorted(others, key=lambda n: counts[n]):
-                take = min(len(own) - pos, max(0, target - counts[n]))
-                if take > 0:
-                    moves.append((node_id, n, own[pos:pos + take]))
-                    pos += take
-            if pos < len(own):
-                moves.append((node_id, others[0], own[pos:]))
-            self._move(moves, slots_per_step)
+            move_slots(self, plan_remove(table, node_id, others), slots_per_step)
             ray.get(self._coordinator.unregister.remote(node_id))
             self._refresh()
             handle = nodes[node_id]
@@ -1119,45 +571,6 @@ class DistributedCluster:
                 pass
             ray.kill(handle, no_restart=True)
             self._nodes_created = [(n, h) for n, h in self._nodes_created if n != node_id]
-
-    def _move(self, moves, slots_per_step):
-        if isinstance(slots_per_step, bool) or not isinstance(slots_per_step, int) or slots_per_step < 1:
-            raise InvalidArgumentError(f"slots_per_step={slots_per_step!r} must be a positive int")
-        nodes = self._view[2]
-        for src, dst, slots in moves:
-            source, target = nodes[src], nodes[dst]
-            self._get(src, source.begin_export.remote(np.asarray(slots, dtype=np.int64)))
-            try:
-                for lo in range(0, len(slots), slots_per_step):
-                    step = np.asarray(slots[lo:lo + slots_per_step], dtype=np.int64)
-                    self._move_step(src, source, dst, target, step)
-            finally:
-                try:
-                    ray.get(source.end_export.remote(), timeout=self._call_timeout)
-                except (RayActorError, GetTimeoutError):
-                    pass
-        self._refresh()
-
-    def _move_step(self, src, source, dst, target, step):
-        flipped = False
-        try:
-            exported = source.export_slots.remote(step)            # freezes the step at the source
-            self._get(dst, target.import_slots.remote(step, exported))
-            version = ray.get(self._coordinator.set_slots.remote(step, dst))
-            flipped = True
-            # Release at the source first, then activate at the target: no client can
-            # read the old copy after the target has taken a write.
-            self._get(src, source.release_slots.remote(version, step))
-            self._get(dst, target.activate_slots.remote(version, step))
-        except BaseException:
-            if not flipped:
-                for node_id, call in ((src, lambda: source.abort_export.remote(step)),
-                                      (dst, lambda: target.abort_import.remote(step))):
-                    try:
-                        ray.get(call(), timeout=self._call_timeout)
-                    except Exception:
-                        pass
-            raise
 
     # ---- failures ----------------------------------------------------------------------
 

@@ -1,0 +1,307 @@
+"""AmDbNode: one node of a DistributedCluster, run as a Ray actor.
+
+One ``AmDbNode`` actor per node (created by ``amdb.distributed.client``'s
+``DistributedCluster`` with ``num_cpus=0``, so it never starves Ray's
+scheduler); it owns a ``ParallelDB`` (memory only: its workers are fresh
+interpreters, ``python -m amdb._worker``, never forked) and a per-slot state:
+OWNED, FROZEN (moving out: reads served, writes refused), INCOMING (moving in:
+nothing served), LOST (restarted without a path), or not owned. It checks every
+request against the table version the client used and against its slot states,
+and refuses what it must not serve.
+
+Called through Ray by the client (requests: ``put_packed``, ``get_one``,
+``scan_page`` ...) and by ``amdb.distributed.rebalance`` (membership:
+``begin_export``, ``export_slots``, ``import_slots``, ``release_slots`` ...).
+Keys are routed to slots with ``amdb.native.routing``.
+"""
+import itertools
+import os
+
+import numpy as np
+import ray
+
+from amdb import SLOT_COUNT
+from amdb.distributed.packing import _fixed_width, _pack, _split
+from amdb.errors import Error
+from amdb.native.routing import slots_of_keys, slots_of_packed
+
+# ---- per-slot states (node side) and reply statuses ---------------------------------
+
+NOT_OWNED, OWNED, FROZEN, INCOMING, LOST = 0, 1, 2, 3, 4
+OK, STALE, WRONG_NODE, MOVING, DATA_LOST = "ok", "stale", "wrong_node", "moving", "data_lost"
+
+
+class AmDbNode:
+    """One node of a cluster: a ParallelDB plus the slot states it is allowed to serve."""
+
+    def __init__(self, node_id, coordinator_name, namespace, db_options):
+        import amdb
+        self.node_id = node_id
+        # Found by name (not passed as a handle) so that the constructor arguments are
+        # plain values, which Ray can always replay when it restarts this actor.
+        coordinator = ray.get_actor(coordinator_name, namespace=namespace)
+        self.coordinator = coordinator
+        self.db = amdb.ParallelDB(None, **db_options)
+        self.state = np.zeros(SLOT_COUNT, dtype=np.uint8)
+        self.version = 0
+        self.incoming_per_slot = np.zeros(SLOT_COUNT, dtype=np.int64)
+        self.incoming_count = 0
+        self.track_mask = np.zeros(SLOT_COUNT, dtype=bool)
+        self.tracking = None            # slot -> set of keys while slots are being moved out
+        self.restarted = False
+        self.lost_count = 0
+        if ray.get(coordinator.node_started.remote(node_id)) > 1:
+            # Ray restarted this actor after it died. There is no path, so the data
+            # of every slot this node owned is gone: say so instead of serving empty.
+            self.restarted = True
+            version, owned = ray.get(coordinator.node_view.remote(node_id))
+            self.version = version
+            self.state[owned] = LOST
+            self.lost_count = len(owned)
+            ray.get(coordinator.report_lost.remote(node_id, owned, "the node actor died and was restarted"))
+
+    # -- checks --------------------------------------------------------------
+
+    def _refuse(self, version, slots, write):
+        """None if the request may run, else (status, detail)."""
+        if version < self.version:
+            return STALE, self.version
+        states = self.state[slots] if isinstance(slots, np.ndarray) else self.state[[slots]]
+        if write:
+            if (states == OWNED).all():
+                return None
+        elif ((states == OWNED) | (states == FROZEN)).all():
+            return None
+        if (states == LOST).any():
+            lost = np.flatnonzero(self.state == LOST)
+            return DATA_LOST, len(lost)
+        if (states == NOT_OWNED).any():
+            return WRONG_NODE, self.version
+        return MOVING, self.version
+
+    def _track(self, slots, kbuf, koffs):
+        """Remember the keys written to slots that are being moved out."""
+        if self.tracking is None:
+            return
+        hit = np.flatnonzero(self.track_mask[slots])
+        if not len(hit):
+            return
+        offs = koffs.tolist()
+        data = kbuf.tobytes()
+        for i in hit.tolist():
+            self.tracking[int(slots[i])].add(data[offs[i]:offs[i + 1]])
+
+    def _write(self, kbuf, koffs, vbuf, voffs):
+        put_packed = getattr(self.db, "put_packed", None)
+        if put_packed is not None:
+            # ParallelDB.put_packed (docs/API.md) takes this very layout: no conversion
+            return put_packed(np.asarray(kbuf, dtype=np.uint8), np.asarray(koffs, dtype=np.int64),
+                              np.asarray(vbuf, dtype=np.uint8), np.asarray(voffs, dtype=np.int64)).results.count
+        # without it: put_array on fixed-width items (zero copy), else batch_put
+        keys = _fixed_width(kbuf, koffs)
+        values = _fixed_width(vbuf, voffs) if keys is not None else None
+        if keys is not None and values is not None:
+            return self.db.put_array(keys, values).results.count
+        return self.db.batch_put(zip(_split(kbuf, koffs), _split(vbuf, voffs))).results.count
+
+    # -- client requests ------------------------------------------------------
+
+    def ping(self):
+        return self.node_id
+
+    def put_packed(self, version, slots, kbuf, koffs, vbuf, voffs):
+        refused = self._refuse(version, slots, True)
+        if refused:
+            return refused
+        self._track(slots, kbuf, koffs)
+        return OK, self._write(kbuf, koffs, vbuf, voffs)
+
+    def delete_packed(self, version, slots, kbuf, koffs):
+        refused = self._refuse(version, slots, True)
+        if refused:
+            return refused
+        self._track(slots, kbuf, koffs)
+        return OK, self.db.batch_delete(_split(kbuf, koffs)).results.count
+
+    def get_packed(self, version, slots, kbuf, koffs):
+        refused = self._refuse(version, slots, False)
+        if refused:
+            return refused
+        return OK, self.db.batch_get(_split(kbuf, koffs))
+
+    def put_one(self, version, slot, key, value):
+        refused = self._refuse(version, slot, True)
+        if refused:
+            return refused
+        if self.tracking is not None and self.track_mask[slot]:
+            self.tracking[slot].add(key)
+        self.db.put(key, value)
+        return OK, 1
+
+    def delete_one(self, version, slot, key):
+        refused = self._refuse(version, slot, True)
+        if refused:
+            return refused
+        if self.tracking is not None and self.track_mask[slot]:
+            self.tracking[slot].add(key)
+        self.db.delete(key)
+        return OK, 1
+
+    def get_one(self, version, slot, key):
+        refused = self._refuse(version, slot, False)
+        if refused:
+            return refused
+        return OK, self.db.get(key)
+
+    def history_one(self, version, slot, key):
+        refused = self._refuse(version, slot, False)
+        if refused:
+            return refused
+        return OK, [tuple(v) for v in self.db.history(key)]
+
+    def verify(self):
+        report = self.db.verify()
+        return (report.keys_checked, report.versions_checked, report.breaks_total,
+                [tuple(b) for b in report.breaks[:1000]], report.seconds)
+
+    def digest(self):
+        return self.db.digest()
+
+    def scan_page(self, start, stop, reverse, keys_only, limit):
+        """(node version, items of served slots, last key examined, exhausted)."""
+        raw = list(itertools.islice(self.db.scan(start, stop, reverse=reverse, keys_only=keys_only), limit))
+        exhausted = len(raw) < limit
+        if not raw:
+            return self.version, [], None, True
+        keys = raw if keys_only else [k for k, _ in raw]
+        served = self.state[slots_of_keys(keys)]
+        keep = np.flatnonzero((served == OWNED) | (served == FROZEN))
+        if len(keep) != len(raw):
+            raw = [raw[i] for i in keep.tolist()]
+        return self.version, raw, keys[-1], exhausted
+
+    def count(self):
+        return self.version, len(self.db) - self.incoming_count
+
+    # -- membership -------------------------------------------------------------
+
+    def assign(self, version, slots):
+        self.state[slots] = OWNED
+        self.version = max(self.version, version)
+        return int((self.state == OWNED).sum())
+
+    def begin_export(self, slots):
+        """Start tracking the keys of ``slots`` (which are about to move out)."""
+        self.track_mask[:] = False
+        self.track_mask[slots] = True
+        self.tracking = {int(s): set() for s in np.asarray(slots).tolist()}
+        found = 0
+        for slot, key in self._keys_in(self.track_mask):
+            self.tracking[slot].add(key)
+            found += 1
+        return found
+
+    def _keys_in(self, slot_mask):
+        """(slot, key) of every stored key whose slot is set in ``slot_mask``."""
+        it = self.db.scan(keys_only=True)
+        while True:
+            chunk = list(itertools.islice(it, 1 << 16))
+            if not chunk:
+                return
+            sl = slots_of_keys(chunk)
+            for i in np.flatnonzero(slot_mask[sl]).tolist():
+                yield int(sl[i]), chunk[i]
+
+    def export_slots(self, slots):
+        """Freeze ``slots`` (writes refused from now on) and return their data."""
+        if not (self.state[slots] == OWNED).all():
+            raise Error(f"node {self.node_id}: export of slots it does not own", code="cluster_state")
+        self.state[slots] = FROZEN
+        keys = []
+        for s in np.asarray(slots).tolist():
+            keys.extend(self.tracking.get(s, ()))
+        values = self.db.batch_get(keys) if keys else []
+        kept = [(k, v) for k, v in zip(keys, values) if v is not None]
+        ks = [k for k, _ in kept]
+        vs = [v for _, v in kept]
+        kbuf, koffs = _pack(ks)
+        vbuf, voffs = _pack(vs)
+        return slots_of_packed(kbuf, koffs), kbuf, koffs, vbuf, voffs
+
+    def import_slots(self, slots, payload):
+        kslots, kbuf, koffs, vbuf, voffs = payload
+        if not np.isin(self.state[slots], (NOT_OWNED, INCOMING)).all():
+            raise Error(f"node {self.node_id}: import into slots it serves", code="cluster_state")
+        self.state[slots] = INCOMING
+        n = len(koffs) - 1
+        if n:
+            self._write(kbuf, koffs, vbuf, voffs)
+            np.add.at(self.incoming_per_slot, kslots.astype(np.int64), 1)
+            self.incoming_count += n
+        return n
+
+    def release_slots(self, version, slots):
+        """The table moved ``slots`` away: stop serving them, delete their data."""
+        self.state[slots] = NOT_OWNED
+        self.version = max(self.version, version)
+        keys = set()
+        for s in np.asarray(slots).tolist():
+            keys |= self.tracking.pop(s, set()) if self.tracking is not None else set()
+        self.track_mask[slots] = False
+        if keys:
+            self.db.batch_delete(list(keys))
+        return len(keys)
+
+    def activate_slots(self, version, slots):
+        self.state[slots] = OWNED
+        self.version = max(self.version, version)
+        self.incoming_count -= int(self.incoming_per_slot[slots].sum())
+        self.incoming_per_slot[slots] = 0
+        return int((self.state == OWNED).sum())
+
+    def abort_export(self, slots):
+        frozen = slots[self.state[slots] == FROZEN]
+        self.state[frozen] = OWNED
+        return len(frozen)
+
+    def abort_import(self, slots):
+        """Drop what was imported into ``slots`` (a step that failed before its flip)."""
+        mask = np.zeros(SLOT_COUNT, dtype=bool)
+        mask[slots[self.state[slots] == INCOMING]] = True
+        doomed = [key for _, key in self._keys_in(mask)]
+        if doomed:
+            self.db.batch_delete(doomed)
+        self.incoming_count -= int(self.incoming_per_slot[mask].sum())
+        self.incoming_per_slot[mask] = 0
+        self.state[mask] = NOT_OWNED
+        return len(doomed)
+
+    def end_export(self):
+        self.tracking = None
+        self.track_mask[:] = False
+
+    def acknowledge_loss(self):
+        lost = np.flatnonzero(self.state == LOST)
+        self.state[lost] = OWNED
+        self.lost_count = 0
+        return lost
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def stats(self):
+        ctx = ray.get_runtime_context()
+        return {
+            "node_id": self.node_id,
+            "pid": os.getpid(),
+            "ray_node_id": ctx.get_node_id(),
+            "version": self.version,
+            "restarted": self.restarted,
+            "slots": {"owned": int((self.state == OWNED).sum()), "frozen": int((self.state == FROZEN).sum()),
+                      "incoming": int((self.state == INCOMING).sum()), "lost": int((self.state == LOST).sum())},
+            "keys": len(self.db) - self.incoming_count,
+            "db": self.db.stats(),
+        }
+
+    def close(self):
+        self.db.close()
+        return True
