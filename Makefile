@@ -1,6 +1,7 @@
 # AmDb: build, test and benchmark in a local virtualenv (.venv).
 #
-#   make test        build (release) and run the tests
+#   make test        build (release) and run the tests, then the core tests on the debug build
+#   make test-debug  only the core tests on the debug build (a mirror in build/debug-tree)
 #   make bench       build (release), run perf/run_matrix.py --quick and print its summary
 #   make bench-reference  build (release) and run perf/bench_reference.py
 #   make debug       build with AMDB_BUILD=debug and run the tests; `make release` goes back
@@ -45,7 +46,7 @@ EXT_SUFFIX  := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_confi
 EXT_MODULES := $(patsubst %.pyx,%$(EXT_SUFFIX),$(filter %.pyx,$(EXT_SOURCES)))
 MISSING_MODULES := $(filter-out $(wildcard $(EXT_MODULES)),$(EXT_MODULES))
 
-.PHONY: help venv install build ext test bench bench-reference debug release asan asan-test clean distclean FORCE memcheck
+.PHONY: help venv install build ext test test-debug bench bench-reference debug release asan asan-test clean distclean FORCE memcheck
 
 help:
 	@sed -n '2,/^$$/s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
@@ -94,6 +95,25 @@ FORCE:
 
 test: build
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory test-debug
+
+# The core tests again, against the debug build (AMDB_ASSERT aborts, Cython
+# bounds checks on). The build goes to a mirror of the tree, so that the
+# release build in place stays; tar keeps the sources' times, so the mirror
+# rebuilds only what changed.
+DEBUG_TREE  := build/debug-tree
+DEBUG_TESTS ?= tests/test_structures.py tests/test_constants.py tests/test_crash_regressions.py \
+               tests/test_hostile.py tests/test_model.py tests/test_respawn.py tests/test_api.py \
+               tests/test_compaction.py tests/test_concurrency.py tests/test_durability.py
+test-debug: $(VENV_STAMP)
+	mkdir -p $(DEBUG_TREE)
+	tar -c --exclude='*.so' --exclude='__pycache__' amdb tests tools setup.py setup.cfg pyproject.toml \
+	  | tar -x -C $(DEBUG_TREE)
+	cd $(DEBUG_TREE) && AMDB_BUILD=debug AMDB_CYTHON_JOBS=$(JOBS) \
+	  $(abspath $(VPY)) setup.py build_ext --inplace -j $(JOBS) > build-debug.log 2>&1 \
+	  || { tail -50 build-debug.log; exit 1; }
+	cd $(DEBUG_TREE) && $(abspath $(VPY)) -c 'import amdb.shm.arena as a, sys; sys.exit(not a.debug_build())'
+	cd $(DEBUG_TREE) && $(abspath $(VPY)) -m pytest -q -p no:cacheprovider $(DEBUG_TESTS)
 
 # The quick sweep (a minute or two): tables and plots in perf/results/<timestamp>/.
 bench: build

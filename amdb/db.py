@@ -67,6 +67,7 @@ class ParallelDB:
         # (Writer.enter_exclusive): never entered twice.
         self._write_lock = threading.RLock()
         self._att = Attachment()
+        self._corrupted = False         # _debug_flip_bit was used: verify() is expected to find breaks
         self._supervisor = supervisor = Supervisor(options, self._att, self._write_lock)
         supervisor.open(owner=self)
         self._writer, self._reader = supervisor.writer, supervisor.reader
@@ -419,6 +420,7 @@ class ParallelDB:
 
     def _debug_flip_bit(self, worker, arena_offset, bit):
         """Flip one bit of worker `worker`'s arena: corrupts the database on purpose."""
+        self._corrupted = True
         self._supervisor.debug_flip_bit(worker, arena_offset, bit)
 
     def _debug_layout(self, key):

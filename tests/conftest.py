@@ -1,8 +1,11 @@
 """Shared fixtures of the AmDb test suite.
 
 * ``db``        a fresh ParallelDB(workers=2) per test, closed afterwards.
-* ``make_db``   factory ``make_db(**kwargs)`` (workers=2 unless given); closes
-                everything it made at the end of the test.
+* ``make_db``   factory ``make_db(**kwargs)`` (workers=2 unless given); at the
+                end of the test it verifies every database it made that is
+                still open (every hash chain and the ledger: a test that
+                leaves a break behind fails, unless it corrupted the arena on
+                purpose with _debug_flip_bit), then closes them.
 * ``shared_db`` one ParallelDB(workers=2) per test module; tests that use it
                 must stay inside the unique key prefix the ``prefix`` fixture
                 hands them.
@@ -70,7 +73,14 @@ def make_db():
         return db
 
     yield factory
+    import amdb
     for db in made:
+        if not db.closed and not db._corrupted:
+            try:
+                report = db.verify()
+            except amdb.WorkerCrashedError:      # writes refused (a successor could not start)
+                report = None
+            assert report is None or report.ok, f"teardown verify(): {report.breaks[:5]}"
         db.close()
 
 

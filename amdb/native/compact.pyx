@@ -124,13 +124,13 @@ cdef int _build(PartitionView *src, PartitionView *dst, uint64_t keep, uint64_t 
     amdb_sha256_init(&seal)
     amdb_sha256_update(&seal, words, 8)
     # Relaxed loads throughout: this worker wrote every field it reads here.
-    off = amdb_load_relaxed(&node_at(src.arena, amdb_arena_header_of(src.arena).skiplist_head).next[0])
+    off = amdb_node_next_relaxed(node_at(src.arena, amdb_arena_header_of(src.arena).skiplist_head), 0)
     while off != 0:
         n = node_at(src.arena, off)
-        ahead = amdb_load_relaxed(&n.next[0])
+        ahead = amdb_node_next_relaxed(n, 0)
         if ahead != 0:
             amdb_prefetch(src.arena + ahead)
-        latest = amdb_load_relaxed(&n.latest)
+        latest = amdb_node_latest_relaxed(n)
         res.nodes_before += 1
         if latest == 0:
             off = ahead          # a node whose only versions were rolled back: left behind
@@ -163,7 +163,7 @@ cdef int _build(PartitionView *src, PartitionView *dst, uint64_t keep, uint64_t 
         node_bytes = amdb_node_bytes(n.height, n.key_len)
         new_node = alloc_block_aligned(dst, AMDB_BLOCK_NODE, node_bytes, AMDB_NODE_ALIGN)
         nn = node_at(dst.arena, new_node)
-        nn.latest = 0
+        amdb_node_init_latest(nn, 0)
         nn.key_prefix = n.key_prefix
         nn.hash = n.hash
         nn.key_len = n.key_len
@@ -185,7 +185,7 @@ cdef int _build(PartitionView *src, PartitionView *dst, uint64_t keep, uint64_t 
             amdb_version_tail_of(nv).node = new_node
             amdb_sha256_update(&seal, &amdb_version_tail_of(nv).hash, 8)
             new_prev = new_version
-        nn.latest = new_prev          # unpublished node: plain store
+        amdb_node_init_latest(nn, new_prev)          # unpublished node: plain store
         skiplist_insert(dst, new_node, finger)
         hashindex_insert(dst, nn.hash, new_node)
         res.nodes_after += 1

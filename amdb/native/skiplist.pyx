@@ -29,12 +29,12 @@ cdef uint64_t skiplist_find_ge(const char *arena, uint64_t head, uint64_t prefix
     for level in range(AMDB_MAX_HEIGHT - 1, -1, -1):
         while True:
             # Acquire: we read the node's key right after.
-            nxt = amdb_load_acquire(&node_at(arena, x).next[level])
+            nxt = amdb_node_next_acquire(node_at(arena, x), level)
             if nxt != 0 and compare_key_to_node(prefix, key, key_len, node_at(arena, nxt)) > 0:
                 x = nxt
             else:
                 break
-    return amdb_load_acquire(&node_at(arena, x).next[0])
+    return amdb_node_next_acquire(node_at(arena, x), 0)
 
 
 cdef uint64_t skiplist_find_lt(const char *arena, uint64_t head, uint64_t prefix,
@@ -46,7 +46,7 @@ cdef uint64_t skiplist_find_lt(const char *arena, uint64_t head, uint64_t prefix
     cdef int level
     for level in range(AMDB_MAX_HEIGHT - 1, -1, -1):
         while True:
-            nxt = amdb_load_acquire(&node_at(arena, x).next[level])
+            nxt = amdb_node_next_acquire(node_at(arena, x), level)
             if nxt != 0 and (unbounded or compare_key_to_node(prefix, key, key_len, node_at(arena, nxt)) > 0):
                 x = nxt
             else:
@@ -106,7 +106,7 @@ cdef void skiplist_insert(PartitionView *p, uint64_t node_off, SkipFinger *finge
                 x = f
         while True:
             # Relaxed: we are the only writer of these links.
-            nxt = amdb_load_relaxed(&node_at(arena, x).next[level])
+            nxt = amdb_node_next_relaxed(node_at(arena, x), level)
             if nxt != 0 and compare_key_to_node(prefix, key, key_len, node_at(arena, nxt)) > 0:
                 x = nxt
             else:
@@ -114,9 +114,9 @@ cdef void skiplist_insert(PartitionView *p, uint64_t node_off, SkipFinger *finge
         update[level] = x
     # The node is unpublished: plain stores for its own links.
     for level in range(node.height):
-        amdb_store_relaxed(&node.next[level], amdb_load_relaxed(&node_at(arena, update[level]).next[level]))
+        amdb_node_init_next(node, level, amdb_node_next_relaxed(node_at(arena, update[level]), level))
     # Publish bottom-up; level 0 is the commit point (invariant 4).
     for level in range(node.height):
-        amdb_store_release(&node_at(arena, update[level]).next[level], node_off)
+        amdb_node_publish_next(node_at(arena, update[level]), level, node_off)
     for level in range(AMDB_MAX_HEIGHT):
         finger.pred[level] = node_off if level < node.height else update[level]

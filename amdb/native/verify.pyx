@@ -84,7 +84,7 @@ cdef void verify_node(const PartitionView *p, uint64_t node_off, VerifyResult *r
     cdef amdb_node *n = node_at(p.arena, node_off)
     cdef uint64_t base_block = amdb_load_relaxed(&amdb_arena_header_of(p.arena).base_block)
     cdef const uint8_t *key = amdb_node_key(n)
-    cdef uint64_t off = amdb_load_acquire(&n.latest)
+    cdef uint64_t off = amdb_node_latest_acquire(n)
     cdef uint64_t expect_no = 0, recomputed, steps = 0
     cdef uint64_t max_steps = amdb_load_relaxed(&p.ctrl.arena_used) // sizeof(amdb_version) + 1
     cdef amdb_version *v
@@ -145,7 +145,7 @@ cdef void verify_partition(const PartitionView *p, VerifyResult *r) noexcept nog
     if not block_readable(p, head, AMDB_BLOCK_NODE):
         add_break(r, 0, 0, BREAK_BOUNDS, 0, head)
         return
-    off = amdb_load_acquire(&node_at(p.arena, head).next[0])
+    off = amdb_node_next_acquire(node_at(p.arena, head), 0)
     while off != 0:
         if walked > max_steps or not node_readable(p, off):
             add_break(r, prev, 0, BREAK_BOUNDS, 0, off)
@@ -159,7 +159,7 @@ cdef void verify_partition(const PartitionView *p, VerifyResult *r) noexcept nog
         verify_node(p, off, r)
         walked += 1
         prev = off
-        off = amdb_load_acquire(&n.next[0])
+        off = amdb_node_next_acquire(n, 0)
     created = amdb_load_relaxed(&p.ctrl.node_count)
     if walked < created:
         add_break(r, 0, 0, BREAK_COUNT, created, walked)

@@ -1,7 +1,7 @@
 # cython: language_level=3
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from amdb.shm.layout cimport (PartitionView, amdb_node, amdb_version, version_at, AMDB_VERSION_TOMBSTONE,
-                              amdb_version_tail_of)
+                              amdb_version_tail_of, amdb_node_latest_acquire)
 from amdb.shm.atomic cimport amdb_load_acquire
 
 # What visible_version returns when the version asked for was reclaimed by
@@ -26,7 +26,7 @@ cdef inline uint64_t visible_version(const char *arena, amdb_node *node, uint64_
     Acquire on node.latest: the version it names is whole. `prev` links are
     immutable once published, so following them needs no ordering.
     """
-    cdef uint64_t off = amdb_load_acquire(&node.latest)
+    cdef uint64_t off = amdb_node_latest_acquire(node)
     cdef amdb_version *v
     while off != 0:
         v = version_at(arena, off)

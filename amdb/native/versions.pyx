@@ -86,7 +86,7 @@ cdef uint64_t version_append(PartitionView *p, uint64_t node_off, uint32_t flags
     """
     cdef amdb_node *node = node_at(p.arena, node_off)
     # Relaxed: the worker is the only writer of node.latest.
-    cdef uint64_t prev_off = amdb_load_relaxed(&node.latest)
+    cdef uint64_t prev_off = amdb_node_latest_relaxed(node)
     cdef amdb_version_tail *prev_tail
     cdef uint64_t off = alloc_block(p, AMDB_BLOCK_VERSION, amdb_version_bytes(value_len))
     cdef amdb_version *v = version_at(p.arena, off)

@@ -157,7 +157,8 @@ typedef struct amdb_control {
      * (relaxed: the owner reads them for statistics, and under the write lock,
      * when no batch or compaction is in flight). The roots live in the arena
      * header of the current region (amdb_arena_header, invariant 8). */
-    AMDB_LINE uint64_t arena_used;  /* bump pointer: every block below it is whole */
+    AMDB_LINE uint64_t arena_used;  /* bump pointer: every block below it is whole; release store
+                                     * (after the block's header: a successor walks up to it) */
     uint64_t arena_committed;       /* bytes backed by posix_fallocate */
     uint64_t live_keys;             /* keys whose latest version is not a tombstone */
     uint64_t node_count;
@@ -377,6 +378,39 @@ typedef struct amdb_node {
 } amdb_node;
 
 enum { AMDB_VERSION_TOMBSTONE = 1 };
+
+/* The link fields of a node, by ordering (invariant 3; LevelDB's Next and
+ * NoBarrier_Next). Every access to `next[]` and `latest` goes through these:
+ *   *_acquire          a reader that will follow the offset: the block it
+ *                      names is whole (pairs with publish_*)
+ *   *_relaxed          the partition's own worker, the only writer, reading
+ *                      what it wrote itself (or a successor after its death)
+ *   publish_*          the worker publishing a whole block (release)
+ *   init_*             the worker filling a node nobody can reach yet */
+static inline uint64_t amdb_node_next_acquire(const amdb_node *n, uint32_t level) {
+    return __atomic_load_n(&n->next[level], __ATOMIC_ACQUIRE);
+}
+static inline uint64_t amdb_node_next_relaxed(const amdb_node *n, uint32_t level) {
+    return __atomic_load_n(&n->next[level], __ATOMIC_RELAXED);
+}
+static inline void amdb_node_publish_next(amdb_node *n, uint32_t level, uint64_t off) {
+    __atomic_store_n(&n->next[level], off, __ATOMIC_RELEASE);
+}
+static inline void amdb_node_init_next(amdb_node *n, uint32_t level, uint64_t off) {
+    __atomic_store_n(&n->next[level], off, __ATOMIC_RELAXED);
+}
+static inline uint64_t amdb_node_latest_acquire(const amdb_node *n) {
+    return __atomic_load_n(&n->latest, __ATOMIC_ACQUIRE);
+}
+static inline uint64_t amdb_node_latest_relaxed(const amdb_node *n) {
+    return __atomic_load_n(&n->latest, __ATOMIC_RELAXED);
+}
+static inline void amdb_node_publish_latest(amdb_node *n, uint64_t off) {
+    __atomic_store_n(&n->latest, off, __ATOMIC_RELEASE);
+}
+static inline void amdb_node_init_latest(amdb_node *n, uint64_t off) {
+    __atomic_store_n(&n->latest, off, __ATOMIC_RELAXED);
+}
 
 /* Version record: immutable once published through node.latest. The fields a
  * reader needs (prev, seq, flags, value_len) and the value come first, so a

@@ -168,6 +168,15 @@ cdef extern from "layout.h" nogil:
         uint16_t reserved
         uint64_t next[1]
 
+    uint64_t amdb_node_next_acquire(const amdb_node *n, uint32_t level) noexcept
+    uint64_t amdb_node_next_relaxed(const amdb_node *n, uint32_t level) noexcept
+    void amdb_node_publish_next(amdb_node *n, uint32_t level, uint64_t off) noexcept
+    void amdb_node_init_next(amdb_node *n, uint32_t level, uint64_t off) noexcept
+    uint64_t amdb_node_latest_acquire(const amdb_node *n) noexcept
+    uint64_t amdb_node_latest_relaxed(const amdb_node *n) noexcept
+    void amdb_node_publish_latest(amdb_node *n, uint64_t off) noexcept
+    void amdb_node_init_latest(amdb_node *n, uint64_t off) noexcept
+
     ctypedef struct amdb_version:
         amdb_block block
         uint64_t prev

@@ -115,7 +115,7 @@ def debug_layout(Attachment att, key):
         if node_off == 0:
             return None
         n = node_at(arena, node_off)
-        off = amdb_load_acquire(&n.latest)
+        off = amdb_node_latest_acquire(n)
         while off != 0:
             v = version_at(arena, off)
             t = amdb_version_tail_of(v)

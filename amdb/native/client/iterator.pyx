@@ -92,7 +92,7 @@ cdef class ScanIterator:
                 off = skiplist_find_lt(arena, arena_skiplist_head(arena), n.key_prefix, amdb_node_key(n),
                                        n.key_len, False)
             else:
-                off = amdb_load_acquire(&n.next[0])
+                off = amdb_node_next_acquire(n, 0)
         self.cursor[w] = off
 
     cdef void _seek_first(self, int w) noexcept:
@@ -108,7 +108,7 @@ cdef class ScanIterator:
                 off = skiplist_find_lt(arena, head, amdb_key_prefix(k, len(self.stop)), k, len(self.stop), False)
         else:
             if self.start is None:
-                off = amdb_load_acquire(&node_at(arena, head).next[0])
+                off = amdb_node_next_acquire(node_at(arena, head), 0)
             else:
                 k = <const uint8_t *>PyBytes_AS_STRING(self.start)
                 off = skiplist_find_ge(arena, head, amdb_key_prefix(k, len(self.start)), k, len(self.start))
@@ -127,7 +127,7 @@ cdef class ScanIterator:
         else:
             off = skiplist_find_ge(arena, head, prefix, k, length)
             if off != 0 and compare_key_to_node(prefix, k, length, node_at(arena, off)) == 0:
-                off = amdb_load_acquire(&node_at(arena, off).next[0])
+                off = amdb_node_next_acquire(node_at(arena, off), 0)
         self._settle(w, off)
 
     cdef void _reseek(self) noexcept:
@@ -191,7 +191,7 @@ cdef class ScanIterator:
             self._settle(best, skiplist_find_lt(arena, arena_skiplist_head(arena), n.key_prefix,
                                                 amdb_node_key(n), n.key_len, False))
         else:
-            self._settle(best, amdb_load_acquire(&n.next[0]))
+            self._settle(best, amdb_node_next_acquire(n, 0))
         if self.mode == SCAN_KEYS:
             return key
         if self.mode == SCAN_VALUES:

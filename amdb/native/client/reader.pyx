@@ -206,7 +206,7 @@ cdef class Reader:
                                    worker, arena)
         if node_off == 0:
             return 0
-        return amdb_load_acquire(&node_at(arena[0], node_off).latest)
+        return amdb_node_latest_acquire(node_at(arena[0], node_off))
 
     def _get_versioned(self, key, default, version, at_seq):
         cdef uint64_t limit, wanted = 0
@@ -373,7 +373,7 @@ cdef class Reader:
                                           hashes[j], keys[i], <uint32_t>lengths[i])
                 found[i] = node_off
                 if node_off != 0:
-                    amdb_prefetch(arena + amdb_load_acquire(&node_at(arena, node_off).latest))
+                    amdb_prefetch(arena + amdb_node_latest_acquire(node_at(arena, node_off)))
             for j in range(m):
                 i = base + j
                 if found[i] != 0:
@@ -556,7 +556,7 @@ cdef class Reader:
         try:
             arena = self.att.parts[worker].arena
             visible = amdb_load_acquire(&self.att.dbc.visible_seq)
-            off = amdb_load_acquire(&node_at(arena, arena_skiplist_head(arena)).next[0])
+            off = amdb_node_next_acquire(node_at(arena, arena_skiplist_head(arena)), 0)
             while off != 0:
                 n = node_at(arena, off)
                 version_off = visible_version(arena, n, visible)
@@ -564,7 +564,7 @@ cdef class Reader:
                     v = version_at(arena, version_off)
                     out.append((PyBytes_FromStringAndSize(<char *>amdb_node_key(n), n.key_len),
                                 PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)))
-                off = amdb_load_acquire(&n.next[0])
+                off = amdb_node_next_acquire(n, 0)
         finally:
             self.att.leave_read(slot)
         return out

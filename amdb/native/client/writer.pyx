@@ -107,8 +107,11 @@ cdef class Writer:
             self.producers[i].ring = att.parts[i].ring
             self.producers[i].capacity = c.ring_capacity
             self.producers[i].mask = c.ring_capacity - 1
-            self.producers[i].head = c.ring_head
-            self.producers[i].cached_tail = c.ring_tail
+            # Relaxed: this process is the only producer (what it, or a
+            # recovery, published last); acquire: the worker is done with
+            # every byte before the tail.
+            self.producers[i].head = amdb_load_relaxed(&c.ring_head)
+            self.producers[i].cached_tail = amdb_load_acquire(&c.ring_tail)
         self.max_batch = max_batch
         self.max_key_size = max_key_size
         self.max_value_size = max_value_size
@@ -631,7 +634,7 @@ cdef class Writer:
         for i in range(self.att.nworkers):
             r = &self.producers[i]
             if r.chunk_open:
-                r.head = r.ctrl.ring_head       # our own last publication
+                r.head = amdb_load_relaxed(&r.ctrl.ring_head)   # our own last publication
                 r.chunk_open = False
             if r.batch_chunks:
                 r.abort_to_send = self.batch_seq

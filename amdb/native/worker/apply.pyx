@@ -185,21 +185,21 @@ cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t time
     if rec.op == AMDB_OP_DELETE:
         if node_off == 0:
             return
-        latest = amdb_load_relaxed(&node_at(p.arena, node_off).latest)
+        latest = amdb_node_latest_relaxed(node_at(p.arena, node_off))
         if not is_live(p.arena, latest):
             return                                  # deleting a missing key: nothing to record
         version_off = version_append(p, node_off, AMDB_VERSION_TOMBSTONE, NULL, 0, seq, timestamp_ns)
         record_for_ledger(w, version_off)
         # Release: the tombstone is whole before readers can reach it.
-        amdb_store_release(&node_at(p.arena, node_off).latest, version_off)
+        amdb_node_publish_latest(node_at(p.arena, node_off), version_off)
         amdb_store_relaxed(&c.live_keys, c.live_keys - 1)
         amdb_store_relaxed(&c.version_count, c.version_count + 1)
         return
     if node_off != 0:
-        latest = amdb_load_relaxed(&node_at(p.arena, node_off).latest)
+        latest = amdb_node_latest_relaxed(node_at(p.arena, node_off))
         version_off = version_append(p, node_off, 0, value, rec.value_len, seq, timestamp_ns)
         record_for_ledger(w, version_off)
-        amdb_store_release(&node_at(p.arena, node_off).latest, version_off)
+        amdb_node_publish_latest(node_at(p.arena, node_off), version_off)
         if not is_live(p.arena, latest):
             amdb_store_relaxed(&c.live_keys, c.live_keys + 1)
         amdb_store_relaxed(&c.version_count, c.version_count + 1)
@@ -208,7 +208,7 @@ cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t time
     node_bytes = amdb_node_bytes(entry.height, rec.key_len)
     node_off = alloc_block_aligned(p, AMDB_BLOCK_NODE, node_bytes, AMDB_NODE_ALIGN)
     node = node_at(p.arena, node_off)
-    node.latest = 0
+    amdb_node_init_latest(node, 0)
     node.key_prefix = entry.prefix
     node.hash = rec.hash
     node.key_len = rec.key_len
@@ -217,7 +217,7 @@ cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t time
     memcpy(<uint8_t *>amdb_node_key(node), key, rec.key_len)
     version_off = version_append(p, node_off, 0, value, rec.value_len, seq, timestamp_ns)
     record_for_ledger(w, version_off)
-    node.latest = version_off                       # unpublished node: plain store
+    amdb_node_init_latest(node, version_off)                       # unpublished node: plain store
     amdb_fault_check_mid_insert()
     skiplist_insert(p, node_off, &w.finger)         # publishes (level 0 = commit point)
     amdb_fault_check_mid_link()

@@ -74,7 +74,7 @@ cdef void undo_open_batch(Worker *w) noexcept nogil:
             v = version_at(p.arena, off)
             if node_plausible(p, amdb_version_tail_of(v).node, end):
                 node = node_at(p.arena, amdb_version_tail_of(v).node)
-                latest = amdb_load_relaxed(&node.latest)
+                latest = amdb_node_latest_relaxed(node)
                 if latest >= start:
                     # Down the chain to the newest version from before the
                     # batch (0 for a key the batch created).
@@ -84,7 +84,7 @@ cdef void undo_open_batch(Worker *w) noexcept nogil:
                         restored = version_at(p.arena, restored).prev
                     if restored >= start:
                         restored = 0           # cannot happen: chains only go down
-                    amdb_store_release(&node.latest, restored)
+                    amdb_node_publish_latest(node, restored)
         # Unreachable from here on (or once its node is restored, above):
         # retag it so that a walk of the arena (ledger verification) skips
         # it. Readers never look at block kinds.
@@ -141,7 +141,7 @@ cdef int relink_crashed_nodes(Worker *w) noexcept nogil:
                 pred = skiplist_find_lt(p.arena, amdb_arena_header_of(p.arena).skiplist_head, n.key_prefix,
                                         amdb_node_key(n),
                                         n.key_len, False)
-                if amdb_load_acquire(&node_at(p.arena, pred).next[0]) == off:
+                if amdb_node_next_acquire(node_at(p.arena, pred), 0) == off:
                     status = commit_pages(p, hashindex_growth_bytes(p, 1))
                     if status != AMDB_STATUS_OK:
                         return status
