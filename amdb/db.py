@@ -72,8 +72,8 @@ class ParallelDB:
         supervisor.open(owner=self)
         self._writer, self._reader = supervisor.writer, supervisor.reader
         # The hot paths: the client's own methods, no Python frame in between.
-        for name in ("put", "delete", "batch_get", "scan", "keys", "items", "values"):
-            setattr(self, name, getattr(self._writer if name in ("put", "delete") else self._reader, name))
+        for name in ("put", "delete", "flush", "batch_get", "scan", "keys", "items", "values"):
+            setattr(self, name, getattr(self._writer if name in ("put", "delete", "flush") else self._reader, name))
         self.get = self._reader.get
         if options.audit is not None:
             from amdb.audit import AuditLog
@@ -97,7 +97,8 @@ class ParallelDB:
         with self._write_lock:
             if self._att.closed:
                 raise ClosedError("the database is closed")
-            yield
+            with self._supervisor.quiesced():
+                yield
 
     def _require_owner(self, what):
         """For calls that need no write lock but only make sense in the owner
@@ -127,6 +128,8 @@ class ParallelDB:
         if self._write_lock._is_owned():
             self._writer.enter_exclusive("close()")     # raises: called back from a write of this thread
         with self._write_lock:
+            # Async writes already in a ring are applied: the workers drain
+            # their rings before they stop. New ones see `closed`.
             self._supervisor.close_locked()
 
     def __enter__(self):
@@ -144,6 +147,13 @@ class ParallelDB:
     def delete(self, key):
         """Delete `key`; deleting a missing key does nothing."""
         self._writer.delete(key)
+
+    def flush(self):
+        """Wait until every write this process made so far is applied and
+        visible to every read (put() and delete() return before that; reads
+        of this process never need a flush to see them). Raises the error of
+        a write that failed after it returned (see docs/API.md)."""
+        self._writer.flush()
 
     def batch_put(self, items):
         """Write every (key, value) pair of `items` as one atomic batch.
@@ -309,6 +319,7 @@ class ParallelDB:
         keep answering as of that moment while writes go on."""
         if self._att.closed:
             raise ClosedError("the database is closed")
+        self._writer.flush()                # a snapshot holds every write this process made
         return Snapshot(self, self._att.visible_seq())
 
     # ---- retention, compaction, durability ----------------------------------------
@@ -382,6 +393,7 @@ class ParallelDB:
     def stats(self):
         """Per-worker and overall counters (keys, arena and ring use, applied seq)."""
         self._require_owner("stats()")
+        self._writer.flush()
         return self._supervisor.stats()
 
     @property

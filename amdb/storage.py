@@ -28,8 +28,8 @@ from typing import NamedTuple
 import xxhash
 
 from amdb.errors import CorruptionError, InvalidArgumentError, LockedError, StorageError
-from amdb.native.constants import (CHECKPOINT_BLOCK, CHECKPOINT_MAGIC, FORMAT_VERSION, LAYOUT_VERSION, LOG_KINDS,
-                                   LOG_MAGIC, SLOT_COUNT, SYNC_MODES)
+from amdb.native.constants import (CHECKPOINT_BLOCK, CHECKPOINT_MAGIC, CHUNK_SOLO, FORMAT_VERSION, LAYOUT_VERSION,
+                                   LOG_KINDS, LOG_MAGIC, SLOT_COUNT, SYNC_MODES)
 from amdb.shm.segment import pid_alive
 
 MANIFEST = "MANIFEST"
@@ -246,6 +246,7 @@ class Frame(NamedTuple):
     seq: int
     length: int          # whole frame, header included
     detail: int          # COMMIT: participants; CHUNK: records; ABORT: 0
+    solo: bool = False   # a CHUNK of a SOLO batch (an async single write): it commits itself
 
 
 class LogScan(NamedTuple):
@@ -281,8 +282,10 @@ def scan_log_bytes(data):
         if xxhash.xxh64_intdigest(body, seed=seq) != payload_check:
             problem = f"frame at offset {pos} fails its checksum"
             break
+        solo = False
         if kind == LOG_CHUNK and payload_len >= CHUNK_META.size:
-            detail = CHUNK_META.unpack_from(view, payload)[1]
+            _, detail, flags, _ = CHUNK_META.unpack_from(view, payload)
+            solo = bool(flags & CHUNK_SOLO)
         elif kind == LOG_COMMIT and payload_len == 8:
             detail = struct.unpack_from("<Q", view, payload)[0]
         elif kind == LOG_ABORT and payload_len == 0:
@@ -293,7 +296,7 @@ def scan_log_bytes(data):
         if frames and seq < frames[-1].seq:
             problem = f"frame at offset {pos} goes back from seq {frames[-1].seq} to {seq}"
             break
-        frames.append(Frame(pos, kind, seq, FRAME.size + payload_len, detail))
+        frames.append(Frame(pos, kind, seq, FRAME.size + payload_len, detail, solo))
         pos = payload + payload_len
     view.release()
     return LogScan(frames, pos, size, problem)
@@ -443,6 +446,8 @@ def plan_recovery(directory, workers, repair=True):
             for frame in scan.frames:
                 if frame.kind == LOG_COMMIT:
                     finals[w][frame.seq] = frame.detail
+                elif frame.solo:                    # a whole batch of one record, committed by itself
+                    finals[w][frame.seq] = 1
                 elif frame.kind == LOG_ABORT:
                     finals[w][frame.seq] = None
     recovered = base

@@ -15,6 +15,7 @@ lock) and punches out arena regions that compaction retired once no reader
 can be in them. Everything else it only reads.
 """
 import atexit
+import contextlib
 import os
 import subprocess
 import sys
@@ -40,6 +41,7 @@ COMPACT_DRAIN_TIMEOUT = 1.0         # seconds a compaction waits for readers of 
 COMPACT_READERS_TIMEOUT = 30.0      # seconds a compaction waits for a forked child's read of the
                                     # region it must write before it gives up (Error readers_busy)
 EXIT_LOCK_TIMEOUT = 2.0             # seconds the exit handler waits for a write in another thread
+SUCCESSOR_ATTEMPTS = 3              # successors started for one dead worker before writes are refused
 
 
 def _close_all(fds):
@@ -260,7 +262,10 @@ class Supervisor:
         self.att.attach(db_mapping, list(self.controls), arenas)
         self.writer = Writer(self.att, self.o.max_batch, self.o.max_key_size, self.o.max_value_size,
                              self.write_lock, plan is not None, self)
-        self.reader = Reader(self.att)
+        self.reader = Reader(self.att, self.writer)
+        # Async single writes (layout.h): not where a write must be durable
+        # before it returns, nor where nothing may be written.
+        self.writer.async_enabled = not self.o.read_only and not (self.path is not None and self.o.sync == "batch")
         if self.lock_fd is not None:
             # Closed by _reap with the segment fds (after close() stops writes).
             self.segment_fds.append(self.lock_fd)
@@ -291,6 +296,21 @@ class Supervisor:
                     raise WorkerStartError(f"worker {index} was not ready after {timeout} s")
                 seen = control.wait_worker_progress(mapping, seen, 0.05)
 
+    @contextlib.contextmanager
+    def quiesced(self):
+        """No async single write goes out meanwhile, and every one sent before
+        is applied and covered by visible_seq (a checkpoint, a compaction and
+        a sweep need the arenas to hold exactly what visible_seq says).
+        REQUIRES the write lock. Nests."""
+        writer = self.writer
+        writer.exclusive += 1
+        try:
+            writer.flush()
+            yield
+        finally:
+            writer.exclusive -= 1
+            writer.invalidate_credit()   # a compaction, say, took room
+
     # ---- supervision of the workers ----------------------------------------------
 
     def check_worker(self, worker):
@@ -314,8 +334,8 @@ class Supervisor:
                 return
             proc.kill()                 # hung: SIGKILL, then treated like any crash
             proc.wait()
-        resumed, message, signal = self._replace_worker(worker, stalled)
-        if not resumed:
+        rolled_back, message, signal = self._replace_worker(worker, stalled)
+        if rolled_back:
             raise WorkerCrashedError(message, worker=worker, signal=signal, restarted=True)
 
     def _stalled_for(self, worker):
@@ -336,13 +356,20 @@ class Supervisor:
 
     def _replace_worker(self, worker, stalled=None):
         """Worker `worker` is dead (reaped): start a successor on its arena and
-        return (resumed, message, signal). A worker that died between records
-        (its control block says it was handling none) lost nothing: its
-        successor resumes from the ring (resumed=True) and nothing is blamed
-        on the data. Otherwise the successor rolls back the batch the dead one
-        left open, unless visible, and the crash counts against the chunk it
-        was applying (poison batches). If no successor can start, writes are
-        refused from then on (reads go on)."""
+        return (rolled_back, message, signal). How the successor takes over
+        depends on what the dead one was doing (its control block says):
+          - between records, or past the end of the one it had taken (it was
+            acknowledged): nothing is lost, the successor resumes from the
+            ring ("resume");
+          - inside a SOLO chunk (an async single write, acknowledged already):
+            the successor undoes what it applied and applies it again from
+            the ring ("redo");
+          - inside a record of a batch or a control record: the successor
+            undoes the batch unless visible and starts past everything in
+            the ring; the call in flight fails (rolled_back: the caller
+            raises WorkerCrashedError).
+        Only the last two count the crash against the data (poison batches).
+        If no successor can start, writes are refused from then on (reads go on)."""
         proc = self.procs[worker]
         code = proc.returncode
         signal = -code if code < 0 else None
@@ -351,7 +378,9 @@ class Supervisor:
                                             f"(hang_timeout={self.o.hang_timeout}) and was killed")
         message = _crash_report(worker, proc.pid, code, position, how)
         work = position["in_flight"] if position else None
-        resume = work is None
+        if work is not None and work["op"] == "chunk" and position["applied_chunk"] >= work["chunk_no"]:
+            work = None                             # done and acknowledged: only the bookkeeping was left
+        mode = "resume" if work is None else ("redo" if work.get("solo") else "rollback")
         poisoned = False
         if work is not None and work["fingerprint"] is not None:
             counts = self.crashes_on[worker]
@@ -361,19 +390,31 @@ class Supervisor:
                 poisoned = True
         self.last_crash[worker] = message
         try:
-            self._start_successor(worker, resume)
+            for attempt in range(SUCCESSOR_ATTEMPTS):
+                try:
+                    self._start_successor(worker, mode, 0 if work is None else work["seq"])
+                    break
+                except WorkerStartError:
+                    # Killed while it started (by whatever killed its
+                    # predecessor, say): its repair is idempotent, try again.
+                    if attempt == SUCCESSOR_ATTEMPTS - 1 or control.worker_start_status(self.controls[worker])[1]:
+                        raise
         except BaseException as exc:
             self.broken = (f"{message}; its successor could not start ({exc})", worker, signal)
+            self.writer.async_enabled = False
             raise WorkerCrashedError(self.broken[0] + "; writes are refused, reads still work", hint=BROKEN_HINT,
                                      worker=worker, signal=signal) from exc
         self.restarts[worker] += 1
         if self.audit is not None:
             self.audit.event("worker_restart", worker=worker, signal=signal, exit_status=code,
-                              hung=stalled is not None, restarts=self.restarts[worker],
-                              poisoned=poisoned, resumed=resume, report=message)
-        if resume:
+                             hung=stalled is not None, restarts=self.restarts[worker],
+                             poisoned=poisoned, mode=mode, report=message)
+        if mode == "resume":
             message += (f"; a new worker took over (restart {self.restarts[worker]}) and carried on "
                         "from its ring: nothing was lost")
+        elif mode == "redo":
+            message += (f"; a new worker took over (restart {self.restarts[worker]}), undid the write it was "
+                        "applying and applies it again: nothing was lost")
         else:
             message += (f"; a new worker took over (restart {self.restarts[worker]}) and the batch in "
                         "flight was rolled back: nothing of it was applied, retry it")
@@ -381,12 +422,14 @@ class Supervisor:
             message += (f". That chunk of data has now crashed worker {worker} {self.o.poison_after} "
                         "times: it will be refused (PoisonBatchError)")
         self.last_crash[worker] = message
-        return resume, message, signal
+        return mode == "rollback", message, signal
 
-    def _start_successor(self, worker, resume):
-        """Start a worker on the arena of dead worker `worker` and wait until it is ready."""
+    def _start_successor(self, worker, mode, undo_seq):
+        """Start a worker on the arena of dead worker `worker` and wait until
+        it is ready (mode and undo_seq: _replace_worker)."""
         incarnation = self.restarts[worker] + 1
-        self.writer.take_over_ring(worker, incarnation, resume)
+        self.writer.take_over_ring(worker, incarnation, mode != "rollback")
+        self.writer.invalidate_credit(worker)
         self.stall[worker] = None
         plan = None
         if self.path is not None:
@@ -397,7 +440,7 @@ class Supervisor:
             plan = {"dir": self.path, "checkpoint": None, "replay": [], "next_segment": next_segment,
                     "sync": storage.SYNC_MODES[self.o.sync], "interval_ms": self.o.sync_interval_ms,
                     "segment_bytes": self.o.log_segment_bytes, "log_bytes": 0, "read_only": self.o.read_only}
-        respawn = {"visible_seq": self.att.visible_seq(), "resume": resume, "poison": sorted(self.poison[worker])}
+        respawn = {"visible_seq": self.att.visible_seq(), "undo_seq": undo_seq, "poison": sorted(self.poison[worker])}
         fd = self.segment_fds[worker]          # a dup of the partition segment's descriptor
         from amdb._worker import INCARNATION_ENV
         env = dict(self.worker_env)
@@ -435,6 +478,8 @@ class Supervisor:
             self._check_log()
         if self.o.keep_versions is not None:
             self._check_compact()
+        # Async single writes skip these checks until then (Writer._send_solo).
+        self.writer.next_check_ns = time.monotonic_ns() + int(LIVENESS_INTERVAL * 1e9)
 
     def require_writable(self):
         """For calls that change the database but are not writes (compact,
@@ -520,6 +565,10 @@ class Supervisor:
 
     def compact_locked(self, keep, why):
         """REQUIRES the write lock."""
+        with self.quiesced():
+            return self._compact(keep, why)
+
+    def _compact(self, keep, why):
         started = time.perf_counter()
         with self.compact_lock:
             self._finish_reclaim(wait=True)        # the target regions must be empty
@@ -578,6 +627,10 @@ class Supervisor:
     # ---- durability --------------------------------------------------------------------
 
     def checkpoint_locked(self, why):
+        with self.quiesced():
+            return self._checkpoint(why)
+
+    def _checkpoint(self, why):
         started = time.perf_counter()
         seq = self.att.visible_seq()
         failed = self.writer.checkpoint_workers()
@@ -594,6 +647,10 @@ class Supervisor:
     def sweep_locked(self):
         """Delete every key stored in a partition that does not own its slot
         (left there by an interrupted reshard). REQUIRES the write lock."""
+        with self.quiesced():
+            return self._sweep()
+
+    def _sweep(self):
         from amdb.native.hashing import slot_of
         table = self._slot_table()
         stale = [(w, key, None) for w in range(self.o.workers)

@@ -187,7 +187,7 @@ cdef int _build(PartitionView *src, PartitionView *dst, uint64_t keep, uint64_t 
             new_prev = new_version
         amdb_node_init_latest(nn, new_prev)          # unpublished node: plain store
         skiplist_insert(dst, new_node, finger)
-        hashindex_insert(dst, nn.hash, new_node)
+        hashindex_insert(dst, nn.hash, new_node, True)
         res.nodes_after += 1
         res.versions_after += count
         if not (version_at(dst.arena, new_prev).flags & AMDB_VERSION_TOMBSTONE):

@@ -49,6 +49,8 @@ WORKER_STATES = {AMDB_WORKER_STARTING: "starting", AMDB_WORKER_READY: "ready", A
 WORKER_READY = AMDB_WORKER_READY
 COMPACT_STATES = {AMDB_COMPACT_IDLE: "idle", AMDB_COMPACT_BUILDING: "building", AMDB_COMPACT_SWITCHING: "switching"}
 
+CHUNK_SOLO = AMDB_CHUNK_SOLO          # amdb_ring_chunk.flags and log chunk flags: an async single write
+
 # Ring records that a worker handles (crash reports name them).
 RECORD_OPS = {AMDB_OP_CHUNK: "chunk", AMDB_OP_ABORT: "abort", AMDB_OP_COMMIT: "commit",
               AMDB_OP_CHECKPOINT: "checkpoint", AMDB_OP_COMPACT: "compaction"}

@@ -108,13 +108,23 @@ cdef void _grow(PartitionView *p) noexcept nogil:
     amdb_store_release(&amdb_arena_header_of(p.arena).hash_table, off)
 
 
-cdef void hashindex_insert(PartitionView *p, uint64_t hash, uint64_t node_off) noexcept nogil:
-    """Add (hash, node) for a key that is not in the index.
+cdef uint64_t hashindex_slots_left(PartitionView *p) noexcept nogil:
+    """New keys the current table takes without growing, up to its hard load
+    (AMDB_HASH_HARD_LOAD_NUM/DEN): what async single writes may count on."""
+    cdef amdb_hash_table *table = table_at(p.arena, amdb_arena_header_of(p.arena).hash_table)
+    cdef uint64_t cap = table.capacity * AMDB_HASH_HARD_LOAD_NUM // AMDB_HASH_HARD_LOAD_DEN
+    return cap - table.count if cap > table.count else 0
 
-    REQUIRES: the worker committed hashindex_growth_bytes() for this chunk.
+
+cdef void hashindex_insert(PartitionView *p, uint64_t hash, uint64_t node_off, bint may_grow) noexcept nogil:
+    """Add (hash, node) for a key that is not in the index, growing the table
+    past AMDB_HASH_MAX_LOAD when may_grow.
+
+    REQUIRES: with may_grow, the worker committed hashindex_growth_bytes() for
+    this chunk; without, the table is below its hard load (hashindex_slots_left).
     """
     cdef amdb_hash_table *table = table_at(p.arena, amdb_arena_header_of(p.arena).hash_table)
-    if (table.count + 1) * AMDB_HASH_MAX_LOAD_DEN > table.capacity * AMDB_HASH_MAX_LOAD_NUM:
+    if may_grow and (table.count + 1) * AMDB_HASH_MAX_LOAD_DEN > table.capacity * AMDB_HASH_MAX_LOAD_NUM:
         _grow(p)
         table = table_at(p.arena, amdb_arena_header_of(p.arena).hash_table)
     _place(table, amdb_slot_home(hash, table.log2_capacity), amdb_slot_word(hash, node_off), True)

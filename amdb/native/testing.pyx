@@ -106,7 +106,7 @@ cdef void writer_body(Shared *s) noexcept nogil:
             version_off = version_append(p, node_off, 0, <uint8_t *>&gen, 8, gen, 0)
             amdb_node_init_latest(node, version_off)
             skiplist_insert(p, node_off, &finger)
-            hashindex_insert(p, h, node_off)
+            hashindex_insert(p, h, node_off, True)
         amdb_store_release(&s.generation[k], gen)
     amdb_store_release(&s.done, 1)
 

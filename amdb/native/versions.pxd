@@ -1,7 +1,7 @@
 # cython: language_level=3
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from amdb.shm.layout cimport (PartitionView, amdb_node, amdb_version, version_at, AMDB_VERSION_TOMBSTONE,
-                              amdb_version_tail_of, amdb_node_latest_acquire)
+                              AMDB_VERSION_SOLO, amdb_version_tail_of, amdb_node_latest_acquire)
 from amdb.shm.atomic cimport amdb_load_acquire
 
 # What visible_version returns when the version asked for was reclaimed by
@@ -31,6 +31,22 @@ cdef inline uint64_t visible_version(const char *arena, amdb_node *node, uint64_
     while off != 0:
         v = version_at(arena, off)
         if v.seq <= visible_seq:
+            return off
+        if v.prev == 0 and amdb_version_tail_of(v).version_no > 1:
+            return VERSION_RECLAIMED
+        off = v.prev
+    return 0
+
+
+cdef inline uint64_t visible_version_now(const char *arena, amdb_node *node, uint64_t visible_seq) noexcept nogil:
+    """visible_version for a read as of now: a SOLO version (an async single
+    write, layout.h) is visible as soon as it is published, whatever
+    visible_seq; a version of a bigger batch only once visible_seq covers it."""
+    cdef uint64_t off = amdb_node_latest_acquire(node)
+    cdef amdb_version *v
+    while off != 0:
+        v = version_at(arena, off)
+        if v.seq <= visible_seq or v.flags & AMDB_VERSION_SOLO:
             return off
         if v.prev == 0 and amdb_version_tail_of(v).version_no > 1:
             return VERSION_RECLAIMED

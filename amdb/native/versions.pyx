@@ -52,6 +52,7 @@ cdef uint64_t chain_hash(uint64_t prev_hash, const uint8_t *key, uint32_t key_le
     cdef amdb_xxh64_state state
     cdef uint64_t total = 20 + <uint64_t>key_len + value_len
     cdef uint8_t *out
+    flags &= AMDB_VERSION_HASHED_FLAGS   # how a version was applied (SOLO) is not data
     if total <= SMALL_RECORD:
         out = buffer
         _put_le64(out, prev_hash)

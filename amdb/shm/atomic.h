@@ -28,6 +28,14 @@ static inline uint64_t amdb_fetch_add_seqcst(uint64_t *p, uint64_t v) { return _
 static inline uint64_t amdb_fetch_sub_seqcst(uint64_t *p, uint64_t v) { return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST); }
 static inline uint64_t amdb_load_seqcst(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline void amdb_store_seqcst(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+/* Raise *p to at least v (seq_cst): a watermark that only grows, whoever
+ * raises it. Returns the value it ends up at or above. */
+static inline uint64_t amdb_fetch_max_seqcst(uint64_t *p, uint64_t v) {
+    uint64_t seen = __atomic_load_n(p, __ATOMIC_SEQ_CST);
+    while (seen < v && !__atomic_compare_exchange_n(p, &seen, v, 1, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+    }
+    return seen < v ? v : seen;
+}
 /* 1 when *p held `expected` and now holds `desired`; 0 when it held something else. */
 static inline int amdb_cas_seqcst(uint64_t *p, uint64_t expected, uint64_t desired) {
     return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);

@@ -12,6 +12,7 @@ cdef extern from "atomic.h" nogil:
     uint64_t amdb_load_seqcst(const uint64_t *p) noexcept
     void amdb_store_seqcst(uint64_t *p, uint64_t v) noexcept
     int amdb_cas_seqcst(uint64_t *p, uint64_t expected, uint64_t desired) noexcept
+    uint64_t amdb_fetch_max_seqcst(uint64_t *p, uint64_t v) noexcept
     uint32_t amdb_load32_seqcst(const uint32_t *p) noexcept
     void amdb_store32_seqcst(uint32_t *p, uint32_t v) noexcept
     uint32_t amdb_fetch_add32_seqcst(uint32_t *p, uint32_t v) noexcept

@@ -113,13 +113,15 @@ def worker_position(Mapping m):
         pos = handling - 1
         op = c.handling_op
         in_flight = {"op": RECORD_OPS.get(op, f"op {op}"), "seq": amdb_load_relaxed(&c.handling_seq),
-                     "chunk_no": amdb_load_relaxed(&c.handling_chunk_no), "records": 0, "fingerprint": None}
+                     "chunk_no": amdb_load_relaxed(&c.handling_chunk_no), "records": 0, "fingerprint": None,
+                     "solo": False}
         # A chunk's bytes stay the worker's until it releases them: read them
         # only while the ring still holds them (tail <= pos).
         if op == AMDB_OP_CHUNK and c.ring_offset + c.ring_capacity <= m.length and tail <= pos \
                 and pos < c.handling_end <= head:
             record = <amdb_ring_chunk *>ring_at(m.base + c.ring_offset, mask, pos)
             in_flight["records"] = record.count
+            in_flight["solo"] = bool(record.flags & AMDB_CHUNK_SOLO)
             # Which data it died on, wherever it lies in the ring (poison batches).
             in_flight["fingerprint"] = ring_chunk_fingerprint(m.base + c.ring_offset, c.ring_capacity,
                                                               pos, c.handling_end)

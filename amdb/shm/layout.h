@@ -219,7 +219,43 @@ typedef struct amdb_control {
     uint64_t last_compact_ns;       /* how long the worker took to write it */
     uint64_t last_bytes_before;     /* arena_used before and after it */
     uint64_t last_bytes_after;
+
+    /* Line 9 — async single writes ("Async single writes" below): written by
+     * the worker, read by the producer. refunded_* count what the worker
+     * applied (or refused) of SOLO chunks, in the producer's own charge
+     * units; credit_* are the totals the producer may have charged (release
+     * stores: the memory behind them is committed). A successor keeps them. */
+    AMDB_LINE uint64_t credit_bytes;
+    uint64_t credit_records;
+    uint64_t refunded_bytes;
+    uint64_t refunded_records;
 } amdb_control;
+
+/* Async single writes. put() and delete() send a SOLO chunk of one record and
+ * return without waiting for the worker. What makes that safe:
+ *   1. Acknowledged means applied later, whatever happens: the producer
+ *      charges every SOLO record amdb_async_charge(key, value) bytes and one
+ *      record, and sends it only while its charges stay within the worker's
+ *      credit_bytes / credit_records. The worker publishes, after applying,
+ *        credit_bytes   = refunded_bytes + min(committed - used, AMDB_ASYNC_CREDIT_BYTES)
+ *        credit_records = refunded_records + min(new keys the hash table takes
+ *                         without growing, AMDB_ASYNC_WINDOW)
+ *      and grows the hash table, or applies a batch, only with committed
+ *      memory beyond what it promised. So every record in flight fits in
+ *      memory that is already committed, and finds a hash slot: it cannot
+ *      fail for lack of arena memory. Without credit the producer writes
+ *      synchronously (and raises ArenaFullError).
+ *   2. A worker that dies between records loses nothing (its successor
+ *      resumes from ring_tail); one that dies inside a SOLO chunk is undone
+ *      and the chunk applied again by its successor (handling_pos).
+ *   3. A SOLO chunk never lies inside another batch: the producer sends SOLO
+ *      chunks only while no batch or admin call holds its write lock.
+ *   4. Reads: a read as of now of one key waits until its worker applied
+ *      every SOLO chunk this process sent it (applied_chunk), then sees SOLO
+ *      versions whatever visible_seq; every other read first waits for all of
+ *      them and raises visible_seq over them (a CAS-max: it only grows). */
+#define AMDB_ASYNC_WINDOW 65536u    /* SOLO records in flight per worker at most */
+#define AMDB_ASYNC_CREDIT_BYTES (4ULL << 20) /* arena bytes they may hold in flight per worker */
 
 /* Reader slots: how a process other than the owner (a forked child) reads
  * safely while the owner retires arena regions (compaction).
@@ -274,7 +310,12 @@ enum {
                             * Sent between batches only; acknowledged as `chunk_no` */
 };
 
-enum { AMDB_CHUNK_FIRST_OF_BATCH = 1 };  /* amdb_ring_chunk.flags */
+enum {                              /* amdb_ring_chunk.flags */
+    AMDB_CHUNK_FIRST_OF_BATCH = 1,
+    AMDB_CHUNK_SOLO = 2,            /* a whole batch of one record, committed by itself (no COMMIT
+                                     * record follows, also in the log); the producer did not wait
+                                     * for it (async single write): see "Async single writes" */
+};
 
 typedef struct amdb_ring_record {   /* a put or delete */
     uint32_t op;
@@ -377,7 +418,13 @@ typedef struct amdb_node {
     uint64_t next[];                /* next[i]: published by release store, level 0 first */
 } amdb_node;
 
-enum { AMDB_VERSION_TOMBSTONE = 1 };
+enum {
+    AMDB_VERSION_TOMBSTONE = 1,
+    AMDB_VERSION_SOLO = 2,          /* written by a SOLO chunk: visible to reads as of now as soon as
+                                     * published (one record: atomic by itself), whatever visible_seq */
+};
+/* The flags a version's chain hash covers (SOLO is how it was applied, not data). */
+#define AMDB_VERSION_HASHED_FLAGS AMDB_VERSION_TOMBSTONE
 
 /* The link fields of a node, by ordering (invariant 3; LevelDB's Next and
  * NoBarrier_Next). Every access to `next[]` and `latest` goes through these:
@@ -468,6 +515,8 @@ typedef struct amdb_hash_table {
 
 #define AMDB_HASH_MAX_LOAD_NUM 5    /* grow past 5/8 = 62.5% full */
 #define AMDB_HASH_MAX_LOAD_DEN 8
+#define AMDB_HASH_HARD_LOAD_NUM 7   /* a table that could not grow takes keys up to 7/8 full */
+#define AMDB_HASH_HARD_LOAD_DEN 8
 #define AMDB_HASH_INITIAL_LOG2 12
 #define AMDB_HASH_INITIAL_CAPACITY (1ULL << AMDB_HASH_INITIAL_LOG2)
 
@@ -481,6 +530,12 @@ static inline uint64_t amdb_node_bytes_padded(uint32_t height, uint32_t key_len)
 }
 static inline uint64_t amdb_version_bytes(uint32_t value_len) {
     return sizeof(amdb_version) + amdb_round8(value_len) + sizeof(amdb_version_tail);
+}
+/* Worst-case arena bytes of one SOLO record: a full-height node with its pad,
+ * a version, the chunk's ledger block (hash-table growth is reserved apart). */
+static inline uint64_t amdb_async_charge(uint32_t key_len, uint32_t value_len) {
+    return amdb_node_bytes_padded(AMDB_MAX_HEIGHT, key_len) + amdb_version_bytes(value_len)
+           + sizeof(amdb_ledger_block);
 }
 static inline uint64_t amdb_record_bytes(uint32_t key_len, uint32_t value_len) {
     return amdb_round8(sizeof(amdb_ring_record) + (uint64_t)key_len + value_len);

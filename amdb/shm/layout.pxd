@@ -42,6 +42,11 @@ cdef extern from "layout.h" nogil:
         AMDB_OP_CHECKPOINT
         AMDB_OP_COMPACT
         AMDB_CHUNK_FIRST_OF_BATCH
+        AMDB_CHUNK_SOLO
+        AMDB_ASYNC_WINDOW
+        AMDB_ASYNC_CREDIT_BYTES
+        AMDB_VERSION_SOLO
+        AMDB_VERSION_HASHED_FLAGS
         AMDB_BLOCK_NODE
         AMDB_BLOCK_VERSION
         AMDB_BLOCK_HASH_TABLE
@@ -53,6 +58,8 @@ cdef extern from "layout.h" nogil:
         AMDB_VERSION_TOMBSTONE
         AMDB_HASH_MAX_LOAD_NUM
         AMDB_HASH_MAX_LOAD_DEN
+        AMDB_HASH_HARD_LOAD_NUM
+        AMDB_HASH_HARD_LOAD_DEN
         AMDB_HASH_INITIAL_CAPACITY
         AMDB_HASH_INITIAL_LOG2
         AMDB_SLOT_TAG_BITS
@@ -125,6 +132,10 @@ cdef extern from "layout.h" nogil:
         uint64_t last_compact_ns
         uint64_t last_bytes_before
         uint64_t last_bytes_after
+        uint64_t credit_bytes
+        uint64_t credit_records
+        uint64_t refunded_bytes
+        uint64_t refunded_records
 
     ctypedef struct amdb_reader_slot:
         uint64_t pid
@@ -236,6 +247,7 @@ cdef extern from "layout.h" nogil:
     uint64_t amdb_node_bytes(uint32_t height, uint32_t key_len) noexcept
     uint64_t amdb_version_bytes(uint32_t value_len) noexcept
     uint64_t amdb_record_bytes(uint32_t key_len, uint32_t value_len) noexcept
+    uint64_t amdb_async_charge(uint32_t key_len, uint32_t value_len) noexcept
     const uint8_t *amdb_node_key(const amdb_node *n) noexcept
     const uint8_t *amdb_version_value(const amdb_version *v) noexcept
     amdb_version_tail *amdb_version_tail_of(const amdb_version *v) noexcept

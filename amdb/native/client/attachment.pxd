@@ -26,6 +26,11 @@ cdef class Attachment:
     cdef uint64_t foreign_inside
     cdef uint64_t foreign_epoch
     cdef object __weakref__            # the fork hook keeps a WeakSet of attachments
+    # Async single writes of this process (layout.h): per worker, the chunk_no
+    # of the last SOLO chunk sent (0: none pending that a read must wait for);
+    # async_pending: some may not be covered by visible_seq yet.
+    cdef uint64_t *async_chunk
+    cdef bint async_pending
 
     cdef int check_open(self) except -1
     cdef int enter_read(self) except -1

@@ -53,6 +53,7 @@ Process safety:
 """
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free
+from libc.string cimport memset
 from posix.unistd cimport usleep, getpid
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport *
@@ -89,6 +90,7 @@ cdef class Attachment:
         self.parts = NULL
         self.arena_base = NULL
         self.region = NULL
+        self.async_chunk = NULL
         self.dbc = NULL
         self.closed = True
         self.attached = False
@@ -99,6 +101,7 @@ cdef class Attachment:
         free(self.parts)
         free(self.arena_base)
         free(self.region)
+        free(self.async_chunk)
 
     # ---- lifecycle ---------------------------------------------------------
 
@@ -113,7 +116,8 @@ cdef class Attachment:
         self.parts = <PartitionView *>calloc(self.nworkers, sizeof(PartitionView))
         self.arena_base = <char **>calloc(self.nworkers, sizeof(char *))
         self.region = <uint64_t *>calloc(self.nworkers, sizeof(uint64_t))
-        if self.parts == NULL or self.arena_base == NULL or self.region == NULL:
+        self.async_chunk = <uint64_t *>calloc(self.nworkers, sizeof(uint64_t))
+        if self.parts == NULL or self.arena_base == NULL or self.region == NULL or self.async_chunk == NULL:
             raise MemoryError()
         self.dbc = <amdb_db_control *>db_mapping.base
         for i in range(self.nworkers):
@@ -169,9 +173,12 @@ cdef class Attachment:
         free(self.parts)
         free(self.arena_base)
         free(self.region)
+        free(self.async_chunk)
         self.parts = NULL
         self.arena_base = NULL
         self.region = NULL
+        self.async_chunk = NULL
+        self.async_pending = False
         self.mappings = []
         _attached.discard(self)
 
@@ -182,6 +189,9 @@ cdef class Attachment:
         (readers) never leave, so this process's memory is dropped only when
         it exits (the mappings are private to it), never too early."""
         self.foreign = True
+        self.async_pending = False       # the parent's writes: not this process's to wait for
+        if self.async_chunk != NULL:
+            memset(self.async_chunk, 0, self.nworkers * sizeof(uint64_t))
         self.reader_slot = -1
         self.foreign_inside = 0
         self.foreign_epoch = 0           # no epoch: the first read adopts the current regions

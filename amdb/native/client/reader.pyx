@@ -25,7 +25,7 @@ from amdb.shm.atomic cimport *
 from amdb.native.hashing cimport amdb_xxh64, SLOT_MASK
 from amdb.native.skiplist cimport skiplist_find_ge, skiplist_find_lt, compare_key_to_node
 from amdb.native.hashindex cimport hashindex_find
-from amdb.native.versions cimport visible_version, is_live, VERSION_RECLAIMED
+from amdb.native.versions cimport visible_version, visible_version_now, is_live, VERSION_RECLAIMED
 from amdb.native.client.attachment cimport Attachment
 from amdb.native.client.keys cimport bytes_view, raise_not_bytes, as_key, prefix_successor
 from amdb.native.client.iterator cimport ScanIterator, SCAN_ITEMS, SCAN_KEYS, SCAN_VALUES
@@ -73,24 +73,22 @@ cdef uint64_t find_node(Attachment att, const uint8_t *key, uint64_t key_len, in
 cdef class Reader:
     """Every read of the database (see the module docstring)."""
 
-    def __cinit__(self, Attachment att):
+    def __cinit__(self, Attachment att, Writer writer=None):
         self.att = att
+        self.writer = writer              # waits for this process's async writes (None: reads only)
 
-    cdef uint64_t _lookup(self, const uint8_t *key, uint64_t key_len, uint64_t visible,
-                                 int *worker_out, const char **arena_out) noexcept nogil:
-        """Visible live version offset of `key`, 0, or VERSION_RECLAIMED; the
-        base of the region it lies in goes to *arena_out (taken once: see
-        "Process safety")."""
-        cdef uint64_t h = amdb_xxh64(key, key_len, 0)
-        cdef int worker = self.att.dbc.slot_owner[h & SLOT_MASK]
+    cdef uint64_t _lookup(self, const uint8_t *key, uint64_t key_len, uint64_t h, int worker, uint64_t visible,
+                          const char **arena_out) noexcept nogil:
+        """Live version offset of `key` (hash h, on `worker`) as of now, 0, or
+        VERSION_RECLAIMED; the base of the region it lies in goes to
+        *arena_out (taken once: see attachment.pyx, "Process safety")."""
         cdef const char *arena = self.att.parts[worker].arena
         cdef uint64_t node_off, version_off
-        worker_out[0] = worker
         arena_out[0] = arena
         node_off = hashindex_find(arena, arena_hash_table(arena), h, key, <uint32_t>key_len)
         if node_off == 0:
             return 0
-        version_off = visible_version(arena, node_at(arena, node_off), visible)
+        version_off = visible_version_now(arena, node_at(arena, node_off), visible)
         if version_off == VERSION_RECLAIMED:
             return version_off
         return version_off if is_live(arena, version_off) else 0
@@ -106,7 +104,7 @@ cdef class Reader:
         cdef Py_ssize_t kl
         cdef Py_buffer view
         cdef bint held = False
-        cdef uint64_t visible, version_off
+        cdef uint64_t visible, version_off, h
         cdef int worker
         cdef const char *arena
         cdef amdb_version *v
@@ -121,9 +119,17 @@ cdef class Reader:
             raise ClosedError("the database is closed")
         if self.att.foreign:
             return self._get_foreign(key, kp, kl, &view, held, default)
+        h = amdb_xxh64(kp, kl, 0)
+        worker = self.att.dbc.slot_owner[h & SLOT_MASK]
+        if self._writes_pending(worker):
+            self._wait_own_writes(worker, &view, held)
+            if self.att.closed:          # the wait let other threads run, close() among them
+                if held:
+                    PyBuffer_Release(&view)
+                raise ClosedError("the database is closed")
         # Acquire first: roots loaded after it are at least as new as the batch.
         visible = amdb_load_acquire(&self.att.dbc.visible_seq)
-        version_off = self._lookup(kp, kl, visible, &worker, &arena)
+        version_off = self._lookup(kp, kl, h, worker, visible, &arena)
         if held:
             return self._get_held(&view, version_off, arena, default)
         if version_off == 0:
@@ -135,15 +141,16 @@ cdef class Reader:
 
     cdef object _get_foreign(self, key, const uint8_t *kp, Py_ssize_t kl, Py_buffer *view, bint held, default):
         """get() in a forked child: the same lookup inside a reader slot."""
-        cdef uint64_t version_off = 0
-        cdef int worker
+        cdef uint64_t version_off = 0, h
         cdef const char *arena
         cdef amdb_version *v
         value = default
         try:
             self.att.enter_foreign()
             try:
-                version_off = self._lookup(kp, kl, amdb_load_acquire(&self.att.dbc.visible_seq), &worker, &arena)
+                h = amdb_xxh64(kp, kl, 0)
+                version_off = self._lookup(kp, kl, h, self.att.dbc.slot_owner[h & SLOT_MASK],
+                                           amdb_load_acquire(&self.att.dbc.visible_seq), &arena)
                 if version_off != 0 and version_off != VERSION_RECLAIMED:
                     v = version_at(arena, version_off)
                     value = PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
@@ -183,6 +190,7 @@ cdef class Reader:
                 raise InvalidArgumentError(f"at_seq={at_seq} is negative", hint="sequence numbers start at 0")
             if at_seq <= 0xFFFFFFFFFFFFFFFF:
                 seq = at_seq             # above: in the future whatever visible_seq is
+        self._sync_own_writes()         # reads as of a seq see every write this process made
         self.att.check_open()
         visible = amdb_load_acquire(&self.att.dbc.visible_seq)
         if at_seq is None:
@@ -300,7 +308,7 @@ cdef class Reader:
         cdef bint held = False
         cdef int worker
         cdef const char *arena
-        cdef uint64_t found
+        cdef uint64_t found, h
         if self.att.closed:
             raise ClosedError("the database is closed")
         bytes_view(key, &kp, &kl, &view, &held, "key")
@@ -308,27 +316,60 @@ cdef class Reader:
             if held:
                 PyBuffer_Release(&view)
             raise ClosedError("the database is closed")
+        h = amdb_xxh64(kp, kl, 0)
+        worker = self.att.dbc.slot_owner[h & SLOT_MASK]
         if self.att.foreign:
             try:
                 self.att.enter_foreign()
                 try:
-                    found = self._lookup(kp, kl, amdb_load_acquire(&self.att.dbc.visible_seq), &worker, &arena)
+                    found = self._lookup(kp, kl, h, worker, amdb_load_acquire(&self.att.dbc.visible_seq), &arena)
                 finally:
                     self.att.leave_foreign()
             finally:
                 if held:
                     PyBuffer_Release(&view)
         else:
-            found = self._lookup(kp, kl, amdb_load_acquire(&self.att.dbc.visible_seq), &worker, &arena)
+            if self._writes_pending(worker):
+                self._wait_own_writes(worker, &view, held)
+                if self.att.closed:
+                    if held:
+                        PyBuffer_Release(&view)
+                    raise ClosedError("the database is closed")
+            found = self._lookup(kp, kl, h, worker, amdb_load_acquire(&self.att.dbc.visible_seq), &arena)
             if held:
                 PyBuffer_Release(&view)
         if found == VERSION_RECLAIMED:
             _raise_reclaimed_now(key)
         return found != 0
 
+    cdef inline bint _writes_pending(self, int worker) noexcept:
+        """This process sent `worker` an async write it may not have applied yet."""
+        cdef uint64_t target = self.att.async_chunk[worker]
+        return target != 0 and target > amdb_load_acquire(&self.att.parts[worker].ctrl.applied_chunk)
+
+    cdef int _wait_own_writes(self, int worker, Py_buffer *view, bint held) except -1:
+        """Read-your-writes (layout.h, "Async single writes", point 4): wait
+        until `worker` applied every async write this process sent it. On an
+        error (Ctrl-C, say), the caller's key buffer is released first."""
+        try:
+            self.writer.wait_async(worker, self.att.async_chunk[worker])
+        except BaseException:
+            if held:
+                PyBuffer_Release(view)
+            raise
+        return 0
+
+    cdef int _sync_own_writes(self) except -1:
+        """Before a read of more than one key (or as of a seq): every async
+        write this process sent is applied and visible_seq covers it."""
+        if self.att.async_pending and self.writer is not None and not self.att.closed:
+            self.writer.sync_async()
+        return 0
+
     def count(self):
         if self.att.closed:
             raise ClosedError("the database is closed")
+        self._sync_own_writes()
         if self.att.foreign:                # the owner's writes do not refresh this process's count
             self.att.refresh_len()
         return self.att.committed_len
@@ -496,6 +537,7 @@ cdef class Reader:
                     while kl > 0 and ptrs[i][kl - 1] == 0:
                         kl -= 1
                 lengths[i] = kl
+            self._sync_own_writes()
             slot = self.att.enter_read()
             try:
                 for w in range(self.att.nworkers):
@@ -597,6 +639,8 @@ cdef class Reader:
 
     def values(self):
         """Every value, in key order."""
+        self.att.check_open()
+        self._sync_own_writes()
         self.att.check_open()
         return ScanIterator(self.att, None, None, False, SCAN_VALUES, amdb_load_acquire(&self.att.dbc.visible_seq))
 

@@ -2,6 +2,7 @@
 """The ring producer (writer.pyx)."""
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from amdb.shm.ring cimport RingProducer
+from amdb.shm.layout cimport amdb_control
 from amdb.native.client.attachment cimport Attachment
 
 
@@ -23,10 +24,33 @@ cdef class Writer:
     cdef int forced_worker         # >= 0: records go there (routed batches), not by slot
     cdef bint _in_batch            # a batch is being written (between _begin_batch and its end)
     cdef object _batch_reentered   # the Error a re-entrant call of that batch's own code got, or None
+    # Async single writes (layout.h): the supervisor turns them on (not for
+    # read_only or sync="batch"); `exclusive` counts the batches and admin
+    # calls in progress (no SOLO chunk goes out meanwhile); per worker, the
+    # bytes and records charged, and the credit as last read; the seq of the
+    # last SOLO chunk sent; when the supervisor's checks are due next; the
+    # error of an async write that failed after it returned.
+    cdef public bint async_enabled
+    cdef public int exclusive
+    cdef public uint64_t next_check_ns
+    cdef uint64_t *charged_bytes
+    cdef uint64_t *charged_records
+    cdef uint64_t *credit_bytes
+    cdef uint64_t *credit_records
+    cdef uint64_t last_async_seq
+    cdef object _async_error
 
     cdef int _check_writable(self) except -1
     cdef int _refuse_reentrant(self, str what) except -1
     cdef object _write(self, str name, int source, object data)
+    cdef bint _write_async(self, uint32_t op, const uint8_t *key, uint64_t key_len,
+                           const uint8_t *value, uint64_t value_len, str name) except -1
+    cdef int _send_solo(self, uint32_t op, const uint8_t *key, uint64_t key_len,
+                        const uint8_t *value, uint64_t value_len, str name, int *worker_out) except -1
+    cdef bint _wait_room(self, int w, uint64_t key_len, uint64_t value_len) except -1
+    cdef int _sync_async(self) except -1
+    cdef int _wait_applied(self, int w, amdb_control *c, uint64_t target) except -1
+    cdef int _raise_async_error(self) except -1
     cdef object _run_batch(self, int source, object data)
     cdef int _pack_pairs(self, items) except -1
     cdef int _pack_deletes(self, keys) except -1

@@ -37,7 +37,7 @@ from amdb.native.hashing cimport amdb_xxh64, SLOT_MASK, SLOT_COUNT
 from amdb.native.client.attachment cimport Attachment
 from amdb.native.client.keys cimport bytes_view
 
-from amdb.errors import (Error, InvalidArgumentError, InvalidTypeError, KeyTooLargeError, ValueTooLargeError,
+from amdb.errors import (ClosedError, Error, WorkerCrashedError, InvalidArgumentError, InvalidTypeError, KeyTooLargeError, ValueTooLargeError,
                          raise_for_status)
 
 cdef extern from "Python.h":
@@ -51,6 +51,12 @@ cdef enum WaitResult:
     WAIT_DONE = 0
     WAIT_FAILED = 1
     WAIT_TIMEOUT = 2
+
+cdef enum SoloOutcome:            # what _send_solo did
+    SOLO_SENT = 0
+    SOLO_SYNC = 1                 # write synchronously (no async now: a batch, a closed database...)
+    SOLO_CHECKS_DUE = 2           # the supervisor's periodic checks first
+    SOLO_SHORT = 3                # the worker's credit or ring is short: wait for it
 
 cdef enum Source:                 # what a batch is packed from (_run_batch)
     PAIRS = 0                     # an iterable of (key, value)
@@ -90,6 +96,23 @@ class BatchResult(object):
 
 
 
+cdef inline void fill_record(amdb_ring_record *rec, uint32_t op, const uint8_t *key, uint64_t key_len,
+                             const uint8_t *value, uint64_t value_len, uint64_t h, uint64_t nbytes) noexcept nogil:
+    """The one place a ring record is filled (a batch's or a SOLO chunk's)."""
+    cdef uint8_t *out = <uint8_t *>(rec + 1)
+    rec.op = op
+    rec.key_len = <uint32_t>key_len
+    rec.value_len = <uint32_t>value_len
+    rec.reserved = 0
+    rec.hash = h
+    if key_len:                      # key may be NULL when empty (numpy S0)
+        memcpy(out, key, key_len)
+    if value_len:
+        memcpy(out + key_len, value, value_len)
+    # Zero the padding: ring bytes are deterministic (and valgrind-clean).
+    memset(out + key_len + value_len, 0, nbytes - sizeof(amdb_ring_record) - key_len - value_len)
+
+
 cdef class Writer:
     """Every write of the database (see the module docstring)."""
 
@@ -99,7 +122,12 @@ cdef class Writer:
         cdef amdb_control *c
         self.att = att
         self.producers = <RingProducer *>calloc(max(att.nworkers, 1), sizeof(RingProducer))
-        if self.producers == NULL:
+        self.charged_bytes = <uint64_t *>calloc(max(att.nworkers, 1), sizeof(uint64_t))
+        self.charged_records = <uint64_t *>calloc(max(att.nworkers, 1), sizeof(uint64_t))
+        self.credit_bytes = <uint64_t *>calloc(max(att.nworkers, 1), sizeof(uint64_t))
+        self.credit_records = <uint64_t *>calloc(max(att.nworkers, 1), sizeof(uint64_t))
+        if (self.producers == NULL or self.charged_bytes == NULL or self.charged_records == NULL
+                or self.credit_bytes == NULL or self.credit_records == NULL):
             raise MemoryError()
         for i in range(att.nworkers):
             c = att.parts[i].ctrl
@@ -123,9 +151,22 @@ cdef class Writer:
         self.audit = None
         self.forced_worker = -1
         self._batch_reentered = None
+        self._async_error = None
+        self.async_enabled = False       # the supervisor turns async single writes on
+        self.next_check_ns = 0
+        # The charges so far: what the worker refunded (control line 9) is
+        # what this process charged, as of the start.
+        for i in range(att.nworkers):
+            c = att.parts[i].ctrl
+            self.charged_bytes[i] = amdb_load_relaxed(&c.refunded_bytes)
+            self.charged_records[i] = amdb_load_relaxed(&c.refunded_records)
 
     def __dealloc__(self):
         free(self.producers)
+        free(self.charged_bytes)
+        free(self.charged_records)
+        free(self.credit_bytes)
+        free(self.credit_records)
 
     # ---- the guard ------------------------------------------------------------
 
@@ -165,12 +206,296 @@ cdef class Writer:
     # ---- public writes ----------------------------------------------------------
 
     def put(self, key, value):
-        """Store `value` under `key` (both bytes-like)."""
-        self._write("put", PAIRS, ((key, value),))
+        """Store `value` under `key` (both bytes-like). Returns once the write
+        is in its worker's ring with its arena memory reserved (async single
+        write, layout.h), or, when that cannot be done now, once it is applied."""
+        cdef const uint8_t *kp
+        cdef const uint8_t *vp
+        cdef Py_ssize_t kl, vl
+        cdef Py_buffer kview, vview
+        cdef bint kheld = False, vheld = False, sent = False
+        if self.exclusive or self.att.closed or self.att.foreign:
+            self._check_writable()       # a forked child, a closed database, a re-entrant call: raise
+        bytes_view(key, &kp, &kl, &kview, &kheld, "key")
+        try:
+            bytes_view(value, &vp, &vl, &vview, &vheld, "value")
+            try:
+                sent = self._write_async(AMDB_OP_PUT, kp, kl, vp, vl, "put")
+            finally:
+                if vheld:
+                    PyBuffer_Release(&vview)
+        finally:
+            if kheld:
+                PyBuffer_Release(&kview)
+        if not sent:
+            self._write("put", PAIRS, ((key, value),))
 
     def delete(self, key):
-        """Delete `key`; deleting a missing key does nothing."""
-        self._write("delete", DELETES, (key,))
+        """Delete `key`; deleting a missing key does nothing (async like put)."""
+        cdef const uint8_t *kp
+        cdef Py_ssize_t kl
+        cdef Py_buffer kview
+        cdef bint kheld = False, sent = False
+        if self.exclusive or self.att.closed or self.att.foreign:
+            self._check_writable()
+        bytes_view(key, &kp, &kl, &kview, &kheld, "key")
+        try:
+            sent = self._write_async(AMDB_OP_DELETE, kp, kl, NULL, 0, "delete")
+        finally:
+            if kheld:
+                PyBuffer_Release(&kview)
+        if not sent:
+            self._write("delete", DELETES, (key,))
+
+    def flush(self):
+        """Wait until every write of this process so far is applied (and
+        visible to every read), raising the error of an async write that
+        failed after it returned (a poison record, a broken log)."""
+        if self.att.foreign:
+            return
+        self.att.check_open()
+        self._sync_async()
+        self._raise_async_error()
+
+    # ---- async single writes (layout.h, "Async single writes") -----------------
+
+    cdef bint _write_async(self, uint32_t op, const uint8_t *key, uint64_t key_len,
+                           const uint8_t *value, uint64_t value_len, str name) except -1:
+        """Write one record as a SOLO chunk, without waiting for its worker:
+        True once sent. When the supervisor's checks are due, they run first
+        (under the write lock); when the worker's credit or ring is short
+        while it still has async writes of ours to apply, we wait for it
+        (backpressure). False when the write must go synchronously instead."""
+        cdef int worker = -1
+        cdef int outcome
+        while True:
+            outcome = self._send_solo(op, key, key_len, value, value_len, name, &worker)
+            if outcome == SOLO_SENT:
+                return True
+            if outcome == SOLO_CHECKS_DUE:
+                with self.write_lock:
+                    if self.exclusive or self.att.closed:
+                        return False     # let the synchronous path raise or wait
+                    self.supervisor.before_write()
+            elif outcome == SOLO_SHORT and self._wait_room(worker, key_len, value_len):
+                continue
+            else:
+                return False
+
+    cdef int _send_solo(self, uint32_t op, const uint8_t *key, uint64_t key_len,
+                        const uint8_t *value, uint64_t value_len, str name, int *worker_out) except -1:
+        """Send a SOLO chunk of one record without waiting for its worker when
+        every condition holds (SOLO_SENT), else say why nothing was sent.
+        Never releases the GIL, so no other thread's call can come between its
+        checks and its publication; no batch or admin call is in progress
+        (exclusive == 0), so the chunk never lands inside another batch."""
+        cdef uint64_t h, nbytes, charge, offset, need, seq, header_pos, pos
+        cdef int w
+        cdef RingProducer *r
+        cdef amdb_control *c
+        cdef amdb_ring_chunk *header
+        if (not self.async_enabled or self.exclusive or self.att.closed or self.att.foreign
+                or self._async_error is not None or key_len > self.max_key_size
+                or value_len > self.max_value_size):
+            return SOLO_SYNC
+        if amdb_monotonic_ns() >= self.next_check_ns:
+            return SOLO_CHECKS_DUE
+        h = amdb_xxh64(key, key_len, 0)
+        w = self.att.dbc.slot_owner[h & SLOT_MASK]
+        worker_out[0] = w
+        r = &self.producers[w]
+        if r.abort_to_send or r.abort_to_ack or r.chunk_open:
+            return SOLO_SYNC             # a rollback must be settled first (_begin_batch)
+        c = r.ctrl
+        # The charge (layout.h, point 1): within the worker's credit, reread
+        # (acquire: the room behind it is committed) only when short.
+        charge = amdb_async_charge(<uint32_t>key_len, <uint32_t>value_len)
+        if (self.charged_bytes[w] + charge > self.credit_bytes[w]
+                or self.charged_records[w] + 1 > self.credit_records[w]):
+            self.credit_bytes[w] = amdb_load_acquire(&c.credit_bytes)
+            self.credit_records[w] = amdb_load_acquire(&c.credit_records)
+            if (self.charged_bytes[w] + charge > self.credit_bytes[w]
+                    or self.charged_records[w] + 1 > self.credit_records[w]):
+                return SOLO_SHORT
+        # Ring room for the chunk header and the record, and a wrap marker
+        # (after one wrap both fit: they are reserved back to back).
+        nbytes = amdb_record_bytes(<uint32_t>key_len, <uint32_t>value_len)
+        need = sizeof(amdb_ring_chunk) + nbytes
+        offset = r.head & r.mask
+        if offset + need > r.capacity:
+            need += r.capacity - offset
+        if r.capacity - (r.head - r.cached_tail) < need:
+            r.cached_tail = amdb_load_acquire(&c.ring_tail)
+            if r.capacity - (r.head - r.cached_tail) < need:
+                return SOLO_SHORT
+        seq = self.next_seq
+        self.next_seq += 1
+        header_pos = ring_reserve_nowait(r, sizeof(amdb_ring_chunk))
+        pos = ring_reserve_nowait(r, nbytes)
+        fill_record(<amdb_ring_record *>ring_at(r.ring, r.mask, pos), op, key, key_len, value, value_len, h, nbytes)
+        header = <amdb_ring_chunk *>ring_at(r.ring, r.mask, header_pos)
+        header.op = AMDB_OP_CHUNK
+        header.flags = AMDB_CHUNK_FIRST_OF_BATCH | AMDB_CHUNK_SOLO
+        header.seq = seq
+        header.count = 1
+        header.end = r.head
+        r.chunks_published += 1
+        header.chunk_no = r.chunks_published
+        ring_publish(r)
+        r.last_chunk_sent = r.chunks_published
+        self.charged_bytes[w] += charge
+        self.charged_records[w] += 1
+        self.att.async_chunk[w] = r.chunks_published
+        self.att.async_pending = True
+        self.last_async_seq = seq
+        if self.audit is not None:
+            self.audit.write_op(name, 1, seq, seq, h)
+        return SOLO_SENT
+
+    cdef bint _wait_room(self, int w, uint64_t key_len, uint64_t value_len) except -1:
+        """Backpressure: wait until worker w has credit and ring room for one
+        more record of this size. True when it has; False (write
+        synchronously) when it applied every async write of ours and still
+        has not: it needs more memory committed, which a synchronous write
+        asks for (and raises ArenaFullError when /dev/shm has none)."""
+        cdef RingProducer *r = &self.producers[w]
+        cdef amdb_control *c = r.ctrl
+        cdef uint64_t charge = amdb_async_charge(<uint32_t>key_len, <uint32_t>value_len)
+        cdef uint64_t need = 2 * (sizeof(amdb_ring_chunk) + amdb_record_bytes(<uint32_t>key_len, <uint32_t>value_len))
+        cdef uint32_t seen
+        cdef int i
+        cdef int state = 0                # 1: room; 2: drained without room
+        while True:
+            with nogil:
+                for i in range(AMDB_SPIN_STEPS + 1):
+                    if (self.charged_bytes[w] + charge <= amdb_load_acquire(&c.credit_bytes)
+                            and self.charged_records[w] + 1 <= amdb_load_acquire(&c.credit_records)
+                            and r.capacity - (r.head - amdb_load_acquire(&c.ring_tail)) >= need):
+                        state = 1
+                    elif amdb_load_acquire(&c.applied_chunk) >= self.att.async_chunk[w] \
+                            or amdb_load_acquire(&c.failed_chunk) >= self.att.async_chunk[w]:
+                        state = 2
+                    if state:
+                        break
+                    if i == AMDB_SPIN_STEPS:
+                        seen = progress_prepare_wait(c)
+                        progress_sleep(c, seen, WAIT_SLICE_NS)
+                    amdb_spin_step(i)
+            if state:
+                return state == 1
+            PyErr_CheckSignals()
+            if self.att.closed:
+                return False
+            if self.write_lock.acquire(False):
+                try:
+                    self.supervisor.check_worker(w)
+                finally:
+                    self.write_lock.release()
+
+    cdef int _sync_async(self) except -1:
+        """Wait until every SOLO chunk this process sent is applied (or
+        refused), then raise visible_seq over them (a CAS-max: readers and
+        the writer may raise it at once; it only grows)."""
+        cdef int w
+        cdef uint64_t seq, target
+        if not self.att.async_pending or self.att.foreign:
+            return 0
+        seq = self.last_async_seq
+        for w in range(self.att.nworkers):
+            target = self.att.async_chunk[w]
+            if target:
+                self.wait_async(w, target)
+        self.att.check_open()            # waits let other threads run, close() among them
+        amdb_fetch_max_seqcst(&self.att.dbc.visible_seq, seq)
+        if self.last_async_seq == seq:   # nothing sent while we waited
+            self.att.async_pending = False
+        self.att.refresh_len()
+        return 0
+
+    def sync_async(self):
+        """_sync_async for the reader (reads of more than one key)."""
+        self._sync_async()
+
+    def wait_async(self, int w, uint64_t target):
+        """Wait until worker w applied (or refused) chunk `target`, a SOLO
+        chunk of this process: a read of w's keys then sees it. Checks the
+        worker's liveness every WAIT_SLICE_NS (taking the write lock to
+        replace it, as every wait does)."""
+        cdef amdb_control *c
+        cdef int slot
+        # Registered as a reader: close() in another thread keeps the memory
+        # mapped until we leave (attachment.pyx, "Process safety").
+        slot = self.att.enter_read()
+        try:
+            c = self.att.parts[w].ctrl
+            self._wait_applied(w, c, target)
+        finally:
+            self.att.leave_read(slot)
+
+    cdef int _wait_applied(self, int w, amdb_control *c, uint64_t target) except -1:
+        cdef uint32_t seen
+        cdef int i
+        cdef bint done = False
+        while True:
+            with nogil:
+                for i in range(AMDB_SPIN_STEPS + 1):
+                    if (amdb_load_acquire(&c.applied_chunk) >= target
+                            or amdb_load_acquire(&c.failed_chunk) >= target):
+                        done = True
+                        break
+                    if i == AMDB_SPIN_STEPS:
+                        seen = progress_prepare_wait(c)
+                        if (amdb_load_acquire(&c.applied_chunk) >= target
+                                or amdb_load_acquire(&c.failed_chunk) >= target):
+                            done = True
+                            amdb_store32_seqcst(&c.owner_waiting, 0)
+                        else:
+                            progress_sleep(c, seen, WAIT_SLICE_NS)
+                    amdb_spin_step(i)
+            if done:
+                break
+            PyErr_CheckSignals()
+            if self.att.closed:
+                raise ClosedError("the database was closed while a read waited for this process's writes")
+            # A worker that died needs replacing (under the write lock). If
+            # another thread holds the lock, its own waits do that: never
+            # wait for the lock here (a compaction holding it may be waiting
+            # for this very reader to leave). A worker that cannot be
+            # replaced will never apply it: writes raise from now on, reads
+            # go on without it.
+            if self.write_lock.acquire(False):
+                try:
+                    self.supervisor.check_worker(w)
+                except WorkerCrashedError as exc:
+                    if self._async_error is None:
+                        self._async_error = exc
+                    break
+                finally:
+                    self.write_lock.release()
+        if amdb_load_acquire(&c.applied_chunk) < target and self._async_error is None:
+            try:
+                raise_for_status(<int>amdb_load_relaxed(&c.failed_status),
+                                 f"an async write to worker {w} that had returned was refused")
+            except Error as exc:
+                self._async_error = exc
+        if self.att.async_chunk[w] == target:
+            self.att.async_chunk[w] = 0
+        return 0
+
+    cdef int _raise_async_error(self) except -1:
+        if self._async_error is not None:
+            exc, self._async_error = self._async_error, None
+            raise exc
+        return 0
+
+    def invalidate_credit(self, int worker=-1):
+        """Forget the cached credit (of `worker`, or of every worker): after a
+        batch, a compaction or a new worker, the next async write rereads it."""
+        cdef int w
+        for w in range(self.att.nworkers):
+            if worker < 0 or w == worker:
+                self.credit_bytes[w] = 0
+                self.credit_records[w] = 0
 
     def batch_put(self, items):
         """Write every (key, value) pair of `items` as one atomic batch; the BatchResult."""
@@ -216,8 +541,15 @@ cdef class Writer:
         self._check_writable()
         with self.write_lock:
             self.att.check_open()
-            self.supervisor.before_write()
-            result = self._run_batch(source, data)
+            self.exclusive += 1
+            try:
+                self._sync_async()       # a batch never covers an async write still in a ring
+                self._raise_async_error()
+                self.supervisor.before_write()
+                result = self._run_batch(source, data)
+            finally:
+                self.exclusive -= 1
+                self.invalidate_credit()
             if self.audit is not None:
                 self.audit.write_op(name, result.count, result.first_seq, result.last_seq, result.key_digest)
             return result
@@ -405,13 +737,10 @@ cdef class Writer:
 
     cdef int _append_record(self, uint32_t op, const uint8_t *key, uint64_t key_len,
                             const uint8_t *value, uint64_t value_len) except -1:
-        """Append one put/delete record to its worker's open chunk: the one
-        place a record header is filled."""
+        """Append one put/delete record to its worker's open chunk."""
         cdef uint64_t h, nbytes, pos
         cdef int worker
         cdef RingProducer *r
-        cdef amdb_ring_record *rec
-        cdef uint8_t *out
         if key_len > self.max_key_size:
             raise KeyTooLargeError(f"key of {key_len} bytes exceeds max_key_size={self.max_key_size}")
         if value_len > self.max_value_size:
@@ -427,19 +756,7 @@ cdef class Writer:
         if not r.chunk_open:
             self._open_chunk(worker)
         pos = self._reserve(worker, nbytes)
-        rec = <amdb_ring_record *>ring_at(r.ring, r.mask, pos)
-        rec.op = op
-        rec.key_len = <uint32_t>key_len
-        rec.value_len = <uint32_t>value_len
-        rec.reserved = 0
-        rec.hash = h
-        out = <uint8_t *>(rec + 1)
-        if key_len:                      # key may be NULL when empty (numpy S0)
-            memcpy(out, key, key_len)
-        if value_len:
-            memcpy(out + key_len, value, value_len)
-        # Zero the padding: ring bytes are deterministic (and valgrind-clean).
-        memset(out + key_len + value_len, 0, nbytes - sizeof(amdb_ring_record) - key_len - value_len)
+        fill_record(<amdb_ring_record *>ring_at(r.ring, r.mask, pos), op, key, key_len, value, value_len, h, nbytes)
         r.chunk_count += 1
         r.chunk_bytes += nbytes
         r.batch_records += 1
@@ -608,9 +925,10 @@ cdef class Writer:
         self._in_batch = False
         if chunks == 0:
             return BatchResult(0, 0, 0, 0, [0] * self.att.nworkers, 0)
-        # Release: every worker's versions of the batch happen-before any
-        # reader that acquires the new watermark.
-        amdb_store_release(&self.att.dbc.visible_seq, self.batch_seq)
+        # Release (seq_cst): every worker's versions of the batch happen-before
+        # any reader that acquires the new watermark. A CAS-max: readers raise
+        # it over async writes too (_sync_async).
+        amdb_fetch_max_seqcst(&self.att.dbc.visible_seq, self.batch_seq)
         self._end_batch_seq()
         self.att.refresh_len()
         return BatchResult(count, self.batch_seq, self.batch_seq, chunks,
@@ -714,8 +1032,9 @@ cdef class Writer:
 
     def take_over_ring(self, int worker, uint64_t incarnation, bint resume):
         """Worker `worker` is dead: prepare its ring and control block for a
-        successor. With resume (it died between records: handling_pos was 0)
-        the successor starts at ring_tail and carries on, so every record
+        successor. With resume (it died between records, or inside a SOLO
+        chunk it must apply again) the successor starts at ring_tail and
+        carries on, so every record
         still in the ring, and every rollback owed, is applied as if nothing
         happened. Otherwise whatever the dead worker had not released belongs
         to the batch in flight, which is rolled back (its successor undoes its

@@ -19,7 +19,7 @@ from amdb.shm.atomic cimport *
 from amdb.shm.arena cimport Mapping, commit_pages, alloc_block, alloc_block_aligned
 from amdb.native.hashing cimport amdb_sha256, amdb_sha256_init, amdb_sha256_update, amdb_sha256_final, amdb_xxh64
 from amdb.native.skiplist cimport skiplist_insert, skiplist_random_height
-from amdb.native.hashindex cimport hashindex_find, hashindex_insert, hashindex_growth_bytes
+from amdb.native.hashindex cimport hashindex_find, hashindex_insert, hashindex_growth_bytes, hashindex_slots_left
 from amdb.native.versions cimport version_append, is_live
 from amdb.native.wal cimport SYNC_NONE
 from amdb.native.compact cimport compact_recover, region_base
@@ -188,7 +188,8 @@ cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t time
         latest = amdb_node_latest_relaxed(node_at(p.arena, node_off))
         if not is_live(p.arena, latest):
             return                                  # deleting a missing key: nothing to record
-        version_off = version_append(p, node_off, AMDB_VERSION_TOMBSTONE, NULL, 0, seq, timestamp_ns)
+        version_off = version_append(p, node_off, AMDB_VERSION_TOMBSTONE | w.version_flags, NULL, 0, seq,
+                                     timestamp_ns)
         record_for_ledger(w, version_off)
         # Release: the tombstone is whole before readers can reach it.
         amdb_node_publish_latest(node_at(p.arena, node_off), version_off)
@@ -197,7 +198,7 @@ cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t time
         return
     if node_off != 0:
         latest = amdb_node_latest_relaxed(node_at(p.arena, node_off))
-        version_off = version_append(p, node_off, 0, value, rec.value_len, seq, timestamp_ns)
+        version_off = version_append(p, node_off, w.version_flags, value, rec.value_len, seq, timestamp_ns)
         record_for_ledger(w, version_off)
         amdb_node_publish_latest(node_at(p.arena, node_off), version_off)
         if not is_live(p.arena, latest):
@@ -215,13 +216,13 @@ cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t time
     node.height = <uint16_t>entry.height
     node.reserved = 0
     memcpy(<uint8_t *>amdb_node_key(node), key, rec.key_len)
-    version_off = version_append(p, node_off, 0, value, rec.value_len, seq, timestamp_ns)
+    version_off = version_append(p, node_off, w.version_flags, value, rec.value_len, seq, timestamp_ns)
     record_for_ledger(w, version_off)
     amdb_node_init_latest(node, version_off)                       # unpublished node: plain store
     amdb_fault_check_mid_insert()
     skiplist_insert(p, node_off, &w.finger)         # publishes (level 0 = commit point)
     amdb_fault_check_mid_link()
-    hashindex_insert(p, rec.hash, node_off)         # publishes (after the skip list: crash_repair relies on it)
+    hashindex_insert(p, rec.hash, node_off, w.may_grow)   # publishes (after the skip list: crash_repair relies on it)
     amdb_store_relaxed(&c.live_keys, c.live_keys + 1)
     amdb_store_relaxed(&c.node_count, c.node_count + 1)
     amdb_store_relaxed(&c.version_count, c.version_count + 1)
@@ -234,11 +235,22 @@ cdef int apply_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos, ui
     cdef amdb_hash_table *table
     cdef amdb_ring_record *ahead
     cdef bint sorted_already = True
+    cdef uint64_t growth
     cdef int status = index_chunk(w, header, header_pos, &need, &new_keys)
     if status != AMDB_STATUS_OK:
         return status
-    need += hashindex_growth_bytes(&w.p, new_keys)
-    status = commit_pages(&w.p, need)
+    growth = hashindex_growth_bytes(&w.p, new_keys)
+    w.may_grow = True
+    w.version_flags = 0
+    if header.flags & AMDB_CHUNK_SOLO:
+        # An async single write (layout.h, "Async single writes"): its room
+        # is committed already; the table grows only with memory beyond what
+        # the producer was promised, else it fills up to its hard load.
+        w.version_flags = AMDB_VERSION_SOLO
+        if growth and commit_pages(&w.p, need + growth + promised_room(w.p.ctrl)) != AMDB_STATUS_OK:
+            w.may_grow = False
+            growth = 0
+    status = commit_pages(&w.p, need + growth)
     if status != AMDB_STATUS_OK:
         return status
     for i in range(1, count):
@@ -260,6 +272,42 @@ cdef int apply_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos, ui
         apply_record(w, &w.entries[i], header.seq, timestamp_ns)
     fold_ledger(w, header.seq)
     return AMDB_STATUS_OK
+
+
+cdef inline uint64_t promised_room(amdb_control *c) noexcept nogil:
+    """Arena bytes the producer may still charge SOLO records against."""
+    return amdb_load_relaxed(&c.credit_bytes) - amdb_load_relaxed(&c.refunded_bytes)
+
+
+cdef void publish_credit(Worker *w) noexcept nogil:
+    """Publish what the producer may charge (layout.h, "Async single writes"):
+    the committed room, and the new keys the hash table takes without
+    growing, each up to a cap (layout.h). Release: the room is committed before the producer relies on it.
+    Never lowers credit_records; credit_bytes goes down only after a batch
+    or a compaction took room (the producer rereads it after those)."""
+    cdef amdb_control *c = w.p.ctrl
+    cdef uint64_t committed = amdb_load_relaxed(&c.arena_committed)
+    cdef uint64_t used = amdb_load_relaxed(&c.arena_used)
+    cdef uint64_t room = min(committed - used if committed > used else 0, AMDB_ASYNC_CREDIT_BYTES)
+    cdef uint64_t records = amdb_load_relaxed(&c.refunded_records) + min(hashindex_slots_left(&w.p),
+                                                                        AMDB_ASYNC_WINDOW)
+    if records > amdb_load_relaxed(&c.credit_records):
+        amdb_store_release(&c.credit_records, records)
+    amdb_store_release(&c.credit_bytes, amdb_load_relaxed(&c.refunded_bytes) + room)
+
+
+cdef void refund_solo(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) noexcept nogil:
+    """Count a SOLO chunk as done (applied or refused): give back what the
+    producer charged for it, then publish the credit."""
+    cdef amdb_control *c = w.p.ctrl
+    cdef uint64_t capacity = c.ring_capacity
+    cdef uint64_t pos = header_pos + sizeof(amdb_ring_chunk)
+    cdef amdb_ring_record *rec = record_at(w, pos)
+    if rec.op == AMDB_OP_WRAP:          # the record lies at the ring's start
+        rec = record_at(w, pos + capacity - (pos & (capacity - 1)))
+    amdb_store_relaxed(&c.refunded_bytes, c.refunded_bytes + amdb_async_charge(rec.key_len, rec.value_len))
+    amdb_store_relaxed(&c.refunded_records, c.refunded_records + 1)
+    publish_credit(w)
 
 
 cdef void begin_batch(Worker *w, uint64_t seq) noexcept nogil:
@@ -312,6 +360,8 @@ cdef void worker_init(Worker *w, Mapping mapping, int fd, int parent_pid) noexce
     w.batch_start_off = 0
     w.refusing = False
     w.batch_committed = False
+    w.may_grow = True
+    w.version_flags = 0
     w.parent_pid = parent_pid
     w.log.dir_fd = -1
     w.log.fd = -1

@@ -19,7 +19,7 @@ from libc.stdlib cimport malloc, free
 from posix.unistd cimport getppid, getpid
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport *
-from amdb.shm.arena cimport Mapping, arena_init
+from amdb.shm.arena cimport Mapping, arena_init, commit_pages
 from amdb.shm.ring cimport ring_wait_data, ring_release, progress_publish, ring_at
 from amdb.native.hashing cimport ring_chunk_fingerprint
 from amdb.native.skiplist cimport skiplist_finger_reset
@@ -27,12 +27,13 @@ from amdb.native.wal cimport *
 from amdb.native.compact cimport CompactResult, compact_prepare, compact_recover, compact_adopt
 from amdb.native.worker.state cimport Worker
 from amdb.native.worker.apply cimport (apply_chunk, begin_batch, worker_init, arm_fault, fault_check_mid_publish,
-                                       fault_check_mid_compact)
-from amdb.native.worker.rollback cimport rollback_batch, crash_repair
+                                       fault_check_mid_compact, publish_credit, refund_solo)
+from amdb.native.worker.rollback cimport rollback_batch, crash_repair, undo_open_batch
 from amdb.native.worker.replay cimport replay_log
 
 cdef enum:
     IDLE_TIMEOUT_NS = 200000000   # 200 ms: how often an idle worker checks its owner is alive
+    COMMIT_AHEAD_LOW = 4 << 20    # bytes an idle worker keeps committed ahead (async write credit)
 
 cdef enum LoopExit:
     EXIT_SHUTDOWN = 0
@@ -119,6 +120,7 @@ cdef void handle_compact(Worker *w, amdb_ring_chunk *header) noexcept nogil:
         fault_check_mid_compact()      # the new generation whole, the switch not made
         compact_recover(c)                  # the switch: the same code a new worker would replay
         compact_adopt(&w.p, w.arena_base, &w.finger, &result, header.seq)
+        publish_credit(w)
         w.batch_first_seq = 0
         w.batch_start_off = 0
         w.refusing = False
@@ -148,9 +150,18 @@ cdef void handle_abort(Worker *w, amdb_ring_chunk *header) noexcept nogil:
 
 cdef void handle_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) noexcept nogil:
     """Apply (or skip) one chunk. `header` is the worker's private copy: after
-    ring_release the chunk's ring bytes may already hold the owner's next data."""
+    ring_release the chunk's ring bytes may already hold the owner's next data.
+
+    A SOLO chunk (an async single write, layout.h) is a whole batch: nobody
+    sends it an ABORT or a COMMIT, so it commits itself here (in the log too),
+    or, refused, is undone here and logged as an empty commit (recovery must
+    not stop at its seq); either way its charge goes back to the producer."""
     cdef amdb_control *c = w.p.ctrl
+    cdef bint solo = header.flags & AMDB_CHUNK_SOLO
+    cdef bint applied = False
     cdef int status
+    cdef LogPiece piece
+    cdef uint64_t participants = 1
     if header.flags & AMDB_CHUNK_FIRST_OF_BATCH:
         begin_batch(w, header.seq)
     elif w.refusing:
@@ -159,13 +170,30 @@ cdef void handle_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) 
         status = AMDB_STATUS_POISON      # refused before touching anything
     else:
         status = apply_chunk(w, header, header_pos, 0)
+        applied = status == AMDB_STATUS_OK
     if status == AMDB_STATUS_OK and w.log.dir_fd >= 0:
         # Logged after applying (the frame carries the versions' timestamp)
         # and before acknowledging (wal.h, invariant 2). A failure refuses the
         # chunk; the owner's ABORT then rolls back what it applied.
         status = log_chunk(w, header, header_pos)
+        if status == AMDB_STATUS_OK and solo:
+            status = log_after_commit(&w.log)     # sync="batch": durable before acknowledged
+    if solo:
+        if status == AMDB_STATUS_OK:
+            w.batch_committed = True
+        else:
+            if applied:
+                undo_open_batch(w)
+            if w.log.dir_fd >= 0:
+                piece.data = &participants
+                piece.length = 8
+                if log_append(&w.log, AMDB_LOG_COMMIT, header.seq, &piece, 1) != AMDB_STATUS_OK:
+                    amdb_store_relaxed(&c.log_broken, 1)
+        refund_solo(w, header, header_pos)
+    else:
+        publish_credit(w)                 # a batch took room: the producer rereads after it
     if status != AMDB_STATUS_OK:
-        w.refusing = True
+        w.refusing = not solo
         amdb_store_relaxed(&c.failed_status, <uint64_t>status)
         amdb_store_release(&c.failed_chunk, header.chunk_no)
     else:
@@ -179,6 +207,16 @@ cdef void handle_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos) 
         # (and through visible_seq, every reader) may rely on it.
         amdb_store_release(&c.applied_chunk, header.chunk_no)
     progress_publish(c)
+
+
+cdef void commit_ahead(Worker *w) noexcept nogil:
+    """While idle, keep COMMIT_AHEAD_LOW of arena memory committed ahead, so
+    that async single writes find credit (layout.h, "Async single writes")."""
+    cdef amdb_control *c = w.p.ctrl
+    if amdb_load_relaxed(&c.arena_committed) - amdb_load_relaxed(&c.arena_used) >= COMMIT_AHEAD_LOW:
+        return
+    if commit_pages(&w.p, COMMIT_AHEAD_LOW) == AMDB_STATUS_OK:
+        publish_credit(w)
 
 
 cdef inline void take_record(amdb_control *c, uint64_t pos, amdb_ring_chunk *header) noexcept nogil:
@@ -213,6 +251,7 @@ cdef int worker_loop(Worker *w) noexcept nogil:
         head = ring_wait_data(c, tail, idle_ns)
         if head == tail:
             log_idle(&w.log)
+            commit_ahead(w)
             if amdb_load_acquire(&c.shutdown_requested):
                 return EXIT_SHUTDOWN
             if getppid() != w.parent_pid:
@@ -272,13 +311,15 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=
     rebuild its arena from a checkpoint and the log segments the owner kept,
     then log everything it applies to a new segment.
 
-    `respawn` ({"visible_seq": int, "resume": bool, "poison": [fingerprints]})
+    `respawn` ({"visible_seq": int, "undo_seq": int, "poison": [fingerprints]})
     makes it the successor of a worker that died: it keeps the arena as it is
-    (layout.h, rule 4). With resume (the predecessor died between records) it
-    carries on the predecessor's open batch from the ring; otherwise it undoes
-    that batch unless the owner made it visible (crash_repair), logs the undo
-    as an ABORT frame in a new log segment, and applies the ring from where
-    the owner reset it. It refuses chunks whose fingerprint is in "poison"
+    (layout.h, rule 4). With undo_seq 0 (the predecessor died between
+    records) it carries on the predecessor's open batch from the ring;
+    otherwise it undoes batch undo_seq if that is the one the predecessor
+    began last and the owner never made it visible (crash_repair), logs the
+    undo as an ABORT frame in a new log segment, and applies the ring from
+    where the owner left it (the same record again, for a SOLO write; past
+    the batch, for a batch the owner rolls back). It refuses chunks whose fingerprint is in "poison"
     (AMDB_STATUS_POISON). A worker that cannot start says why in its control
     block (start_status, state FAILED) before it raises."""
     import mmap
@@ -289,7 +330,7 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=
     cdef amdb_control *c = <amdb_control *>mapping.base
     cdef int status
     cdef int result
-    cdef uint64_t frames = 0, replay_length, visible_seq, undone_seq = 0
+    cdef uint64_t frames = 0, replay_length, visible_seq, undo_seq, undone_seq = 0
     cdef const uint8_t[::1] segment_bytes
     if c.magic != AMDB_PARTITION_MAGIC or c.layout_version != AMDB_LAYOUT_VERSION:
         raise Error("not an AmDb partition segment (magic or layout version differs)", code="corrupt")
@@ -319,9 +360,9 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=
                     w.poison[i] = fingerprint
                 w.poison_count = len(poison)
             visible_seq = respawn["visible_seq"]
-            resume = bool(respawn.get("resume", False))
+            undo_seq = respawn.get("undo_seq", 0)
             with nogil:
-                status = crash_repair(&w, visible_seq, resume, &undone_seq)
+                status = crash_repair(&w, visible_seq, undo_seq, &undone_seq)
             check_start(c, status, "taking over the arena of a crashed worker")
             skiplist_finger_reset(&w.p, &w.finger)
             if durable is not None and not durable["read_only"]:
@@ -374,6 +415,7 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=
         mapping.release()
         raise
     arm_fault(fault, c.worker_index, parent_pid)
+    publish_credit(&w)
     amdb_store_release(&c.worker_state, AMDB_WORKER_READY)
     progress_publish(c)
     try:

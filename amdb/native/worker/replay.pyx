@@ -73,6 +73,8 @@ cdef int replay_frames(Worker *w, char *data, uint64_t length, uint64_t *frames_
             status = apply_chunk(w, &header, records - sizeof(amdb_ring_chunk), meta.timestamp_ns)
             if status != AMDB_STATUS_OK:
                 return status
+            if header.flags & AMDB_CHUNK_SOLO:
+                w.batch_committed = True        # a whole batch of one record: it commits itself
         elif frame.kind == AMDB_LOG_COMMIT:
             w.batch_committed = True
         elif frame.kind == AMDB_LOG_ABORT:

@@ -145,7 +145,7 @@ cdef int relink_crashed_nodes(Worker *w) noexcept nogil:
                     status = commit_pages(p, hashindex_growth_bytes(p, 1))
                     if status != AMDB_STATUS_OK:
                         return status
-                    hashindex_insert(p, n.hash, off)
+                    hashindex_insert(p, n.hash, off, True)
         off += <uint64_t>block.words * 8
     return AMDB_STATUS_OK
 
@@ -162,26 +162,28 @@ cdef void load_open_batch(Worker *w) noexcept nogil:
     w.batch_versions = amdb_load_relaxed(&c.open_batch_versions)
 
 
-cdef int crash_repair(Worker *w, uint64_t visible_seq, bint resume, uint64_t *undone_seq) noexcept nogil:
+cdef int crash_repair(Worker *w, uint64_t visible_seq, uint64_t undo_seq, uint64_t *undone_seq) noexcept nogil:
     """Take over a partition whose worker died (rule 4 of layout.h: what it
     left is usable, at worst with unlinked garbage).
 
-    resume=False (it died handling a record): if the batch it began last was
-    never made visible, undo it, as an ABORT would have.
-    resume=True (it died between records, handling_pos == 0): every record
+    undo_seq == 0 (it died between records, handling_pos == 0): every record
     it took is whole in the arena, so its open batch, if any, goes on here:
-    the rest of it, its COMMIT or its ABORT are still in the ring."""
+    the rest of it, its COMMIT or its ABORT are still in the ring.
+    undo_seq != 0 (it died handling a record of batch undo_seq): if that batch
+    is the one it began last and was never made visible, undo it, as an ABORT
+    would have. An older open batch is whole (a SOLO write that visible_seq
+    does not cover yet, say) and is left as it is."""
     cdef amdb_control *c = w.p.ctrl
     # Acquire: begin_batch stores the seq last, with release.
     cdef uint64_t seq = amdb_load_acquire(&c.open_batch_seq)
     cdef int status
     undone_seq[0] = 0
-    if seq == 0 or seq <= visible_seq:
+    if seq == 0 or seq <= visible_seq or (undo_seq != 0 and seq != undo_seq):
         return AMDB_STATUS_OK
     load_open_batch(w)
     if w.batch_start_off < AMDB_ARENA_FIRST_BLOCK or w.batch_start_off > c.arena_used:
         return AMDB_STATUS_CORRUPT
-    if resume:
+    if undo_seq == 0:
         return AMDB_STATUS_OK
     status = relink_crashed_nodes(w)
     if status != AMDB_STATUS_OK:
@@ -189,5 +191,3 @@ cdef int crash_repair(Worker *w, uint64_t visible_seq, bint resume, uint64_t *un
     undo_open_batch(w)
     undone_seq[0] = seq
     return AMDB_STATUS_OK
-
-

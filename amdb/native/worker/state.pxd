@@ -31,6 +31,8 @@ ctypedef struct Worker:
     uint64_t batch_start_off     # arena_used when that chunk arrived
     bint refusing                # a chunk of the open batch failed: skip the rest until ABORT
     bint batch_committed         # the open batch's COMMIT was handled (durable databases)
+    bint may_grow                # the chunk being applied may grow the hash table (apply_chunk)
+    uint32_t version_flags       # flags the chunk's versions get besides their own (AMDB_VERSION_SOLO)
     int parent_pid
     char *records                # where ring positions of records point: the ring, or a log
     uint64_t records_mask        #   segment being replayed (mask ~0: positions are offsets)
