@@ -72,7 +72,7 @@ class ParallelDB:
         supervisor.open(owner=self)
         self._writer, self._reader = supervisor.writer, supervisor.reader
         # The hot paths: the client's own methods, no Python frame in between.
-        for name in ("put", "delete", "flush", "batch_get", "scan", "keys", "items", "values"):
+        for name in ("put", "delete", "flush", "batch_get", "iterator", "scan", "keys", "items", "values"):
             setattr(self, name, getattr(self._writer if name in ("put", "delete", "flush") else self._reader, name))
         self.get = self._reader.get
         if options.audit is not None:
@@ -238,9 +238,19 @@ class ParallelDB:
         """Values of `keys` (None where absent), looked up with the GIL released."""
         return self._reader.batch_get(keys, at_seq=at_seq)
 
-    def scan(self, start=None, stop=None, *, prefix=None, reverse=False, keys_only=False, at_seq=None):
-        """Iterate (key, value) pairs (or keys) in bytewise key order."""
-        return self._reader.scan(start, stop, prefix=prefix, reverse=reverse, keys_only=keys_only, at_seq=at_seq)
+    def iterator(self, start=None, stop=None, *, prefix=None, reverse=False, include_start=True,
+                 include_stop=False, keys_only=False, values_only=False, at_seq=None, limit=None):
+        """An ordered cursor with seek(), prev(), valid, key, value, reading one
+        snapshot (see docs/API.md, "Iterators")."""
+        return self._reader.iterator(start, stop, prefix=prefix, reverse=reverse, include_start=include_start,
+                                     include_stop=include_stop, keys_only=keys_only, values_only=values_only,
+                                     at_seq=at_seq, limit=limit)
+
+    def scan(self, start=None, stop=None, *, prefix=None, reverse=False, keys_only=False, at_seq=None, limit=None):
+        """Iterate (key, value) pairs (or keys) in bytewise key order: from
+        start (inclusive) to stop (exclusive), within prefix, at most limit."""
+        return self._reader.scan(start, stop, prefix=prefix, reverse=reverse, keys_only=keys_only, at_seq=at_seq,
+                                 limit=limit)
 
     def keys(self):
         """Every key, in key order."""

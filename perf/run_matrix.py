@@ -18,8 +18,7 @@ Workloads (N = --keys; each counts N operations, reported as ops/s):
              per call (AmDb: put_array; peers convert each chunk to bytes)
 --order: sequential = keys in key order; random = a shuffled order (fixed seed).
 --durable: off = memory only (AmDb path=None, SQLite ':memory:'); on = a path
-with sync="none" (AmDb has no durability yet: those cells are skipped with the
-reason AmDb gives). On-disk peers always write to a fresh temporary directory.
+with sync="none". On-disk peers always write to a fresh temporary directory.
 
 Method: each cell runs --warmup untimed repeats, then --repeat timed ones,
 each on a fresh database (and fresh directory); the engines are interleaved
@@ -41,6 +40,8 @@ peers.png). Exit status: 0, 1 when an engine failed a cell, 2 on bad input.
     python perf/run_matrix.py --workers 1,2,4,8,16 --workload put,get --batch 5000
     python perf/run_matrix.py --engines amdb,lmdb --value-size 16 1000 --keys 1000000
     python perf/run_matrix.py --compare old/results.json new/results.json
+    python perf/run_matrix.py --suite dbbench            # LevelDB's db_bench workloads (perf/suites.py)
+    python perf/run_matrix.py --suite ycsb               # YCSB A-F, one call and batched per operation
 """
 import argparse
 import csv
@@ -1158,6 +1159,10 @@ def load_variants(grid, say):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--suite" or a.startswith("--suite=") for a in argv):
+        import suites                    # perf/suites.py: db_bench and YCSB, peers side by side
+        return suites.main(argv)
     parser = make_parser()
     args = parser.parse_args(argv)
     say = lambda line: print(line, flush=True)  # noqa: E731

@@ -278,13 +278,12 @@ def test_scan_prefix(shared_db, prefix):
     assert list(db.scan(prefix=p + b"\xff", keys_only=True)) == [p + b"\xff"]
 
 
-def test_scan_prefix_with_start_or_stop_rejected(db):
-    with pytest.raises(amdb.InvalidArgumentError):
-        list(db.scan(b"a", prefix=b"a"))
-    with pytest.raises(amdb.InvalidArgumentError):
-        list(db.scan(stop=b"a", prefix=b"a"))
-    with pytest.raises(amdb.InvalidArgumentError):
-        list(db.scan(start=b"a", stop=b"b", prefix=b"a"))
+def test_scan_prefix_with_start_or_stop_reads_the_keys_in_both(db):
+    db.batch_put([(k, b"v") for k in (b"a", b"a1", b"a2", b"a3", b"ab", b"b", b"b1")])
+    assert list(db.scan(b"a2", prefix=b"a", keys_only=True)) == [b"a2", b"a3", b"ab"]
+    assert list(db.scan(stop=b"a2", prefix=b"a", keys_only=True)) == [b"a", b"a1"]
+    assert list(db.scan(start=b"a", stop=b"b1", prefix=b"a", keys_only=True)) == [b"a", b"a1", b"a2", b"a3", b"ab"]
+    assert list(db.scan(start=b"0", stop=b"a2", prefix=b"a", reverse=True, keys_only=True)) == [b"a1", b"a"]
 
 
 def test_scan_is_a_snapshot(db):

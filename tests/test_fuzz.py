@@ -936,25 +936,19 @@ def fuzz_reads(model, data):
         keys_only = data.draw(st.sampled_from([False, True, 0, 1, None]), label="keys_only")
         if is_error(limit):
             error = limit
-        elif prefix is not None and (start is not None or stop is not None):
-            error = amdb.InvalidArgumentError
-        elif prefix is not None:
-            error = key_outcome(prefix, False)
         else:
-            error = next((x for x in (key_outcome(b, False) for b in (start, stop) if b is not None)
+            # prefix= with start= / stop=: the keys in both (issue 17).
+            error = next((x for x in (key_outcome(b, False) for b in (start, stop, prefix) if b is not None)
                           if is_error(x)), None)
         error = error if is_error(error) else None
         got = expect("scan", attempt(lambda: list(db.scan(start, stop, prefix=prefix, reverse=reverse,
                                                            keys_only=keys_only, at_seq=at_seq))), error)
         if error is None:
             state = model.state_at(limit)
-            if prefix is not None:
-                p = buffer_bytes(prefix)
-                keys = sorted(k for k in state if k.startswith(p))
-            else:
-                lo = None if start is None else buffer_bytes(start)
-                hi = None if stop is None else buffer_bytes(stop)
-                keys = sorted(k for k in state if (lo is None or k >= lo) and (hi is None or k < hi))
+            p = b"" if prefix is None else buffer_bytes(prefix)
+            lo = None if start is None else buffer_bytes(start)
+            hi = None if stop is None else buffer_bytes(stop)
+            keys = sorted(k for k in state if k.startswith(p) and (lo is None or k >= lo) and (hi is None or k < hi))
             if reverse:
                 keys.reverse()
             assert got == (keys if keys_only else [(k, state[k]) for k in keys])

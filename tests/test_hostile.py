@@ -101,6 +101,7 @@ READS = {
     "scan": lambda: [v for _, v in db.scan(prefix=b"k")], "items": lambda: [v for k, v in db.items() if k in keyset],
     "keys": lambda: None if set(db.keys()) >= keyset else "missing", "values": lambda: [v for v in db.values()][:1],
     "snapshot": lambda: [db.snapshot().get(keys[0])],
+    "iterator": lambda: [v for _, v in db.iterator(prefix=b"k", reverse=True)],
 }
 OTHERS = {
     "put": lambda: db.put(b"x", b"y"), "delete": lambda: db.delete(keys[0]),

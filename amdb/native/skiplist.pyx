@@ -54,6 +54,26 @@ cdef uint64_t skiplist_find_lt(const char *arena, uint64_t head, uint64_t prefix
     return 0 if x == head else x
 
 
+cdef uint64_t skiplist_find_lt_coarse(const char *arena, uint64_t head, uint64_t prefix, const uint8_t *key,
+                                      uint32_t key_len, bint unbounded, int min_level) noexcept nogil:
+    """Like skiplist_find_lt, but the descent stops at level `min_level`: the
+    last node of height > min_level whose key < key (or the head, when none
+    is). The nodes between it and `key` are then a level-0 walk of about
+    4^min_level steps: reverse iteration fills a buffer from there, in
+    O(log n) per buffer instead of per item."""
+    cdef uint64_t x = head
+    cdef uint64_t nxt
+    cdef int level
+    for level in range(AMDB_MAX_HEIGHT - 1, min_level - 1, -1):
+        while True:
+            nxt = amdb_node_next_acquire(node_at(arena, x), level)
+            if nxt != 0 and (unbounded or compare_key_to_node(prefix, key, key_len, node_at(arena, nxt)) > 0):
+                x = nxt
+            else:
+                break
+    return x
+
+
 cdef uint32_t skiplist_random_height(SkipFinger *finger) noexcept nogil:
     """Height with P(h > k) = 4^-k (xorshift64*, worker-private state)."""
     cdef uint64_t x = finger.rng_state

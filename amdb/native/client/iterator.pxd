@@ -1,30 +1,47 @@
 # cython: language_level=3
-"""Scans (iterator.pyx)."""
-from libc.stdint cimport uint64_t
+"""Iterators (iterator.pyx)."""
+from libc.stdint cimport uint32_t, uint64_t, int64_t
 from amdb.shm.layout cimport amdb_node
 from amdb.native.client.attachment cimport Attachment
 
-cdef enum ScanMode:
-    SCAN_ITEMS = 0
-    SCAN_KEYS = 1
-    SCAN_VALUES = 2
+cdef enum IterMode:
+    MODE_ITEMS = 0
+    MODE_KEYS = 1
+    MODE_VALUES = 2
 
 
-cdef class ScanIterator:
+cdef class Iterator:
     cdef Attachment att
-    cdef uint64_t visible
+    cdef uint64_t visible          # the snapshot: versions above it are skipped
+    cdef int64_t remaining         # items next() may still hand out (-1: no limit)
     cdef int nworkers
-    cdef uint64_t *cursor          # per worker: node offset with a visible live version, or 0
-    cdef uint64_t *cursor_version  #   and that version (VERSION_RECLAIMED: compaction reclaimed it)
-    cdef bytes start, stop
+    cdef uint64_t *cursor          # per worker: the next usable node in direction, or 0
+    cdef uint64_t *cursor_version  #   and its version (VERSION_RECLAIMED: compaction reclaimed it)
+    cdef uint64_t *back            # per worker, BACK_CAPACITY nodes: the backward buffer
+    cdef uint32_t *back_len
+    cdef bytes lo, hi              # bounds (None: open)
+    cdef bint lo_inclusive, hi_inclusive
     cdef bint reverse
     cdef int mode
+    cdef readonly bint closed
     cdef uint64_t epoch            # att.read_epoch the cursors belong to
-    cdef bytes last_key            # the last key returned (None: none yet)
+    cdef bytes anchor              # where the cursor stands (re-seeks after a compaction start there)
+    cdef bint anchor_inclusive
 
-    cdef bint _in_bounds(self, amdb_node *n) noexcept
-    cdef void _settle(self, int w, uint64_t off) noexcept
-    cdef void _seek_first(self, int w) noexcept
-    cdef void _seek_past(self, int w, bytes key) noexcept
+    cdef int _enter(self) except -1
+    cdef int _leave(self) except -1
+    cdef bint _below_hi(self, amdb_node *n) noexcept
+    cdef bint _above_lo(self, amdb_node *n) noexcept
+    cdef bint _usable(self, int w, uint64_t off) noexcept
+    cdef void _settle_up(self, int w, uint64_t off) noexcept
+    cdef void _fill_back(self, int w, amdb_node *limit) noexcept
+    cdef void _settle_down(self, int w, amdb_node *limit) noexcept
+    cdef void _step(self, int w) noexcept
+    cdef void _seek_worker(self, int w, bytes key, bint inclusive, bint upward) noexcept
+    cdef void _seek_end(self, bint first) noexcept
+    cdef void _turn(self, bint upward) noexcept
+    cdef int _best(self, bint ascending) noexcept
+    cdef bytes _key_of(self, int w)
     cdef void _reseek(self) noexcept
-    cdef object _step(self)
+    cdef void _place(self, bytes key, bint inclusive) noexcept
+    cdef object _item(self, int w)

@@ -1,168 +1,276 @@
 # cython: language_level=3
-"""Scans: the workers' ordered lists merged into one ordered stream.
+"""Iterators: the workers' ordered lists merged into one ordered stream, with
+seek (db.iterator(), and db.scan() / keys() / items() / values() on top).
 
-Who calls it: Reader.scan / keys / items / values (reader.pyx).
+Who calls it: Reader.iterator / scan (reader.pyx).
 Shared memory: reads only, by the rules of attachment.pyx ("Process
-safety"); between two steps it keeps offsets of the generations it read and
-re-seeks when the read epoch moved.
+safety"). Between two calls an iterator keeps offsets into the generations
+it read; when a compaction switched a partition's generation meanwhile (the
+read epoch moved), it re-seeks every partition next to the last key it
+handed out, in the new generations, as LevelDB iterators re-seek after a
+change of version. It reads a snapshot: versions newer than visible_seq at
+its creation are skipped. A key whose value as of the snapshot was
+reclaimed raises VersionReclaimedError when the iterator reaches it.
+
+The cursor (plyvel's model): the iterator stands before one item, the one
+`key` / `value` describe and next() returns, then it moves one item on in
+its direction (descending keys when reverse). prev() moves one item back
+and returns it, so next() after prev() returns the same item again.
+
+Per worker, a cursor on the next node in the iterator's direction. Forward
+steps follow next[0]. Backward steps pop a small buffer filled by one coarse
+descent (skiplist_find_lt_coarse) and a level-0 walk, so that reverse
+iteration costs O(1) per item amortised, as forward does, not a descent each.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport calloc, malloc, free
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport *
-from amdb.native.skiplist cimport skiplist_find_ge, skiplist_find_lt, compare_key_to_node
+from amdb.native.skiplist cimport (skiplist_find_ge, skiplist_find_lt, skiplist_find_lt_coarse,
+                                   compare_key_to_node)
 from amdb.native.versions cimport visible_version, is_live, VERSION_RECLAIMED
 from amdb.native.client.attachment cimport Attachment
+from amdb.native.client.keys cimport as_key
 
-from amdb.errors import ClosedError, VersionReclaimedError
+from amdb.errors import ClosedError, InvalidArgumentError, VersionReclaimedError
+
+cdef enum:
+    BACK_LEVEL = 3                # backward buffers are filled from a node of height > 3: ~64 nodes
+    BACK_CAPACITY = 512           # nodes a backward buffer keeps (the ones nearest the cursor)
 
 
-cdef class ScanIterator:
-    """Merges the workers' ordered lists into one ordered stream. Reads a
-    snapshot: versions newer than visible_seq at creation are skipped.
+cdef inline int compare_key(bytes a, amdb_node *n) noexcept:
+    """memcmp order of the key `a` and node n's key."""
+    cdef const uint8_t *k = <const uint8_t *>PyBytes_AS_STRING(a)
+    cdef uint32_t length = <uint32_t>PyBytes_GET_SIZE(a)
+    return compare_key_to_node(amdb_key_prefix(k, length), k, length, n)
 
-    Between two steps it keeps offsets into the generations it read; when a
-    compaction switched any partition's generation meanwhile (the attachment's
-    read epoch moved), it re-seeks every partition just past the last key it
-    returned, in the new generations, as LevelDB iterators re-seek after a
-    change of version. A key whose value as of the snapshot was reclaimed
-    raises VersionReclaimedError when the scan reaches it."""
 
-    def __cinit__(self, Attachment att, start, stop, bint reverse, int mode, uint64_t visible):
+cdef class Iterator:
+    """An ordered cursor over the database (see the module docstring and
+    docs/API.md, "Iterators")."""
+
+    def __cinit__(self, Attachment att, lo, hi, bint lo_inclusive, bint hi_inclusive, bint reverse, int mode,
+                  uint64_t visible, int64_t limit=-1):
         cdef int w
         self.att = att
         self.nworkers = att.nworkers
-        self.start = start
-        self.stop = stop
+        self.lo = lo
+        self.hi = hi
+        self.lo_inclusive = lo_inclusive
+        self.hi_inclusive = hi_inclusive
         self.reverse = reverse
         self.mode = mode
-        self.last_key = None
+        self.visible = visible
+        self.remaining = limit             # items next() may still hand out (-1: no limit)
+        self.anchor = None
         self.cursor = <uint64_t *>calloc(max(self.nworkers, 1), sizeof(uint64_t))
         self.cursor_version = <uint64_t *>calloc(max(self.nworkers, 1), sizeof(uint64_t))
-        if self.cursor == NULL or self.cursor_version == NULL:
+        self.back = <uint64_t *>malloc(max(self.nworkers, 1) * BACK_CAPACITY * sizeof(uint64_t))
+        self.back_len = <uint32_t *>calloc(max(self.nworkers, 1), sizeof(uint32_t))
+        if self.cursor == NULL or self.cursor_version == NULL or self.back == NULL or self.back_len == NULL:
             raise MemoryError()
-        self.visible = visible
-        if att.foreign:
-            att.enter_foreign()      # may adopt new regions: take the epoch after it
-            try:
-                self.epoch = att.read_epoch
-                for w in range(self.nworkers):
-                    self._seek_first(w)
-            finally:
-                att.leave_foreign()
-        else:
+        self._enter()
+        try:
             self.epoch = att.read_epoch
-            for w in range(self.nworkers):
-                self._seek_first(w)
+            self._seek_end(not reverse)
+        finally:
+            self._leave()
 
     def __dealloc__(self):
         free(self.cursor)
         free(self.cursor_version)
+        free(self.back)
+        free(self.back_len)
 
-    cdef bint _in_bounds(self, amdb_node *n) noexcept:
-        cdef const uint8_t *k
-        if self.reverse:
-            if self.start is None:
-                return True
-            k = <const uint8_t *>PyBytes_AS_STRING(self.start)
-            return compare_key_to_node(amdb_key_prefix(k, len(self.start)), k, len(self.start), n) <= 0
-        if self.stop is None:
+    # ---- registration and bounds ---------------------------------------------------
+
+    cdef int _enter(self) except -1:
+        """Every call that touches the arenas: open, a forked child's reader
+        slot, and the cursors re-seeked if a compaction moved the epoch."""
+        if self.closed:
+            raise InvalidArgumentError("the iterator is closed")
+        if self.att.closed:
+            raise ClosedError("the database was closed while an iterator was open")
+        if self.att.foreign:
+            self.att.enter_foreign()         # may adopt new regions: compared below
+        if self.epoch != self.att.read_epoch:
+            self._reseek()
+        return 0
+
+    cdef int _leave(self) except -1:
+        if self.att.foreign:
+            self.att.leave_foreign()
+        return 0
+
+    cdef bint _below_hi(self, amdb_node *n) noexcept:
+        """n's key is not past the upper bound."""
+        cdef int c
+        if self.hi is None:
             return True
-        k = <const uint8_t *>PyBytes_AS_STRING(self.stop)
-        return compare_key_to_node(amdb_key_prefix(k, len(self.stop)), k, len(self.stop), n) > 0
+        c = compare_key(self.hi, n)
+        return c > 0 or (c == 0 and self.hi_inclusive)
 
-    cdef void _settle(self, int w, uint64_t off) noexcept:
-        """Move worker w's cursor to the first node from `off` on (in scan
-        direction) that is in bounds and has a visible live version (or whose
-        visible version was reclaimed: the scan raises when it gets there)."""
+    cdef bint _above_lo(self, amdb_node *n) noexcept:
+        cdef int c
+        if self.lo is None:
+            return True
+        c = compare_key(self.lo, n)
+        return c < 0 or (c == 0 and self.lo_inclusive)
+
+    # ---- one worker's cursor ---------------------------------------------------------
+
+    cdef bint _usable(self, int w, uint64_t off) noexcept:
+        """off holds an item of the snapshot (or one whose value was
+        reclaimed: the iterator raises when it gets there); note its version."""
         cdef const char *arena = self.att.parts[w].arena
-        cdef amdb_node *n
-        cdef uint64_t version_off
+        cdef uint64_t version_off = visible_version(arena, node_at(arena, off), self.visible)
+        if version_off == VERSION_RECLAIMED or is_live(arena, version_off):
+            self.cursor_version[w] = version_off
+            return True
+        return False
+
+    cdef void _settle_up(self, int w, uint64_t off) noexcept:
+        """Worker w's cursor: the first usable node from `off` on, ascending,
+        within the upper bound (0: none)."""
+        cdef const char *arena = self.att.parts[w].arena
         while off != 0:
-            n = node_at(arena, off)
-            if not self._in_bounds(n):
+            if not self._below_hi(node_at(arena, off)):
                 off = 0
                 break
-            version_off = visible_version(arena, n, self.visible)
-            if version_off == VERSION_RECLAIMED or is_live(arena, version_off):
-                self.cursor_version[w] = version_off
+            if self._usable(w, off):
                 break
-            if self.reverse:
-                off = skiplist_find_lt(arena, arena_skiplist_head(arena), n.key_prefix, amdb_node_key(n),
-                                       n.key_len, False)
-            else:
-                off = amdb_node_next_acquire(n, 0)
+            off = amdb_node_next_acquire(node_at(arena, off), 0)
         self.cursor[w] = off
 
-    cdef void _seek_first(self, int w) noexcept:
+    cdef void _fill_back(self, int w, amdb_node *limit) noexcept:
+        """Worker w's backward buffer: the nodes just below `limit` (a node, or
+        NULL: the end of the list), ascending, nearest last."""
+        cdef const char *arena = self.att.parts[w].arena
+        cdef uint64_t head = arena_skiplist_head(arena)
+        cdef uint64_t *buf = self.back + w * BACK_CAPACITY
+        cdef uint64_t off
+        cdef uint32_t n = 0
+        if limit == NULL:
+            off = skiplist_find_lt_coarse(arena, head, 0, NULL, 0, True, BACK_LEVEL)
+        else:
+            off = skiplist_find_lt_coarse(arena, head, limit.key_prefix, amdb_node_key(limit), limit.key_len,
+                                          False, BACK_LEVEL)
+        if off == head:
+            off = amdb_node_next_acquire(node_at(arena, head), 0)
+        while off != 0 and (limit == NULL or compare_key_to_node(limit.key_prefix, amdb_node_key(limit),
+                                                                 limit.key_len, node_at(arena, off)) > 0):
+            if n == BACK_CAPACITY:           # keep the nearest: shift the oldest out
+                n = BACK_CAPACITY // 2
+                for i in range(n):
+                    buf[i] = buf[i + BACK_CAPACITY // 2]
+            buf[n] = off
+            n += 1
+            off = amdb_node_next_acquire(node_at(arena, off), 0)
+        self.back_len[w] = n
+
+    cdef void _settle_down(self, int w, amdb_node *limit) noexcept:
+        """Worker w's cursor: the last usable node below `limit` (NULL: below
+        the end), descending, within the lower bound (0: none)."""
+        cdef const char *arena = self.att.parts[w].arena
+        cdef uint64_t *buf = self.back + w * BACK_CAPACITY
+        cdef uint64_t off = 0
+        cdef amdb_node *n
+        while True:
+            if self.back_len[w] == 0:
+                self._fill_back(w, limit)
+                if self.back_len[w] == 0:
+                    off = 0
+                    break
+            self.back_len[w] -= 1
+            off = buf[self.back_len[w]]
+            n = node_at(arena, off)
+            if not self._above_lo(n):
+                off = 0
+                break
+            if self._below_hi(n) and self._usable(w, off):
+                break
+            limit = n
+        self.cursor[w] = off
+
+    cdef void _step(self, int w) noexcept:
+        """Move worker w's cursor one usable node on in the iterator's direction."""
+        cdef const char *arena = self.att.parts[w].arena
+        cdef amdb_node *n = node_at(arena, self.cursor[w])
+        if self.reverse:
+            self._settle_down(w, n)
+        else:
+            self._settle_up(w, amdb_node_next_acquire(n, 0))
+
+    cdef void _seek_worker(self, int w, bytes key, bint inclusive, bint upward) noexcept:
+        """Worker w's cursor: upward, the first usable node >= key (> key if
+        not inclusive); downward, the last usable one <= key (< key)."""
         cdef const char *arena = self.att.parts[w].arena
         cdef uint64_t head = arena_skiplist_head(arena)
         cdef const uint8_t *k
-        cdef uint64_t off
-        if self.reverse:
-            if self.stop is None:
-                off = skiplist_find_lt(arena, head, 0, NULL, 0, True)
+        cdef uint32_t length
+        cdef uint64_t prefix, off
+        self.back_len[w] = 0
+        if key is None:
+            if upward:
+                self._settle_up(w, amdb_node_next_acquire(node_at(arena, head), 0))
             else:
-                k = <const uint8_t *>PyBytes_AS_STRING(self.stop)
-                off = skiplist_find_lt(arena, head, amdb_key_prefix(k, len(self.stop)), k, len(self.stop), False)
-        else:
-            if self.start is None:
-                off = amdb_node_next_acquire(node_at(arena, head), 0)
-            else:
-                k = <const uint8_t *>PyBytes_AS_STRING(self.start)
-                off = skiplist_find_ge(arena, head, amdb_key_prefix(k, len(self.start)), k, len(self.start))
-        self._settle(w, off)
-
-    cdef void _seek_past(self, int w, bytes key) noexcept:
-        """Position worker w just past `key` in scan direction."""
-        cdef const char *arena = self.att.parts[w].arena
-        cdef uint64_t head = arena_skiplist_head(arena)
-        cdef const uint8_t *k = <const uint8_t *>PyBytes_AS_STRING(key)
-        cdef uint32_t length = <uint32_t>PyBytes_GET_SIZE(key)
-        cdef uint64_t prefix = amdb_key_prefix(k, length)
-        cdef uint64_t off
-        if self.reverse:
-            off = skiplist_find_lt(arena, head, prefix, k, length, False)
-        else:
-            off = skiplist_find_ge(arena, head, prefix, k, length)
-            if off != 0 and compare_key_to_node(prefix, k, length, node_at(arena, off)) == 0:
+                self._settle_down(w, NULL)
+            return
+        k = <const uint8_t *>PyBytes_AS_STRING(key)
+        length = <uint32_t>PyBytes_GET_SIZE(key)
+        prefix = amdb_key_prefix(k, length)
+        off = skiplist_find_ge(arena, head, prefix, k, length)
+        if upward:
+            if off != 0 and not inclusive and compare_key_to_node(prefix, k, length, node_at(arena, off)) == 0:
                 off = amdb_node_next_acquire(node_at(arena, off), 0)
-        self._settle(w, off)
-
-    cdef void _reseek(self) noexcept:
-        cdef int w
-        self.epoch = self.att.read_epoch
-        for w in range(self.nworkers):
-            self.cursor[w] = 0
-            if self.last_key is None:
-                self._seek_first(w)
+            self._settle_up(w, off)
+        elif off != 0 and inclusive and compare_key_to_node(prefix, k, length, node_at(arena, off)) == 0:
+            # The key itself may do; else below it.
+            if self._above_lo(node_at(arena, off)) and self._below_hi(node_at(arena, off)) and self._usable(w, off):
+                self.cursor[w] = off
             else:
-                self._seek_past(w, self.last_key)
+                self._settle_down(w, node_at(arena, off))
+        else:
+            self._settle_down(w, node_at(arena, off) if off != 0 else NULL)
 
-    def __iter__(self):
-        return self
+    # ---- the merged cursor -----------------------------------------------------------
 
-    def __next__(self):
-        if self.att.closed:
-            raise ClosedError("the database was closed while a scan was open")
-        if not self.att.foreign:
-            return self._step()
-        self.att.enter_foreign()
-        try:
-            return self._step()
-        finally:
-            self.att.leave_foreign()
+    cdef void _seek_end(self, bint first) noexcept:
+        """Stand before the smallest item in bounds (first) or the largest."""
+        cdef int w, best
+        for w in range(self.nworkers):
+            if first:
+                self._seek_worker(w, self.lo, self.lo_inclusive, True)
+            else:
+                self._seek_worker(w, self.hi, self.hi_inclusive, False)
+        self._turn(first)
+        best = self._best(not self.reverse)
+        self.anchor = self._key_of(best) if best >= 0 else None
+        self.anchor_inclusive = True
 
-    cdef object _step(self):
-        cdef int w, best = -1
+    cdef void _turn(self, bint upward) noexcept:
+        """The cursors were placed `upward` (ascending): make the iterator's
+        direction theirs again (a reverse iterator placed upward stands
+        before its smallest item, and the other way round)."""
+        cdef int w, best
+        if upward == (not self.reverse):
+            return
+        # The extreme item is the merged head: re-place every worker from it.
+        best = self._best(upward)
+        if best < 0:
+            return
+        key = self._key_of(best)
+        for w in range(self.nworkers):
+            self._seek_worker(w, key, True, not self.reverse)
+
+    cdef int _best(self, bint ascending) noexcept:
+        """The worker whose cursor holds the next item (ascending: the
+        smallest key), -1 when every cursor is exhausted."""
+        cdef int w, best = -1, c
         cdef amdb_node *n
         cdef amdb_node *b
-        cdef int c
-        cdef const char *arena
-        cdef amdb_version *v
-        if self.epoch != self.att.read_epoch:
-            self._reseek()                 # a compaction switched generations since the last step
         for w in range(self.nworkers):
             if self.cursor[w] == 0:
                 continue
@@ -172,30 +280,196 @@ cdef class ScanIterator:
             n = node_at(self.att.parts[w].arena, self.cursor[w])
             b = node_at(self.att.parts[best].arena, self.cursor[best])
             c = compare_key_to_node(n.key_prefix, amdb_node_key(n), n.key_len, b)
-            if (c < 0 and not self.reverse) or (c > 0 and self.reverse):
+            if (c < 0) == ascending and c != 0:
                 best = w
-        if best < 0:
-            raise StopIteration
-        arena = self.att.parts[best].arena
-        n = node_at(arena, self.cursor[best])
-        key = PyBytes_FromStringAndSize(<char *>amdb_node_key(n), n.key_len)
-        if self.cursor_version[best] == VERSION_RECLAIMED:
-            raise VersionReclaimedError(
-                f"the value of key {key!r} as of seq {self.visible} (this scan's snapshot) was reclaimed "
-                f"by compaction", key=key, at_seq=self.visible)
-        if self.mode != SCAN_KEYS:
-            v = version_at(arena, self.cursor_version[best])
-            value = PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
-        self.last_key = key
-        if self.reverse:
-            self._settle(best, skiplist_find_lt(arena, arena_skiplist_head(arena), n.key_prefix,
-                                                amdb_node_key(n), n.key_len, False))
+        return best
+
+    cdef bytes _key_of(self, int w):
+        cdef amdb_node *n = node_at(self.att.parts[w].arena, self.cursor[w])
+        return PyBytes_FromStringAndSize(<char *>amdb_node_key(n), n.key_len)
+
+    cdef void _reseek(self) noexcept:
+        """A compaction switched generations: stand where the iterator stood
+        (its anchor: next to the last key it handed out, or where it was
+        placed), in the new generations."""
+        cdef int w
+        self.epoch = self.att.read_epoch
+        for w in range(self.nworkers):
+            self.back_len[w] = 0
+            self.cursor[w] = 0
+        if self.anchor is None:
+            self._seek_end(not self.reverse)
         else:
-            self._settle(best, amdb_node_next_acquire(n, 0))
-        if self.mode == SCAN_KEYS:
+            for w in range(self.nworkers):
+                self._seek_worker(w, self.anchor, self.anchor_inclusive, not self.reverse)
+
+    cdef void _place(self, bytes key, bint inclusive) noexcept:
+        """Stand before the first item from `key` on in the iterator's
+        direction (inclusive or not); the anchor for a later re-seek."""
+        cdef int w
+        for w in range(self.nworkers):
+            self._seek_worker(w, key, inclusive, not self.reverse)
+        self.anchor = key
+        self.anchor_inclusive = inclusive
+
+    cdef object _item(self, int w):
+        """The item worker w's cursor holds, in the iterator's mode."""
+        cdef const char *arena = self.att.parts[w].arena
+        cdef amdb_node *n = node_at(arena, self.cursor[w])
+        cdef amdb_version *v
+        key = PyBytes_FromStringAndSize(<char *>amdb_node_key(n), n.key_len)
+        if self.cursor_version[w] == VERSION_RECLAIMED:
+            raise VersionReclaimedError(
+                f"the value of key {key!r} as of seq {self.visible} (this iterator's snapshot) was reclaimed "
+                f"by compaction", key=key, at_seq=self.visible)
+        if self.mode == MODE_KEYS:
             return key
-        if self.mode == SCAN_VALUES:
+        v = version_at(arena, self.cursor_version[w])
+        value = PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
+        if self.mode == MODE_VALUES:
             return value
         return (key, value)
 
+    # ---- the Python API --------------------------------------------------------------
 
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef int best
+        if self.remaining == 0:
+            raise StopIteration
+        self._enter()
+        try:
+            best = self._best(not self.reverse)
+            if best < 0:
+                raise StopIteration
+            if self.remaining > 0:
+                self.remaining -= 1
+            item = self._item(best)
+            self.anchor = self._key_of(best)
+            self.anchor_inclusive = False
+            self._step(best)
+            return item
+        finally:
+            self._leave()
+
+    def next(self):
+        """The item the iterator stands before; it moves one on (StopIteration at the end)."""
+        return self.__next__()
+
+    def prev(self):
+        """Move one item back and return it (StopIteration before the first)."""
+        cdef int best, w
+        self._enter()
+        try:
+            # The item just before the cursor: the nearest one against the
+            # direction, among every worker's.
+            best = self._best(not self.reverse)
+            ahead = self._key_of(best) if best >= 0 else None
+            for w in range(self.nworkers):
+                if ahead is None:                # past the end: from the end bound
+                    if self.reverse:
+                        self._seek_worker(w, self.lo, self.lo_inclusive, True)
+                    else:
+                        self._seek_worker(w, self.hi, self.hi_inclusive, False)
+                else:
+                    self._seek_worker(w, ahead, False, self.reverse)
+            best = self._best(self.reverse)
+            if best < 0:                         # nothing before: stand where we stood
+                if ahead is None:
+                    for w in range(self.nworkers):
+                        self.cursor[w] = 0
+                else:
+                    self._place(ahead, True)
+                raise StopIteration
+            item = self._item(best)
+            self._place(self._key_of(best), True)
+            return item
+        finally:
+            self._leave()
+
+    def seek(self, key):
+        """Stand before the first item >= key (reverse: the last item <= key),
+        within the iterator's bounds."""
+        key = as_key(key, "key")
+        self._enter()
+        try:
+            if self.reverse and self.hi is not None and key >= self.hi:
+                self._seek_end(False)
+            elif not self.reverse and self.lo is not None and key <= self.lo:
+                self._seek_end(True)
+            else:
+                self._place(key, True)
+        finally:
+            self._leave()
+
+    def seek_to_first(self):
+        """Stand before the smallest item in bounds."""
+        self._enter()
+        try:
+            self._seek_end(True)
+        finally:
+            self._leave()
+
+    def seek_to_last(self):
+        """Stand before the largest item in bounds."""
+        self._enter()
+        try:
+            self._seek_end(False)
+        finally:
+            self._leave()
+
+    @property
+    def valid(self):
+        """True while an item lies ahead (key / value describe it)."""
+        self._enter()
+        try:
+            return self._best(not self.reverse) >= 0
+        finally:
+            self._leave()
+
+    @property
+    def key(self):
+        """The key of the item ahead (InvalidArgumentError when none is)."""
+        cdef int best
+        self._enter()
+        try:
+            best = self._best(not self.reverse)
+            if best < 0:
+                raise InvalidArgumentError("the iterator stands past its last item", hint="check it.valid first")
+            return self._key_of(best)
+        finally:
+            self._leave()
+
+    @property
+    def value(self):
+        """The value of the item ahead."""
+        cdef int best
+        cdef amdb_version *v
+        self._enter()
+        try:
+            best = self._best(not self.reverse)
+            if best < 0:
+                raise InvalidArgumentError("the iterator stands past its last item", hint="check it.valid first")
+            if self.cursor_version[best] == VERSION_RECLAIMED:
+                self._item(best)                 # raises
+            v = version_at(self.att.parts[best].arena, self.cursor_version[best])
+            return PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
+        finally:
+            self._leave()
+
+    @property
+    def snapshot_seq(self):
+        """The seq the iterator reads as of."""
+        return self.visible
+
+    def close(self):
+        """Release the iterator (idempotent); any later call raises."""
+        self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()

@@ -28,7 +28,7 @@ from amdb.native.hashindex cimport hashindex_find
 from amdb.native.versions cimport visible_version, visible_version_now, is_live, VERSION_RECLAIMED
 from amdb.native.client.attachment cimport Attachment
 from amdb.native.client.keys cimport bytes_view, raise_not_bytes, as_key, prefix_successor
-from amdb.native.client.iterator cimport ScanIterator, SCAN_ITEMS, SCAN_KEYS, SCAN_VALUES
+from amdb.native.client.iterator cimport Iterator, MODE_ITEMS, MODE_KEYS, MODE_VALUES
 
 from amdb.errors import (ClosedError, InvalidArgumentError, InvalidTypeError, ValueTooLargeError,
                          VersionReclaimedError)
@@ -611,38 +611,52 @@ cdef class Reader:
             self.att.leave_read(slot)
         return out
 
-    def scan(self, start=None, stop=None, *, prefix=None, bint reverse=False, bint keys_only=False,
-             at_seq=None):
-        """Iterate (key, value) pairs (or keys) in bytewise key order across all
-        workers, from `start` (inclusive) to `stop` (exclusive), as of now (or
-        as of sequence number at_seq)."""
+    def iterator(self, start=None, stop=None, *, prefix=None, bint reverse=False, bint include_start=True,
+                 bint include_stop=False, bint keys_only=False, bint values_only=False, at_seq=None, limit=None):
+        """An Iterator over the keys from `start` to `stop` (and starting with
+        `prefix`), in key order or reversed, reading the snapshot of now (or
+        of at_seq); see iterator.pyx and docs/API.md, "Iterators"."""
+        cdef uint64_t snapshot
+        cdef int mode
+        if keys_only and values_only:
+            raise InvalidArgumentError("iterator: keys_only and values_only exclude each other")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise InvalidArgumentError(f"limit={limit!r} must be an int >= 0 or None")
         self.att.check_open()
-        cdef uint64_t limit = self._limit_seq(at_seq)
+        snapshot = self._limit_seq(at_seq)
+        lo = None if start is None else as_key(start, "start")
+        hi = None if stop is None else as_key(stop, "stop")
         if prefix is not None:
-            if start is not None or stop is not None:
-                raise InvalidArgumentError("scan: prefix= cannot be combined with start= or stop=")
-            start = as_key(prefix, "prefix")
-            stop = prefix_successor(start)
-        else:
-            start = None if start is None else as_key(start, "start")
-            stop = None if stop is None else as_key(stop, "stop")
+            prefix = as_key(prefix, "prefix")
+            end = prefix_successor(prefix)
+            if lo is None or lo < prefix:
+                lo, include_start = prefix, True
+            if end is not None and (hi is None or hi > end or (hi == end and include_stop)):
+                hi, include_stop = end, False
         self.att.check_open()               # the bounds' conversion may have run the caller's code
-        return ScanIterator(self.att, start, stop, reverse, SCAN_KEYS if keys_only else SCAN_ITEMS, limit)
+        mode = MODE_KEYS if keys_only else (MODE_VALUES if values_only else MODE_ITEMS)
+        return Iterator(self.att, lo, hi, include_start, include_stop, reverse, mode, snapshot,
+                        -1 if limit is None else limit)
+
+    def scan(self, start=None, stop=None, *, prefix=None, bint reverse=False, bint keys_only=False,
+             at_seq=None, limit=None):
+        """Iterate (key, value) pairs (or keys) in bytewise key order across all
+        workers, from `start` (inclusive) to `stop` (exclusive), within
+        `prefix`, at most `limit` of them, as of now (or as of at_seq)."""
+        return self.iterator(start, stop, prefix=prefix, reverse=reverse, keys_only=keys_only, at_seq=at_seq,
+                             limit=limit)
 
     def keys(self):
         """Every key, in key order."""
-        return self.scan(keys_only=True)
+        return self.iterator(keys_only=True)
 
     def items(self):
         """Every (key, value) pair, in key order."""
-        return self.scan()
+        return self.iterator()
 
     def values(self):
         """Every value, in key order."""
-        self.att.check_open()
-        self._sync_own_writes()
-        self.att.check_open()
-        return ScanIterator(self.att, None, None, False, SCAN_VALUES, amdb_load_acquire(&self.att.dbc.visible_seq))
+        return self.iterator(values_only=True)
 
     def iter_keys(self):
-        return self.scan(keys_only=True)
+        return self.iterator(keys_only=True)

@@ -358,6 +358,16 @@ cdef class Writer:
         synchronously) when it applied every async write of ours and still
         has not: it needs more memory committed, which a synchronous write
         asks for (and raises ArenaFullError when /dev/shm has none)."""
+        cdef int slot
+        # Registered as a reader: close() in another thread (the exit handler,
+        # say) keeps the memory mapped until we leave.
+        slot = self.att.enter_read()
+        try:
+            return self._wait_room_registered(w, key_len, value_len)
+        finally:
+            self.att.leave_read(slot)
+
+    cdef bint _wait_room_registered(self, int w, uint64_t key_len, uint64_t value_len) except -1:
         cdef RingProducer *r = &self.producers[w]
         cdef amdb_control *c = r.ctrl
         cdef uint64_t charge = amdb_async_charge(<uint32_t>key_len, <uint32_t>value_len)
