@@ -17,7 +17,7 @@ factor 4 (p = 1/4) as in LevelDB.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from amdb.shm.layout cimport *
-from amdb.shm.atomic cimport amdb_load_acquire, amdb_load_relaxed, amdb_store_release, amdb_store_relaxed
+from amdb.shm.atomic cimport amdb_load_acquire, amdb_load_relaxed, amdb_store_release, amdb_store_relaxed, amdb_prefetch
 
 
 cdef uint64_t skiplist_find_ge(const char *arena, uint64_t head, uint64_t prefix,
@@ -52,6 +52,39 @@ cdef uint64_t skiplist_find_lt(const char *arena, uint64_t head, uint64_t prefix
             else:
                 break
     return 0 if x == head else x
+
+
+cdef void skiplist_find_ge_many(int n, const char **arenas, const uint64_t *heads, uint64_t prefix,
+                                const uint8_t *key, uint32_t key_len, uint64_t *out) noexcept nogil:
+    """skiplist_find_ge of one key in n lists at once (n <= AMDB_MAX_WORKERS):
+    the descents take one step each in turn, and each prefetches the node its
+    next step reads, so that the cache misses of the n lists overlap instead
+    of adding up (a seek of a merged iterator visits every worker's list)."""
+    cdef uint64_t x[AMDB_MAX_WORKERS]
+    cdef int level[AMDB_MAX_WORKERS]
+    cdef int i, active = n
+    cdef uint64_t nxt
+    cdef const char *arena
+    for i in range(n):
+        x[i] = heads[i]
+        level[i] = AMDB_MAX_HEIGHT - 1
+    while active:
+        for i in range(n):
+            if level[i] < 0:
+                continue
+            arena = arenas[i]
+            # Acquire: we read the node's key right after.
+            nxt = amdb_node_next_acquire(node_at(arena, x[i]), level[i])
+            if nxt != 0 and compare_key_to_node(prefix, key, key_len, node_at(arena, nxt)) > 0:
+                x[i] = nxt
+                nxt = amdb_node_next_acquire(node_at(arena, nxt), level[i])
+                if nxt != 0:
+                    amdb_prefetch(arena + nxt)
+            else:
+                level[i] -= 1
+                if level[i] < 0:
+                    out[i] = amdb_node_next_acquire(node_at(arena, x[i]), 0)
+                    active -= 1
 
 
 cdef uint64_t skiplist_find_lt_coarse(const char *arena, uint64_t head, uint64_t prefix, const uint8_t *key,

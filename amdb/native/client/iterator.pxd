@@ -44,4 +44,5 @@ cdef class Iterator:
     cdef bytes _key_of(self, int w)
     cdef void _reseek(self) noexcept
     cdef void _place(self, bytes key, bint inclusive) noexcept
+    cdef void _seek_up_all(self, bytes key, bint inclusive) noexcept
     cdef object _item(self, int w)

@@ -27,7 +27,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport calloc, malloc, free
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport *
-from amdb.native.skiplist cimport (skiplist_find_ge, skiplist_find_lt, skiplist_find_lt_coarse,
+from amdb.native.skiplist cimport (skiplist_find_ge, skiplist_find_ge_many, skiplist_find_lt_coarse,
                                    compare_key_to_node)
 from amdb.native.versions cimport visible_version, is_live, VERSION_RECLAIMED
 from amdb.native.client.attachment cimport Attachment
@@ -67,9 +67,9 @@ cdef class Iterator:
         self.anchor = None
         self.cursor = <uint64_t *>calloc(max(self.nworkers, 1), sizeof(uint64_t))
         self.cursor_version = <uint64_t *>calloc(max(self.nworkers, 1), sizeof(uint64_t))
-        self.back = <uint64_t *>malloc(max(self.nworkers, 1) * BACK_CAPACITY * sizeof(uint64_t))
+        self.back = NULL                     # the backward buffers: on the first step back
         self.back_len = <uint32_t *>calloc(max(self.nworkers, 1), sizeof(uint32_t))
-        if self.cursor == NULL or self.cursor_version == NULL or self.back == NULL or self.back_len == NULL:
+        if self.cursor == NULL or self.cursor_version == NULL or self.back_len == NULL:
             raise MemoryError()
         self._enter()
         try:
@@ -149,9 +149,15 @@ cdef class Iterator:
         NULL: the end of the list), ascending, nearest last."""
         cdef const char *arena = self.att.parts[w].arena
         cdef uint64_t head = arena_skiplist_head(arena)
-        cdef uint64_t *buf = self.back + w * BACK_CAPACITY
+        cdef uint64_t *buf
         cdef uint64_t off
         cdef uint32_t n = 0
+        if self.back == NULL:
+            self.back = <uint64_t *>malloc(self.nworkers * BACK_CAPACITY * sizeof(uint64_t))
+            if self.back == NULL:             # no memory for a buffer: nothing behind, safely
+                self.back_len[w] = 0
+                return
+        buf = self.back + w * BACK_CAPACITY
         if limit == NULL:
             off = skiplist_find_lt_coarse(arena, head, 0, NULL, 0, True, BACK_LEVEL)
         else:
@@ -174,7 +180,6 @@ cdef class Iterator:
         """Worker w's cursor: the last usable node below `limit` (NULL: below
         the end), descending, within the lower bound (0: none)."""
         cdef const char *arena = self.att.parts[w].arena
-        cdef uint64_t *buf = self.back + w * BACK_CAPACITY
         cdef uint64_t off = 0
         cdef amdb_node *n
         while True:
@@ -184,7 +189,7 @@ cdef class Iterator:
                     off = 0
                     break
             self.back_len[w] -= 1
-            off = buf[self.back_len[w]]
+            off = self.back[w * BACK_CAPACITY + self.back_len[w]]
             n = node_at(arena, off)
             if not self._above_lo(n):
                 off = 0
@@ -240,11 +245,14 @@ cdef class Iterator:
     cdef void _seek_end(self, bint first) noexcept:
         """Stand before the smallest item in bounds (first) or the largest."""
         cdef int w, best
-        for w in range(self.nworkers):
-            if first:
-                self._seek_worker(w, self.lo, self.lo_inclusive, True)
-            else:
-                self._seek_worker(w, self.hi, self.hi_inclusive, False)
+        if first and self.lo is not None:
+            self._seek_up_all(self.lo, self.lo_inclusive)
+        else:
+            for w in range(self.nworkers):
+                if first:
+                    self._seek_worker(w, self.lo, self.lo_inclusive, True)
+                else:
+                    self._seek_worker(w, self.hi, self.hi_inclusive, False)
         self._turn(first)
         best = self._best(not self.reverse)
         self.anchor = self._key_of(best) if best >= 0 else None
@@ -305,12 +313,38 @@ cdef class Iterator:
 
     cdef void _place(self, bytes key, bint inclusive) noexcept:
         """Stand before the first item from `key` on in the iterator's
-        direction (inclusive or not); the anchor for a later re-seek."""
+        direction (inclusive or not); the anchor for a later re-seek.
+        Forward, the workers' descents run interleaved (skiplist_find_ge_many)."""
         cdef int w
-        for w in range(self.nworkers):
-            self._seek_worker(w, key, inclusive, not self.reverse)
         self.anchor = key
         self.anchor_inclusive = inclusive
+        if self.reverse:
+            for w in range(self.nworkers):
+                self._seek_worker(w, key, inclusive, False)
+        else:
+            self._seek_up_all(key, inclusive)
+
+    cdef void _seek_up_all(self, bytes key, bint inclusive) noexcept:
+        """Every worker's cursor: the first usable node >= key (> key if not
+        inclusive), the descents interleaved (skiplist_find_ge_many)."""
+        cdef int w
+        cdef const char *arenas[AMDB_MAX_WORKERS]
+        cdef uint64_t heads[AMDB_MAX_WORKERS]
+        cdef uint64_t found[AMDB_MAX_WORKERS]
+        cdef const uint8_t *k = <const uint8_t *>PyBytes_AS_STRING(key)
+        cdef uint32_t length = <uint32_t>PyBytes_GET_SIZE(key)
+        cdef uint64_t prefix = amdb_key_prefix(k, length)
+        cdef uint64_t off
+        for w in range(self.nworkers):
+            arenas[w] = self.att.parts[w].arena
+            heads[w] = arena_skiplist_head(arenas[w])
+        skiplist_find_ge_many(self.nworkers, arenas, heads, prefix, k, length, found)
+        for w in range(self.nworkers):
+            self.back_len[w] = 0
+            off = found[w]
+            if off != 0 and not inclusive and compare_key_to_node(prefix, k, length, node_at(arenas[w], off)) == 0:
+                off = amdb_node_next_acquire(node_at(arenas[w], off), 0)
+            self._settle_up(w, off)
 
     cdef object _item(self, int w):
         """The item worker w's cursor holds, in the iterator's mode."""
