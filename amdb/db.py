@@ -24,6 +24,7 @@ from amdb.errors import ClosedError, InvalidArgumentError, InvalidTypeError, Sto
 from amdb.history import Break, Snapshot, VerifyReport, Version
 from amdb.native.client import inspect
 from amdb.native.client.attachment import Attachment
+from amdb.native.client.batch import WriteBatch
 from amdb.native.client.writer import BatchResult
 from amdb.options import DEFAULTS, keep_versions_option, parse_options
 from amdb.supervisor import Supervisor
@@ -166,6 +167,12 @@ class ParallelDB:
     def batch_delete(self, keys):
         """Delete every key of `keys` as one atomic batch."""
         return BatchOutcome(True, self._writer.batch_delete(keys))
+
+    def write_batch(self):
+        """A batch of puts and deletes streamed into the rings as they come
+        and made visible whole at the end of the ``with`` block (rolled back
+        whole if the block raises). See docs/API.md, "Write batches"."""
+        return WriteBatch(self._writer)
 
     def put_array(self, keys, values):
         """Columnar batch put from two 1-D numpy arrays (S<n> or unsigned ints)."""

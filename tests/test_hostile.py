@@ -109,6 +109,7 @@ OTHERS = {
     "put_array": lambda: db.put_array(np.array([b"x"]), np.array([b"y"])),
     "put_packed": lambda: db.put_packed(np.frombuffer(b"x", np.uint8), np.array([0, 1]),
                                         np.frombuffer(b"y", np.uint8), np.array([0, 1])),
+    "write_batch": lambda: db.write_batch().put(b"x", b"y"),
     "checkpoint": db.checkpoint, "backup": lambda: db.backup(tempfile.mktemp()),
     "compact": db.compact, "verify": db.verify, "digest": db.digest, "stats": db.stats,
 }
@@ -314,7 +315,8 @@ def test_calls_from_inside_callbacks(make_db, tmp_path, callback, call):
     result = {}
     actions = {"put": lambda: db.put(b"z", b"1"), "delete": lambda: db.delete(b"a"),
                "batch_put": lambda: db.batch_put([(b"z", b"1")]), "batch_delete": lambda: db.batch_delete([b"a"]),
-               "checkpoint": db.checkpoint, "backup": lambda: db.backup(str(tmp_path / "copy")),
+               "write_batch": lambda: db.write_batch().put(b"x", b"y"),
+    "checkpoint": db.checkpoint, "backup": lambda: db.backup(str(tmp_path / "copy")),
                "compact": db.compact, "verify": db.verify, "digest": db.digest, "close": db.close,
                "get": lambda: db.get(b"a"), "stats": db.stats, "snapshot": lambda: db.snapshot().get(b"a")}
 

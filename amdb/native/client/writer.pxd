@@ -50,6 +50,8 @@ cdef class Writer:
     cdef bint _wait_room(self, int w, uint64_t key_len, uint64_t value_len) except -1
     cdef bint _wait_room_registered(self, int w, uint64_t key_len, uint64_t value_len) except -1
     cdef int _sync_async(self) except -1
+    cdef int stream_record(self, uint32_t op, const uint8_t *key, uint64_t key_len,
+                           const uint8_t *value, uint64_t value_len) except -1
     cdef int _wait_applied(self, int w, amdb_control *c, uint64_t target) except -1
     cdef int _raise_async_error(self) except -1
     cdef object _run_batch(self, int source, object data)

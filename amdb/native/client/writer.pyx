@@ -537,6 +537,57 @@ cdef class Writer:
                 raise InvalidArgumentError(f"put_packed: offsets of item {i} are out of order or out of bounds")
         return self._write("put_packed", PACKED, (keys, key_offsets, values, value_offsets))
 
+    # ---- write_batch(): a batch streamed from the caller's code (batch.pyx) ---------
+
+    def open_stream(self):
+        """Begin a batch that the caller fills record by record (WriteBatch):
+        the guard, the write lock (held until close_stream), the async
+        writes settled, the supervisor's checks, the batch begun."""
+        self._check_writable()
+        self.write_lock.acquire()
+        try:
+            self.att.check_open()
+            self.exclusive += 1
+            try:
+                self._sync_async()
+                self._raise_async_error()
+                self.supervisor.before_write()
+                self._begin_batch()
+            except BaseException:
+                self.exclusive -= 1
+                raise
+        except BaseException:
+            self.write_lock.release()
+            raise
+
+    cdef int stream_record(self, uint32_t op, const uint8_t *key, uint64_t key_len,
+                           const uint8_t *value, uint64_t value_len) except -1:
+        """One record of the open stream (REQUIRES open_stream by this thread)."""
+        return self._append_record(op, key, key_len, value, value_len)
+
+    def close_stream(self, bint commit):
+        """End the stream: make it visible whole (commit) or roll it back
+        whole, then let go of the write lock. Returns the BatchResult (None
+        when rolled back)."""
+        result = None
+        try:
+            if commit:
+                try:
+                    result = self._finish_batch()
+                except BaseException:
+                    self._abort_batch()
+                    raise
+                if self.audit is not None:
+                    self.audit.write_op("write_batch", result.count, result.first_seq, result.last_seq,
+                                        result.key_digest)
+            else:
+                self._abort_batch()
+        finally:
+            self.exclusive -= 1
+            self.invalidate_credit()
+            self.write_lock.release()
+        return result
+
     def write_routed(self, ops):
         """One atomic batch of (worker, key, value or None for a delete), each
         record sent to the given worker whatever the slot table says. For
