@@ -445,11 +445,13 @@ def runnable(engine_name, suite, workload):
     return not (needs_order and not ADAPTERS[engine_name].ordered)
 
 
-def run(suite, engines, n, repeat, workers, durable, seed, progress=print):
+def run(suite, engines, n, repeat, workers, durable, seed, progress=print, only=None):
     results = {}
+    chosen = [(w, b) for w, b in cells(suite)
+              if only is None or w in only or (w + (" batched" if b else "")) in only]
     for rep in range(repeat):
         rotated = engines[rep % len(engines):] + engines[:rep % len(engines)]
-        for workload, batched in cells(suite):
+        for workload, batched in chosen:
             for name in rotated:
                 if not runnable(name, suite, workload):
                     continue
@@ -504,6 +506,7 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--engines", default="amdb,plyvel,rocksdict,lmdb,dict")
     parser.add_argument("--durable", action="store_true", help="AmDb with a path (sync='none')")
+    parser.add_argument("--workloads", help="only these, comma-separated (e.g. A,F,'A batched' or fillseq)")
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--out", help="directory for suite-<name>.json and .md (default perf/results/<time>/)")
     args = parser.parse_args(argv)
@@ -518,7 +521,8 @@ def main(argv=None):
             print(f"{name}: not installed, skipped", file=sys.stderr)
     meta = {"suite": args.suite, "n": n, "repeat": args.repeat, "workers": args.workers, "durable": args.durable,
             "engines": engines, "cpus": os.cpu_count(), "python": sys.version.split()[0]}
-    results = run(args.suite, engines, n, args.repeat, args.workers, args.durable, args.seed)
+    only = None if not args.workloads else {w.strip() for w in args.workloads.split(",")}
+    results = run(args.suite, engines, n, args.repeat, args.workers, args.durable, args.seed, only=only)
     rows, text = summarize(args.suite, results, engines, meta)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                    time.strftime("%Y%m%d-%H%M%S"))

@@ -142,3 +142,45 @@ def test_a_closed_iterator_or_database_refuses(make_db):
     db.close()
     with pytest.raises(amdb.ClosedError):
         next(it2)
+
+
+def test_seeks_in_long_lists_find_the_first_key_at_or_after(make_db):
+    # Lists past SEEK_INDEX_MIN_NODES use the process's seek index: it must
+    # give the right answer when built, after inserts it has not seen (it is
+    # stale until the list grows by a quarter), and after a compaction (a new
+    # generation). Keys share prefixes longer than the index keeps of them.
+    import random
+    rng = random.Random(7)
+    db = make_db(workers=2)
+    long_prefix = b"p" * 30
+
+    def key_of(i):
+        return (long_prefix if i % 3 == 0 else b"") + b"%08d" % i
+
+    present = sorted(key_of(i) for i in range(0, 40_000, 2))
+    db.batch_put([(k, k) for k in present])
+
+    def check(keys, probes):
+        it = db.iterator()
+        for probe in probes:
+            it.seek(probe)
+            at = bisect.bisect_left(keys, probe)
+            got = []
+            while it.valid and len(got) < 3:
+                got.append(next(it)[0])
+            assert got == keys[at:at + 3], probe
+        rev = db.iterator(reverse=True)
+        for probe in probes[:200]:
+            rev.seek(probe)
+            at = bisect.bisect_right(keys, probe)
+            assert (rev.key if rev.valid else None) == (keys[at - 1] if at else None), probe
+
+    probes = [key_of(rng.randrange(-2, 40_002)) for _ in range(2_000)] + [b"", b"p" * 31, b"\xff"]
+    check(present, probes)
+    added = [key_of(i) for i in range(1, 8_000, 2)]    # a fifth more: the index is not rebuilt
+    for k in added:
+        db.put(k, k)
+    present = sorted(present + added)
+    check(present, probes)
+    db.compact()
+    check(present, probes)

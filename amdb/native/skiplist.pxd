@@ -42,8 +42,10 @@ cdef uint64_t skiplist_find_ge(const char *arena, uint64_t head, uint64_t prefix
                                const uint8_t *key, uint32_t key_len) noexcept nogil
 cdef uint64_t skiplist_find_lt(const char *arena, uint64_t head, uint64_t prefix,
                                const uint8_t *key, uint32_t key_len, bint unbounded) noexcept nogil
-cdef void skiplist_find_ge_many(int n, const char **arenas, const uint64_t *heads, uint64_t prefix,
-                                const uint8_t *key, uint32_t key_len, uint64_t *out) noexcept nogil
+cdef uint64_t skiplist_find_ge_from(const char *arena, uint64_t start, int top_level, uint64_t prefix,
+                                    const uint8_t *key, uint32_t key_len) noexcept nogil
+cdef void skiplist_find_ge_many(int n, const char **arenas, const uint64_t *starts, const int *top_levels,
+                                uint64_t prefix, const uint8_t *key, uint32_t key_len, uint64_t *out) noexcept nogil
 cdef uint64_t skiplist_find_lt_coarse(const char *arena, uint64_t head, uint64_t prefix, const uint8_t *key,
                                       uint32_t key_len, bint unbounded, int min_level) noexcept nogil
 cdef void skiplist_insert(PartitionView *p, uint64_t node_off, SkipFinger *finger) noexcept nogil

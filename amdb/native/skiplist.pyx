@@ -23,10 +23,18 @@ from amdb.shm.atomic cimport amdb_load_acquire, amdb_load_relaxed, amdb_store_re
 cdef uint64_t skiplist_find_ge(const char *arena, uint64_t head, uint64_t prefix,
                                const uint8_t *key, uint32_t key_len) noexcept nogil:
     """Offset of the first node whose key >= key, or 0."""
-    cdef uint64_t x = head
+    return skiplist_find_ge_from(arena, head, AMDB_MAX_HEIGHT - 1, prefix, key, key_len)
+
+
+cdef uint64_t skiplist_find_ge_from(const char *arena, uint64_t start, int top_level, uint64_t prefix,
+                                    const uint8_t *key, uint32_t key_len) noexcept nogil:
+    """skiplist_find_ge descending from node `start` at `top_level`.
+    REQUIRES: start is the head, or a linked node of height > top_level whose
+    key < key (seek_index.pyx says why that is enough)."""
+    cdef uint64_t x = start
     cdef uint64_t nxt
     cdef int level
-    for level in range(AMDB_MAX_HEIGHT - 1, -1, -1):
+    for level in range(top_level, -1, -1):
         while True:
             # Acquire: we read the node's key right after.
             nxt = amdb_node_next_acquire(node_at(arena, x), level)
@@ -54,20 +62,21 @@ cdef uint64_t skiplist_find_lt(const char *arena, uint64_t head, uint64_t prefix
     return 0 if x == head else x
 
 
-cdef void skiplist_find_ge_many(int n, const char **arenas, const uint64_t *heads, uint64_t prefix,
-                                const uint8_t *key, uint32_t key_len, uint64_t *out) noexcept nogil:
-    """skiplist_find_ge of one key in n lists at once (n <= AMDB_MAX_WORKERS):
-    the descents take one step each in turn, and each prefetches the node its
-    next step reads, so that the cache misses of the n lists overlap instead
-    of adding up (a seek of a merged iterator visits every worker's list)."""
+cdef void skiplist_find_ge_many(int n, const char **arenas, const uint64_t *starts, const int *top_levels,
+                                uint64_t prefix, const uint8_t *key, uint32_t key_len, uint64_t *out) noexcept nogil:
+    """skiplist_find_ge_from of one key in n lists at once (n <=
+    AMDB_MAX_WORKERS), list i from starts[i] at top_levels[i]: the descents
+    take one step each in turn, and each prefetches the node its next step
+    reads, so that the cache misses of the n lists overlap instead of adding
+    up (a seek of a merged iterator visits every worker's list)."""
     cdef uint64_t x[AMDB_MAX_WORKERS]
     cdef int level[AMDB_MAX_WORKERS]
     cdef int i, active = n
     cdef uint64_t nxt
     cdef const char *arena
     for i in range(n):
-        x[i] = heads[i]
-        level[i] = AMDB_MAX_HEIGHT - 1
+        x[i] = starts[i]
+        level[i] = top_levels[i]
     while active:
         for i in range(n):
             if level[i] < 0:

@@ -5,6 +5,18 @@ from libc.stdint cimport uint64_t
 from amdb.shm.layout cimport PartitionView, amdb_db_control
 
 
+from amdb.native.seek_index cimport SeekIndex
+
+cdef enum:
+    PENDING_KEY_SLOTS = 1024       # per worker: a read whose key's entry is clear never waits
+
+
+cdef inline uint64_t pending_key_entry(int worker, uint64_t h) noexcept nogil:
+    """The pending_key_chunk index of a key of hash h on `worker` (the high
+    bits of h: the low ones pick the slot, hence the worker)."""
+    return <uint64_t>worker * PENDING_KEY_SLOTS + ((h >> 40) & (PENDING_KEY_SLOTS - 1))
+
+
 cdef class Attachment:
     cdef readonly int nworkers
     cdef PartitionView *parts          # per worker: control block, ring, current arena region
@@ -31,7 +43,14 @@ cdef class Attachment:
     # async_pending: some may not be covered by visible_seq yet.
     cdef uint64_t *async_chunk
     cdef bint async_pending
+    # Per worker, PENDING_KEY_SLOTS entries: the chunk_no of the last SOLO
+    # chunk sent for a key whose hash falls in the entry (pending_key_entry),
+    # so that a read waits only for writes that may be its own key's.
+    cdef uint64_t *pending_key_chunk
+    # Per worker: where seeks start their descent (seek_index.pyx).
+    cdef SeekIndex *seek_index
 
+    cdef void _free_seek_indexes(self) noexcept
     cdef int check_open(self) except -1
     cdef int enter_read(self) except -1
     cdef int leave_read(self, int slot) except -1

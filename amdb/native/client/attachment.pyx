@@ -58,6 +58,7 @@ from posix.unistd cimport usleep, getpid
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport *
 from amdb.shm.arena cimport Mapping
+from amdb.native.seek_index cimport seek_index_free
 
 from amdb.errors import ClosedError, Error, InvalidArgumentError
 
@@ -91,6 +92,8 @@ cdef class Attachment:
         self.arena_base = NULL
         self.region = NULL
         self.async_chunk = NULL
+        self.pending_key_chunk = NULL
+        self.seek_index = NULL
         self.dbc = NULL
         self.closed = True
         self.attached = False
@@ -102,6 +105,16 @@ cdef class Attachment:
         free(self.arena_base)
         free(self.region)
         free(self.async_chunk)
+        free(self.pending_key_chunk)
+        self._free_seek_indexes()
+
+    cdef void _free_seek_indexes(self) noexcept:
+        cdef int i
+        if self.seek_index != NULL:
+            for i in range(self.nworkers):
+                seek_index_free(&self.seek_index[i])
+            free(self.seek_index)
+            self.seek_index = NULL
 
     # ---- lifecycle ---------------------------------------------------------
 
@@ -117,7 +130,10 @@ cdef class Attachment:
         self.arena_base = <char **>calloc(self.nworkers, sizeof(char *))
         self.region = <uint64_t *>calloc(self.nworkers, sizeof(uint64_t))
         self.async_chunk = <uint64_t *>calloc(self.nworkers, sizeof(uint64_t))
-        if self.parts == NULL or self.arena_base == NULL or self.region == NULL or self.async_chunk == NULL:
+        self.pending_key_chunk = <uint64_t *>calloc(self.nworkers * PENDING_KEY_SLOTS, sizeof(uint64_t))
+        self.seek_index = <SeekIndex *>calloc(self.nworkers, sizeof(SeekIndex))
+        if (self.parts == NULL or self.arena_base == NULL or self.region == NULL or self.async_chunk == NULL
+                or self.pending_key_chunk == NULL or self.seek_index == NULL):
             raise MemoryError()
         self.dbc = <amdb_db_control *>db_mapping.base
         for i in range(self.nworkers):
@@ -167,6 +183,7 @@ cdef class Attachment:
             amdb_store_release(&self.dbc.readers[self.reader_slot].pid, 0)
             self.reader_slot = -1
         self.attached = False
+        self._free_seek_indexes()
         self.closed = True
         self.dbc = NULL
         self.nworkers = 0
@@ -174,10 +191,12 @@ cdef class Attachment:
         free(self.arena_base)
         free(self.region)
         free(self.async_chunk)
+        free(self.pending_key_chunk)
         self.parts = NULL
         self.arena_base = NULL
         self.region = NULL
         self.async_chunk = NULL
+        self.pending_key_chunk = NULL
         self.async_pending = False
         self.mappings = []
         _attached.discard(self)
@@ -192,6 +211,7 @@ cdef class Attachment:
         self.async_pending = False       # the parent's writes: not this process's to wait for
         if self.async_chunk != NULL:
             memset(self.async_chunk, 0, self.nworkers * sizeof(uint64_t))
+            memset(self.pending_key_chunk, 0, self.nworkers * PENDING_KEY_SLOTS * sizeof(uint64_t))
         self.reader_slot = -1
         self.foreign_inside = 0
         self.foreign_epoch = 0           # no epoch: the first read adopts the current regions

@@ -27,7 +27,8 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport calloc, malloc, free
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport *
-from amdb.native.skiplist cimport (skiplist_find_ge, skiplist_find_ge_many, skiplist_find_lt_coarse,
+from amdb.native.seek_index cimport seek_index_start
+from amdb.native.skiplist cimport (skiplist_find_ge_from, skiplist_find_ge_many, skiplist_find_lt_coarse,
                                    compare_key_to_node)
 from amdb.native.versions cimport visible_version, is_live, VERSION_RECLAIMED
 from amdb.native.client.attachment cimport Attachment
@@ -135,11 +136,17 @@ cdef class Iterator:
         """Worker w's cursor: the first usable node from `off` on, ascending,
         within the upper bound (0: none)."""
         cdef const char *arena = self.att.parts[w].arena
+        cdef uint64_t nxt
         while off != 0:
             if not self._below_hi(node_at(arena, off)):
                 off = 0
                 break
             if self._usable(w, off):
+                # The node the next step reads: on its way while the caller
+                # handles this item (a seek and a scan are cache misses).
+                nxt = amdb_node_next_relaxed(node_at(arena, off), 0)
+                if nxt != 0:
+                    amdb_prefetch(arena + nxt)
                 break
             off = amdb_node_next_acquire(node_at(arena, off), 0)
         self.cursor[w] = off
@@ -215,7 +222,8 @@ cdef class Iterator:
         cdef uint64_t head = arena_skiplist_head(arena)
         cdef const uint8_t *k
         cdef uint32_t length
-        cdef uint64_t prefix, off
+        cdef uint64_t prefix, off, start
+        cdef int level
         self.back_len[w] = 0
         if key is None:
             if upward:
@@ -226,7 +234,9 @@ cdef class Iterator:
         k = <const uint8_t *>PyBytes_AS_STRING(key)
         length = <uint32_t>PyBytes_GET_SIZE(key)
         prefix = amdb_key_prefix(k, length)
-        off = skiplist_find_ge(arena, head, prefix, k, length)
+        seek_index_start(&self.att.seek_index[w], arena, amdb_load_relaxed(&self.att.parts[w].ctrl.node_count),
+                         prefix, k, length, &start, &level)
+        off = skiplist_find_ge_from(arena, start, level, prefix, k, length)
         if upward:
             if off != 0 and not inclusive and compare_key_to_node(prefix, k, length, node_at(arena, off)) == 0:
                 off = amdb_node_next_acquire(node_at(arena, off), 0)
@@ -329,7 +339,8 @@ cdef class Iterator:
         inclusive), the descents interleaved (skiplist_find_ge_many)."""
         cdef int w
         cdef const char *arenas[AMDB_MAX_WORKERS]
-        cdef uint64_t heads[AMDB_MAX_WORKERS]
+        cdef uint64_t starts[AMDB_MAX_WORKERS]
+        cdef int levels[AMDB_MAX_WORKERS]
         cdef uint64_t found[AMDB_MAX_WORKERS]
         cdef const uint8_t *k = <const uint8_t *>PyBytes_AS_STRING(key)
         cdef uint32_t length = <uint32_t>PyBytes_GET_SIZE(key)
@@ -337,8 +348,9 @@ cdef class Iterator:
         cdef uint64_t off
         for w in range(self.nworkers):
             arenas[w] = self.att.parts[w].arena
-            heads[w] = arena_skiplist_head(arenas[w])
-        skiplist_find_ge_many(self.nworkers, arenas, heads, prefix, k, length, found)
+            seek_index_start(&self.att.seek_index[w], arenas[w], amdb_load_relaxed(&self.att.parts[w].ctrl.node_count),
+                             prefix, k, length, &starts[w], &levels[w])
+        skiplist_find_ge_many(self.nworkers, arenas, starts, levels, prefix, k, length, found)
         for w in range(self.nworkers):
             self.back_len[w] = 0
             off = found[w]
@@ -347,7 +359,8 @@ cdef class Iterator:
             self._settle_up(w, off)
 
     cdef object _item(self, int w):
-        """The item worker w's cursor holds, in the iterator's mode."""
+        """The item worker w's cursor holds, in the iterator's mode; its key
+        becomes the anchor (a re-seek after a compaction starts past it)."""
         cdef const char *arena = self.att.parts[w].arena
         cdef amdb_node *n = node_at(arena, self.cursor[w])
         cdef amdb_version *v
@@ -356,6 +369,7 @@ cdef class Iterator:
             raise VersionReclaimedError(
                 f"the value of key {key!r} as of seq {self.visible} (this iterator's snapshot) was reclaimed "
                 f"by compaction", key=key, at_seq=self.visible)
+        self.anchor = key
         if self.mode == MODE_KEYS:
             return key
         v = version_at(arena, self.cursor_version[w])
@@ -380,8 +394,7 @@ cdef class Iterator:
                 raise StopIteration
             if self.remaining > 0:
                 self.remaining -= 1
-            item = self._item(best)
-            self.anchor = self._key_of(best)
+            item = self._item(best)          # sets the anchor to its key
             self.anchor_inclusive = False
             self._step(best)
             return item

@@ -11,7 +11,7 @@ cdef class Reader:
 
     cdef uint64_t _lookup(self, const uint8_t *key, uint64_t key_len, uint64_t h, int worker, uint64_t visible,
                           const char **arena_out) noexcept nogil
-    cdef bint _writes_pending(self, int worker) noexcept
+    cdef bint _key_pending(self, int worker, uint64_t h) noexcept
     cdef int _wait_own_writes(self, int worker, Py_buffer *view, bint held) except -1
     cdef int _sync_own_writes(self) except -1
     cdef object _get_foreign(self, key, const uint8_t *kp, Py_ssize_t kl, Py_buffer *view, bint held, default)

@@ -26,7 +26,7 @@ from amdb.native.hashing cimport amdb_xxh64, SLOT_MASK
 from amdb.native.skiplist cimport skiplist_find_ge, skiplist_find_lt, compare_key_to_node
 from amdb.native.hashindex cimport hashindex_find
 from amdb.native.versions cimport visible_version, visible_version_now, is_live, VERSION_RECLAIMED
-from amdb.native.client.attachment cimport Attachment
+from amdb.native.client.attachment cimport Attachment, pending_key_entry
 from amdb.native.client.keys cimport bytes_view, raise_not_bytes, as_key, prefix_successor
 from amdb.native.client.iterator cimport Iterator, MODE_ITEMS, MODE_KEYS, MODE_VALUES
 
@@ -121,7 +121,7 @@ cdef class Reader:
             return self._get_foreign(key, kp, kl, &view, held, default)
         h = amdb_xxh64(kp, kl, 0)
         worker = self.att.dbc.slot_owner[h & SLOT_MASK]
-        if self._writes_pending(worker):
+        if self._key_pending(worker, h):
             self._wait_own_writes(worker, &view, held)
             if self.att.closed:          # the wait let other threads run, close() among them
                 if held:
@@ -329,7 +329,7 @@ cdef class Reader:
                 if held:
                     PyBuffer_Release(&view)
         else:
-            if self._writes_pending(worker):
+            if self._key_pending(worker, h):
                 self._wait_own_writes(worker, &view, held)
                 if self.att.closed:
                     if held:
@@ -342,10 +342,15 @@ cdef class Reader:
             _raise_reclaimed_now(key)
         return found != 0
 
-    cdef inline bint _writes_pending(self, int worker) noexcept:
-        """This process sent `worker` an async write it may not have applied yet."""
-        cdef uint64_t target = self.att.async_chunk[worker]
-        return target != 0 and target > amdb_load_acquire(&self.att.parts[worker].ctrl.applied_chunk)
+    cdef inline bint _key_pending(self, int worker, uint64_t h) noexcept:
+        """This process sent `worker` an async write, not applied yet, that
+        may be of the key of hash h (its pending_key_chunk entry is newer
+        than what the worker applied). Writes of other keys never make a
+        read of this one wait; when one may, the read waits for them all
+        (_wait_own_writes), as before."""
+        cdef uint64_t target = self.att.pending_key_chunk[pending_key_entry(worker, h)]
+        return (target != 0 and self.att.async_chunk[worker] != 0
+                and target > amdb_load_acquire(&self.att.parts[worker].ctrl.applied_chunk))
 
     cdef int _wait_own_writes(self, int worker, Py_buffer *view, bint held) except -1:
         """Read-your-writes (layout.h, "Async single writes", point 4): wait

@@ -34,7 +34,7 @@ from amdb.shm.atomic cimport *
 from amdb.shm.ring cimport (RingProducer, ring_wait_space, ring_reserve_nowait, ring_publish,
                             progress_prepare_wait, progress_sleep, ring_at)
 from amdb.native.hashing cimport amdb_xxh64, SLOT_MASK, SLOT_COUNT
-from amdb.native.client.attachment cimport Attachment
+from amdb.native.client.attachment cimport Attachment, pending_key_entry
 from amdb.native.client.keys cimport bytes_view
 
 from amdb.errors import (ClosedError, Error, WorkerCrashedError, InvalidArgumentError, InvalidTypeError, KeyTooLargeError, ValueTooLargeError,
@@ -346,6 +346,7 @@ cdef class Writer:
         self.charged_bytes[w] += charge
         self.charged_records[w] += 1
         self.att.async_chunk[w] = r.chunks_published
+        self.att.pending_key_chunk[pending_key_entry(w, h)] = r.chunks_published
         self.att.async_pending = True
         self.last_async_seq = seq
         if self.audit is not None:
