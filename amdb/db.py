@@ -362,18 +362,22 @@ class ParallelDB:
     def checkpoint(self):
         """Write every worker's arena to a checkpoint file and start new log
         segments, so that opening replays less; older files go once two newer
-        checkpoints exist. Writes wait meanwhile; reads go on. Returns the seq
-        the checkpoint holds."""
+        checkpoints exist. Each worker writes its file in the background:
+        reads and writes go on meanwhile (writes of this call's own thread
+        too, from other threads). Returns, once every file is written, the
+        seq the checkpoint holds."""
         with self._exclusive("checkpoint()"):
             self._require_durable("checkpoint")
             self._supervisor.require_writable()
-            return self._supervisor.checkpoint_locked("requested")
+            seq = self._supervisor.checkpoint_locked("requested", wait=False)
+        self._supervisor.finish_checkpoint(seq)
+        return seq
 
     def backup(self, dest):
         """Copy the database, consistent as of one batch, into the new
-        directory `dest` while writes go on: a checkpoint (writes wait for
-        it), then the checkpoint files are copied (hard-linked when `dest` is
-        on the same file system) without holding writes. Open the copy with
+        directory `dest` while writes go on: a checkpoint (written in the
+        background), then the checkpoint files are copied (hard-linked when
+        `dest` is on the same file system). Open the copy with
         ParallelDB(dest). Returns the seq the copy holds."""
         dest = _backup_destination(dest)
         with self._exclusive("backup()"):
@@ -381,14 +385,19 @@ class ParallelDB:
             self._supervisor.require_writable()
             tmp = _make_backup_dir(dest)     # before the checkpoint: a bad destination changes nothing
             try:
-                seq = self._supervisor.checkpoint_locked("backup")
+                seq = self._supervisor.checkpoint_locked("backup", wait=False)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             names = [storage.checkpoint_name(w, seq) for w in range(self._options.workers)]
             manifest = storage.read_manifest(self._options.path)
-            self._supervisor.backups_running += 1
+            self._supervisor.backups_running += 1     # the files it copies stay until it is done
         try:
+            try:
+                self._supervisor.finish_checkpoint(seq, remove_obsolete=False)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             storage.copy_files(self._options.path, names, tmp)
             storage.write_manifest(tmp, manifest["workers"], manifest["slot_owner"], manifest["options"])
             os.rename(tmp, dest)

@@ -28,8 +28,9 @@ from typing import NamedTuple
 import xxhash
 
 from amdb.errors import CorruptionError, InvalidArgumentError, LockedError, StorageError
-from amdb.native.constants import (CHECKPOINT_BLOCK, CHECKPOINT_MAGIC, CHUNK_SOLO, FORMAT_VERSION, LAYOUT_VERSION,
-                                   LOG_KINDS, LOG_MAGIC, SLOT_COUNT, SYNC_MODES)
+from amdb.native.constants import (CHECKPOINT_BLOCK, CHECKPOINT_FORMAT_UNDO, CHECKPOINT_MAGIC, CHECKPOINT_UNDO_MAGIC,
+                                   CHUNK_SOLO, FORMAT_VERSION, LAYOUT_VERSION, LOG_KINDS, LOG_MAGIC, SLOT_COUNT,
+                                   SYNC_MODES)
 from amdb.shm.segment import pid_alive
 
 MANIFEST = "MANIFEST"
@@ -336,7 +337,7 @@ def check_checkpoint(path, worker=None, read_blocks=True):
          ledger_chunks, ledger_head, check) = CHECKPOINT_HEADER.unpack(header)
         if magic != CHECKPOINT_MAGIC or xxhash.xxh64_intdigest(header[:-8]) != check:
             raise CorruptionError(f"{name}: bad header")
-        if fmt != FORMAT_VERSION or layout not in READABLE_LAYOUTS:
+        if fmt not in (FORMAT_VERSION, CHECKPOINT_FORMAT_UNDO) or layout not in READABLE_LAYOUTS:
             raise CorruptionError(f"{name}: format {fmt}/layout {layout}, not {FORMAT_VERSION}/{LAYOUT_VERSION}")
         if worker is not None and index != worker:
             raise CorruptionError(f"{name}: belongs to worker {index}")
@@ -344,11 +345,29 @@ def check_checkpoint(path, worker=None, read_blocks=True):
         if not read_blocks:
             return info
         blocks = (used + CHECKPOINT_BLOCK - 1) // CHECKPOINT_BLOCK
-        if size != CHECKPOINT_HEADER.size + used + 8 * blocks:
-            raise CorruptionError(f"{name}: {size} bytes, expected {CHECKPOINT_HEADER.size + used + 8 * blocks}")
+        expected = CHECKPOINT_HEADER.size + used + 8 * blocks
+        undo_at = expected
+        if fmt == CHECKPOINT_FORMAT_UNDO:       # the undo notes of a background checkpoint (wal.h)
+            if size < undo_at + 16:
+                raise CorruptionError(f"{name}: {size} bytes, too short for its undo notes")
+            f.seek(undo_at)
+            magic, notes = struct.unpack("<QQ", f.read(16))
+            if magic != CHECKPOINT_UNDO_MAGIC:
+                raise CorruptionError(f"{name}: no undo notes where expected")
+            expected = undo_at + 16 + 16 * notes + 8
+        if size != expected:
+            raise CorruptionError(f"{name}: {size} bytes, expected {expected}")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
             view = memoryview(data)
             try:
+                if fmt == CHECKPOINT_FORMAT_UNDO:
+                    (stored,) = struct.unpack_from("<Q", view, undo_at + 16 + 16 * notes)
+                    with view[undo_at + 16:undo_at + 16 + 16 * notes] as body:
+                        if xxhash.xxh64_intdigest(body, seed=notes) != stored:
+                            raise CorruptionError(f"{name}: its undo notes fail their checksum")
+                        offsets = struct.unpack_from(f"<{2 * notes}Q", body)[0::2]
+                    if any(o >= used or o % 8 for o in offsets):
+                        raise CorruptionError(f"{name}: an undo note lies outside the arena")
                 checks = struct.unpack_from(f"<{blocks}Q", view, CHECKPOINT_HEADER.size + used)
                 for i in range(blocks):
                     start = CHECKPOINT_HEADER.size + i * CHECKPOINT_BLOCK

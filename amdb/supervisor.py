@@ -27,7 +27,7 @@ from amdb import SLOT_COUNT, storage
 from amdb.errors import (ClosedError, Error, InvalidArgumentError, StorageError, WorkerCrashedError,
                          WorkerStartError, raise_for_status)
 from amdb.native.client import inspect
-from amdb.native.constants import WORKER_READY
+from amdb.native.constants import STATUS, WORKER_READY
 from amdb.native.client.reader import Reader
 from amdb.native.client.writer import Writer
 from amdb.shm import control, segment
@@ -501,7 +501,7 @@ class Supervisor:
             raise StorageError(f"the write-ahead log of worker {broken} could not be written or "
                                "repaired; writes are refused until the database is reopened, reads go on")
         if self.o.checkpoint_bytes and most >= self.o.checkpoint_bytes:
-            self.checkpoint_locked("automatic")
+            self.checkpoint_locked("automatic", wait=False)   # written in the background
 
     # ---- retention and compaction ---------------------------------------------------
 
@@ -613,7 +613,7 @@ class Supervisor:
             self.compaction["failures"] += 1
         if self.path is not None and not self.o.read_only and retired:
             # The compacted generations are what reopening should find.
-            self.checkpoint_locked("compaction")
+            self.checkpoint_locked("compaction", wait=False)
         summary["seconds"] = round(time.perf_counter() - started, 6)
         self.compaction["last"] = summary
         if self.audit is not None:
@@ -626,23 +626,44 @@ class Supervisor:
 
     # ---- durability --------------------------------------------------------------------
 
-    def checkpoint_locked(self, why):
+    def checkpoint_locked(self, why, wait=True):
+        """Checkpoint every worker as of now. Each writes its file in the
+        background (wal.pyx, "Background checkpoints") while writes go on;
+        with `wait`, return once every file is written (reshard); without
+        (automatic ones), once every one began. REQUIRES the write lock;
+        db.checkpoint() and backup() wait without it (finish_checkpoint)."""
         with self.quiesced():
-            return self._checkpoint(why)
+            return self._checkpoint(why, wait)
 
-    def _checkpoint(self, why):
+    def _checkpoint(self, why, wait):
         started = time.perf_counter()
         seq = self.att.visible_seq()
-        failed = self.writer.checkpoint_workers()
-        if failed:
-            worker, status = failed[0]
-            raise StorageError(f"worker {worker} could not write its checkpoint (status {status}); "
-                               "the log still holds everything, nothing is lost")
+        self._raise_failed(self.writer.checkpoint_workers(wait))
         removed = [] if self.backups_running else storage.remove_obsolete(self.path, self.o.workers)
         if self.audit is not None:
-            self.audit.event("checkpoint", seq=seq, why=why, removed=len(removed),
+            self.audit.event("checkpoint", seq=seq, why=why, removed=len(removed), waited=wait,
                               seconds=round(time.perf_counter() - started, 3))
         return seq
+
+    def finish_checkpoint(self, seq, remove_obsolete=True):
+        """Wait, without the write lock, until the checkpoint of `seq` begun
+        by checkpoint_locked(wait=False) is written by every worker; then
+        let the files it made obsolete go."""
+        self._raise_failed(self.writer.wait_checkpoints(seq))
+        if remove_obsolete:
+            with self.write_lock:
+                if not self.backups_running and not self.att.closed:
+                    storage.remove_obsolete(self.path, self.o.workers)
+
+    @staticmethod
+    def _raise_failed(failed):
+        if failed:
+            worker, status = failed[0]
+            why = {STATUS["TIMEOUT"]: "died while writing it", STATUS["NO_MEMORY"]: "ran out of memory",
+                   STATUS["IO_ERROR"]: "could not write it (I/O error)"}.get(status, f"failed (status {status})")
+            raise StorageError(f"the checkpoint failed: worker {worker} {why}; "
+                               "its log still holds everything, nothing is lost",
+                               hint="see db.stats() for the log state; check free disk space")
 
     def sweep_locked(self):
         """Delete every key stored in a partition that does not own its slot
@@ -699,6 +720,24 @@ class Supervisor:
         finally:
             if got:
                 self.write_lock.release()
+
+    def debug_hold_checkpoints(self, stage):
+        """Test hook: background checkpoints pause at `stage` ("copying":
+        halfway through the copy, "noted", "renamed"; wal.pyx) until called
+        again with None."""
+        for m in self.controls:
+            control.hold_checkpoints(m, stage)
+
+    def debug_wait_checkpoint_held(self, worker, timeout=30.0):
+        """Test hook: wait until worker's checkpoint is paused by
+        debug_hold_checkpoints; returns the stage, or None after `timeout`."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            stage = control.checkpoint_held(self.controls[worker])
+            if stage is not None or time.monotonic() >= deadline:
+                return stage
+            seen = control.wait_worker_progress(self.controls[worker], seen, 0.05)
 
     def debug_flip_bit(self, worker, arena_offset, bit):
         """Test hook: flip one bit of worker `worker`'s arena (its current

@@ -236,6 +236,7 @@ cdef int compact_prepare(PartitionView *p, uint64_t keep, uint64_t seq, SkipFing
     scratch.arena_capacity = c.arena_capacity
     scratch.arena_used = AMDB_ARENA_FIRST_BLOCK
     dst.ctrl = scratch
+    dst.undo = NULL                      # a new generation: no checkpoint copies it
     dst.ring = p.ring
     dst.arena = p.arena + (<int64_t>target - <int64_t>current) * <int64_t>c.arena_capacity
     dst.fd = p.fd

@@ -17,6 +17,8 @@ cdef extern from "wal.h":
     const unsigned long long AMDB_CHECKPOINT_MAGIC
     const unsigned long long AMDB_FORMAT_VERSION
     const unsigned long long AMDB_CHECKPOINT_BLOCK
+    const unsigned long long AMDB_CHECKPOINT_FORMAT_UNDO
+    const unsigned long long AMDB_CHECKPOINT_UNDO_MAGIC
     enum:
         AMDB_LOG_CHUNK
         AMDB_LOG_COMMIT
@@ -71,5 +73,7 @@ LOG_MAGIC = AMDB_LOG_MAGIC
 CHECKPOINT_MAGIC = AMDB_CHECKPOINT_MAGIC
 FORMAT_VERSION = AMDB_FORMAT_VERSION
 CHECKPOINT_BLOCK = AMDB_CHECKPOINT_BLOCK
+CHECKPOINT_FORMAT_UNDO = AMDB_CHECKPOINT_FORMAT_UNDO    # a background checkpoint: with undo notes
+CHECKPOINT_UNDO_MAGIC = AMDB_CHECKPOINT_UNDO_MAGIC
 LOG_KINDS = {AMDB_LOG_CHUNK: "chunk", AMDB_LOG_COMMIT: "commit", AMDB_LOG_ABORT: "abort"}
 SYNC_MODES = {"none": SYNC_NONE, "batch": SYNC_BATCH, "interval": SYNC_INTERVAL}

@@ -22,6 +22,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memset
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport amdb_load_acquire, amdb_store_release, amdb_store_relaxed, amdb_prefetch
+from amdb.native.undo cimport note_arena_write
 
 cdef enum:
     GROW_PREFETCH = 16     # slots ahead whose node is prefetched while rehashing
@@ -67,12 +68,17 @@ cdef uint64_t hashindex_growth_bytes(PartitionView *p, uint64_t new_keys) noexce
     return total
 
 
-cdef void _place(amdb_hash_table *table, uint64_t home, uint64_t word, bint publish) noexcept nogil:
+cdef void _place(PartitionView *p, amdb_hash_table *table, uint64_t home, uint64_t word,
+                 bint publish) noexcept nogil:
+    """Put `word` in the first free slot from `home`. publish: the table is
+    the live one (readers, and a checkpoint's copy: undo.pxd, see it)."""
     cdef uint64_t mask = table.capacity - 1
     cdef uint64_t i = home
     while table.slots[i] != 0:
         i = (i + 1) & mask
     if publish:
+        note_arena_write(p, &table.slots[i])
+        note_arena_write(p, &table.count)
         amdb_store_release(&table.slots[i], word)
     else:
         table.slots[i] = word
@@ -103,8 +109,9 @@ cdef void _grow(PartitionView *p) noexcept nogil:
                 home = amdb_slot_word_tag(word) >> (AMDB_SLOT_TAG_BITS - log2_capacity)
             else:
                 home = amdb_slot_home(node_at(p.arena, amdb_slot_node(word)).hash, log2_capacity)
-            _place(table, home, word, False)
+            _place(p, table, home, word, False)
     # Release: the new table is whole before readers can load it.
+    note_arena_write(p, &amdb_arena_header_of(p.arena).hash_table)
     amdb_store_release(&amdb_arena_header_of(p.arena).hash_table, off)
 
 
@@ -127,4 +134,4 @@ cdef void hashindex_insert(PartitionView *p, uint64_t hash, uint64_t node_off, b
     if may_grow and (table.count + 1) * AMDB_HASH_MAX_LOAD_DEN > table.capacity * AMDB_HASH_MAX_LOAD_NUM:
         _grow(p)
         table = table_at(p.arena, amdb_arena_header_of(p.arena).hash_table)
-    _place(table, amdb_slot_home(hash, table.log2_capacity), amdb_slot_word(hash, node_off), True)
+    _place(p, table, amdb_slot_home(hash, table.log2_capacity), amdb_slot_word(hash, node_off), True)

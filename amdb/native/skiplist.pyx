@@ -18,6 +18,7 @@ factor 4 (p = 1/4) as in LevelDB.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport amdb_load_acquire, amdb_load_relaxed, amdb_store_release, amdb_store_relaxed, amdb_prefetch
+from amdb.native.undo cimport note_arena_write
 
 
 cdef uint64_t skiplist_find_ge(const char *arena, uint64_t head, uint64_t prefix,
@@ -177,8 +178,11 @@ cdef void skiplist_insert(PartitionView *p, uint64_t node_off, SkipFinger *finge
     # The node is unpublished: plain stores for its own links.
     for level in range(node.height):
         amdb_node_init_next(node, level, amdb_node_next_relaxed(node_at(arena, update[level]), level))
-    # Publish bottom-up; level 0 is the commit point (invariant 4).
+    # Publish bottom-up; level 0 is the commit point (invariant 4). The
+    # predecessors are published nodes: a checkpoint copying them notes
+    # their old links (undo.pxd).
     for level in range(node.height):
+        note_arena_write(p, &node_at(arena, update[level]).next[level])
         amdb_node_publish_next(node_at(arena, update[level]), level, node_off)
     for level in range(AMDB_MAX_HEIGHT):
         finger.pred[level] = node_off if level < node.height else update[level]

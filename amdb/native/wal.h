@@ -73,7 +73,19 @@ typedef struct amdb_log_chunk {
 } amdb_log_chunk;
 
 /* A checkpoint file: this header, then arena bytes [0, arena_used), then one
- * uint64 xxh64 per AMDB_CHECKPOINT_BLOCK of them (seed = block index). */
+ * uint64 xxh64 per AMDB_CHECKPOINT_BLOCK of them (seed = block index).
+ *
+ * Format AMDB_CHECKPOINT_FORMAT_UNDO (a background checkpoint, written while
+ * the worker goes on applying: worker/checkpoint.pyx) adds an undo section:
+ * uint64 AMDB_CHECKPOINT_UNDO_MAGIC, uint64 n, n entries (uint64 offset,
+ * uint64 word), uint64 xxh64(the entries, seed = n). The arena bytes are
+ * then a fuzzy copy: every word below arena_used that the worker changed
+ * while it was copied has an entry holding its value as of `seq` (the
+ * first change's), and loading writes the entries back, last to first, so
+ * the arena is exactly the one of `seq`. The block checks cover the bytes
+ * as written, before the undo. */
+#define AMDB_CHECKPOINT_FORMAT_UNDO 2
+#define AMDB_CHECKPOINT_UNDO_MAGIC 0x4f444e55504b4341ULL /* "ACKPUNDO" */
 typedef struct amdb_checkpoint_header {
     uint64_t magic;
     uint32_t format_version;

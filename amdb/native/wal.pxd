@@ -2,12 +2,18 @@
 """Declarations of wal.h (on-disk formats) and of the worker's log writer."""
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from amdb.shm.layout cimport PartitionView, amdb_control
+from amdb.native.undo cimport UndoLog
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
 
 cdef extern from "wal.h" nogil:
     enum:
         AMDB_LOG_MAGIC
         AMDB_CHECKPOINT_MAGIC
         AMDB_FORMAT_VERSION
+        AMDB_CHECKPOINT_FORMAT_UNDO
+        AMDB_CHECKPOINT_UNDO_MAGIC
         AMDB_CHECKPOINT_BLOCK
         AMDB_LOG_MAX_PAYLOAD
         AMDB_LOG_CHUNK
@@ -72,5 +78,24 @@ cdef int log_append(LogWriter *log, uint32_t kind, uint64_t seq, LogPiece *piece
 cdef int log_after_commit(LogWriter *log) noexcept nogil
 cdef void log_idle(LogWriter *log) noexcept nogil
 cdef void log_close(LogWriter *log) noexcept nogil
-cdef int checkpoint_write(PartitionView *p, LogWriter *log, uint64_t seq) noexcept nogil
+
+# A checkpoint written by a thread of the worker while the worker goes on
+# applying (wal.pyx, "Background checkpoints"). The futex words go 0 -> 1 once.
+ctypedef struct BackgroundCheckpoint:
+    PartitionView p            # the generation copied (its region stays until the end)
+    int dir_fd                 # the thread's own descriptor of the directory
+    uint64_t seq
+    amdb_checkpoint_header header
+    UndoLog undo               # the worker's notes; the thread's once handed_over
+    uint32_t copy_done         # thread -> worker: the arena bytes are written
+    uint32_t handed_over       # worker -> thread: the notes are final, noting stopped
+    uint32_t finished          # thread: the file is whole, or given up (status)
+    int status
+    int owner_pid              # a hold (tests) ends when the owner is gone
+    pthread_t thread
+
+cdef int checkpoint_begin(PartitionView *p, LogWriter *log, uint64_t seq,
+                          BackgroundCheckpoint **out) noexcept nogil
+cdef bint checkpoint_hand_over(BackgroundCheckpoint *b, PartitionView *p, bint wait) noexcept nogil
+cdef int checkpoint_end(BackgroundCheckpoint *b) noexcept nogil
 cdef int checkpoint_load(PartitionView *p, int dir_fd, const char *name) noexcept nogil

@@ -14,12 +14,14 @@ marked broken and every later write is refused until the database is
 reopened; reads go on.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy
 from libc.errno cimport errno, EINTR
 from libc.stdio cimport snprintf
 from amdb.shm.layout cimport *
-from amdb.shm.atomic cimport amdb_store_relaxed, amdb_store_release, amdb_load_relaxed, amdb_monotonic_ns
+from amdb.shm.atomic cimport *
+from amdb.shm.ring cimport progress_publish
+from amdb.native.undo cimport UndoLog, UndoEntry
 from amdb.shm.arena cimport commit_pages
 from amdb.native.hashing cimport amdb_xxh64, amdb_xxh64_state, amdb_xxh64_reset, amdb_xxh64_update, amdb_xxh64_digest
 
@@ -80,19 +82,6 @@ cdef int write_all(int fd, const void *data, uint64_t length) noexcept nogil:
             return -1
         p += n
         length -= <uint64_t>n
-    return 0
-
-
-cdef int write_arena(int fd, const char *arena, uint64_t used, amdb_control *c) noexcept nogil:
-    """write_all of the arena in 64 MiB pieces, bumping the heartbeat after
-    each: the owner must not take a long checkpoint for a hung worker."""
-    cdef uint64_t done = 0, piece
-    while done < used:
-        piece = used - done if used - done < (64ULL << 20) else (64ULL << 20)
-        if write_all(fd, arena + done, piece) != 0:
-            return -1
-        done += piece
-        amdb_store_relaxed(&c.heartbeat, c.heartbeat + 1)
     return 0
 
 
@@ -229,69 +218,245 @@ cdef void log_close(LogWriter *log) noexcept nogil:
         log.fd = -1
 
 
-cdef int checkpoint_write(PartitionView *p, LogWriter *log, uint64_t seq) noexcept nogil:
-    """Write the arena as of batch `seq` to ckpt-W-seq.ckpt (wal.h, 5) and
-    continue the log in a new segment. REQUIRES: called between batches.
-    The file is complete and durable before its name appears."""
-    cdef amdb_control *c = p.ctrl
-    cdef amdb_checkpoint_header header
+# ---- background checkpoints -----------------------------------------------------------
+#
+# A checkpoint is taken off the write path: the worker, between batches,
+# syncs its log, starts a new log segment (batches after `seq` go there),
+# notes arena_used and the counters in the header, and starts a thread that
+# copies arena bytes [0, arena_used) to the file while the worker goes on
+# applying. What the worker changes meanwhile:
+#   - above arena_used: new blocks, not in the copy at all;
+#   - below it, in place: links, latest versions, hash slots, the table root
+#     and count, block kinds. The worker notes each such word's old value
+#     first (undo.pxd); the file carries the notes, and loading writes them
+#     back (wal.h, AMDB_CHECKPOINT_FORMAT_UNDO): the arena as of `seq`.
+# The handshake: the thread writes the copy and the block checks, sets
+# copy_done and wakes the worker; the worker, between records, stops noting
+# and sets handed_over (seq_cst: every note happens before); the thread
+# writes the notes, fsyncs, renames, and publishes checkpoint_done in the
+# control block (release, after checkpoint_status / checkpoint_seq). A
+# compaction, a new checkpoint and the worker's exit first wait for the
+# running one to end (checkpoint_hand_over with wait, checkpoint_end): the
+# region it copies must stay as it is. A worker that dies leaves a .tmp
+# file, removed at the next open; its log holds everything.
+
+cdef extern from "<pthread.h>" nogil:
+    int pthread_create(pthread_t *thread, const void *attr, void *(*start)(void *) noexcept nogil, void *arg)
+    int pthread_join(pthread_t thread, void **retval)
+
+cdef extern from "<unistd.h>" nogil:
+    int dup(int fd)
+    int getppid()
+
+cdef enum:
+    COPY_PIECE = 256 << 10        # bytes copied between hold checks (tests pause halfway)
+    WAIT_SLICE_NS = 100000000     # futex waits re-check their word every 100 ms
+
+
+cdef inline void wait_flag(uint32_t *word) noexcept nogil:
+    while amdb_load32_seqcst(word) == 0:
+        amdb_futex_wait(word, 0, WAIT_SLICE_NS)
+
+
+cdef inline void raise_flag(uint32_t *word) noexcept nogil:
+    amdb_store32_seqcst(word, 1)
+    amdb_futex_wake_all(word)
+
+
+cdef void hold_if_asked(BackgroundCheckpoint *b, uint32_t stage) noexcept nogil:
+    """Tests: pause at `stage` while the owner holds checkpoint_hold at it
+    (layout.h, line 10), saying so in checkpoint_held; an owner that is gone
+    holds nothing."""
+    cdef amdb_control *c = b.p.ctrl
+    if amdb_load32_seqcst(&c.checkpoint_hold) != stage:
+        return
+    amdb_store32_seqcst(&c.checkpoint_held, stage)
+    progress_publish(c)
+    while amdb_load32_seqcst(&c.checkpoint_hold) == stage and getppid() == b.owner_pid:
+        amdb_futex_wait(&c.checkpoint_hold, stage, WAIT_SLICE_NS)
+    amdb_store32_seqcst(&c.checkpoint_held, 0)
+
+
+cdef int copy_arena(BackgroundCheckpoint *b, int fd, uint64_t *checks) noexcept nogil:
+    """Write arena bytes [0, used) block by block through a private buffer,
+    each block's check computed on the bytes written (the arena may change
+    under the copy: the undo notes fix that, not the checks)."""
+    cdef amdb_control *c = b.p.ctrl
+    cdef uint64_t used = b.header.arena_used
+    cdef uint64_t blocks = (used + AMDB_CHECKPOINT_BLOCK - 1) // AMDB_CHECKPOINT_BLOCK
+    cdef uint64_t i, start, length, done, piece
+    cdef bint held = False
+    cdef char *buffer = <char *>malloc(AMDB_CHECKPOINT_BLOCK)
+    if buffer == NULL:
+        return -1
+    for i in range(blocks):
+        start = i * AMDB_CHECKPOINT_BLOCK
+        length = used - start if used - start < AMDB_CHECKPOINT_BLOCK else AMDB_CHECKPOINT_BLOCK
+        done = 0
+        while done < length:
+            piece = length - done if length - done < COPY_PIECE else COPY_PIECE
+            memcpy(buffer + done, b.p.arena + start + done, piece)
+            done += piece
+            if not held and start + done >= used // 2:
+                held = True
+                hold_if_asked(b, AMDB_CKPT_STAGE_COPYING)
+        checks[i] = amdb_xxh64(buffer, length, i)
+        if write_all(fd, buffer, length) != 0:
+            free(buffer)
+            return -1
+    free(buffer)
+    return 0
+
+
+cdef int write_undo(int fd, UndoLog *u) noexcept nogil:
+    cdef uint64_t head[2]
+    cdef uint64_t check = amdb_xxh64(u.entries, u.count * sizeof(UndoEntry), u.count)
+    head[0] = AMDB_CHECKPOINT_UNDO_MAGIC
+    head[1] = u.count
+    if write_all(fd, head, sizeof(head)) != 0 or write_all(fd, u.entries, u.count * sizeof(UndoEntry)) != 0 \
+            or write_all(fd, &check, 8) != 0:
+        return -1
+    return 0
+
+
+cdef void *copier_main(void *arg) noexcept nogil:
+    """The checkpoint thread (see above)."""
+    cdef BackgroundCheckpoint *b = <BackgroundCheckpoint *>arg
+    cdef amdb_control *c = b.p.ctrl
+    cdef uint64_t used = b.header.arena_used
+    cdef uint64_t blocks = (used + AMDB_CHECKPOINT_BLOCK - 1) // AMDB_CHECKPOINT_BLOCK
     cdef char tmp[NAME_BYTES]
     cdef char final[NAME_BYTES]
-    cdef uint64_t used = c.arena_used
-    cdef uint64_t blocks = (used + AMDB_CHECKPOINT_BLOCK - 1) // AMDB_CHECKPOINT_BLOCK
-    cdef uint64_t *checks
-    cdef uint64_t i, start, length
+    cdef int status = AMDB_STATUS_OK
     cdef int fd
+    cdef bint written = False
+    cdef uint64_t *checks = <uint64_t *>malloc((blocks if blocks else 1) * sizeof(uint64_t))
+    checkpoint_name(tmp, c.worker_index, b.seq, "tmp")
+    checkpoint_name(final, c.worker_index, b.seq, "ckpt")
+    fd = openat(b.dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) if checks != NULL else -1
+    if fd >= 0:
+        written = (write_all(fd, &b.header, sizeof(b.header)) == 0 and copy_arena(b, fd, checks) == 0
+                   and write_all(fd, checks, blocks * sizeof(uint64_t)) == 0)
+    raise_flag(&b.copy_done)
+    # Wake the worker (a spurious wake for its ring wait): it hands the
+    # notes over between records, or when idle.
+    amdb_fetch_add32_seqcst(&c.ring_data_event, 1)
+    amdb_futex_wake_all(&c.ring_data_event)
+    wait_flag(&b.handed_over)
+    if checks == NULL or b.undo.failed:
+        status = AMDB_STATUS_NO_MEMORY
+    elif fd < 0 or not written or write_undo(fd, &b.undo) != 0 or fsync(fd) != 0:
+        status = AMDB_STATUS_IO_ERROR
+    if fd >= 0:
+        close(fd)
+    hold_if_asked(b, AMDB_CKPT_STAGE_NOTED)
+    if status == AMDB_STATUS_OK and (renameat(b.dir_fd, tmp, b.dir_fd, final) != 0 or fsync(b.dir_fd) != 0):
+        status = AMDB_STATUS_IO_ERROR
+    if status == AMDB_STATUS_OK:
+        hold_if_asked(b, AMDB_CKPT_STAGE_RENAMED)
+    if status != AMDB_STATUS_OK:
+        unlinkat(b.dir_fd, tmp, 0)
+        if status == AMDB_STATUS_IO_ERROR:
+            amdb_fetch_add_seqcst(&c.log_errors, 1)
+    else:
+        amdb_store_relaxed(&c.checkpoint_seq, b.seq)
+    free(checks)
+    amdb_store_relaxed(&c.checkpoint_undo_words, b.undo.count)
+    amdb_store_relaxed(&c.checkpoint_status, <uint64_t>status)
+    b.status = status
+    amdb_store_release(&c.checkpoint_done, b.seq)
+    progress_publish(c)
+    raise_flag(&b.finished)
+    return NULL
+
+
+cdef int checkpoint_begin(PartitionView *p, LogWriter *log, uint64_t seq,
+                          BackgroundCheckpoint **out) noexcept nogil:
+    """Start a checkpoint of the arena as of batch `seq` (see above);
+    *out: the running checkpoint, for checkpoint_hand_over / _end.
+    REQUIRES: between batches, no checkpoint running (p.undo == NULL)."""
+    cdef amdb_control *c = p.ctrl
+    cdef BackgroundCheckpoint *b
+    cdef int status
+    out[0] = NULL
     if amdb_load_relaxed(&c.log_broken):
         return AMDB_STATUS_IO_ERROR
     # The log first: a checkpoint must never be more durable than the log
     # frames of the batches before it in other workers' eyes (wal.h, 3).
     if sync_log(log) != AMDB_STATUS_OK:
         return AMDB_STATUS_IO_ERROR
-    checks = <uint64_t *>malloc((blocks if blocks else 1) * sizeof(uint64_t))
-    if checks == NULL:
+    b = <BackgroundCheckpoint *>calloc(1, sizeof(BackgroundCheckpoint))
+    if b == NULL:
         return AMDB_STATUS_NO_MEMORY
-    memset(&header, 0, sizeof(header))
-    header.magic = AMDB_CHECKPOINT_MAGIC
-    header.format_version = AMDB_FORMAT_VERSION
-    header.layout_version = AMDB_LAYOUT_VERSION
-    header.worker_index = c.worker_index
-    header.seq = seq
-    header.log_segment = log.segment_no + 1
-    header.arena_used = used
-    header.skiplist_head = amdb_arena_header_of(p.arena).skiplist_head
-    header.hash_table = amdb_arena_header_of(p.arena).hash_table
-    header.live_keys = c.live_keys
-    header.node_count = c.node_count
-    header.version_count = c.version_count
-    header.ledger_chunks = c.ledger_chunks
-    memcpy(header.ledger_head, c.ledger_head, 32)
-    header.header_check = amdb_xxh64(&header, sizeof(header) - 8, 0)
-    for i in range(blocks):
-        start = i * AMDB_CHECKPOINT_BLOCK
-        length = used - start if used - start < AMDB_CHECKPOINT_BLOCK else AMDB_CHECKPOINT_BLOCK
-        checks[i] = amdb_xxh64(p.arena + start, length, i)
-        amdb_store_relaxed(&c.heartbeat, c.heartbeat + 1)     # busy, not hung (hang detection)
-    checkpoint_name(tmp, c.worker_index, seq, "tmp")
-    checkpoint_name(final, c.worker_index, seq, "ckpt")
-    fd = openat(log.dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-    if fd < 0:
-        free(checks)
+    b.dir_fd = dup(log.dir_fd)
+    if b.dir_fd < 0:
+        free(b)
         return count_error(log)
-    if (write_all(fd, &header, sizeof(header)) != 0 or write_arena(fd, p.arena, used, c) != 0
-            or write_all(fd, checks, blocks * sizeof(uint64_t)) != 0 or fsync(fd) != 0):
-        free(checks)
-        close(fd)
-        unlinkat(log.dir_fd, tmp, 0)
-        return count_error(log)
-    free(checks)
-    close(fd)
-    if renameat(log.dir_fd, tmp, log.dir_fd, final) != 0 or fsync(log.dir_fd) != 0:
-        unlinkat(log.dir_fd, tmp, 0)
-        return count_error(log)
-    amdb_store_relaxed(&c.checkpoint_seq, seq)
+    b.seq = seq
+    b.owner_pid = getppid()
+    b.header.magic = AMDB_CHECKPOINT_MAGIC
+    b.header.format_version = AMDB_CHECKPOINT_FORMAT_UNDO
+    b.header.layout_version = AMDB_LAYOUT_VERSION
+    b.header.worker_index = c.worker_index
+    b.header.seq = seq
+    b.header.log_segment = log.segment_no + 1
+    b.header.arena_used = c.arena_used
+    b.header.skiplist_head = amdb_arena_header_of(p.arena).skiplist_head
+    b.header.hash_table = amdb_arena_header_of(p.arena).hash_table
+    b.header.live_keys = c.live_keys
+    b.header.node_count = c.node_count
+    b.header.version_count = c.version_count
+    b.header.ledger_chunks = c.ledger_chunks
+    memcpy(b.header.ledger_head, c.ledger_head, 32)
+    b.header.header_check = amdb_xxh64(&b.header, sizeof(b.header) - 8, 0)
+    # Batches after seq go to the next segment: the one the file names.
+    status = log_start_segment(log, log.segment_no + 1)
+    if status != AMDB_STATUS_OK:
+        close(b.dir_fd)
+        free(b)
+        return status
     amdb_store_relaxed(&c.log_bytes, 0)
-    return log_start_segment(log, log.segment_no + 1)
+    amdb_store_relaxed(&c.checkpoint_started, seq)
+    b.undo.limit = b.header.arena_used
+    b.p = p[0]
+    b.p.undo = NULL
+    p.undo = &b.undo                    # from now on, every in-place store is noted
+    if pthread_create(&b.thread, NULL, copier_main, b) != 0:
+        # No thread: copy here, nothing changes meanwhile (same code, no notes).
+        p.undo = NULL
+        b.copy_done = 1
+        b.handed_over = 1
+        copier_main(b)
+        b.thread = 0
+    out[0] = b
+    return AMDB_STATUS_OK
+
+
+cdef bint checkpoint_hand_over(BackgroundCheckpoint *b, PartitionView *p, bint wait) noexcept nogil:
+    """The worker's side of the handshake: once the copy is out (waiting for
+    it with `wait`), stop noting and hand the notes over. True once done."""
+    if amdb_load32_seqcst(&b.handed_over):
+        return True
+    if not wait and amdb_load32_seqcst(&b.copy_done) == 0:
+        return False
+    wait_flag(&b.copy_done)
+    p.undo = NULL
+    raise_flag(&b.handed_over)
+    return True
+
+
+cdef int checkpoint_end(BackgroundCheckpoint *b) noexcept nogil:
+    """Wait for the thread to finish (REQUIRES handed_over), free the
+    checkpoint; returns its status."""
+    cdef int status
+    wait_flag(&b.finished)
+    if b.thread != 0:
+        pthread_join(b.thread, NULL)
+    status = b.status
+    close(b.dir_fd)
+    free(b.undo.entries)
+    free(b)
+    return status
 
 
 cdef int read_exact(int fd, void *out, uint64_t length, uint64_t offset) noexcept nogil:
@@ -311,6 +476,35 @@ cdef int read_exact(int fd, void *out, uint64_t length, uint64_t offset) noexcep
     return 0
 
 
+cdef int apply_undo(int fd, char *arena, uint64_t used, uint64_t at) noexcept nogil:
+    """Write a background checkpoint's undo notes (wal.h) back into the
+    loaded arena, last to first: each word ends as it was at the seq."""
+    cdef uint64_t head[2]
+    cdef uint64_t stored, i
+    cdef UndoEntry *entries
+    if read_exact(fd, head, sizeof(head), at) != 0 or head[0] != AMDB_CHECKPOINT_UNDO_MAGIC \
+            or head[1] > (1ULL << 40) // sizeof(UndoEntry):
+        return AMDB_STATUS_CORRUPT
+    entries = <UndoEntry *>malloc(head[1] * sizeof(UndoEntry) if head[1] else 1)
+    if entries == NULL:
+        return AMDB_STATUS_NO_MEMORY
+    if (read_exact(fd, entries, head[1] * sizeof(UndoEntry), at + sizeof(head)) != 0
+            or read_exact(fd, &stored, 8, at + sizeof(head) + head[1] * sizeof(UndoEntry)) != 0
+            or stored != amdb_xxh64(entries, head[1] * sizeof(UndoEntry), head[1])):
+        free(entries)
+        return AMDB_STATUS_CORRUPT
+    for i in range(head[1]):
+        if entries[i].offset >= used or entries[i].offset % 8:
+            free(entries)
+            return AMDB_STATUS_CORRUPT
+    i = head[1]
+    while i > 0:
+        i -= 1
+        (<uint64_t *>(arena + entries[i].offset))[0] = entries[i].word
+    free(entries)
+    return AMDB_STATUS_OK
+
+
 cdef int checkpoint_load(PartitionView *p, int dir_fd, const char *name) noexcept nogil:
     """Fill an empty arena from a checkpoint file and publish its roots.
     Checks everything it reads: AMDB_STATUS_CORRUPT for a damaged file,
@@ -326,7 +520,9 @@ cdef int checkpoint_load(PartitionView *p, int dir_fd, const char *name) noexcep
     if read_exact(fd, &header, sizeof(header), 0) != 0:
         close(fd)
         return AMDB_STATUS_CORRUPT
-    if (header.magic != AMDB_CHECKPOINT_MAGIC or header.format_version != AMDB_FORMAT_VERSION
+    if (header.magic != AMDB_CHECKPOINT_MAGIC
+            or not (header.format_version == AMDB_FORMAT_VERSION
+                    or header.format_version == AMDB_CHECKPOINT_FORMAT_UNDO)
             or not (header.layout_version == AMDB_LAYOUT_VERSION or header.layout_version == 1)
             or header.header_check != amdb_xxh64(&header, sizeof(header) - 8, 0)
             or header.arena_used < AMDB_ARENA_FIRST_BLOCK or header.arena_used % 8
@@ -353,6 +549,12 @@ cdef int checkpoint_load(PartitionView *p, int dir_fd, const char *name) noexcep
             close(fd)
             memset(p.arena, 0, start + length)     # leave no half-loaded arena behind
             return AMDB_STATUS_CORRUPT
+    if header.format_version == AMDB_CHECKPOINT_FORMAT_UNDO:
+        status = apply_undo(fd, p.arena, header.arena_used, sizeof(header) + header.arena_used + blocks * 8)
+        if status != AMDB_STATUS_OK:
+            close(fd)
+            memset(p.arena, 0, header.arena_used)
+            return status
     close(fd)
     arena_header = amdb_arena_header_of(p.arena)
     if header.layout_version == 1:

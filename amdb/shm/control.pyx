@@ -152,3 +152,21 @@ def worker_progress(Mapping m):
     return (amdb_load_acquire(&c.ring_tail), amdb_load_acquire(&c.applied_chunk),
             amdb_load_acquire(&c.failed_chunk), amdb_load_acquire(&c.aborts_done),
             amdb_load_relaxed(&c.heartbeat), amdb_load_relaxed(&c.worker_state))
+
+
+CHECKPOINT_STAGES = {"copying": AMDB_CKPT_STAGE_COPYING, "noted": AMDB_CKPT_STAGE_NOTED,
+                     "renamed": AMDB_CKPT_STAGE_RENAMED}
+
+
+def hold_checkpoints(Mapping m, stage):
+    """Tests: make the worker's background checkpoints pause at `stage` (a
+    CHECKPOINT_STAGES name), or, with None, go on (layout.h, line 10)."""
+    cdef amdb_control *c = <amdb_control *>m.base
+    amdb_store32_seqcst(&c.checkpoint_hold, 0 if stage is None else CHECKPOINT_STAGES[stage])
+    amdb_futex_wake_all(&c.checkpoint_hold)
+
+
+def checkpoint_held(Mapping m):
+    """Tests: the stage name a background checkpoint of this worker is paused at, or None."""
+    cdef uint32_t stage = amdb_load32_seqcst(&(<amdb_control *>m.base).checkpoint_held)
+    return next((name for name, value in CHECKPOINT_STAGES.items() if value == stage), None)

@@ -229,6 +229,20 @@ typedef struct amdb_control {
     uint64_t credit_records;
     uint64_t refunded_bytes;
     uint64_t refunded_records;
+
+    /* Line 10 — background checkpoints (worker/checkpoint.pyx): written by
+     * the worker's checkpoint thread, read by the owner. checkpoint_done is
+     * the seq of the last one that ended (release store, after
+     * checkpoint_status and, on success, checkpoint_seq); progress_event is
+     * bumped after it. checkpoint_hold (tests only, set by the owner): while
+     * it holds a stage, AMDB_CKPT_STAGE_*, a checkpoint pauses there (futex
+     * word), saying so in checkpoint_held. */
+    AMDB_LINE uint64_t checkpoint_started;  /* seq of the newest one begun */
+    uint64_t checkpoint_done;
+    uint64_t checkpoint_status;     /* AMDB_STATUS_* of checkpoint_done */
+    uint64_t checkpoint_undo_words; /* words its copy had to undo (statistics) */
+    uint32_t checkpoint_hold;
+    uint32_t checkpoint_held;       /* 1 while a copy is paused by checkpoint_hold */
 } amdb_control;
 
 /* Async single writes. put() and delete() send a SOLO chunk of one record and
@@ -254,6 +268,13 @@ typedef struct amdb_control {
  *      every SOLO chunk this process sent it (applied_chunk), then sees SOLO
  *      versions whatever visible_seq; every other read first waits for all of
  *      them and raises visible_seq over them (a CAS-max: it only grows). */
+/* Where a background checkpoint can be paused by checkpoint_hold (tests). */
+enum {
+    AMDB_CKPT_STAGE_COPYING = 1,    /* halfway through the copy of the arena */
+    AMDB_CKPT_STAGE_NOTED = 2,      /* notes handed over, file not yet renamed */
+    AMDB_CKPT_STAGE_RENAMED = 3,    /* file renamed, checkpoint_done not yet published */
+};
+
 #define AMDB_ASYNC_WINDOW 65536u    /* SOLO records in flight per worker at most */
 #define AMDB_ASYNC_CREDIT_BYTES (4ULL << 20) /* arena bytes they may hold in flight per worker */
 

@@ -20,6 +20,9 @@ cdef extern from "layout.h" nogil:
         AMDB_COMMIT_STEP
         AMDB_MAX_ARENA_BYTES
         AMDB_MAX_HEIGHT
+        AMDB_CKPT_STAGE_COPYING
+        AMDB_CKPT_STAGE_NOTED
+        AMDB_CKPT_STAGE_RENAMED
         AMDB_STATUS_OK
         AMDB_STATUS_ARENA_FULL
         AMDB_STATUS_SHM_FULL
@@ -136,6 +139,12 @@ cdef extern from "layout.h" nogil:
         uint64_t credit_records
         uint64_t refunded_bytes
         uint64_t refunded_records
+        uint64_t checkpoint_started
+        uint64_t checkpoint_done
+        uint64_t checkpoint_status
+        uint64_t checkpoint_undo_words
+        uint32_t checkpoint_hold
+        uint32_t checkpoint_held
 
     ctypedef struct amdb_reader_slot:
         uint64_t pid
@@ -271,9 +280,12 @@ cdef inline amdb_hash_table *table_at(const char *arena, uint64_t off) noexcept 
 # posix_fallocate (commit_pages). `arena` is the base of one arena region (the
 # current one, or the one compaction is writing), `region_offset` where that
 # region starts in the segment (arena_offset + region * arena_capacity).
+# `undo`: an UndoLog (amdb/native/undo.pxd) while a background checkpoint
+# copies this arena (the worker's view only), else NULL.
 ctypedef struct PartitionView:
     amdb_control *ctrl
     char *ring
     char *arena
     int fd
     uint64_t region_offset
+    void *undo

@@ -924,11 +924,61 @@ cdef class Writer:
                 failed.append((i, amdb_load_relaxed(&r.ctrl.failed_status)))
         return seq, failed
 
-    def checkpoint_workers(self):
-        """Have every worker write a checkpoint as of the newest batch and
-        wait for all of them. REQUIRES the write lock (a batch boundary).
+    def checkpoint_workers(self, bint wait=True):
+        """Have every worker begin a checkpoint as of the newest batch (each
+        writes it in the background: wal.pyx) and, with `wait`, wait until
+        every one is written. REQUIRES the write lock (a batch boundary).
         Returns [(worker, status)] of the workers that failed."""
-        return self._broadcast_control(AMDB_OP_CHECKPOINT, 0)[1]
+        cdef int i
+        seq, failed = self._broadcast_control(AMDB_OP_CHECKPOINT, 0)
+        if not wait:
+            return failed
+        return failed + self.wait_checkpoints(seq, skip={w for w, _ in failed})
+
+    def wait_checkpoints(self, uint64_t seq, skip=()):
+        """Wait until every worker (but those in `skip`) ended its background
+        checkpoint of `seq`; returns [(worker, status)] of those that failed.
+        Needs no write lock: writes go on meanwhile."""
+        cdef int i
+        failed = []
+        for i in range(self.att.nworkers):
+            if i not in skip:
+                status = self._wait_checkpoint(i, seq)
+                if status != AMDB_STATUS_OK:
+                    failed.append((i, status))
+        return failed
+
+    cdef uint64_t _wait_checkpoint(self, int worker, uint64_t seq) except? 0xffffffffffffffff:
+        """Wait until `worker`'s background checkpoint of `seq` ended;
+        returns its AMDB_STATUS_*. A worker that dies meanwhile raises
+        (check_worker, when the write lock is free or ours; a thread that
+        holds it checks in its own waits): its checkpoint is lost, its log
+        holds everything."""
+        cdef amdb_control *c = self.att.parts[worker].ctrl
+        cdef uint64_t incarnation = amdb_load_relaxed(&c.incarnation)
+        cdef uint32_t seen
+        cdef bint done = False
+        while True:
+            if amdb_load_relaxed(&c.incarnation) != incarnation:
+                # Replaced: the checkpoint died with its worker (its log holds everything).
+                return AMDB_STATUS_TIMEOUT
+            with nogil:
+                seen = progress_prepare_wait(c)
+                if amdb_load_acquire(&c.checkpoint_done) >= seq:
+                    done = True
+                    amdb_store32_seqcst(&c.owner_waiting, 0)
+                else:
+                    progress_sleep(c, seen, WAIT_SLICE_NS)
+            if done or amdb_load_acquire(&c.checkpoint_done) >= seq:
+                return amdb_load_relaxed(&c.checkpoint_status)
+            PyErr_CheckSignals()
+            if self.att.closed:
+                raise ClosedError("the database was closed while a checkpoint was being written")
+            if self.write_lock.acquire(False):
+                try:
+                    self.supervisor.check_worker(worker)
+                finally:
+                    self.write_lock.release()
 
     def compact_workers(self, uint64_t keep):
         """Have every worker write its next arena generation keeping the newest

@@ -14,6 +14,7 @@ anything, and refuses the chunk if it cannot.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport realloc
 from libc.string cimport memcpy
+from amdb.native.undo cimport note_arena_write
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport *
 from amdb.shm.arena cimport Mapping, commit_pages, alloc_block, alloc_block_aligned
@@ -192,6 +193,7 @@ cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t time
                                      timestamp_ns)
         record_for_ledger(w, version_off)
         # Release: the tombstone is whole before readers can reach it.
+        note_arena_write(p, &node_at(p.arena, node_off).latest)
         amdb_node_publish_latest(node_at(p.arena, node_off), version_off)
         amdb_store_relaxed(&c.live_keys, c.live_keys - 1)
         amdb_store_relaxed(&c.version_count, c.version_count + 1)
@@ -200,6 +202,7 @@ cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t time
         latest = amdb_node_latest_relaxed(node_at(p.arena, node_off))
         version_off = version_append(p, node_off, w.version_flags, value, rec.value_len, seq, timestamp_ns)
         record_for_ledger(w, version_off)
+        note_arena_write(p, &node_at(p.arena, node_off).latest)
         amdb_node_publish_latest(node_at(p.arena, node_off), version_off)
         if not is_live(p.arena, latest):
             amdb_store_relaxed(&c.live_keys, c.live_keys + 1)
@@ -346,6 +349,8 @@ cdef void worker_init(Worker *w, Mapping mapping, int fd, int parent_pid) noexce
     w.p.arena = region_base(w.arena_base, c, c.arena_region)
     w.p.region_offset = c.arena_offset + c.arena_region * c.arena_capacity
     w.p.fd = fd
+    w.p.undo = NULL
+    w.bg = NULL
     w.records = w.p.ring
     w.records_mask = c.ring_capacity - 1
     w.wrap_pos = 0

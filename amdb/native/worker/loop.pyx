@@ -112,7 +112,9 @@ cdef void handle_compact(Worker *w, amdb_ring_chunk *header) noexcept nogil:
     into the old generation afterwards."""
     cdef amdb_control *c = w.p.ctrl
     cdef CompactResult result
-    cdef int status = compact_prepare(&w.p, header.count, header.seq, &w.finger, &result)
+    cdef int status
+    finish_checkpoint(w)                # it copies the region this compaction retires
+    status = compact_prepare(&w.p, header.count, header.seq, &w.finger, &result)
     if status != AMDB_STATUS_OK:
         amdb_store_relaxed(&c.failed_status, <uint64_t>status)
         amdb_store_release(&c.failed_chunk, header.chunk_no)
@@ -128,9 +130,37 @@ cdef void handle_compact(Worker *w, amdb_ring_chunk *header) noexcept nogil:
     progress_publish(c)
 
 
+cdef void finish_checkpoint(Worker *w) noexcept nogil:
+    """Wait for the running background checkpoint, if any, to end (its
+    region must stay as it is: before a compaction, a new checkpoint, exit)."""
+    if w.bg != NULL:
+        checkpoint_hand_over(w.bg, &w.p, True)
+        checkpoint_end(w.bg)
+        w.bg = NULL
+
+
+cdef void poll_checkpoint(Worker *w) noexcept nogil:
+    """Between records: hand the notes over once the copy is out, free the
+    checkpoint once its thread is done. Never waits."""
+    if checkpoint_hand_over(w.bg, &w.p, False) and amdb_load32_seqcst(&w.bg.finished):
+        checkpoint_end(w.bg)
+        w.bg = NULL
+
+
 cdef void handle_checkpoint(Worker *w, amdb_ring_chunk *header) noexcept nogil:
+    """Begin a background checkpoint as of header.seq (wal.pyx) and
+    acknowledge at once: the owner waits for checkpoint_done only when the
+    caller asked for a finished checkpoint. One at a time: a running one is
+    waited for first. A checkpoint of this very seq already written is not
+    written again (nothing changed since)."""
     cdef amdb_control *c = w.p.ctrl
-    cdef int status = checkpoint_write(&w.p, &w.log, header.seq)
+    cdef int status = AMDB_STATUS_OK
+    finish_checkpoint(w)
+    if amdb_load_relaxed(&c.checkpoint_seq) == header.seq and header.seq != 0:
+        amdb_store_relaxed(&c.checkpoint_status, AMDB_STATUS_OK)
+        amdb_store_release(&c.checkpoint_done, header.seq)
+    else:
+        status = checkpoint_begin(&w.p, &w.log, header.seq, &w.bg)
     if status != AMDB_STATUS_OK:
         amdb_store_relaxed(&c.failed_status, <uint64_t>status)
         amdb_store_release(&c.failed_chunk, header.chunk_no)
@@ -249,12 +279,16 @@ cdef int worker_loop(Worker *w) noexcept nogil:
         idle_ns = <int64_t>w.log.interval_ns
     while True:
         head = ring_wait_data(c, tail, idle_ns)
+        if w.bg != NULL:
+            poll_checkpoint(w)
         if head == tail:
             log_idle(&w.log)
             commit_ahead(w)
             if amdb_load_acquire(&c.shutdown_requested):
+                finish_checkpoint(w)
                 return EXIT_SHUTDOWN
             if getppid() != w.parent_pid:
+                finish_checkpoint(w)
                 return EXIT_OWNER_GONE
             continue
         while tail != head:
@@ -264,6 +298,7 @@ cdef int worker_loop(Worker *w) noexcept nogil:
                 continue
             if op != AMDB_OP_CHUNK and op != AMDB_OP_ABORT and op != AMDB_OP_COMMIT \
                     and op != AMDB_OP_CHECKPOINT and op != AMDB_OP_COMPACT:
+                finish_checkpoint(w)
                 return EXIT_CORRUPT
             header = (<amdb_ring_chunk *>ring_at(w.p.ring, capacity - 1, tail))[0]
             take_record(c, tail, &header)

@@ -12,6 +12,7 @@ half written (layout.h, invariant 4).
 """
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy
+from amdb.native.undo cimport note_arena_write
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport *
 from amdb.shm.arena cimport commit_pages
@@ -84,11 +85,13 @@ cdef void undo_open_batch(Worker *w) noexcept nogil:
                         restored = version_at(p.arena, restored).prev
                     if restored >= start:
                         restored = 0           # cannot happen: chains only go down
+                    note_arena_write(p, &node.latest)
                     amdb_node_publish_latest(node, restored)
         # Unreachable from here on (or once its node is restored, above):
         # retag it so that a walk of the arena (ledger verification) skips
         # it. Readers never look at block kinds.
         if block.kind == AMDB_BLOCK_VERSION or block.kind == AMDB_BLOCK_LEDGER:
+            note_arena_write(p, block)
             block.kind = AMDB_BLOCK_GARBAGE
         off += <uint64_t>block.words * 8
     memcpy(c.ledger_head, w.batch_ledger_head, 32)

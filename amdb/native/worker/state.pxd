@@ -3,7 +3,7 @@
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from amdb.shm.layout cimport PartitionView, amdb_ring_record
 from amdb.native.skiplist cimport SkipFinger
-from amdb.native.wal cimport LogWriter
+from amdb.native.wal cimport LogWriter, BackgroundCheckpoint
 from amdb.shm.ring cimport ring_at
 
 
@@ -42,6 +42,7 @@ ctypedef struct Worker:
     uint64_t *poison             # fingerprints of chunks to refuse (poison batches), or NULL
     uint64_t poison_count
     LogWriter log                # the write-ahead log (log.dir_fd < 0: memory-only)
+    BackgroundCheckpoint *bg     # the checkpoint being written (wal.pyx), or NULL
 
 
 cdef inline amdb_ring_record *record_at(Worker *w, uint64_t pos) noexcept nogil:
