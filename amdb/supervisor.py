@@ -495,12 +495,12 @@ class Supervisor:
 
     def _check_log(self):
         """Refuse writes once a log is broken; checkpoint when a log grew past
-        checkpoint_bytes. REQUIRES the write lock."""
-        most, broken = inspect.log_state(self.att)
+        checkpoint_bytes and a quarter of its arena. REQUIRES the write lock."""
+        due, broken = inspect.log_state(self.att, self.o.checkpoint_bytes or 0)
         if broken >= 0:
             raise StorageError(f"the write-ahead log of worker {broken} could not be written or "
                                "repaired; writes are refused until the database is reopened, reads go on")
-        if self.o.checkpoint_bytes and most >= self.o.checkpoint_bytes:
+        if due:
             self.checkpoint_locked("automatic", wait=False)   # written in the background
 
     # ---- retention and compaction ---------------------------------------------------

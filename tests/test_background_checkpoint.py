@@ -86,7 +86,7 @@ def drop_log_after(path, workers):
 def test_a_checkpoint_copied_while_writes_go_on_loads_as_of_its_seq(tmp_path):
     path = str(tmp_path / "db")
     model = {}
-    with amdb.ParallelDB(path, workers=2, checkpoint_bytes=1 << 40) as db:
+    with amdb.ParallelDB(path, workers=2, checkpoint_bytes=None) as db:
         db.batch_put([(key(i), value(i, 0)) for i in range(N_KEYS)])
         model.update({key(i): value(i, 0) for i in range(N_KEYS)})
         at_seq = dict(model)
@@ -113,7 +113,7 @@ def test_a_checkpoint_copied_while_writes_go_on_loads_as_of_its_seq(tmp_path):
 def test_every_write_survives_reopen_after_a_background_checkpoint(tmp_path):
     path = str(tmp_path / "db")
     model = {}
-    with amdb.ParallelDB(path, workers=2, checkpoint_bytes=1 << 40) as db:
+    with amdb.ParallelDB(path, workers=2, checkpoint_bytes=None) as db:
         db.batch_put([(key(i), value(i, 0)) for i in range(N_KEYS)])
         model.update({key(i): value(i, 0) for i in range(N_KEYS)})
         thread, outcome = hold_at(db, "copying")
@@ -130,7 +130,7 @@ def test_every_write_survives_reopen_after_a_background_checkpoint(tmp_path):
 def test_a_worker_killed_during_a_background_checkpoint_loses_nothing(tmp_path, stage):
     path = str(tmp_path / "db")
     model = {}
-    with amdb.ParallelDB(path, workers=2, checkpoint_bytes=1 << 40) as db:
+    with amdb.ParallelDB(path, workers=2, checkpoint_bytes=None) as db:
         db.batch_put([(key(i), value(i, 0)) for i in range(N_KEYS)])
         model.update({key(i): value(i, 0) for i in range(N_KEYS)})
         thread, outcome = hold_at(db, stage)
@@ -158,7 +158,7 @@ def test_a_worker_killed_during_a_background_checkpoint_loses_nothing(tmp_path, 
 
 def test_damaged_undo_notes_are_caught(tmp_path):
     path = str(tmp_path / "db")
-    with amdb.ParallelDB(path, workers=2, checkpoint_bytes=1 << 40) as db:
+    with amdb.ParallelDB(path, workers=2, checkpoint_bytes=None) as db:
         db.batch_put([(key(i), value(i, 0)) for i in range(N_KEYS)])
         thread, outcome = hold_at(db, "copying")
         write_during(db, {}, 1)
@@ -183,7 +183,7 @@ def test_damaged_undo_notes_are_caught(tmp_path):
 
 def test_close_waits_for_a_running_checkpoint(tmp_path):
     path = str(tmp_path / "db")
-    db = amdb.ParallelDB(path, workers=2, checkpoint_bytes=1 << 40)
+    db = amdb.ParallelDB(path, workers=2, checkpoint_bytes=None)
     db.batch_put([(key(i), value(i, 0)) for i in range(N_KEYS)])
     with db._write_lock:                         # begin one without waiting for it
         seq = db._supervisor.checkpoint_locked("test", wait=False)

@@ -84,6 +84,7 @@ cdef void log_close(LogWriter *log) noexcept nogil
 ctypedef struct BackgroundCheckpoint:
     PartitionView p            # the generation copied (its region stays until the end)
     int dir_fd                 # the thread's own descriptor of the directory
+    int log_fd                 # and of the log segment that ends at seq (-1: synced already)
     uint64_t seq
     amdb_checkpoint_header header
     UndoLog undo               # the worker's notes; the thread's once handed_over

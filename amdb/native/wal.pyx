@@ -347,6 +347,10 @@ cdef void *copier_main(void *arg) noexcept nogil:
         status = AMDB_STATUS_NO_MEMORY
     elif fd < 0 or not written or write_undo(fd, &b.undo) != 0 or fsync(fd) != 0:
         status = AMDB_STATUS_IO_ERROR
+    elif b.log_fd >= 0 and fdatasync(b.log_fd) != 0:
+        # The kernel may have dropped the log's pages: never retry (as sync_log).
+        amdb_store_relaxed(&c.log_broken, 1)
+        status = AMDB_STATUS_IO_ERROR
     if fd >= 0:
         close(fd)
     hold_if_asked(b, AMDB_CKPT_STAGE_NOTED)
@@ -381,15 +385,19 @@ cdef int checkpoint_begin(PartitionView *p, LogWriter *log, uint64_t seq,
     out[0] = NULL
     if amdb_load_relaxed(&c.log_broken):
         return AMDB_STATUS_IO_ERROR
-    # The log first: a checkpoint must never be more durable than the log
-    # frames of the batches before it in other workers' eyes (wal.h, 3).
-    if sync_log(log) != AMDB_STATUS_OK:
-        return AMDB_STATUS_IO_ERROR
     b = <BackgroundCheckpoint *>calloc(1, sizeof(BackgroundCheckpoint))
     if b == NULL:
         return AMDB_STATUS_NO_MEMORY
     b.dir_fd = dup(log.dir_fd)
-    if b.dir_fd < 0:
+    # The log up to seq must be durable before the checkpoint is: a
+    # checkpoint is never more durable than the log frames of the batches
+    # before it (wal.h, 3). The thread syncs the segment that ends at seq
+    # (its own descriptor of it) before it renames the file, so that the
+    # worker never waits for that fdatasync.
+    b.log_fd = dup(log.fd) if log.dirty else -1
+    if b.dir_fd < 0 or (log.dirty and b.log_fd < 0):
+        if b.dir_fd >= 0:
+            close(b.dir_fd)
         free(b)
         return count_error(log)
     b.seq = seq
@@ -413,6 +421,8 @@ cdef int checkpoint_begin(PartitionView *p, LogWriter *log, uint64_t seq,
     status = log_start_segment(log, log.segment_no + 1)
     if status != AMDB_STATUS_OK:
         close(b.dir_fd)
+        if b.log_fd >= 0:
+            close(b.log_fd)
         free(b)
         return status
     amdb_store_relaxed(&c.log_bytes, 0)
@@ -454,6 +464,8 @@ cdef int checkpoint_end(BackgroundCheckpoint *b) noexcept nogil:
         pthread_join(b.thread, NULL)
     status = b.status
     close(b.dir_fd)
+    if b.log_fd >= 0:
+        close(b.log_fd)
     free(b.undo.entries)
     free(b)
     return status

@@ -190,17 +190,27 @@ def stats_of(Attachment att, int worker):
     }
 
 
-def log_state(Attachment att):
-    """(largest log_bytes of any worker, first worker whose log is broken or -1):
-    cheap enough to ask before every write."""
+def log_state(Attachment att, uint64_t checkpoint_bytes):
+    """(a checkpoint is due, first worker whose log is broken or -1): cheap
+    enough to ask before every write. Due once some worker's log since its
+    last checkpoint holds checkpoint_bytes (0: never) and a quarter of its
+    arena's size: a checkpoint copies the whole arena, so a growing database
+    checkpoints at geometrically spaced sizes and copies O(its size) in all,
+    not O(size^2 / checkpoint_bytes)."""
     cdef int i
-    cdef uint64_t most = 0, n
+    cdef uint64_t n, floor
+    cdef bint due = False
     cdef int broken = -1
+    cdef amdb_control *c
     att.check_open()
     for i in range(att.nworkers):
-        n = amdb_load_relaxed(&att.parts[i].ctrl.log_bytes)
-        if n > most:
-            most = n
-        if broken < 0 and amdb_load_relaxed(&att.parts[i].ctrl.log_broken):
+        c = att.parts[i].ctrl
+        n = amdb_load_relaxed(&c.log_bytes)
+        floor = amdb_load_relaxed(&c.arena_used) // 4
+        if floor < checkpoint_bytes:
+            floor = checkpoint_bytes
+        if checkpoint_bytes and n >= floor:
+            due = True
+        if broken < 0 and amdb_load_relaxed(&c.log_broken):
             broken = i
-    return most, broken
+    return due, broken
