@@ -265,6 +265,18 @@ elif state == "daemon_compact":
     daemon(lambda: (db.batch_put([(b"c", b"x")] * 10), db.compact(keep_versions=1)))
 elif state == "daemon_checkpoint":
     daemon(db.checkpoint)
+elif state == "daemon_backup":
+    backups = iter(range(10**9))
+    os.makedirs(path + "-backups")
+    daemon(lambda: db.backup(os.path.join(path + "-backups", str(next(backups)))))
+elif state == "daemon_write_batch":
+    def write_batch():
+        with db.write_batch() as batch:
+            for j in range(500):
+                batch.put(b"b%04d" % j, b"x")
+    daemon(write_batch)
+elif state == "daemon_flush":
+    daemon(lambda: (db.put(b"f", b"x"), db.flush()))
 elif state == "iterator_open":
     scan = db.scan()
     next(scan)
@@ -276,11 +288,12 @@ print("acked", flush=True)
 """
 
 EXIT_STATES = ["never_closed", "daemon_batch_put", "daemon_put", "daemon_batch_get", "daemon_scan",
-               "daemon_compact", "iterator_open", "reader_registered"]
+               "daemon_compact", "daemon_write_batch", "daemon_flush", "iterator_open",
+               "reader_registered"]
 
 
 @pytest.mark.parametrize("state, durable", [(s, False) for s in EXIT_STATES]
-                         + [(s, True) for s in EXIT_STATES + ["daemon_checkpoint"]])
+                         + [(s, True) for s in EXIT_STATES + ["daemon_checkpoint", "daemon_backup"]])
 def test_interpreter_exit_at_every_state(state, durable, tmp_path):
     path = str(tmp_path / "db") if durable else None
     rc, out, err = _run(EXIT_AT_STATE, state, *([path] if path else []))

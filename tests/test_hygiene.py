@@ -32,10 +32,10 @@ print(json.dumps({"pid": os.getpid(),
 """.replace("N_KEYS", str(N_KEYS))
 
 CASES = {
-    "close": "db.close()\nprint('done', flush=True)\nsys.stdin.readline()\n",
-    "del_gc": "del db\ngc.collect()\nprint('done', flush=True)\nsys.stdin.readline()\n",
-    # The exit cases wait for a line first: the test checks the workers'
-    # parentage before the owner goes.
+    # Every case waits for a line first: the test checks the workers'
+    # parentage before the owner closes or goes.
+    "close": "sys.stdin.readline()\ndb.close()\nprint('done', flush=True)\nsys.stdin.readline()\n",
+    "del_gc": "sys.stdin.readline()\ndel db\ngc.collect()\nprint('done', flush=True)\nsys.stdin.readline()\n",
     "exit_without_close": "sys.stdin.readline()\nprint('done', flush=True)\n",
     "sys_exit_with_error": "sys.stdin.readline()\nprint('done', flush=True)\nsys.exit(3)\n",
     "os_exit": "sys.stdin.readline()\nprint('done', flush=True)\nos._exit(0)\n",
@@ -88,6 +88,8 @@ def test_owner_alive_releases_everything(case):
     proc, workers = _start(case)
     try:
         _assert_started_cleanly(proc, workers)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
         assert read_line(proc) == "done"
         _assert_nothing_left(proc.pid, workers)
         # No other child of the owner either (the owner is still running).

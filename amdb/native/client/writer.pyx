@@ -954,6 +954,17 @@ cdef class Writer:
         (check_worker, when the write lock is free or ours; a thread that
         holds it checks in its own waits): its checkpoint is lost, its log
         holds everything."""
+        cdef int slot
+        # Registered as a reader, as _wait_room: this wait holds no write
+        # lock, so close() in another thread (the exit handler, say) could
+        # otherwise unmap the control block under it.
+        slot = self.att.enter_read()
+        try:
+            return self._wait_checkpoint_registered(worker, seq)
+        finally:
+            self.att.leave_read(slot)
+
+    cdef uint64_t _wait_checkpoint_registered(self, int worker, uint64_t seq) except? 0xffffffffffffffff:
         cdef amdb_control *c = self.att.parts[worker].ctrl
         cdef uint64_t incarnation = amdb_load_relaxed(&c.incarnation)
         cdef uint32_t seen
