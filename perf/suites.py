@@ -4,7 +4,11 @@
       fillseq       put every key in key order, one call each (fresh database)
       fillrandom    put every key in a random order, one call each (fresh database)
       overwrite     put N random existing keys, one call each
-      fillbatch     put every key in key order, batches of 1,000 (fresh database)
+      fillbatch     put every key in key order, batches of 1,000 (fresh database), each
+                    batch one call (AmDb: batch_put(list))
+      writebatch    the same, each put one call into the engine's write batch (AmDb,
+                    plyvel: `with db.write_batch() as wb: wb.put(k, v)`; RocksDB:
+                    WriteBatch.put; LMDB: txn.put in one transaction)
       readrandom    get N random existing keys, one call each
       readseq       iterate the whole database in key order
       readreverse   iterate the whole database in reverse key order
@@ -46,7 +50,7 @@ import time
 import numpy as np
 
 SUITES = ("dbbench", "ycsb")
-DBBENCH = ("fillseq", "fillrandom", "overwrite", "fillbatch", "readrandom", "readseq", "readreverse",
+DBBENCH = ("fillseq", "fillrandom", "overwrite", "fillbatch", "writebatch", "readrandom", "readseq", "readreverse",
            "seekrandom", "readmissing", "deleterandom")
 YCSB = ("load", "A", "B", "C", "D", "E", "F")
 PEERS = ("plyvel", "rocksdict", "lmdb")
@@ -70,6 +74,10 @@ class Adapter:
         for k, v in pairs:
             self.put(k, v)
 
+    def write_batch_loop(self, pairs):
+        """One call per put into the engine's own write batch (writebatch)."""
+        self.write_batch(pairs)
+
     def read_batch(self, keys):
         get = self.get
         return [get(k) for k in keys]
@@ -89,6 +97,12 @@ class Amdb(Adapter):
     def write_batch(self, pairs):
         self.db.batch_put(pairs)
 
+    def write_batch_loop(self, pairs):
+        with self.db.write_batch() as wb:
+            put = wb.put
+            for k, v in pairs:
+                put(k, v)
+
     def read_batch(self, keys):
         return self.db.batch_get(keys)
 
@@ -96,12 +110,9 @@ class Amdb(Adapter):
         self.db.flush()
 
     def scan_from(self, key, n):
-        it = self.db.scan(start=key)
         count = 0
-        for _ in it:
+        for _ in self.db.scan(start=key, limit=n):
             count += 1
-            if count == n:
-                break
         return count
 
     def iterate(self, reverse):
@@ -336,9 +347,10 @@ def run_dbbench(engine, workload, n, rng_seed):
         return timed_loop(put, [(keys[i], values[i % 256]) for i in range(n)], lat, sync), n, lat
     if workload == "fillrandom":
         return timed_loop(put, [(keys[i], values[i % 256]) for i in order], lat, sync), n, lat
-    if workload == "fillbatch":
+    if workload in ("fillbatch", "writebatch"):
         batches = [[(keys[i], values[i % 256]) for i in range(s, min(n, s + BATCH))] for s in range(0, n, BATCH)]
-        return timed_loop(engine.write_batch, [(b,) for b in batches], None, sync), n, []
+        call = engine.write_batch if workload == "fillbatch" else engine.write_batch_loop
+        return timed_loop(call, [(b,) for b in batches], None, sync), n, []
     load()
     if workload == "overwrite":
         return timed_loop(put, [(keys[i], values[(i + 1) % 256]) for i in order], lat, sync), n, lat

@@ -1,8 +1,10 @@
 """A small scenario that exercises every native path (chunking, ring wrap,
-deletes, an aborted multi-chunk batch, scans both ways, batch reads, the numpy
+deletes, an aborted multi-chunk batch, async single writes, a write batch,
+iterators and their seek index, scans both ways, batch reads, the numpy
 paths, history, snapshots, verify and the ledger, compaction, a forked child's
 reads, an idle worker's successor resuming its ring; the log,
-checkpoints and recovery; a hung worker replaced mid-batch) for `make memcheck`
+checkpoints written while writes change the arena, and recovery; a hung
+worker replaced mid-batch) for `make memcheck`
 (valgrind) and `make asan-test` smoke runs.
 Exits non-zero if any result is wrong."""
 import amdb, numpy as np
@@ -28,6 +30,27 @@ db.put(b"k00001", b"changed")
 assert snap.get(b"k00001") == b"v" and db.get(b"k00001") == b"changed"
 assert db.verify().ok and db.verify(b"k00001").versions_checked == 2
 assert len(db.digest()["workers"]) == 2
+# Async single writes (SOLO chunks, credit, read-your-writes), a write batch
+# streamed through the small ring, iterators (past 4096 nodes a worker: the
+# seek index) both ways.
+for i in range(12000):
+    db.put(b"s%05d" % i, b"a" * (i % 7))
+assert db.get(b"s00006") == b"aaaaaa"
+db.delete(b"s00001")
+assert db.get(b"s00001") is None
+db.flush()
+with db.write_batch() as wb:
+    for i in range(3000):
+        wb.put(b"w%05d" % i, b"b" * (i % 30))
+    wb.delete(b"s00002")
+assert db.get(b"w02999") == b"b" * 29 and db.get(b"s00002") is None
+it = db.iterator(prefix=b"s")
+it.seek(b"s05000")
+assert it.key == b"s05000" and next(it)[0] == b"s05000" and it.prev()[0] == b"s05000"
+rit = db.iterator(reverse=True, start=b"s", stop=b"t")
+rit.seek(b"s05000")
+assert next(rit)[0] == b"s05000" and rit.key == b"s04999"
+assert len(list(db.scan(start=b"w", limit=10))) == 10
 # Compaction: a scan across it, reclaimed versions, both regions in turn.
 digest = db.digest()
 scan = db.scan(prefix=b"k00")
@@ -79,6 +102,16 @@ try:
     except amdb.InvalidTypeError:
         pass
     db.checkpoint()
+    # A checkpoint copied while the worker changes the arena (notes, undo).
+    import threading
+    db.batch_put([(b"d%05d" % i, b"u") for i in range(0, 3000, 7)])   # else nothing new to checkpoint
+    db._supervisor.debug_hold_checkpoints("copying")
+    thread = threading.Thread(target=db.checkpoint)
+    thread.start()
+    assert all(db._supervisor.debug_wait_checkpoint_held(w, 120) == "copying" for w in range(2))
+    db.batch_put([(b"d%05d" % i, b"z") for i in range(0, 3000, 2)])
+    db._supervisor.debug_hold_checkpoints(None)
+    thread.join()
     db.batch_put([(b"d%05d" % i, b"w") for i in range(0, 3000, 3)])
     db.compact(keep_versions=1)             # ends with a checkpoint of the compacted arenas
     db.batch_delete([b"d%05d" % i for i in range(0, 3000, 5)])
