@@ -14,6 +14,7 @@ contract; docs/ARCHITECTURE.md shows where each part lives.
 """
 import contextlib
 import os
+from collections import abc
 import shutil
 import threading
 import time
@@ -28,10 +29,12 @@ from amdb.native.client.batch import WriteBatch
 from amdb.native.client.writer import BatchResult
 from amdb.options import DEFAULTS, keep_versions_option, parse_options
 from amdb.supervisor import Supervisor
+from amdb.views import ItemsView, KeysView, ValuesView
 
 __all__ = ["ParallelDB", "BatchOutcome", "BatchResult", "backup"]
 
 _DEFAULT = object()                 # compact(keep_versions=...) not given: the database's setting
+_MISSING = object()
 
 
 class BatchOutcome(NamedTuple):
@@ -40,13 +43,20 @@ class BatchOutcome(NamedTuple):
     results: BatchResult
 
 
-class ParallelDB:
+class ParallelDB(abc.MutableMapping):
     """An embedded key-value database that spreads its keys over worker processes.
 
     See docs/API.md for the full contract. With ``path``, a directory that
     keeps every acknowledged write (write-ahead logs and checkpoints,
-    amdb/storage.py); without, memory only.
+    amdb/storage.py); without, memory only. A MutableMapping of bytes to
+    bytes: ``db[k] = v``, ``db[k]``, ``del db[k]``, ``update()``, views.
     """
+
+    # A database equals only itself (the Mapping mixin would compare every
+    # item) and stays hashable, as file objects are.
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
 
     def __init__(self, path=None, *, workers=DEFAULTS["workers"], max_batch=DEFAULTS["max_batch"],
                  ring_size=DEFAULTS["ring_size"], arena_size=DEFAULTS["arena_size"],
@@ -73,7 +83,7 @@ class ParallelDB:
         supervisor.open(owner=self)
         self._writer, self._reader = supervisor.writer, supervisor.reader
         # The hot paths: the client's own methods, no Python frame in between.
-        for name in ("put", "delete", "flush", "batch_get", "iterator", "scan", "keys", "items", "values"):
+        for name in ("put", "delete", "flush", "batch_get", "iterator", "scan"):
             setattr(self, name, getattr(self._writer if name in ("put", "delete", "flush") else self._reader, name))
         self.get = self._reader.get
         if options.audit is not None:
@@ -162,6 +172,8 @@ class ParallelDB:
         Returns ``BatchOutcome(success=True, results=BatchResult)``. On any
         error nothing of the batch is kept and the exception propagates.
         """
+        if isinstance(items, abc.Mapping):
+            items = items.items()
         return BatchOutcome(True, self._writer.batch_put(items))
 
     def batch_delete(self, keys):
@@ -260,16 +272,20 @@ class ParallelDB:
                                  limit=limit)
 
     def keys(self):
-        """Every key, in key order."""
-        return self._reader.keys()
+        """A view of every key: len, in, iteration in key order (each
+        iteration reads one snapshot)."""
+        return KeysView(self)
 
     def items(self):
-        """Every (key, value) pair, in key order."""
-        return self._reader.items()
+        """A view of every (key, value) pair, iterated in key order."""
+        return ItemsView(self)
 
     def values(self):
-        """Every value, in key order."""
-        return self._reader.values()
+        """A view of every value, iterated in key order."""
+        return ValuesView(self)
+
+    def _view_iterator(self, keys_only, values_only, reverse):
+        return self._reader.iterator(keys_only=keys_only, values_only=values_only, reverse=reverse)
 
     def __iter__(self):
         return self._reader.iter_keys()
@@ -279,6 +295,55 @@ class ParallelDB:
 
     def __len__(self):
         return self._reader.count()
+
+    # ---- the mapping interface (collections.abc.MutableMapping) ---------------------
+
+    def __getitem__(self, key):
+        value = self._reader.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key, value):
+        self._writer.put(key, value)
+
+    def __delitem__(self, key):
+        """Delete `key`, raising KeyError when it is absent (db.delete()
+        does not)."""
+        if not self._reader.contains(key):
+            raise KeyError(key)
+        self._writer.delete(key)
+
+    def update(self, other=(), /, **kwargs):
+        """Put every pair of `other` (a mapping, or an iterable of (key,
+        value) pairs) as one atomic batch. Keyword arguments have str keys,
+        which the database refuses (InvalidTypeError)."""
+        if kwargs:
+            raise InvalidTypeError("update(): keyword arguments give str keys; keys must be bytes",
+                                   hint="pass a dict of bytes: db.update({b'k': b'v'})")
+        self.batch_put(other)
+
+    def clear(self):
+        """Delete every key (one batch per worker-sized chunk of keys: a
+        concurrent reader may see part of it done)."""
+        chunk = max(1, min(self._options.max_batch, 100_000))
+        while True:
+            keys = list(self._reader.scan(keys_only=True, limit=chunk))
+            if not keys:
+                return
+            self.batch_delete(keys)
+
+    def setdefault(self, key, default=None):
+        """db[key] if present, else put `default` and return it (a get and a
+        put: not atomic against other writers of the same key)."""
+        value = self._reader.get(key, _MISSING)
+        if value is _MISSING:
+            if default is None:
+                raise InvalidTypeError("setdefault(key) without a default would store None; values are bytes",
+                                       hint="pass a bytes default")
+            self._writer.put(key, default)
+            return default
+        return value
 
     # ---- history -----------------------------------------------------------------
 

@@ -14,7 +14,10 @@ folds every version hash, chunk by chunk and in order, into a SHA-256 chain
 per worker, so rewriting any version changes the digest that was recorded
 before — compare digests taken at different times or on replicas.
 """
+from collections import abc
 from typing import List, NamedTuple, Optional
+
+from amdb.views import ItemsView, KeysView, ValuesView
 
 
 class Version(NamedTuple):
@@ -51,14 +54,43 @@ class VerifyReport(NamedTuple):
         return self.breaks_total == 0
 
 
-class Snapshot:
-    """Reads as of one sequence number while writes go on (db.snapshot())."""
+class Snapshot(abc.Mapping):
+    """Reads as of one sequence number while writes go on (db.snapshot()).
+    A read-only Mapping: ``snap[k]``, ``in``, views; ``len(snap)`` counts
+    its keys (a walk of the whole snapshot)."""
 
     __slots__ = ("_db", "seq")
+    __eq__ = object.__eq__          # as ParallelDB: equal only to itself, hashable
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
 
     def __init__(self, db, seq):
         self._db = db
         self.seq = seq
+
+    def __getitem__(self, key):
+        value = self._db.get(key, _MISSING, at_seq=self.seq)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self):
+        return self._view_iterator(True, False, False)
+
+    def __len__(self):
+        return sum(1 for _ in self._view_iterator(True, False, False))
+
+    def keys(self):
+        return KeysView(self)
+
+    def items(self):
+        return ItemsView(self)
+
+    def values(self):
+        return ValuesView(self)
+
+    def _view_iterator(self, keys_only, values_only, reverse):
+        return self._db.iterator(keys_only=keys_only, values_only=values_only, reverse=reverse, at_seq=self.seq)
 
     def get(self, key, default=None):
         return self._db.get(key, default, at_seq=self.seq)

@@ -427,7 +427,7 @@ def test_scan_iterator_raises_after_close(make_db):
     started = db.scan()
     assert next(started) == (b"k00", b"v")
     fresh = db.scan(keys_only=True)   # created, never advanced
-    keys_it = db.keys()
+    keys_it = iter(db.keys())
     db.close()
     with pytest.raises(amdb.ClosedError):
         next(started)

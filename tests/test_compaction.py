@@ -242,7 +242,7 @@ def test_a_scan_opened_before_compaction_and_drained_after(make_db):
     db.batch_put([(k, b"b") for k in keys[::2]])
     expected = [(k, b"b" if i % 2 == 0 else b"a") for i, k in enumerate(keys)]
     forward, backward = db.scan(), db.scan(reverse=True)
-    keys_only, values = db.scan(start=b"d0100", stop=b"d0900", keys_only=True), db.values()
+    keys_only, values = db.scan(start=b"d0100", stop=b"d0900", keys_only=True), iter(db.values())
     head = [next(forward) for _ in range(10)]
     tail = [next(backward) for _ in range(10)]
     first_keys = [next(keys_only) for _ in range(10)]

@@ -531,16 +531,17 @@ def test_read_side_type_errors(edb, untouched, call):
     assert len(edb) == n
 
 
-def test_dict_passed_to_batch_put_is_rejected(edb, untouched, prefix):
-    # Iterating a dict yields its keys only; a 2-byte key would even unpack
-    # into two ints. Either way nothing may be written.
+def test_a_mapping_passed_to_batch_put_writes_its_items(edb, untouched, prefix):
+    # Iterating a dict yields its keys only (a 2-byte key would even unpack
+    # into two ints): batch_put takes a mapping's items instead (issue 17),
+    # one atomic batch; a bad value anywhere still writes nothing.
     n = len(edb)
-    for mapping in ({prefix + b"x": b"y"}, {b"ab": b"v", b"cd": b"w"}):
-        with pytest.raises((amdb.InvalidArgumentError, amdb.InvalidTypeError)) as info:
-            edb.batch_put(mapping)
-        check_error(info.value, amdb.Error)
-    assert len(edb) == n
-    assert edb.batch_get([prefix + b"x", b"ab", b"a", b"c"]) == [None] * 4
+    with pytest.raises(amdb.InvalidTypeError):
+        edb.batch_put({prefix + b"ab": b"v", prefix + b"cd": "str"})
+    assert len(edb) == n and edb.get(prefix + b"ab") is None
+    edb.batch_put({prefix + b"ab": b"v", prefix + b"cd": b"w"})
+    assert edb.batch_get([prefix + b"ab", prefix + b"cd"]) == [b"v", b"w"] and len(edb) == n + 2
+    edb.batch_delete([prefix + b"ab", prefix + b"cd"])
 
 
 BLOCKED_WRITE = r"""

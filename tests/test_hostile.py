@@ -112,6 +112,9 @@ OTHERS = {
     "write_batch": lambda: db.write_batch().put(b"x", b"y"),
     "checkpoint": db.checkpoint, "backup": lambda: db.backup(tempfile.mktemp()),
     "compact": db.compact, "verify": db.verify, "digest": db.digest, "stats": db.stats,
+    "update": lambda: db.update({b"x": b"y"}), "clear": db.clear, "pop": lambda: db.pop(keys[0]),
+    "popitem": db.popitem, "setdefault": lambda: db.setdefault(b"absent", b"y"),
+    "__setitem__": lambda: db.__setitem__(b"x", b"y"), "__delitem__": lambda: db.__delitem__(keys[0]),
 }
 HARMLESS = {"flush": db.flush}     # nothing of this process's to wait for: returns
 ATTRIBUTES = {"close", "closed", "durable", "workers", "max_batch", "max_key_size", "max_value_size",
@@ -137,10 +140,11 @@ if pid == 0:
                 problems.append(f"{name}: ClosedError")
         except Exception as exc:
             problems.append(f"{name}: {exc!r}")
-    for name in ("__contains__", "__len__", "__iter__"):
+    for name in ("__contains__", "__len__", "__iter__", "__getitem__"):
         try:
             got = {"__contains__": lambda: keys[0] in db, "__len__": lambda: len(db) >= 400,
-                   "__iter__": lambda: keys[0] in set(db)}[name]()
+                   "__iter__": lambda: keys[0] in set(db),
+                   "__getitem__": lambda: db[keys[0]].startswith(b"v")}[name]()
             if not got and state != "closed":
                 problems.append(f"{name} said {got!r}")
         except amdb.ClosedError:
