@@ -3,8 +3,9 @@
 Commands:
   info PATH       what a database directory holds and what opening it would
                   recover (changes nothing); --json for the raw figures.
-  verify PATH     open the database (recovering as usual), recompute every hash
-                  chain and the ledger; exit status 1 if anything is broken.
+  verify PATH     open the database read-only (recovering in memory, changing
+                  nothing on disk), recompute every hash chain and the ledger;
+                  exit status 1 if anything is broken.
   cluster-bench   aggregate batch_put throughput of a DistributedCluster with 1, 2
                   and 4 nodes on this host, against one ParallelDB with the same
                   total number of workers (needs Ray: pip install amdb[cluster]).
@@ -155,7 +156,8 @@ def verify(args):
         manifest = storage.read_manifest(args.path)
         if manifest is None:
             raise amdb.InvalidArgumentError(f"{args.path} is not an AmDb database (no MANIFEST)")
-        with amdb.ParallelDB(args.path, workers=manifest["workers"]) as db:
+        # read_only: verifying changes nothing on disk (no new log segment, no repair).
+        with amdb.ParallelDB(args.path, workers=manifest["workers"], read_only=True) as db:
             report = db.verify()
             digest = db.digest()
             recovery = db.stats()["durability"]["recovery"]

@@ -446,8 +446,11 @@ def test_command_line_info_and_verify(tmp_path):
     assert report["workers"] == 2 and report["recovered_seq"] == seq
     out = run("info", str(path))
     assert out.returncode == 0 and f"up to seq {seq}" in out.stdout
+    before = {(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir()}
     out = run("verify", str(path))
     assert out.returncode == 0 and "500 keys" in out.stdout and out.stdout.rstrip().endswith("ok")
+    assert {(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir()} == before, \
+        "verify changed the directory"
     out = run("info", str(tmp_path / "nothing"))
     assert out.returncode == 2 and "not an AmDb database" in out.stderr
 
