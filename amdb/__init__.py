@@ -22,4 +22,7 @@ def __getattr__(name):
     if name == "backup":
         from amdb.db import backup
         return backup
+    if name == "PrefixedDB":
+        from amdb.prefixed import PrefixedDB
+        return PrefixedDB
     raise AttributeError(f"module 'amdb' has no attribute {name!r}")

@@ -296,6 +296,12 @@ class ParallelDB(abc.MutableMapping):
     def __len__(self):
         return self._reader.count()
 
+    def prefixed(self, prefix):
+        """A namespace: the keys under `prefix` as a database of their own,
+        keys relative to it (amdb.prefixed.PrefixedDB; plyvel's prefixed_db)."""
+        from amdb.prefixed import PrefixedDB
+        return PrefixedDB(self, prefix)
+
     # ---- the mapping interface (collections.abc.MutableMapping) ---------------------
 
     def __getitem__(self, key):

@@ -102,6 +102,7 @@ READS = {
     "keys": lambda: None if set(db.keys()) >= keyset else "missing", "values": lambda: [v for v in db.values()][:1],
     "snapshot": lambda: [db.snapshot().get(keys[0])],
     "iterator": lambda: [v for _, v in db.iterator(prefix=b"k", reverse=True)],
+    "prefixed": lambda: [db.prefixed(b"k")[keys[0][1:]]] + list(db.prefixed(b"k").values())[:2],
 }
 OTHERS = {
     "put": lambda: db.put(b"x", b"y"), "delete": lambda: db.delete(keys[0]),

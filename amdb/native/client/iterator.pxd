@@ -27,6 +27,8 @@ cdef class Iterator:
     cdef uint64_t epoch            # att.read_epoch the cursors belong to
     cdef bytes anchor              # where the cursor stands (re-seeks after a compaction start there)
     cdef bint anchor_inclusive
+    cdef bytes key_prefix          # a namespace (db.prefixed()): keys shown without it, seeks within it
+    cdef Py_ssize_t strip          # len(key_prefix), 0 without one
 
     cdef int _enter(self) except -1
     cdef int _leave(self) except -1

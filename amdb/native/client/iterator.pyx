@@ -53,9 +53,11 @@ cdef class Iterator:
     docs/API.md, "Iterators")."""
 
     def __cinit__(self, Attachment att, lo, hi, bint lo_inclusive, bint hi_inclusive, bint reverse, int mode,
-                  uint64_t visible, int64_t limit=-1):
+                  uint64_t visible, int64_t limit=-1, bytes key_prefix=None):
         cdef int w
         self.att = att
+        self.key_prefix = key_prefix       # every key in [lo, hi] starts with it (Reader.iterator)
+        self.strip = len(key_prefix) if key_prefix is not None else 0
         self.nworkers = att.nworkers
         self.lo = lo
         self.hi = hi
@@ -370,6 +372,8 @@ cdef class Iterator:
                 f"the value of key {key!r} as of seq {self.visible} (this iterator's snapshot) was reclaimed "
                 f"by compaction", key=key, at_seq=self.visible)
         self.anchor = key
+        if self.strip:
+            key = PyBytes_FromStringAndSize(<char *>amdb_node_key(n) + self.strip, n.key_len - self.strip)
         if self.mode == MODE_KEYS:
             return key
         v = version_at(arena, self.cursor_version[w])
@@ -440,6 +444,8 @@ cdef class Iterator:
         """Stand before the first item >= key (reverse: the last item <= key),
         within the iterator's bounds."""
         key = as_key(key, "key")
+        if self.key_prefix is not None:
+            key = self.key_prefix + key
         self._enter()
         try:
             if self.reverse and self.hi is not None and key >= self.hi:
@@ -485,7 +491,7 @@ cdef class Iterator:
             best = self._best(not self.reverse)
             if best < 0:
                 raise InvalidArgumentError("the iterator stands past its last item", hint="check it.valid first")
-            return self._key_of(best)
+            return self._key_of(best)[self.strip:]
         finally:
             self._leave()
 

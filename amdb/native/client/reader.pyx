@@ -617,10 +617,13 @@ cdef class Reader:
         return out
 
     def iterator(self, start=None, stop=None, *, prefix=None, bint reverse=False, bint include_start=True,
-                 bint include_stop=False, bint keys_only=False, bint values_only=False, at_seq=None, limit=None):
+                 bint include_stop=False, bint keys_only=False, bint values_only=False, at_seq=None, limit=None,
+                 namespace=None):
         """An Iterator over the keys from `start` to `stop` (and starting with
         `prefix`), in key order or reversed, reading the snapshot of now (or
-        of at_seq); see iterator.pyx and docs/API.md, "Iterators"."""
+        of at_seq); see iterator.pyx and docs/API.md, "Iterators". With a
+        `namespace` (db.prefixed()), every key argument is relative to it and
+        the keys handed out are shown without it."""
         cdef uint64_t snapshot
         cdef int mode
         if keys_only and values_only:
@@ -631,6 +634,11 @@ cdef class Reader:
         snapshot = self._limit_seq(at_seq)
         lo = None if start is None else as_key(start, "start")
         hi = None if stop is None else as_key(stop, "stop")
+        if namespace is not None:
+            namespace = as_key(namespace, "namespace")
+            lo = None if lo is None else namespace + lo
+            hi = None if hi is None else namespace + hi
+            prefix = namespace if prefix is None else namespace + as_key(prefix, "prefix")
         if prefix is not None:
             prefix = as_key(prefix, "prefix")
             end = prefix_successor(prefix)
@@ -641,7 +649,7 @@ cdef class Reader:
         self.att.check_open()               # the bounds' conversion may have run the caller's code
         mode = MODE_KEYS if keys_only else (MODE_VALUES if values_only else MODE_ITEMS)
         return Iterator(self.att, lo, hi, include_start, include_stop, reverse, mode, snapshot,
-                        -1 if limit is None else limit)
+                        -1 if limit is None else limit, namespace or None)
 
     def scan(self, start=None, stop=None, *, prefix=None, bint reverse=False, bint keys_only=False,
              at_seq=None, limit=None):
