@@ -216,8 +216,11 @@ class ParallelDB(abc.MutableMapping):
             raise InvalidArgumentError("put_packed: key_offsets and value_offsets must both have n + 1 entries")
         return BatchOutcome(True, self._writer.put_packed(*arrays))
 
-    def get_array(self, keys, dtype=None):
-        """Look up a 1-D numpy array of keys; returns ``(values, found)``."""
+    def get_array(self, keys, dtype=None, *, lengths=False):
+        """Look up a numpy array of keys (as put_array takes them); returns
+        ``(values, found)``, or ``(values, found, lengths)`` with `lengths`:
+        each value's length in bytes (0 where missing), for variable-length
+        values read into fixed-width items. See docs/API.md for the dtypes."""
         import numpy as np
         if self.closed:
             raise ClosedError("the database is closed")
@@ -229,23 +232,30 @@ class ParallelDB(abc.MutableMapping):
                 out_dtype = np.dtype(dtype)
             except (TypeError, ValueError) as exc:
                 raise InvalidTypeError(f"get_array: dtype={dtype!r} is not a numpy dtype: {exc}",
-                                       hint="use dtype=None, 'S16' or np.uint64") from None
-            if out_dtype.kind == "S" and out_dtype.itemsize == 0:
-                raise InvalidArgumentError("get_array: dtype S0 holds no bytes",
+                                       hint="use dtype=None, 'S16', 'V16' or np.uint64") from None
+            kind = out_dtype.kind
+            if kind in "SV" and out_dtype.itemsize == 0:
+                raise InvalidArgumentError(f"get_array: dtype {out_dtype} holds no bytes",
                                            hint="use dtype=None to size the result to the longest value")
-            if out_dtype.kind == "S":
+            if kind == "S" or (kind == "V" and out_dtype.fields is None):
                 width, exact = out_dtype.itemsize, False
-            elif out_dtype.kind == "u":
+            elif kind in "ui":
                 width, exact = out_dtype.itemsize, True
             else:
-                raise InvalidTypeError(f"get_array: dtype must be S<n> or an unsigned integer, not {out_dtype}",
-                                       hint="use dtype=None, 'S16' or np.uint64")
-        buffer, width, found = self._reader.get_arrays(key_data, key_width, strip_keys, n, width, exact)
-        if out_dtype is not None and out_dtype.kind == "u":
-            values = buffer.view(out_dtype.newbyteorder(">")).astype(out_dtype)
-        else:
+                raise InvalidTypeError(f"get_array: dtype must be S<n>, V<n> or an integer dtype, not {out_dtype}",
+                                       hint="use dtype=None, 'S16', 'V16' or np.uint64")
+        buffer, width, found, value_lengths = self._reader.get_arrays(key_data, key_width, strip_keys, n, width,
+                                                                      exact)
+        if out_dtype is None:
             values = buffer.view(f"S{width}")
-        return values, found
+        elif out_dtype.kind == "u":
+            values = buffer.view(out_dtype.newbyteorder(">")).astype(out_dtype)
+        elif out_dtype.kind == "i":
+            values = _ordered_to_signed(buffer, out_dtype)
+            values[~found] = 0
+        else:
+            values = buffer.view(out_dtype)
+        return (values, found, value_lengths) if lengths else (values, found)
 
     # ---- reads (get, batch_get, scan, keys, items, values are the Reader's own) -------
 
@@ -593,21 +603,53 @@ def _make_backup_dir(dest):
 
 
 def _fixed_width(array, what):
-    """(uint8 buffer, item width, strip trailing NULs?, length) of a 1-D
-    numpy array of S<n> or unsigned integers (big-endian, so order is kept)."""
+    """(uint8 buffer, item width, strip trailing NULs?, length) of a numpy
+    array of fixed-width items:
+      - 1-D S<n>: bytes with trailing NULs stripped, as numpy itself reads them;
+      - 1-D V<n>, or 2-D uint8 (one row per item): raw bytes, nothing stripped;
+      - 1-D unsigned ints: big-endian, so integer order = key order;
+      - 1-D signed ints: big-endian with the sign bit flipped (order kept too)."""
     import numpy as np
     if not isinstance(array, np.ndarray):
         raise InvalidTypeError(f"{what} must be a numpy array, not {type(array).__name__}",
-                               hint="use np.asarray(...) with dtype S<n> or uint64")
-    if array.ndim != 1:
-        raise InvalidArgumentError(f"{what} must be 1-D, got shape {array.shape}")
+                               hint="use np.asarray(...) with dtype S<n>, V<n> or uint64")
     kind = array.dtype.kind
+    if array.ndim == 2 and kind == "u" and array.dtype.itemsize == 1:
+        data = np.ascontiguousarray(array)
+        return data.reshape(-1), array.shape[1], False, array.shape[0]
+    if array.ndim != 1:
+        raise InvalidArgumentError(f"{what} must be 1-D (or 2-D uint8, one row per item), got shape "
+                                   f"{array.shape} of {array.dtype}")
     if kind == "S":
         data, strip = np.ascontiguousarray(array), True
+    elif kind == "V" and array.dtype.fields is None:
+        data, strip = np.ascontiguousarray(array), False
     elif kind == "u":
         data, strip = np.ascontiguousarray(array.astype(array.dtype.newbyteorder(">"), copy=False)), False
+    elif kind == "i":
+        data, strip = _signed_to_ordered(array), False
     else:
-        raise InvalidTypeError(f"{what} must have dtype S<n> or an unsigned integer dtype, not {array.dtype}",
-                               hint="encode strings to bytes (dtype S<n>) and use uint64 for integers")
+        raise InvalidTypeError(f"{what} must have dtype S<n>, V<n> or an integer dtype, not {array.dtype}",
+                               hint="encode strings to bytes (S<n>), raw binary as V<n> or 2-D uint8, "
+                                    "integers as uint64 or int64")
     width = array.dtype.itemsize
     return data.view(np.uint8).reshape(-1), width, strip, len(array)
+
+
+def _signed_to_ordered(array):
+    """Signed ints as big-endian unsigned with the sign bit flipped: the
+    bytes sort as the integers do (-1 < 0 < 1)."""
+    import numpy as np
+    size = array.dtype.itemsize
+    flip = np.array(1 << (8 * size - 1), f"<u{size}")
+    unsigned = array.astype(f"<i{size}", copy=False).view(f"<u{size}") ^ flip
+    return np.ascontiguousarray(unsigned.astype(f">u{size}"))
+
+
+def _ordered_to_signed(buffer, dtype):
+    """The inverse of _signed_to_ordered, into `dtype`."""
+    import numpy as np
+    size = dtype.itemsize
+    flip = np.array(1 << (8 * size - 1), f"<u{size}")
+    unsigned = buffer.view(f">u{size}").astype(f"<u{size}") ^ flip
+    return unsigned.view(f"<i{size}").astype(dtype)

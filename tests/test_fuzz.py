@@ -287,13 +287,19 @@ def column_outcome(arr):
     InvalidArgumentError, a dtype other than S<n>/unsigned InvalidTypeError."""
     if not isinstance(arr, np.ndarray):
         return amdb.InvalidTypeError
+    kind, width = arr.dtype.kind, arr.dtype.itemsize
+    if arr.ndim == 2 and kind == "u" and width == 1:
+        return [row.tobytes() for row in arr], arr.shape[1]     # 2-D uint8: one raw row per item
     if arr.ndim != 1:
         return amdb.InvalidArgumentError
-    kind, width = arr.dtype.kind, arr.dtype.itemsize
     if kind == "S":
         return [bytes(x) for x in arr], width      # numpy strips trailing NULs: so must AmDb
+    if kind == "V" and arr.dtype.fields is None:
+        return [arr[i:i + 1].tobytes() for i in range(len(arr))], width     # raw, nothing stripped
     if kind == "u":
         return [int(x).to_bytes(width, "big") for x in arr], width
+    if kind == "i":                                 # order-preserving: the sign bit flipped
+        return [(int(x) + (1 << (8 * width - 1))).to_bytes(width, "big") for x in arr], width
     return amdb.InvalidTypeError
 
 
@@ -1077,9 +1083,10 @@ def fuzz_get_array(model, data):
             out = np.dtype(dtype) if dtype is not None else None
         except (TypeError, ValueError):
             out = "unusable"
-        if out == "unusable" or (out is not None and out.kind not in "Su"):
+        if out == "unusable" or (out is not None and (out.kind not in "SVui"
+                                                       or (out.kind == "V" and out.fields is not None))):
             expected = amdb.InvalidTypeError
-        elif out is not None and out.kind == "S" and out.itemsize == 0:
+        elif out is not None and out.kind in "SV" and out.itemsize == 0:
             expected = amdb.InvalidArgumentError  # S0 holds no bytes
         else:
             expected = None
@@ -1087,10 +1094,10 @@ def fuzz_get_array(model, data):
             for v in values:
                 if v is None or out is None:
                     continue
-                if out.kind == "u" and len(v) != out.itemsize:
+                if out.kind in "ui" and len(v) != out.itemsize:
                     expected = amdb.InvalidArgumentError
                     break
-                if out.kind == "S" and len(v) > out.itemsize:
+                if out.kind in "SV" and len(v) > out.itemsize:
                     expected = amdb.ValueTooLargeError
                     break
     got = expect("get_array", attempt(lambda: db.get_array(keys, dtype=dtype)), expected)
@@ -1101,6 +1108,13 @@ def fuzz_get_array(model, data):
         if out is not None and out.kind == "u":
             assert result.dtype == out
             assert result.tolist() == [0 if v is None else int.from_bytes(v, "big") for v in values]
+        elif out is not None and out.kind == "i":
+            assert result.dtype == out
+            bias = 1 << (8 * out.itemsize - 1)
+            assert result.tolist() == [0 if v is None else int.from_bytes(v, "big") - bias for v in values]
+        elif out is not None and out.kind == "V":
+            assert result.dtype == out
+            assert rows(result) == [(v or b"").ljust(out.itemsize, b"\x00") for v in values]
         else:
             width = out.itemsize if out is not None else max([len(v) for v in values if v] + [1])
             assert result.dtype == np.dtype("S%d" % width)

@@ -1,4 +1,4 @@
-"""put_array / get_array with fixed-width bytes and unsigned integer arrays."""
+"""put_array / get_array with fixed-width bytes (S<n>, V<n>, 2-D uint8) and integer arrays."""
 import numpy as np
 import pytest
 
@@ -240,3 +240,51 @@ def test_hash_index_grows_past_tag_bits(make_db):
     assert len(db) == len(keys)
     missing, found = db.get_array(np.arange(3_000_000, 3_000_100, dtype=np.uint64))
     assert not found.any()
+
+
+# ---- binary values as they are, signed integers in order (issue 17) --------------------
+
+def test_binary_values_keep_every_byte_as_v_n_or_2d_uint8(db):
+    # S<n> strips trailing NULs (numpy's own reading); V<n> and 2-D uint8 do not.
+    rng = np.random.default_rng(7)
+    raw = rng.integers(0, 256, size=(200, 100), dtype=np.uint8)
+    raw[:, -1] = 0                                   # every value ends in a NUL byte
+    keys = np.array([b"bin%03d" % i for i in range(200)])
+    db.put_array(keys, raw)
+    assert all(db.get(keys[i]) == raw[i].tobytes() for i in range(200))
+    db.put_array(keys, raw.view("V100").reshape(-1))
+    values, found, lengths = db.get_array(keys, dtype="V100", lengths=True)
+    assert found.all() and lengths.tolist() == [100] * 200
+    assert np.array_equal(values.view(np.uint8).reshape(200, 100), raw)
+    db.put_array(raw[:, :8], raw[:, 8:16])           # 2-D uint8 keys too
+    assert db.get(raw[3, :8].tobytes()) == raw[3, 8:16].tobytes()
+
+
+def test_lengths_of_variable_length_values(db):
+    keys = np.array([b"a", b"bb", b"missing", b"e"])
+    db.batch_put([(b"a", b"1"), (b"bb", b"22\x00"), (b"e", b"")])
+    values, found, lengths = db.get_array(keys, lengths=True)
+    assert found.tolist() == [True, True, False, True] and lengths.tolist() == [1, 3, 0, 0]
+    assert [values[i:i + 1].tobytes()[:lengths[i]] for i in range(4)] == [b"1", b"22\x00", b"", b""]
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64, ">i8"])
+def test_signed_integer_keys_keep_their_order(db, dtype):
+    info = np.iinfo(np.dtype(dtype))
+    keys = np.array([info.min, -70, -1, 0, 1, 70, info.max], dtype=dtype)
+    shuffled = keys[[3, 0, 6, 2, 5, 1, 4]]
+    db.put_array(shuffled, shuffled)
+    order = [k for k in db.scan(keys_only=True)]
+    assert order == sorted(order) and len(order) == 7
+    values, found = db.get_array(keys, dtype=dtype)
+    assert found.all() and values.dtype == np.dtype(dtype) and values.tolist() == keys.tolist()
+    values, found = db.get_array(np.array([5], dtype=dtype), dtype=dtype)
+    assert not found[0] and values[0] == 0
+
+
+def test_structured_and_float_arrays_are_refused_before_anything_is_written(db):
+    n = len(db)
+    for bad in (np.zeros(3, dtype=[("a", "u1")]), np.zeros(3, dtype=np.float64), np.zeros((3, 2), np.uint16)):
+        with pytest.raises((amdb.InvalidTypeError, amdb.InvalidArgumentError)):
+            db.put_array(bad, np.array([b"v"] * 3))
+    assert len(db) == n

@@ -519,7 +519,7 @@ cdef class Reader:
                     Py_ssize_t n, Py_ssize_t value_width, bint exact):
         """Look up n fixed-width keys and copy their values into one zero-padded
         buffer of n * width bytes. width = value_width, or the longest value
-        found when value_width < 0. Returns (buffer, width, found)."""
+        found when value_width < 0. Returns (buffer, width, found, lengths)."""
         import numpy as np
         cdef const uint8_t **ptrs = <const uint8_t **>malloc(max(n, 1) * sizeof(uint8_t *))
         cdef uint64_t *lengths = <uint64_t *>malloc(max(n, 1) * sizeof(uint64_t))
@@ -530,6 +530,7 @@ cdef class Reader:
         cdef amdb_version *v
         cdef uint8_t[::1] out
         cdef uint8_t[::1] found_view
+        cdef int64_t[::1] length_view
         cdef const char *bases[AMDB_MAX_WORKERS]
         cdef int slot, w
         try:
@@ -570,17 +571,20 @@ cdef class Reader:
                 width = value_width if value_width >= 0 else max(longest, 1)
                 out_arr = np.zeros(n * width, dtype=np.uint8)
                 found_arr = np.zeros(n, dtype=np.uint8)
+                lengths_arr = np.zeros(n, dtype=np.int64)
                 out = out_arr
                 found_view = found_arr
+                length_view = lengths_arr
                 for i in range(n):
                     if found[i] != 0:
                         found_view[i] = 1
                         v = version_at(bases[workers[i]], found[i])
+                        length_view[i] = v.value_len
                         if v.value_len:
                             memcpy(&out[i * width], amdb_version_value(v), v.value_len)
             finally:
                 self.att.leave_read(slot)
-            return out_arr, width, found_arr.view(np.bool_)
+            return out_arr, width, found_arr.view(np.bool_), lengths_arr
         finally:
             free(ptrs)
             free(lengths)
