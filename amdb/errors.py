@@ -190,6 +190,18 @@ STATUS_NO_MEMORY = 5
 STATUS_IO_ERROR = 6
 STATUS_POISON = 7
 
+def shm_usage(directory="/dev/shm"):
+    """How big the shared-memory file system is and how much of it is free,
+    for the messages of shm_full errors."""
+    import os
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return f"{directory} cannot be inspected"
+    return (f"{directory} has {st.f_bavail * st.f_frsize / 2**20:.1f} MiB free of "
+            f"{st.f_blocks * st.f_frsize / 2**20:.1f} MiB")
+
+
 SHM_FULL_HINT = ("free space in /dev/shm (df -h /dev/shm), or give it more: docker run --shm-size=1g, "
                  "or mount -o remount,size=4g /dev/shm; compact() and keep_versions= keep less")
 
@@ -215,5 +227,8 @@ def raise_for_status(status, context=""):
         return
     cls, code, message = _STATUS_ERRORS.get(
         status, (Error, "status_%d" % status, "native status %d" % status))
-    hint = SHM_FULL_HINT if status == STATUS_SHM_FULL else None
+    hint = None
+    if status == STATUS_SHM_FULL:
+        hint = SHM_FULL_HINT
+        message = f"{message} ({shm_usage()})"
     raise cls(f"{context}: {message}" if context else message, code=code, hint=hint)

@@ -214,12 +214,16 @@ class Supervisor:
             ring_offset = control.CONTROL_BYTES
             arena_offset = ring_offset + self.o.ring_size
             self.arena_offset = arena_offset
+            self.ring_offset = ring_offset
+            # The control block and the first step of the ring are backed now;
+            # the rest of the ring as the Writer first writes there.
+            ring_backed = min(self.o.ring_size, control.RING_COMMIT_STEP)
             # Two regions of arena_size: the live generation and the one a
             # compaction writes (layout.h). Sparse until committed.
             segment_size = arena_offset + control.ARENA_REGIONS * self.o.arena_size
             for index in range(self.o.workers):
                 name = f"{prefix}_{index}"
-                shm = segment.create(name, segment_size, arena_offset)
+                shm = segment.create(name, segment_size, ring_offset + ring_backed)
                 names.append(name)
                 try:
                     mapping = Mapping(shm.fd, 0, arena_offset, True)
@@ -262,6 +266,8 @@ class Supervisor:
         self.att.attach(db_mapping, list(self.controls), arenas)
         self.writer = Writer(self.att, self.o.max_batch, self.o.max_key_size, self.o.max_value_size,
                              self.write_lock, plan is not None, self)
+        self.writer.set_ring_files(self.segment_fds[:self.o.workers], self.ring_offset,
+                                   min(self.o.ring_size, control.RING_COMMIT_STEP))
         self.reader = Reader(self.att, self.writer)
         # Async single writes (layout.h): not where a write must be durable
         # before it returns, nor where nothing may be written.

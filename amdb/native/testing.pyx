@@ -21,7 +21,7 @@ from libc.string cimport memset, memcpy
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport *
 from amdb.shm.arena cimport Mapping, commit_pages, alloc_block_aligned, arena_init
-from amdb.shm.ring cimport (RingProducer, ring_wait_space, ring_reserve_nowait, ring_publish, ring_wait_data,
+from amdb.shm.ring cimport (RingProducer, ring_set_committed, ring_commit_ahead, ring_wait_space, ring_reserve_nowait, ring_publish, ring_wait_data,
                             ring_release, ring_at)
 from amdb.native.hashing cimport amdb_xxh64
 from amdb.native.skiplist cimport (SkipFinger, skiplist_insert, skiplist_finger_reset, skiplist_random_height,
@@ -273,9 +273,16 @@ cdef class PrivatePartition:
         free(s.generation)
         return s.errors
 
-    def ring_roundtrip(self, uint64_t records, uint64_t seed=1):
+    @property
+    def ring_capacity(self):
+        return self.view.ctrl.ring_capacity
+
+    def ring_roundtrip(self, uint64_t records, uint64_t seed=1, uint64_t committed=0):
         """Stream `records` records of sizes 8..~ring/8 through the ring, one
-        producer and one consumer thread. Returns the errors the consumer saw."""
+        producer and one consumer thread. Returns the errors the consumer saw,
+        plus records the producer placed past its committed part. With
+        `committed` (> ring/8 + 8), the producer acts as if only that much
+        of the ring were backed and could not commit more: it wraps early."""
         cdef RingShared r
         cdef pthread_t consumer
         if self.fd is None:
@@ -288,6 +295,10 @@ cdef class PrivatePartition:
         r.producer.mask = self.view.ctrl.ring_capacity - 1
         r.producer.head = amdb_load_relaxed(&self.view.ctrl.ring_head)
         r.producer.cached_tail = amdb_load_acquire(&self.view.ctrl.ring_tail)
+        r.producer.fd = -1
+        # Private memory: all of it backed, unless told otherwise (fd -1: a
+        # commit fails, so the producer can only wrap early).
+        ring_set_committed(&r.producer, committed if committed else r.producer.capacity)
         r.records = records
         r.seed = seed
         with nogil:
@@ -318,11 +329,14 @@ cdef void producer_body(RingShared *r) noexcept nogil:
     cdef uint64_t *words
     for i in range(r.records):
         size = record_size(i, r.seed, r.producer.capacity)
+        ring_commit_ahead(&r.producer, size)      # settles wrap_at
         offset = r.producer.head & r.producer.mask
-        need = size + (r.producer.capacity - offset if offset + size > r.producer.capacity else 0)
+        need = size + (r.producer.capacity - offset if offset + size > r.producer.wrap_at else 0)
         while ring_wait_space(&r.producer, need, 10000000) != AMDB_STATUS_OK:
             pass
         pos = ring_reserve_nowait(&r.producer, size)
+        if (pos & r.producer.mask) + size > r.producer.wrap_at:
+            r.errors += 1                  # placed where no memory was committed
         words = <uint64_t *>ring_at(r.producer.ring, r.producer.mask, pos)
         words[0] = (i << 8) | 1            # low byte 1: a record (WRAP is 5 in the low 32 bits)
         for j in range(1, size // 8):

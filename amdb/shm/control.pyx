@@ -19,6 +19,7 @@ from amdb.native.constants import COMPACT_STATES, RECORD_OPS
 
 CONTROL_BYTES = AMDB_CONTROL_BYTES
 ARENA_REGIONS = AMDB_ARENA_REGIONS
+RING_COMMIT_STEP = AMDB_RING_COMMIT_STEP
 DB_CONTROL_BYTES = (sizeof(amdb_db_control) + AMDB_PAGE - 1) // AMDB_PAGE * AMDB_PAGE
 RECORD_HEADER_BYTES = sizeof(amdb_ring_record)
 CHUNK_HEADER_BYTES = sizeof(amdb_ring_chunk)

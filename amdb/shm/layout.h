@@ -70,6 +70,10 @@
 #define AMDB_ARENA_FIRST_BLOCK 64    /* offset 0 is null; bytes 0..63 hold amdb_arena_header */
 #define AMDB_ARENA_REGIONS 2         /* current generation + the one compaction builds */
 #define AMDB_COMMIT_STEP (64ULL << 20) /* commit arena memory 64 MiB at a time */
+/* A ring's memory is committed (posix_fallocate) by its producer as it first
+ * writes there, this much at a time: a database opens with only the first
+ * step of each ring in /dev/shm (a container's 64 MiB holds it). */
+#define AMDB_RING_COMMIT_STEP (1ULL << 20)
 #define AMDB_MAX_ARENA_BYTES (1ULL << 46) /* node offset / 8 must fit a hash slot's 43 bits */
 #define AMDB_MAX_HEIGHT 16           /* skip list: p = 1/4, fine for 4^16 keys */
 

@@ -10,6 +10,15 @@ ctypedef struct RingProducer:
     uint64_t mask
     uint64_t head            # next byte to write; bytes past ctrl.ring_head are unpublished
     uint64_t cached_tail     # last ring_tail seen (acquire)
+    # memory of the ring in /dev/shm: ring offsets [0, committed) are backed
+    # (posix_fallocate on fd at file_offset + offset); fd < 0: all of it.
+    # Records are placed below wrap_at (capacity once all is committed;
+    # else committed - 8, leaving room for a WRAP marker): the producer
+    # wraps early rather than touch memory it has not committed.
+    int fd
+    uint64_t file_offset
+    uint64_t committed
+    uint64_t wrap_at
     # the open chunk (at most one per ring)
     bint chunk_open
     uint64_t chunk_pos       # ring position of its header
@@ -29,6 +38,8 @@ ctypedef struct RingProducer:
     uint64_t aborts_sent     # abort_no of the last ABORT written (1, 2, 3... per ring)
 
 cdef int ring_wait_space(RingProducer *r, uint64_t nbytes, int64_t timeout_ns) noexcept nogil
+cdef void ring_set_committed(RingProducer *r, uint64_t committed) noexcept nogil
+cdef int ring_commit_ahead(RingProducer *r, uint64_t nbytes) noexcept nogil
 cdef uint64_t ring_reserve_nowait(RingProducer *r, uint64_t nbytes) noexcept nogil
 cdef void ring_publish(RingProducer *r) noexcept nogil
 cdef uint64_t ring_wait_data(amdb_control *ctrl, uint64_t tail, int64_t timeout_ns) noexcept nogil

@@ -15,6 +15,14 @@ Invariants:
   3. A record never straddles the end of the ring: the producer writes an
      AMDB_OP_WRAP marker and continues at the start (records are 8-aligned
      and at least 8 bytes, so a marker always fits).
+  4. The producer writes only ring memory it committed: the segment is
+     created with the first AMDB_RING_COMMIT_STEP of the ring backed, records
+     go below wrap_at (a WRAP marker sends the rest to the ring's start, as
+     at its end), and ring_commit_ahead commits more when the bytes in
+     flight need it. The consumer reads only bytes the producer wrote. An
+     unpublished chunk stays under a quarter of the committed part (the
+     Writer closes it there), so after an early wrap it never waits for
+     room that only its own publication would free.
 
 Memory order:
   - Producer: record bytes, then head by seq_cst store (a release store would
@@ -35,6 +43,23 @@ caller can check the other process is still alive.
 """
 from libc.stdint cimport uint32_t, uint64_t, int64_t
 from amdb.shm.layout cimport *
+
+cdef extern from "fcntl.h" nogil:
+    int posix_fallocate(int fd, long offset, long length)
+
+cdef extern from "sys/statvfs.h" nogil:
+    ctypedef struct statvfs_t "struct statvfs":
+        unsigned long f_frsize
+        unsigned long f_bavail
+    int fstatvfs(int fd, statvfs_t *buf)
+
+
+cdef uint64_t free_bytes(int fd) noexcept nogil:
+    """Bytes the file system of `fd` can still give (all of them if it cannot say)."""
+    cdef statvfs_t st
+    if fstatvfs(fd, &st) != 0:
+        return <uint64_t>-1
+    return <uint64_t>st.f_bavail * st.f_frsize
 from amdb.shm.atomic cimport *
 
 cdef int ring_wait_space(RingProducer *r, uint64_t nbytes, int64_t timeout_ns) noexcept nogil:
@@ -62,16 +87,56 @@ cdef int ring_wait_space(RingProducer *r, uint64_t nbytes, int64_t timeout_ns) n
     return AMDB_STATUS_TIMEOUT
 
 
+cdef void ring_set_committed(RingProducer *r, uint64_t committed) noexcept nogil:
+    r.committed = committed if committed < r.capacity else r.capacity
+    r.wrap_at = r.capacity if r.committed >= r.capacity else r.committed - 8
+
+
+cdef int ring_commit_ahead(RingProducer *r, uint64_t nbytes) noexcept nogil:
+    """Size the ring by need, before `nbytes` are reserved at r.head (the
+    caller then computes its wrap room from r.wrap_at). While part of the
+    ring is not committed, a record that does not fit below wrap_at goes to
+    the ring's start (an early WRAP) when the ring is nearly empty (single
+    writes and small batches keep a small, cache-warm ring) or /dev/shm is
+    short (the data needs it more); otherwise (a stream of batches) the
+    committed part doubles (posix_fallocate, AMDB_RING_COMMIT_STEP at least). Returns 0, or the errno of a commit that was needed and failed
+    (ENOSPC: /dev/shm is full). Once all is committed: one compare."""
+    cdef uint64_t offset, in_flight, end, target
+    cdef int err
+    if r.committed >= r.capacity:
+        return 0
+    offset = r.head & r.mask
+    if offset + nbytes <= r.wrap_at:
+        return 0
+    r.cached_tail = amdb_load_acquire(&r.ctrl.ring_tail)
+    in_flight = r.head - r.cached_tail
+    if nbytes <= r.wrap_at and in_flight + nbytes <= r.wrap_at // 8:
+        return 0                           # nearly empty (single writes, small batches): stay small
+    end = offset + nbytes + 8
+    end = (end + AMDB_RING_COMMIT_STEP - 1) // AMDB_RING_COMMIT_STEP * AMDB_RING_COMMIT_STEP
+    target = r.committed * 2 if r.committed * 2 > end else end
+    if target > r.capacity:
+        target = r.capacity
+    if nbytes <= r.wrap_at and free_bytes(r.fd) < 8 * (target - r.committed):
+        return 0                           # /dev/shm is short: leave it to the data, wrap early
+    err = posix_fallocate(r.fd, <long>(r.file_offset + r.committed), <long>(target - r.committed))
+    if err == 0:
+        ring_set_committed(r, target)
+        return 0
+    return 0 if nbytes <= r.wrap_at else err     # no memory to grow: wrap early and wait for room
+
+
 cdef uint64_t ring_reserve_nowait(RingProducer *r, uint64_t nbytes) noexcept nogil:
     """Reserve `nbytes` contiguous bytes at r.head and return their position.
 
-    REQUIRES: ring_wait_space(r, nbytes + wrap room) succeeded, where wrap
-    room is the bytes left before the ring's end when nbytes do not fit
-    there (see ParallelDB's packer). Writes a WRAP marker when needed.
+    REQUIRES: ring_commit_ahead(r, nbytes) and then ring_wait_space(r,
+    nbytes + wrap room) succeeded, where wrap room is the bytes from r.head
+    to the ring's end when nbytes do not fit below r.wrap_at (see the
+    Writer's _reserve). Writes a WRAP marker when needed.
     """
     cdef uint64_t offset = r.head & r.mask
     cdef uint64_t pos
-    if offset + nbytes > r.capacity:
+    if offset + nbytes > r.wrap_at:
         (<uint32_t *>(r.ring + offset))[0] = AMDB_OP_WRAP
         r.head += r.capacity - offset
     pos = r.head

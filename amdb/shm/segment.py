@@ -13,7 +13,7 @@ import secrets
 
 import posix_ipc
 
-from amdb.errors import SHM_FULL_HINT, ArenaFullError, Error
+from amdb.errors import SHM_FULL_HINT, ArenaFullError, Error, shm_usage
 
 SHM_DIR = "/dev/shm"
 _OWNED_NAME = re.compile(r"^amdb_(\d+)_[0-9a-f]+_")
@@ -38,7 +38,8 @@ def create(name, size, commit_bytes):
     except OSError as exc:
         shm.close_fd()
         unlink_quietly(name)
-        raise ArenaFullError(f"/dev/shm cannot hold {commit_bytes} bytes for {name}: {exc.strerror}",
+        raise ArenaFullError(f"/dev/shm cannot hold {commit_bytes} bytes for {name}: {exc.strerror} "
+                             f"({shm_usage()})",
                              code="shm_full", hint=SHM_FULL_HINT) from exc
     return shm
 

@@ -31,14 +31,15 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport *
-from amdb.shm.ring cimport (RingProducer, ring_wait_space, ring_reserve_nowait, ring_publish,
+from amdb.shm.ring cimport (RingProducer, ring_wait_space, ring_commit_ahead, ring_set_committed,
+                            ring_reserve_nowait, ring_publish,
                             progress_prepare_wait, progress_sleep, ring_at)
 from amdb.native.hashing cimport amdb_xxh64, SLOT_MASK, SLOT_COUNT
 from amdb.native.client.attachment cimport Attachment, pending_key_entry
 from amdb.native.client.keys cimport bytes_view
 
 from amdb.errors import (ClosedError, Error, WorkerCrashedError, InvalidArgumentError, InvalidTypeError, KeyTooLargeError, ValueTooLargeError,
-                         raise_for_status)
+                         ArenaFullError, SHM_FULL_HINT, raise_for_status, shm_usage)
 
 cdef extern from "Python.h":
     int PyErr_CheckSignals() except -1
@@ -140,6 +141,9 @@ cdef class Writer:
             # every byte before the tail.
             self.producers[i].head = amdb_load_relaxed(&c.ring_head)
             self.producers[i].cached_tail = amdb_load_acquire(&c.ring_tail)
+            self.producers[i].fd = -1              # set_ring_files: until then, all of it committed
+            self.producers[i].file_offset = 0
+            ring_set_committed(&self.producers[i], c.ring_capacity)
         self.max_batch = max_batch
         self.max_key_size = max_key_size
         self.max_value_size = max_value_size
@@ -247,6 +251,19 @@ cdef class Writer:
         if not sent:
             self._write("delete", DELETES, (key,))
 
+    def set_ring_files(self, fds, uint64_t ring_offset, uint64_t committed):
+        """The owner's descriptors of the partition segments, the ring's offset
+        in them and how much of each ring the segment was created with backed:
+        the rest is committed as writes first reach it (ring_commit_ahead).
+        The descriptors stay the supervisor's (open until close)."""
+        cdef int i
+        for i in range(self.att.nworkers):
+            self.producers[i].fd = fds[i]
+            self.producers[i].file_offset = ring_offset
+            # A ring already written to (not so far) counts as backed whole.
+            ring_set_committed(&self.producers[i], committed if self.producers[i].head == 0
+                               else self.producers[i].capacity)
+
     def flush(self):
         """Wait until every write of this process so far is applied (and
         visible to every read), raising the error of an async write that
@@ -321,8 +338,10 @@ cdef class Writer:
         # (after one wrap both fit: they are reserved back to back).
         nbytes = amdb_record_bytes(<uint32_t>key_len, <uint32_t>value_len)
         need = sizeof(amdb_ring_chunk) + nbytes
+        if ring_commit_ahead(r, need) != 0:
+            return SOLO_SYNC              # /dev/shm is full: the synchronous path raises
         offset = r.head & r.mask
-        if offset + need > r.capacity:
+        if offset + need > r.wrap_at:
             need += r.capacity - offset
         if r.capacity - (r.head - r.cached_tail) < need:
             r.cached_tail = amdb_load_acquire(&c.ring_tail)
@@ -759,9 +778,12 @@ cdef class Writer:
 
     cdef uint64_t _reserve(self, int worker, uint64_t nbytes) except? 0:
         cdef RingProducer *r = &self.producers[worker]
-        cdef uint64_t offset = r.head & r.mask
-        cdef uint64_t need = nbytes
-        if offset + nbytes > r.capacity:
+        cdef uint64_t offset, need = nbytes
+        if ring_commit_ahead(r, nbytes) != 0:
+            raise ArenaFullError(f"/dev/shm cannot hold more of worker {worker}'s ring ({shm_usage()})",
+                                 code="shm_full", hint=SHM_FULL_HINT)
+        offset = r.head & r.mask
+        if offset + nbytes > r.wrap_at:
             need += r.capacity - offset        # room for the wrap as well
         if r.capacity - (r.head - r.cached_tail) < need:
             self._wait_space(worker, need)
@@ -813,7 +835,11 @@ cdef class Writer:
         worker = self.att.dbc.slot_owner[h & SLOT_MASK] if self.forced_worker < 0 else self.forced_worker
         r = &self.producers[worker]
         nbytes = amdb_record_bytes(<uint32_t>key_len, <uint32_t>value_len)
-        if r.chunk_open and (r.chunk_count >= r.chunk_limit or r.chunk_bytes + nbytes > self.chunk_byte_cap):
+        # A chunk holds at most a quarter of the ring's committed part (of the
+        # ring once all of it is): a bigger unpublished chunk could need, after
+        # an early wrap, the room its own start holds (ring.pyx, invariant 4).
+        if r.chunk_open and (r.chunk_count >= r.chunk_limit
+                             or r.chunk_bytes + nbytes > min(self.chunk_byte_cap, r.wrap_at // 4)):
             self._close_chunk(worker)
         if not r.chunk_open:
             self._open_chunk(worker)
@@ -1096,7 +1122,8 @@ cdef class Writer:
         cdef uint64_t pos, need = sizeof(amdb_ring_chunk)
         if r.abort_to_send == 0:
             return True
-        if r.capacity - (r.head & r.mask) < need:
+        ring_commit_ahead(r, need)        # settles wrap_at (a failure raises in _reserve below)
+        if (r.head & r.mask) + need > r.wrap_at:
             need += r.capacity - (r.head & r.mask)
         r.cached_tail = amdb_load_acquire(&r.ctrl.ring_tail)
         if not wait and r.capacity - (r.head - r.cached_tail) < need:
