@@ -29,7 +29,7 @@ from amdb.native.client.batch import WriteBatch
 from amdb.native.client.writer import BatchResult
 from amdb.options import DEFAULTS, keep_versions_option, parse_options
 from amdb.supervisor import Supervisor
-from amdb.views import ItemsView, KeysView, ValuesView
+from amdb.views import MappingViews
 
 __all__ = ["ParallelDB", "BatchOutcome", "BatchResult", "backup"]
 
@@ -43,7 +43,7 @@ class BatchOutcome(NamedTuple):
     results: BatchResult
 
 
-class ParallelDB(abc.MutableMapping):
+class ParallelDB(MappingViews, abc.MutableMapping):
     """An embedded key-value database that spreads its keys over worker processes.
 
     See docs/API.md for the full contract. With ``path``, a directory that
@@ -51,12 +51,6 @@ class ParallelDB(abc.MutableMapping):
     amdb/storage.py); without, memory only. A MutableMapping of bytes to
     bytes: ``db[k] = v``, ``db[k]``, ``del db[k]``, ``update()``, views.
     """
-
-    # A database equals only itself (the Mapping mixin would compare every
-    # item) and stays hashable, as file objects are.
-    __eq__ = object.__eq__
-    __ne__ = object.__ne__
-    __hash__ = object.__hash__
 
     def __init__(self, path=None, *, workers=DEFAULTS["workers"], max_batch=DEFAULTS["max_batch"],
                  ring_size=DEFAULTS["ring_size"], arena_size=DEFAULTS["arena_size"],
@@ -280,19 +274,6 @@ class ParallelDB(abc.MutableMapping):
         start (inclusive) to stop (exclusive), within prefix, at most limit."""
         return self._reader.scan(start, stop, prefix=prefix, reverse=reverse, keys_only=keys_only, at_seq=at_seq,
                                  limit=limit)
-
-    def keys(self):
-        """A view of every key: len, in, iteration in key order (each
-        iteration reads one snapshot)."""
-        return KeysView(self)
-
-    def items(self):
-        """A view of every (key, value) pair, iterated in key order."""
-        return ItemsView(self)
-
-    def values(self):
-        """A view of every value, iterated in key order."""
-        return ValuesView(self)
 
     def _view_iterator(self, keys_only, values_only, reverse):
         return self._reader.iterator(keys_only=keys_only, values_only=values_only, reverse=reverse)

@@ -17,7 +17,7 @@ before — compare digests taken at different times or on replicas.
 from collections import abc
 from typing import List, NamedTuple, Optional
 
-from amdb.views import ItemsView, KeysView, ValuesView
+from amdb.views import MappingViews
 
 
 class Version(NamedTuple):
@@ -54,15 +54,12 @@ class VerifyReport(NamedTuple):
         return self.breaks_total == 0
 
 
-class Snapshot(abc.Mapping):
+class Snapshot(MappingViews, abc.Mapping):
     """Reads as of one sequence number while writes go on (db.snapshot()).
     A read-only Mapping: ``snap[k]``, ``in``, views; ``len(snap)`` counts
     its keys (a walk of the whole snapshot)."""
 
     __slots__ = ("_db", "seq")
-    __eq__ = object.__eq__          # as ParallelDB: equal only to itself, hashable
-    __ne__ = object.__ne__
-    __hash__ = object.__hash__
 
     def __init__(self, db, seq):
         self._db = db
@@ -79,15 +76,6 @@ class Snapshot(abc.Mapping):
 
     def __len__(self):
         return sum(1 for _ in self._view_iterator(True, False, False))
-
-    def keys(self):
-        return KeysView(self)
-
-    def items(self):
-        return ItemsView(self)
-
-    def values(self):
-        return ValuesView(self)
 
     def _view_iterator(self, keys_only, values_only, reverse):
         return self._db.iterator(keys_only=keys_only, values_only=values_only, reverse=reverse, at_seq=self.seq)

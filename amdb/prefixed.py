@@ -10,7 +10,7 @@ database's own does."""
 from collections import abc
 
 from amdb.errors import InvalidTypeError
-from amdb.views import ItemsView, KeysView, ValuesView
+from amdb.views import MappingViews
 
 _MISSING = object()
 
@@ -27,13 +27,9 @@ def _as_bytes(key, what="key"):
                                hint="pass bytes, bytearray or memoryview") from None
 
 
-class PrefixedDB(abc.MutableMapping):
+class PrefixedDB(MappingViews, abc.MutableMapping):
     """The keys of `db` under `prefix`, as a database of their own (see the
     module docstring). Made by ParallelDB.prefixed(); nest with .prefixed()."""
-
-    __eq__ = object.__eq__          # as ParallelDB: equal only to itself, hashable
-    __ne__ = object.__ne__
-    __hash__ = object.__hash__
 
     def __init__(self, db, prefix):
         self.db = db
@@ -105,15 +101,6 @@ class PrefixedDB(abc.MutableMapping):
                              limit=limit)
 
     # ---- the mapping interface -------------------------------------------------------
-
-    def keys(self):
-        return KeysView(self)
-
-    def items(self):
-        return ItemsView(self)
-
-    def values(self):
-        return ValuesView(self)
 
     def _view_iterator(self, keys_only, values_only, reverse):
         return self.iterator(keys_only=keys_only, values_only=values_only, reverse=reverse)

@@ -9,6 +9,31 @@ from collections import abc
 _MISSING = object()
 
 
+class MappingViews:
+    """What ParallelDB, Snapshot and PrefixedDB share as mappings: keys(),
+    values() and items() as views over their _view_iterator, and identity
+    equality (a database equals only itself and stays hashable, as a file
+    does; the Mapping mixin would compare every item)."""
+
+    __slots__ = ()
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
+
+    def keys(self):
+        """A view of every key: len, in, iteration in key order (each
+        iteration reads one snapshot)."""
+        return KeysView(self)
+
+    def items(self):
+        """A view of every (key, value) pair, iterated in key order."""
+        return ItemsView(self)
+
+    def values(self):
+        """A view of every value, iterated in key order."""
+        return ValuesView(self)
+
+
 class KeysView(abc.KeysView):
     __slots__ = ()
 

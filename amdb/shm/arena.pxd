@@ -2,6 +2,7 @@
 from libc.stdint cimport uint32_t, uint64_t
 from amdb.shm.layout cimport PartitionView
 
+cdef uint64_t shm_free_bytes(int fd) noexcept nogil
 cdef int commit_pages(PartitionView *p, uint64_t nbytes) noexcept nogil
 cdef int commit_pages_by(PartitionView *p, uint64_t nbytes, uint64_t step) noexcept nogil
 cdef uint64_t region_init_bytes(uint64_t table_capacity) noexcept nogil

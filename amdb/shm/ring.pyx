@@ -47,19 +47,7 @@ from amdb.shm.layout cimport *
 cdef extern from "fcntl.h" nogil:
     int posix_fallocate(int fd, long offset, long length)
 
-cdef extern from "sys/statvfs.h" nogil:
-    ctypedef struct statvfs_t "struct statvfs":
-        unsigned long f_frsize
-        unsigned long f_bavail
-    int fstatvfs(int fd, statvfs_t *buf)
-
-
-cdef uint64_t free_bytes(int fd) noexcept nogil:
-    """Bytes the file system of `fd` can still give (all of them if it cannot say)."""
-    cdef statvfs_t st
-    if fstatvfs(fd, &st) != 0:
-        return <uint64_t>-1
-    return <uint64_t>st.f_bavail * st.f_frsize
+from amdb.shm.arena cimport shm_free_bytes
 from amdb.shm.atomic cimport *
 
 cdef int ring_wait_space(RingProducer *r, uint64_t nbytes, int64_t timeout_ns) noexcept nogil:
@@ -117,7 +105,7 @@ cdef int ring_commit_ahead(RingProducer *r, uint64_t nbytes) noexcept nogil:
     target = r.committed * 2 if r.committed * 2 > end else end
     if target > r.capacity:
         target = r.capacity
-    if nbytes <= r.wrap_at and free_bytes(r.fd) < 8 * (target - r.committed):
+    if nbytes <= r.wrap_at and shm_free_bytes(r.fd) < 8 * (target - r.committed):
         return 0                           # /dev/shm is short: leave it to the data, wrap early
     err = posix_fallocate(r.fd, <long>(r.file_offset + r.committed), <long>(target - r.committed))
     if err == 0:
