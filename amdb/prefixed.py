@@ -10,21 +10,10 @@ database's own does."""
 from collections import abc
 
 from amdb.errors import InvalidTypeError
+from amdb.native.client.keys import key_bytes as _as_bytes
 from amdb.views import MappingViews
 
 _MISSING = object()
-
-
-def _as_bytes(key, what="key"):
-    if type(key) is bytes:
-        return key
-    if isinstance(key, str):
-        raise InvalidTypeError(f"{what} must be bytes, not str", hint="encode it, e.g. key.encode('utf-8')")
-    try:
-        return memoryview(key).tobytes()
-    except TypeError:
-        raise InvalidTypeError(f"{what} must be bytes-like, not {type(key).__name__}",
-                               hint="pass bytes, bytearray or memoryview") from None
 
 
 class PrefixedDB(MappingViews, abc.MutableMapping):

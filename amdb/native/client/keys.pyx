@@ -52,6 +52,12 @@ cdef bytes as_key(obj, str what):
             PyBuffer_Release(&view)
 
 
+def key_bytes(obj, str what="key"):
+    """as_key for Python callers (amdb.prefixed): the same checks and errors
+    as every other key argument."""
+    return as_key(obj, what)
+
+
 cdef object prefix_successor(bytes prefix):
     """Smallest key greater than every key starting with `prefix` (None: none)."""
     cdef bytearray b = bytearray(prefix)

@@ -75,6 +75,7 @@ cdef class Writer:
     cdef int _send_control(self, int worker, uint32_t op, uint64_t seq, uint64_t count) except -1
     cdef tuple _broadcast_control(self, uint32_t op, uint64_t count)
     cdef uint64_t _wait_checkpoint(self, int worker, uint64_t seq) except? 0xffffffffffffffff
+    cdef int _check_worker_if_lock_free(self, int w) except -1
     cdef uint64_t _wait_checkpoint_registered(self, int worker, uint64_t seq) except? 0xffffffffffffffff
     cdef object _finish_batch(self)
     cdef int _abort_batch(self) except -1

@@ -416,11 +416,19 @@ cdef class Writer:
             PyErr_CheckSignals()
             if self.att.closed:
                 return False
-            if self.write_lock.acquire(False):
-                try:
-                    self.supervisor.check_worker(w)
-                finally:
-                    self.write_lock.release()
+            self._check_worker_if_lock_free(w)
+
+    cdef int _check_worker_if_lock_free(self, int w) except -1:
+        """For waits that hold no write lock: replace worker w if it died,
+        when the lock is free. Never waits for it (a compaction holding it
+        may be waiting for this very wait to leave); a thread that holds it
+        checks in its own waits. Raises what check_worker raises."""
+        if self.write_lock.acquire(False):
+            try:
+                self.supervisor.check_worker(w)
+            finally:
+                self.write_lock.release()
+        return 0
 
     cdef int _sync_async(self) except -1:
         """Wait until every SOLO chunk this process sent is applied (or
@@ -487,21 +495,14 @@ cdef class Writer:
             PyErr_CheckSignals()
             if self.att.closed:
                 raise ClosedError("the database was closed while a read waited for this process's writes")
-            # A worker that died needs replacing (under the write lock). If
-            # another thread holds the lock, its own waits do that: never
-            # wait for the lock here (a compaction holding it may be waiting
-            # for this very reader to leave). A worker that cannot be
-            # replaced will never apply it: writes raise from now on, reads
-            # go on without it.
-            if self.write_lock.acquire(False):
-                try:
-                    self.supervisor.check_worker(w)
-                except WorkerCrashedError as exc:
-                    if self._async_error is None:
-                        self._async_error = exc
-                    break
-                finally:
-                    self.write_lock.release()
+            # A worker that cannot be replaced will never apply it: writes
+            # raise from now on, reads go on without it.
+            try:
+                self._check_worker_if_lock_free(w)
+            except WorkerCrashedError as exc:
+                if self._async_error is None:
+                    self._async_error = exc
+                break
         if amdb_load_acquire(&c.applied_chunk) < target and self._async_error is None:
             try:
                 raise_for_status(<int>amdb_load_relaxed(&c.failed_status),
@@ -1011,11 +1012,7 @@ cdef class Writer:
             PyErr_CheckSignals()
             if self.att.closed:
                 raise ClosedError("the database was closed while a checkpoint was being written")
-            if self.write_lock.acquire(False):
-                try:
-                    self.supervisor.check_worker(worker)
-                finally:
-                    self.write_lock.release()
+            self._check_worker_if_lock_free(worker)
 
     def compact_workers(self, uint64_t keep):
         """Have every worker write its next arena generation keeping the newest
