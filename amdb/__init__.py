@@ -1,8 +1,8 @@
 """AmDb: an embedded key-value database for Python that uses every core."""
 
 from amdb.errors import (  # noqa: F401
-    ArenaFullError, ClosedError, CorruptionError, Error, InvalidArgumentError, InvalidTypeError,
-    KeyTooLargeError, LockedError, NodeUnavailableError, StorageError, ValueTooLargeError,
+    ArenaFullError, ClosedError, ConditionFailedError, CorruptionError, Error, InvalidArgumentError,
+    InvalidTypeError, KeyTooLargeError, LockedError, NodeUnavailableError, StorageError, ValueTooLargeError,
     PoisonBatchError, VersionReclaimedError, WorkerCrashedError, WorkerStartError,
 )
 

@@ -77,8 +77,9 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         supervisor.open(owner=self)
         self._writer, self._reader = supervisor.writer, supervisor.reader
         # The hot paths: the client's own methods, no Python frame in between.
-        for name in ("put", "delete", "flush", "batch_get", "iterator", "scan"):
-            setattr(self, name, getattr(self._writer if name in ("put", "delete", "flush") else self._reader, name))
+        writer_methods = ("put", "delete", "flush", "increment", "put_if_absent", "compare_and_set")
+        for name in writer_methods + ("batch_get", "iterator", "scan"):
+            setattr(self, name, getattr(self._writer if name in writer_methods else self._reader, name))
         self.get = self._reader.get
         if options.audit is not None:
             from amdb.audit import AuditLog
@@ -159,6 +160,24 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         of this process never need a flush to see them). Raises the error of
         a write that failed after it returned (see docs/API.md)."""
         self._writer.flush()
+
+    # ---- read-modify-write, applied by the key's worker (docs/API.md) ----------------
+
+    def increment(self, key, delta=1, *, initial=0, wait=True):
+        """Add `delta` to the counter under `key`, atomically, and return the
+        new value; a missing key counts as `initial`. A counter is stored as
+        8 bytes, signed big-endian: ``n.to_bytes(8, "big", signed=True)``.
+        wait=False returns None at once, like put()."""
+        return self._writer.increment(key, delta, initial=initial, wait=wait)
+
+    def put_if_absent(self, key, value):
+        """Store `value` only if `key` is absent: True when it was stored."""
+        return self._writer.put_if_absent(key, value)
+
+    def compare_and_set(self, key, expected, new):
+        """Store `new` only if `key` holds `expected` (None: is absent): True
+        when it was stored."""
+        return self._writer.compare_and_set(key, expected, new)
 
     def batch_put(self, items):
         """Write every (key, value) pair of `items` as one atomic batch.
@@ -331,16 +350,20 @@ class ParallelDB(MappingViews, abc.MutableMapping):
             self.batch_delete(keys)
 
     def setdefault(self, key, default=None):
-        """db[key] if present, else put `default` and return it (a get and a
-        put: not atomic against other writers of the same key)."""
-        value = self._reader.get(key, _MISSING)
-        if value is _MISSING:
+        """db[key] if present, else store `default` and return it; atomic
+        (put_if_absent): of racing callers, one stores its default and every
+        one of them returns the value stored."""
+        while True:
+            value = self._reader.get(key, _MISSING)
+            if value is not _MISSING:
+                return value
             if default is None:
                 raise InvalidTypeError("setdefault(key) without a default would store None; values are bytes",
                                        hint="pass a bytes default")
-            self._writer.put(key, default)
-            return default
-        return value
+            if self._writer.put_if_absent(key, default):
+                return default
+            # Another writer stored it first: read what it stored (again, if
+            # yet another one deleted it meanwhile).
 
     # ---- history -----------------------------------------------------------------
 

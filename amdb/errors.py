@@ -10,7 +10,7 @@ __all__ = [
     "Error", "InvalidArgumentError", "InvalidTypeError", "KeyTooLargeError",
     "ValueTooLargeError", "ClosedError", "ArenaFullError", "WorkerCrashedError",
     "PoisonBatchError", "WorkerStartError", "NodeUnavailableError", "VersionReclaimedError",
-    "raise_for_status",
+    "ConditionFailedError", "StorageError", "LockedError", "CorruptionError", "raise_for_status",
 ]
 
 
@@ -97,6 +97,15 @@ class VersionReclaimedError(Error):
         self.version = version
         self.at_seq = at_seq
         self.oldest_version = oldest_version
+
+
+class ConditionFailedError(Error):
+    """A compare_and_set or put_if_absent inside a write batch found the key
+    holding another value: the whole batch was rolled back, nothing of it is
+    visible. (Outside a batch they return False instead.)"""
+
+    code = "condition_failed"
+    hint = "read the key again and retry the batch, or drop the condition"
 
 
 class WorkerCrashedError(Error):
@@ -189,6 +198,9 @@ STATUS_TIMEOUT = 4
 STATUS_NO_MEMORY = 5
 STATUS_IO_ERROR = 6
 STATUS_POISON = 7
+STATUS_CONDITION_FAILED = 8
+STATUS_NOT_COUNTER = 9
+STATUS_OVERFLOW = 10
 
 def shm_usage(directory="/dev/shm"):
     """How big the shared-memory file system is and how much of it is free,
@@ -218,6 +230,18 @@ _STATUS_ERRORS = {
     STATUS_POISON: (PoisonBatchError, "poison_batch",
                     "the batch holds a chunk that crashed a worker repeatedly (a poison batch); "
                     "it was refused and nothing of it was applied"),
+    STATUS_CONDITION_FAILED: (ConditionFailedError, "condition_failed",
+                              "a compare_and_set or put_if_absent found the key holding another value"),
+    STATUS_NOT_COUNTER: (InvalidTypeError, "not_counter",
+                         "increment found a value that is not an 8-byte counter under the key"),
+    STATUS_OVERFLOW: (InvalidArgumentError, "counter_overflow",
+                      "increment would take the counter out of the signed 64-bit range"),
+}
+
+_STATUS_HINTS = {
+    STATUS_NOT_COUNTER: "increment works on counters: 8 bytes, n.to_bytes(8, 'big', signed=True); "
+                        "nothing was written",
+    STATUS_OVERFLOW: "a counter holds a signed 64-bit integer; nothing was written",
 }
 
 
@@ -227,7 +251,7 @@ def raise_for_status(status, context=""):
         return
     cls, code, message = _STATUS_ERRORS.get(
         status, (Error, "status_%d" % status, "native status %d" % status))
-    hint = None
+    hint = _STATUS_HINTS.get(status)
     if status == STATUS_SHM_FULL:
         hint = SHM_FULL_HINT
         message = f"{message} ({shm_usage()})"

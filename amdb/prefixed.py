@@ -62,6 +62,15 @@ class PrefixedDB(MappingViews, abc.MutableMapping):
         prefix = self.prefix
         return self.db.batch_delete(prefix + _as_bytes(key) for key in keys)
 
+    def increment(self, key, delta=1, *, initial=0, wait=True):
+        return self.db.increment(self._key(key), delta, initial=initial, wait=wait)
+
+    def put_if_absent(self, key, value):
+        return self.db.put_if_absent(self._key(key), value)
+
+    def compare_and_set(self, key, expected, new):
+        return self.db.compare_and_set(self._key(key), expected, new)
+
     def write_batch(self):
         """ParallelDB.write_batch(), with keys relative to the prefix."""
         return PrefixedWriteBatch(self.db.write_batch(), self.prefix)
@@ -149,6 +158,15 @@ class PrefixedWriteBatch:
 
     def delete(self, key):
         self.batch.delete(self.prefix + _as_bytes(key))
+
+    def increment(self, key, delta=1, *, initial=0):
+        self.batch.increment(self.prefix + _as_bytes(key), delta, initial=initial)
+
+    def put_if_absent(self, key, value):
+        self.batch.put_if_absent(self.prefix + _as_bytes(key), value)
+
+    def compare_and_set(self, key, expected, new):
+        self.batch.compare_and_set(self.prefix + _as_bytes(key), expected, new)
 
     def write(self):
         return self.batch.write()

@@ -116,6 +116,8 @@ OTHERS = {
     "update": lambda: db.update({b"x": b"y"}), "clear": db.clear, "pop": lambda: db.pop(keys[0]),
     "popitem": db.popitem, "setdefault": lambda: db.setdefault(b"absent", b"y"),
     "__setitem__": lambda: db.__setitem__(b"x", b"y"), "__delitem__": lambda: db.__delitem__(keys[0]),
+    "increment": lambda: db.increment(b"n"), "put_if_absent": lambda: db.put_if_absent(b"x", b"y"),
+    "compare_and_set": lambda: db.compare_and_set(keys[0], None, b"y"),
 }
 HARMLESS = {"flush": db.flush}     # nothing of this process's to wait for: returns
 ATTRIBUTES = {"close", "closed", "durable", "workers", "max_batch", "max_key_size", "max_value_size",
@@ -321,7 +323,7 @@ def test_interpreter_exit_at_every_state(state, durable, tmp_path):
 # ---- admin calls from inside callbacks --------------------------------------------------
 
 CALLS = ["put", "delete", "batch_put", "batch_delete", "checkpoint", "backup", "compact", "verify", "digest",
-         "close", "get", "stats", "snapshot"]
+         "close", "get", "stats", "snapshot", "increment"]
 LOCK_FREE = {"get", "stats", "snapshot"}     # reads: allowed from anywhere
 
 
@@ -336,7 +338,8 @@ def test_calls_from_inside_callbacks(make_db, tmp_path, callback, call):
                "write_batch": lambda: db.write_batch().put(b"x", b"y"),
     "checkpoint": db.checkpoint, "backup": lambda: db.backup(str(tmp_path / "copy")),
                "compact": db.compact, "verify": db.verify, "digest": db.digest, "close": db.close,
-               "get": lambda: db.get(b"a"), "stats": db.stats, "snapshot": lambda: db.snapshot().get(b"a")}
+               "get": lambda: db.get(b"a"), "stats": db.stats, "snapshot": lambda: db.snapshot().get(b"a"),
+               "increment": lambda: db.increment(b"n")}
 
     def items(first, second):
         yield first

@@ -9,6 +9,8 @@ import os
 import random
 
 import pytest
+
+import amdb
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -21,6 +23,7 @@ KEY_ATOMS = [b"\x00", b"a", b"b", b"\xff"]
 keys_st = st.lists(st.sampled_from(KEY_ATOMS), max_size=3).map(b"".join)
 values_st = st.one_of(st.just(b""), st.binary(max_size=24), st.binary(min_size=100, max_size=600))
 pairs_st = st.lists(st.tuples(keys_st, values_st), max_size=12)
+deltas_st = st.one_of(st.integers(-3, 3), st.sampled_from([2 ** 63 - 1, -2 ** 63]))
 containers_st = st.sampled_from(["list", "tuple", "generator", "list_pairs", "dict_items"])
 MISSING = object()
 
@@ -109,6 +112,88 @@ class DBMachine(RuleBasedStateMachine):
         self._seq_advances(results)
         for k in keys:
             self.model.pop(k, None)
+
+    # -- read-modify-write (resolved by the worker) ---------------------------
+    def _model_increment(self, model, key, delta, initial):
+        """The model's increment: the new value, or the exception it raises."""
+        old = model.get(key)
+        if old is not None and len(old) != 8:
+            return amdb.InvalidTypeError
+        total = (initial if old is None else int.from_bytes(old, "big", signed=True)) + delta
+        if not -2 ** 63 <= total < 2 ** 63:
+            return amdb.InvalidArgumentError
+        model[key] = total.to_bytes(8, "big", signed=True)
+        return total
+
+    @rule(key=keys_st, delta=deltas_st, initial=deltas_st)
+    def increment(self, key, delta, initial):
+        expected = self._model_increment(dict(self.model), key, delta, initial)
+        if isinstance(expected, type):
+            with pytest.raises(expected):
+                self.db.increment(key, delta, initial=initial)
+        else:
+            assert self.db.increment(key, delta, initial=initial) == expected
+            self.model[key] = expected.to_bytes(8, "big", signed=True)
+
+    @rule(key=keys_st, value=values_st)
+    def put_if_absent(self, key, value):
+        absent = key not in self.model
+        assert self.db.put_if_absent(key, value) is absent
+        if absent:
+            self.model[key] = value
+
+    @rule(key=keys_st, expected=st.none() | values_st, new=values_st, use_current=st.booleans())
+    def compare_and_set(self, key, expected, new, use_current):
+        if use_current:                        # mostly succeed, not only by chance
+            expected = self.model.get(key)
+        done = self.model.get(key) == expected
+        assert self.db.compare_and_set(key, expected, new) is done
+        if done:
+            self.model[key] = new
+
+    @rule(ops=st.lists(st.tuples(st.sampled_from(["put", "delete", "increment", "put_if_absent",
+                                                  "compare_and_set"]), keys_st, values_st, deltas_st),
+                       max_size=8))
+    def write_batch_with_conditions(self, ops):
+        """A batch applies whole with every condition holding (as each key
+        stands after the batch's earlier writes), or not at all."""
+        staged, failure = dict(self.model), None
+        for op, key, value, delta in ops:
+            if op == "put":
+                staged[key] = value
+            elif op == "delete":
+                staged.pop(key, None)
+            elif op == "increment":
+                outcome = self._model_increment(staged, key, delta, 0)
+                failure = failure or (outcome if isinstance(outcome, type) else None)
+            elif op == "put_if_absent":
+                if key in staged:
+                    failure = failure or amdb.ConditionFailedError
+                staged.setdefault(key, value)
+            elif staged.get(key) == value[:2]:          # compare_and_set: expected = value[:2]
+                staged[key] = value
+            else:
+                failure = failure or amdb.ConditionFailedError
+        try:
+            with self.db.write_batch() as batch:
+                for op, key, value, delta in ops:
+                    if op in ("put", "put_if_absent"):
+                        getattr(batch, op)(key, value)
+                    elif op == "delete":
+                        batch.delete(key)
+                    elif op == "increment":
+                        batch.increment(key, delta)
+                    else:
+                        batch.compare_and_set(key, value[:2], value)
+        except amdb.Error as exc:
+            # Records on different workers: the first failure seen may be
+            # another of the batch's failures, but one there must be.
+            assert failure is not None, exc
+            assert isinstance(exc, (amdb.ConditionFailedError, amdb.InvalidTypeError,
+                                    amdb.InvalidArgumentError)), exc
+        else:
+            assert failure is None, failure
+            self.model = staged
 
     @rule(pairs=pairs_st, keys=st.lists(keys_st, max_size=6))
     def put_then_delete_in_two_batches(self, pairs, keys):

@@ -87,6 +87,10 @@ enum {
     AMDB_STATUS_NO_MEMORY = 5,    /* private malloc failed */
     AMDB_STATUS_IO_ERROR = 6,     /* the write-ahead log or a checkpoint could not be written */
     AMDB_STATUS_POISON = 7,       /* a chunk that crashed workers before: refused (poison batch) */
+    /* Read-modify-write records (see "Read-modify-write" below): */
+    AMDB_STATUS_CONDITION_FAILED = 8, /* compare_and_set / put_if_absent found another value */
+    AMDB_STATUS_NOT_COUNTER = 9,  /* increment: the key's value is not 8 bytes */
+    AMDB_STATUS_OVERFLOW = 10,    /* increment: the sum leaves the signed 64-bit range */
 };
 
 /* Compaction states (control.compact_state): what a worker that attaches to
@@ -105,6 +109,35 @@ enum {
     AMDB_WORKER_STOPPED = 2,      /* left its apply loop cleanly */
     AMDB_WORKER_FAILED = 3,       /* could not start: start_status says why (then it exits) */
 };
+
+/* Read-modify-write (increment, compare_and_set, put_if_absent): a ring
+ * record the worker resolves against the key's latest version when it
+ * applies it, into a put or into nothing. The worker is the key's only
+ * writer and applies its ring in order, so the read and the write are one
+ * step: no lock, and linearizable with every other write of the key.
+ *   - Record values: INCREMENT: delta, initial (int64 little-endian each);
+ *     the version written holds the sum big-endian (amdb_counter_*).
+ *     PUT_IF_ABSENT: the value. COMPARE_AND_SET: an 8-byte little-endian
+ *     header = expected length + 1 (0: expected absent), the expected
+ *     bytes, then the new value.
+ *   - record.reserved is the ticket. 0: the record is part of a batch, and a
+ *     failed condition (or a value that is no counter, an overflow) refuses
+ *     the chunk with that status, so the producer rolls the whole batch back.
+ *     Otherwise the record is a whole batch by itself: a failure writes no
+ *     version, and the outcome goes to rmw_results[ticket % AMDB_RMW_RESULTS]
+ *     (value, status, then the ticket; the release store of applied_chunk
+ *     orders them before the producer reads them).
+ *   - The producer hands a ticket out only when the result slot it names was
+ *     read back (no two records in flight share a slot); tickets are its own
+ *     numbers, 1, 2, 3... per ring, wrapping past 0.
+ *   - Replaying a log resolves each record again against the same state, so
+ *     it writes the same versions: the log keeps the records as sent. */
+#define AMDB_RMW_RESULTS 128
+typedef struct amdb_rmw_result {
+    int64_t value;                  /* increment: the new value; the others: 1 done, 0 not */
+    uint32_t status;                /* AMDB_STATUS_OK, NOT_COUNTER or OVERFLOW */
+    uint32_t ticket;                /* written last */
+} amdb_rmw_result;
 
 /* Per-partition control block, at offset 0 of the partition segment.
  * Each line below is a separate cache line so that the owner's and the
@@ -247,6 +280,12 @@ typedef struct amdb_control {
     uint64_t checkpoint_undo_words; /* words its copy had to undo (statistics) */
     uint32_t checkpoint_hold;
     uint32_t checkpoint_held;       /* 1 while a copy is paused by checkpoint_hold */
+
+    /* Lines 11.. — results of read-modify-write records that asked for one
+     * (ticket != 0), by ticket % AMDB_RMW_RESULTS: written by the worker
+     * before it release-stores applied_chunk, read by the producer after it
+     * acquired it ("Read-modify-write" below). */
+    AMDB_LINE amdb_rmw_result rmw_results[AMDB_RMW_RESULTS];
 } amdb_control;
 
 /* Async single writes. put() and delete() send a SOLO chunk of one record and
@@ -333,6 +372,9 @@ enum {
     AMDB_OP_COMPACT = 8,   /* amdb_ring_chunk: write the next generation keeping the newest `count`
                             * versions of every key (0: all) and switch to it; `seq` = visible_seq.
                             * Sent between batches only; acknowledged as `chunk_no` */
+    AMDB_OP_INCREMENT = 9, /* data records, resolved by the worker: see "Read-modify-write" */
+    AMDB_OP_PUT_IF_ABSENT = 10,
+    AMDB_OP_COMPARE_AND_SET = 11,
 };
 
 enum {                              /* amdb_ring_chunk.flags */
@@ -342,11 +384,11 @@ enum {                              /* amdb_ring_chunk.flags */
                                      * for it (async single write): see "Async single writes" */
 };
 
-typedef struct amdb_ring_record {   /* a put or delete */
+typedef struct amdb_ring_record {   /* a put, a delete, a read-modify-write */
     uint32_t op;
     uint32_t key_len;
     uint32_t value_len;
-    uint32_t reserved;
+    uint32_t reserved;              /* read-modify-write: the result ticket (0: none); else 0 */
     uint64_t hash;                  /* xxh64(key), computed once by the owner */
     /* key bytes, value bytes, zero padding to 8 */
 } amdb_ring_record;
@@ -585,9 +627,29 @@ static inline uint64_t amdb_key_prefix(const uint8_t *key, uint32_t len) {
     return p;
 }
 
+static inline int amdb_op_is_rmw(uint32_t op) {
+    return op == AMDB_OP_INCREMENT || op == AMDB_OP_PUT_IF_ABSENT || op == AMDB_OP_COMPARE_AND_SET;
+}
+/* A counter's value (increment): 8 bytes, signed, big-endian, so that the
+ * stored bytes are what int.to_bytes(8, "big", signed=True) gives. */
+static inline int64_t amdb_counter_decode(const uint8_t *value) {
+    uint64_t v;
+    memcpy(&v, value, 8);
+    return (int64_t)__builtin_bswap64(v);
+}
+/* a + b into *sum; nonzero (and *sum wrapped) when it overflows int64. */
+static inline int amdb_add_overflows(int64_t a, int64_t b, int64_t *sum) {
+    return __builtin_add_overflow(a, b, sum);
+}
+static inline void amdb_counter_encode(int64_t n, uint8_t *out) {
+    uint64_t v = __builtin_bswap64((uint64_t)n);
+    memcpy(out, &v, 8);
+}
+
 _Static_assert(sizeof(amdb_control) <= AMDB_CONTROL_BYTES, "control block fits a page");
 _Static_assert(AMDB_MAX_WORKERS <= 65536, "a slot owner is a uint16");
 _Static_assert(sizeof(amdb_reader_slot) == 64, "a reader slot is one cache line");
+_Static_assert(sizeof(amdb_rmw_result) == 16, "a read-modify-write result is 16 bytes");
 _Static_assert(sizeof(amdb_ring_record) == 24, "ring record header is 24 bytes");
 _Static_assert(sizeof(amdb_ring_chunk) == 40, "chunk header is 40 bytes");
 _Static_assert(sizeof(amdb_node) == 40, "node header is 40 bytes");

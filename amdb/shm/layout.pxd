@@ -1,7 +1,7 @@
 # cython: language_level=3
 """Declarations of layout.h: the shared-memory layout (see its header comment
 for who writes which field and the numbered invariants)."""
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
 cdef extern from "layout.h" nogil:
     enum:
@@ -32,6 +32,10 @@ cdef extern from "layout.h" nogil:
         AMDB_STATUS_NO_MEMORY
         AMDB_STATUS_IO_ERROR
         AMDB_STATUS_POISON
+        AMDB_STATUS_CONDITION_FAILED
+        AMDB_STATUS_NOT_COUNTER
+        AMDB_STATUS_OVERFLOW
+        AMDB_RMW_RESULTS
         AMDB_WORKER_STARTING
         AMDB_WORKER_READY
         AMDB_WORKER_STOPPED
@@ -45,6 +49,9 @@ cdef extern from "layout.h" nogil:
         AMDB_OP_COMMIT
         AMDB_OP_CHECKPOINT
         AMDB_OP_COMPACT
+        AMDB_OP_INCREMENT
+        AMDB_OP_PUT_IF_ABSENT
+        AMDB_OP_COMPARE_AND_SET
         AMDB_CHUNK_FIRST_OF_BATCH
         AMDB_CHUNK_SOLO
         AMDB_ASYNC_WINDOW
@@ -67,6 +74,11 @@ cdef extern from "layout.h" nogil:
         AMDB_HASH_INITIAL_CAPACITY
         AMDB_HASH_INITIAL_LOG2
         AMDB_SLOT_TAG_BITS
+
+    ctypedef struct amdb_rmw_result:
+        int64_t value
+        uint32_t status
+        uint32_t ticket
 
     ctypedef struct amdb_control:
         uint64_t magic
@@ -146,6 +158,7 @@ cdef extern from "layout.h" nogil:
         uint64_t checkpoint_undo_words
         uint32_t checkpoint_hold
         uint32_t checkpoint_held
+        amdb_rmw_result rmw_results[128]   # AMDB_RMW_RESULTS
 
     ctypedef struct amdb_reader_slot:
         uint64_t pid
@@ -263,6 +276,10 @@ cdef extern from "layout.h" nogil:
     amdb_version_tail *amdb_version_tail_of(const amdb_version *v) noexcept
     uint64_t amdb_node_bytes_padded(uint32_t height, uint32_t key_len) noexcept
     uint64_t amdb_key_prefix(const uint8_t *key, uint32_t length) noexcept
+    bint amdb_op_is_rmw(uint32_t op) noexcept
+    int64_t amdb_counter_decode(const uint8_t *value) noexcept
+    void amdb_counter_encode(int64_t n, uint8_t *out) noexcept
+    bint amdb_add_overflows(int64_t a, int64_t b, int64_t *sum) noexcept
 
 
 # Typed views of arena offsets (invariant 1: offsets, never pointers).

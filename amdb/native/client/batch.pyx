@@ -18,12 +18,15 @@ rings (a full ring waits for its worker).
 Shared memory: through the Writer only (the ring producer).
 """
 from cpython.buffer cimport PyBuffer_Release
-from libc.stdint cimport uint8_t, uint64_t
-from amdb.shm.layout cimport AMDB_OP_PUT, AMDB_OP_DELETE
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from cpython.bytes cimport PyBytes_AS_STRING
+from amdb.shm.layout cimport (AMDB_OP_PUT, AMDB_OP_DELETE, AMDB_OP_INCREMENT, AMDB_OP_PUT_IF_ABSENT,
+                              AMDB_OP_COMPARE_AND_SET)
 from amdb.native.client.writer cimport Writer
-from amdb.native.client.keys cimport bytes_view
+from amdb.native.client.keys cimport bytes_view, as_key
+from amdb.native.client.writer import increment_argument, compare_and_set_argument
 
-from amdb.errors import InvalidArgumentError
+from amdb.errors import InvalidArgumentError, ValueTooLargeError
 
 cdef extern from "pythread.h":
     unsigned long PyThread_get_thread_ident()
@@ -88,6 +91,38 @@ cdef class WriteBatch:
             if kheld:
                 PyBuffer_Release(&kview)
         self.count += 1
+
+    # Read-modify-write in a batch (layout.h, "Read-modify-write"): resolved by
+    # the worker when it applies the batch, after the batch's earlier writes
+    # of the same key. A condition that fails (or an increment of a value
+    # that is no counter, or that overflows) rolls the whole batch back, and
+    # write() raises (ConditionFailedError for a condition). They return None:
+    # read the keys once the batch is written.
+
+    def increment(self, key, delta=1, *, initial=0):
+        """Add an increment of the counter under `key` (see db.increment)."""
+        self._rmw(AMDB_OP_INCREMENT, key, increment_argument(delta, initial))
+
+    def put_if_absent(self, key, value):
+        """Add a put that requires `key` to be absent when the batch applies."""
+        self._rmw(AMDB_OP_PUT_IF_ABSENT, key, as_key(value, "value"))
+
+    def compare_and_set(self, key, expected, new):
+        """Add a put of `new` that requires `key` to hold `expected` (None:
+        to be absent) when the batch applies."""
+        self._rmw(AMDB_OP_COMPARE_AND_SET, key, compare_and_set_argument(expected, new))
+
+    cdef int _rmw(self, uint32_t op, key, bytes argument) except -1:
+        cdef bytes k
+        self._check()
+        k = as_key(key, "key")
+        if <uint64_t>len(argument) > self.writer.max_value_size:
+            raise ValueTooLargeError(f"the record needs {len(argument)} bytes, more than max_value_size="
+                                     f"{self.writer.max_value_size}")
+        self.writer.stream_record(op, <const uint8_t *>PyBytes_AS_STRING(k), len(k),
+                                  <const uint8_t *>PyBytes_AS_STRING(argument), len(argument))
+        self.count += 1
+        return 0
 
     def write(self):
         """Make the batch visible, whole; returns its BatchResult."""

@@ -22,6 +22,9 @@ cdef class Writer:
     cdef readonly bint durable     # a write-ahead log: batches end with COMMIT records
     cdef object supervisor         # check_worker(worker), before_write(): amdb.supervisor.Supervisor
     cdef int forced_worker         # >= 0: records go there (routed batches), not by slot
+    cdef uint32_t record_ticket    # the ticket records filled now carry (a read-modify-write's), else 0
+    cdef uint32_t *rmw_next_ticket # per worker: the last result ticket handed out
+    cdef uint8_t *rmw_busy         # per worker, per result slot: 1 while a record in flight holds it
     cdef bint _in_batch            # a batch is being written (between _begin_batch and its end)
     cdef object _batch_reentered   # the Error a re-entrant call of that batch's own code got, or None
     # Async single writes (layout.h): the supervisor turns them on (not for
@@ -63,6 +66,12 @@ cdef class Writer:
     cdef int _pack_packed(self, const uint8_t[::1] keys, const int64_t[::1] key_offsets,
                           const uint8_t[::1] values, const int64_t[::1] value_offsets) except -1
     cdef int _pack_routed(self, ops) except -1
+    cdef int _pack_rmw(self, uint32_t op, bytes key, bytes argument, uint32_t ticket) except -1
+    cdef object _rmw(self, uint32_t op, key, bytes argument, str name)
+    cdef int _rmw_nowait(self, uint32_t op, key, bytes argument, str name) except -1
+    cdef int _check_rmw_sizes(self, uint32_t op, bytes k, bytes argument, str name) except -1
+    cdef uint32_t _take_ticket(self, int w) except 0
+    cdef object _rmw_result(self, int w, uint32_t ticket, bytes key, str name)
     cdef int _wait_space(self, int worker, uint64_t nbytes) except -1
     cdef uint64_t _reserve(self, int worker, uint64_t nbytes) except? 0
     cdef int _open_chunk(self, int worker) except -1

@@ -24,7 +24,7 @@ _run_batch (begin; the packer of the source; finish or abort) ->
 _append_record (the one place a record header is filled) -> _finish_batch
 (publish, COMMIT when durable, wait for every worker, advance visible_seq).
 """
-from cpython.bytes cimport PyBytes_AS_STRING
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.buffer cimport PyBuffer_Release
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport calloc, free
@@ -36,10 +36,11 @@ from amdb.shm.ring cimport (RingProducer, ring_wait_space, ring_commit_ahead, ri
                             progress_prepare_wait, progress_sleep, ring_at)
 from amdb.native.hashing cimport amdb_xxh64, SLOT_MASK, SLOT_COUNT
 from amdb.native.client.attachment cimport Attachment, pending_key_entry
-from amdb.native.client.keys cimport bytes_view
+from amdb.native.client.keys cimport bytes_view, as_key
 
-from amdb.errors import (ClosedError, Error, WorkerCrashedError, InvalidArgumentError, InvalidTypeError, KeyTooLargeError, ValueTooLargeError,
-                         ArenaFullError, SHM_FULL_HINT, raise_for_status, shm_usage)
+from amdb.errors import (ClosedError, Error, WorkerCrashedError, InvalidArgumentError, InvalidTypeError,
+                         KeyTooLargeError, ValueTooLargeError, ArenaFullError, SHM_FULL_HINT, raise_for_status,
+                         shm_usage)
 
 cdef extern from "Python.h":
     int PyErr_CheckSignals() except -1
@@ -65,6 +66,7 @@ cdef enum Source:                 # what a batch is packed from (_run_batch)
     ARRAYS = 2                    # fixed-width numpy buffers (put_array)
     PACKED = 3                    # packed buffers and offsets (put_packed)
     ROUTED = 4                    # (worker, key, value or None) records, routed by the caller
+    RMW = 5                       # one read-modify-write record: (op, key, argument bytes)
 
 
 class BatchResult(object):
@@ -98,13 +100,15 @@ class BatchResult(object):
 
 
 cdef inline void fill_record(amdb_ring_record *rec, uint32_t op, const uint8_t *key, uint64_t key_len,
-                             const uint8_t *value, uint64_t value_len, uint64_t h, uint64_t nbytes) noexcept nogil:
-    """The one place a ring record is filled (a batch's or a SOLO chunk's)."""
+                             const uint8_t *value, uint64_t value_len, uint64_t h, uint64_t nbytes,
+                             uint32_t ticket) noexcept nogil:
+    """The one place a ring record is filled (a batch's or a SOLO chunk's);
+    `ticket`: a read-modify-write's result ticket, else 0 (layout.h)."""
     cdef uint8_t *out = <uint8_t *>(rec + 1)
     rec.op = op
     rec.key_len = <uint32_t>key_len
     rec.value_len = <uint32_t>value_len
-    rec.reserved = 0
+    rec.reserved = ticket
     rec.hash = h
     if key_len:                      # key may be NULL when empty (numpy S0)
         memcpy(out, key, key_len)
@@ -112,6 +116,32 @@ cdef inline void fill_record(amdb_ring_record *rec, uint32_t op, const uint8_t *
         memcpy(out + key_len, value, value_len)
     # Zero the padding: ring bytes are deterministic (and valgrind-clean).
     memset(out + key_len + value_len, 0, nbytes - sizeof(amdb_ring_record) - key_len - value_len)
+
+
+cdef int64_t as_int64(object n, str what) except? -1:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise InvalidTypeError(f"{what} must be an int, not {type(n).__name__}")
+    if not -(1 << 63) <= n < (1 << 63):
+        raise InvalidArgumentError(f"{what}={n} is outside the signed 64-bit range of a counter")
+    return n
+
+
+def increment_argument(delta, initial):
+    """The value of an INCREMENT record: delta, initial (int64 LE each)."""
+    cdef int64_t words[2]
+    words[0] = as_int64(delta, "delta")
+    words[1] = as_int64(initial, "initial")
+    return PyBytes_FromStringAndSize(<char *>words, 16)
+
+
+def compare_and_set_argument(expected, new):
+    """The value of a COMPARE_AND_SET record: expected length + 1 (0: None),
+    the expected bytes, the new value (layout.h, "Read-modify-write")."""
+    cdef uint64_t header
+    cdef bytes want = None if expected is None else as_key(expected, "expected")
+    cdef bytes value = as_key(new, "new")
+    header = 0 if want is None else len(want) + 1
+    return PyBytes_FromStringAndSize(<char *>&header, 8) + (want or b"") + value
 
 
 cdef class Writer:
@@ -127,8 +157,11 @@ cdef class Writer:
         self.charged_records = <uint64_t *>calloc(max(att.nworkers, 1), sizeof(uint64_t))
         self.credit_bytes = <uint64_t *>calloc(max(att.nworkers, 1), sizeof(uint64_t))
         self.credit_records = <uint64_t *>calloc(max(att.nworkers, 1), sizeof(uint64_t))
+        self.rmw_next_ticket = <uint32_t *>calloc(max(att.nworkers, 1), sizeof(uint32_t))
+        self.rmw_busy = <uint8_t *>calloc(max(att.nworkers, 1) * AMDB_RMW_RESULTS, 1)
         if (self.producers == NULL or self.charged_bytes == NULL or self.charged_records == NULL
-                or self.credit_bytes == NULL or self.credit_records == NULL):
+                or self.credit_bytes == NULL or self.credit_records == NULL
+                or self.rmw_next_ticket == NULL or self.rmw_busy == NULL):
             raise MemoryError()
         for i in range(att.nworkers):
             c = att.parts[i].ctrl
@@ -154,6 +187,7 @@ cdef class Writer:
         self.supervisor = supervisor
         self.audit = None
         self.forced_worker = -1
+        self.record_ticket = 0
         self._batch_reentered = None
         self._async_error = None
         self.async_enabled = False       # the supervisor turns async single writes on
@@ -171,6 +205,8 @@ cdef class Writer:
         free(self.charged_records)
         free(self.credit_bytes)
         free(self.credit_records)
+        free(self.rmw_next_ticket)
+        free(self.rmw_busy)
 
     # ---- the guard ------------------------------------------------------------
 
@@ -250,6 +286,134 @@ cdef class Writer:
                 PyBuffer_Release(&kview)
         if not sent:
             self._write("delete", DELETES, (key,))
+
+    # ---- read-modify-write (layout.h, "Read-modify-write") -------------------------
+
+    def increment(self, key, delta=1, *, initial=0, wait=True):
+        """Add `delta` to the counter under `key` in its worker, atomically,
+        and return the new value. A missing (or deleted) key counts as
+        `initial`. Counters are 8-byte signed big-endian values
+        (int.to_bytes(8, "big", signed=True)); another value under the key
+        raises InvalidTypeError, a sum beyond 64 bits InvalidArgumentError,
+        and nothing is written.
+
+        wait=False: return None at once, like put() (the worker applies it
+        later, in order; its error, if any, is raised by a later flush() or
+        write, as for put())."""
+        if not wait:
+            self._rmw_nowait(AMDB_OP_INCREMENT, key, increment_argument(delta, initial), "increment")
+            return None
+        return self._rmw(AMDB_OP_INCREMENT, key, increment_argument(delta, initial), "increment")
+
+    cdef int _rmw_nowait(self, uint32_t op, key, bytes argument, str name) except -1:
+        """A read-modify-write without a result ticket sent like put(): a
+        failure refuses it, and surfaces as an async write's error does."""
+        cdef bytes k
+        if self.exclusive or self.att.closed or self.att.foreign:
+            self._check_writable()
+        k = as_key(key, "key")
+        self._check_rmw_sizes(op, k, argument, name)
+        if not self._write_async(op, <const uint8_t *>PyBytes_AS_STRING(k), len(k),
+                                 <const uint8_t *>PyBytes_AS_STRING(argument), len(argument), name):
+            self._write(name, RMW, (op, k, argument, 0))
+        return 0
+
+    cdef int _check_rmw_sizes(self, uint32_t op, bytes k, bytes argument, str name) except -1:
+        if <uint64_t>len(k) > self.max_key_size:
+            raise KeyTooLargeError(f"key of {len(k)} bytes exceeds max_key_size={self.max_key_size}")
+        if <uint64_t>len(argument) > self.max_value_size:
+            raise ValueTooLargeError(
+                f"{name} needs {len(argument)} bytes in one record, more than max_value_size="
+                f"{self.max_value_size}" + (" (expected and new value together, plus 8)"
+                                            if op == AMDB_OP_COMPARE_AND_SET else ""))
+        return 0
+
+    def put_if_absent(self, key, value):
+        """Store `value` under `key` only if the key is absent (or deleted):
+        True when it was stored, False when the key held a value."""
+        return self._rmw(AMDB_OP_PUT_IF_ABSENT, key, as_key(value, "value"), "put_if_absent") == 1
+
+    def compare_and_set(self, key, expected, new):
+        """Store `new` under `key` only if the key's value is `expected`
+        (None: only if the key is absent): True when it was stored."""
+        return self._rmw(AMDB_OP_COMPARE_AND_SET, key, compare_and_set_argument(expected, new),
+                         "compare_and_set") == 1
+
+    cdef object _rmw(self, uint32_t op, key, bytes argument, str name):
+        """Send one read-modify-write record with a result ticket, as a SOLO
+        chunk (or, when async writes cannot go now, as a batch of one), wait
+        until its worker applied it, and return its result (the counter, or
+        1 done / 0 not)."""
+        cdef bytes k
+        cdef uint64_t h, chunk
+        cdef uint32_t ticket
+        cdef int w
+        cdef bint sent
+        if self.exclusive or self.att.closed or self.att.foreign:
+            self._check_writable()
+        k = as_key(key, "key")
+        self._check_rmw_sizes(op, k, argument, name)
+        h = amdb_xxh64(<const uint8_t *>PyBytes_AS_STRING(k), len(k), 0)
+        w = self.att.dbc.slot_owner[h & SLOT_MASK]
+        ticket = self._take_ticket(w)
+        try:
+            self.record_ticket = ticket
+            try:
+                sent = self._write_async(op, <const uint8_t *>PyBytes_AS_STRING(k), len(k),
+                                         <const uint8_t *>PyBytes_AS_STRING(argument), len(argument), name)
+                # _send_solo published it last, without letting another thread in.
+                chunk = self.att.async_chunk[w]
+            finally:
+                self.record_ticket = 0
+            if sent:
+                self.wait_async(w, chunk)
+                self._raise_async_error()
+            else:
+                self._write(name, RMW, (op, k, argument, ticket))
+            return self._rmw_result(w, ticket, k, name)
+        finally:
+            self.rmw_busy[w * AMDB_RMW_RESULTS + ticket % AMDB_RMW_RESULTS] = 0
+
+    cdef uint32_t _take_ticket(self, int w) except 0:
+        """A result ticket of worker w whose slot no record in flight holds
+        (layout.h): the next one, or the first free one after it."""
+        cdef uint32_t ticket
+        cdef int tries
+        while True:
+            for tries in range(AMDB_RMW_RESULTS):
+                ticket = self.rmw_next_ticket[w] + 1
+                if ticket == 0:
+                    ticket = 1
+                self.rmw_next_ticket[w] = ticket
+                if not self.rmw_busy[w * AMDB_RMW_RESULTS + ticket % AMDB_RMW_RESULTS]:
+                    self.rmw_busy[w * AMDB_RMW_RESULTS + ticket % AMDB_RMW_RESULTS] = 1
+                    return ticket
+            # Every slot holds a record in flight (that many threads): let them finish.
+            with nogil:
+                amdb_spin_step(AMDB_SPIN_STEPS)
+            PyErr_CheckSignals()
+            self.att.check_open()
+
+    cdef object _rmw_result(self, int w, uint32_t ticket, bytes key, str name):
+        """The result the worker left for `ticket` (its applied_chunk was
+        acquired since: the slot is whole)."""
+        cdef amdb_rmw_result *slot = &self.att.parts[w].ctrl.rmw_results[ticket % AMDB_RMW_RESULTS]
+        if slot.ticket != ticket:
+            raise Error(f"{name}: worker {w} applied the write but left no result for it",
+                        code="corrupt", hint="report this bug; the write itself was applied")
+        if slot.status != AMDB_STATUS_OK:
+            raise_for_status(slot.status, f"{name} of key {key!r}")
+        return slot.value
+
+    cdef int _pack_rmw(self, uint32_t op, bytes key, bytes argument, uint32_t ticket) except -1:
+        """A batch of one read-modify-write record with its result ticket."""
+        self.record_ticket = ticket
+        try:
+            self._append_record(op, <const uint8_t *>PyBytes_AS_STRING(key), len(key),
+                                <const uint8_t *>PyBytes_AS_STRING(argument), len(argument))
+        finally:
+            self.record_ticket = 0
+        return 0
 
     def set_ring_files(self, fds, uint64_t ring_offset, uint64_t committed):
         """The owner's descriptors of the partition segments, the ring's offset
@@ -351,7 +515,8 @@ cdef class Writer:
         self.next_seq += 1
         header_pos = ring_reserve_nowait(r, sizeof(amdb_ring_chunk))
         pos = ring_reserve_nowait(r, nbytes)
-        fill_record(<amdb_ring_record *>ring_at(r.ring, r.mask, pos), op, key, key_len, value, value_len, h, nbytes)
+        fill_record(<amdb_ring_record *>ring_at(r.ring, r.mask, pos), op, key, key_len, value, value_len, h, nbytes,
+                    self.record_ticket)
         header = <amdb_ring_chunk *>ring_at(r.ring, r.mask, header_pos)
         header.op = AMDB_OP_CHUNK
         header.flags = AMDB_CHUNK_FIRST_OF_BATCH | AMDB_CHUNK_SOLO
@@ -648,6 +813,8 @@ cdef class Writer:
                 self._pack_arrays(data[0], data[1], data[2], data[3], data[4], data[5], data[6])
             elif source == PACKED:
                 self._pack_packed(data[0], data[1], data[2], data[3])
+            elif source == RMW:
+                self._pack_rmw(data[0], data[1], data[2], data[3])
             else:
                 self._pack_routed(data)
             return self._finish_batch()
@@ -845,7 +1012,8 @@ cdef class Writer:
         if not r.chunk_open:
             self._open_chunk(worker)
         pos = self._reserve(worker, nbytes)
-        fill_record(<amdb_ring_record *>ring_at(r.ring, r.mask, pos), op, key, key_len, value, value_len, h, nbytes)
+        fill_record(<amdb_ring_record *>ring_at(r.ring, r.mask, pos), op, key, key_len, value, value_len, h, nbytes,
+                    self.record_ticket)
         r.chunk_count += 1
         r.chunk_bytes += nbytes
         r.batch_records += 1

@@ -13,7 +13,7 @@ anything, and refuses the chunk if it cannot.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport realloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memcmp
 from amdb.native.undo cimport note_arena_write
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport *
@@ -119,9 +119,11 @@ cdef int index_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos,
             w.wrap_pos = pos
             pos += capacity - (pos & (capacity - 1))
             continue
-        if rec.op != AMDB_OP_PUT and rec.op != AMDB_OP_DELETE:
+        if rec.op != AMDB_OP_PUT and rec.op != AMDB_OP_DELETE and not amdb_op_is_rmw(rec.op):
             return AMDB_STATUS_CORRUPT
         if pos + amdb_record_bytes(rec.key_len, rec.value_len) > header.end:
+            return AMDB_STATUS_CORRUPT
+        if amdb_op_is_rmw(rec.op) and not rmw_record_whole(rec):
             return AMDB_STATUS_CORRUPT
         # Ring records come from the owner, who hashed the key; a log read
         # back from disk is checked (found by tests/test_fuzz_logs.py).
@@ -133,7 +135,7 @@ cdef int index_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos,
         entry.order = <uint32_t>n
         entry.height = skiplist_random_height(&w.finger)
         need[0] += amdb_version_bytes(rec.value_len)
-        if rec.op == AMDB_OP_PUT:
+        if rec.op != AMDB_OP_DELETE:          # a put, or a read-modify-write that may become one
             need[0] += amdb_node_bytes_padded(entry.height, rec.key_len)
             new_keys[0] += 1
         pos += amdb_record_bytes(rec.key_len, rec.value_len)
@@ -173,22 +175,113 @@ cdef void fold_ledger(Worker *w, uint64_t seq) noexcept nogil:
     amdb_store_relaxed(&c.ledger_chunks, c.ledger_chunks + 1)
 
 
-cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t timestamp_ns) noexcept nogil:
+cdef inline uint64_t load_le64(const uint8_t *p) noexcept nogil:
+    cdef uint64_t v
+    memcpy(&v, p, 8)                # little-endian hosts (layout.h)
+    return v
+
+
+cdef bint rmw_record_whole(amdb_ring_record *rec) noexcept nogil:
+    """The value of a read-modify-write record has the shape its op needs
+    (layout.h, "Read-modify-write"); a log read back from disk is checked."""
+    cdef const uint8_t *value = <uint8_t *>(rec + 1) + rec.key_len
+    if rec.op == AMDB_OP_INCREMENT:
+        return rec.value_len == 16
+    if rec.op == AMDB_OP_COMPARE_AND_SET:
+        return rec.value_len >= 8 and load_le64(value) <= <uint64_t>rec.value_len - 8 + 1
+    return True
+
+
+cdef int resolve_rmw(Worker *w, amdb_ring_record *rec, uint64_t node_off, uint8_t *counter,
+                     const uint8_t **value_out, uint32_t *value_len_out, int64_t *result) noexcept nogil:
+    """What read-modify-write record `rec` does to its key as it stands now
+    (its latest version, the batch's own earlier writes included): OK with
+    the value to put in *value_out / *value_len_out (`counter`, 8 bytes, holds
+    an increment's sum), or the status that says why it writes nothing.
+    *result gets the outcome the producer reads back (layout.h)."""
+    cdef const uint8_t *arg = <uint8_t *>(rec + 1) + rec.key_len
+    cdef uint64_t latest = amdb_node_latest_relaxed(node_at(w.p.arena, node_off)) if node_off else 0
+    cdef bint live = latest != 0 and is_live(w.p.arena, latest)
+    cdef amdb_version *v = version_at(w.p.arena, latest) if live else NULL
+    cdef int64_t current, total
+    cdef uint64_t expected_len
+    result[0] = 0
+    if rec.op == AMDB_OP_INCREMENT:
+        if live:
+            if v.value_len != 8:
+                return AMDB_STATUS_NOT_COUNTER
+            current = amdb_counter_decode(amdb_version_value(v))
+        else:
+            current = <int64_t>load_le64(arg + 8)          # `initial`
+        if amdb_add_overflows(current, <int64_t>load_le64(arg), &total):
+            return AMDB_STATUS_OVERFLOW
+        amdb_counter_encode(total, counter)
+        result[0] = total
+        value_out[0] = counter
+        value_len_out[0] = 8
+        return AMDB_STATUS_OK
+    if rec.op == AMDB_OP_PUT_IF_ABSENT:
+        if live:
+            return AMDB_STATUS_CONDITION_FAILED
+        value_out[0] = arg
+        value_len_out[0] = rec.value_len
+        result[0] = 1
+        return AMDB_STATUS_OK
+    # COMPARE_AND_SET: header = expected length + 1 (0: expected absent)
+    expected_len = load_le64(arg)
+    if expected_len == 0:
+        if live:
+            return AMDB_STATUS_CONDITION_FAILED
+    else:
+        expected_len -= 1
+        if not live or v.value_len != expected_len or \
+                (expected_len and memcmp(amdb_version_value(v), arg + 8, expected_len) != 0):
+            return AMDB_STATUS_CONDITION_FAILED
+    value_out[0] = arg + 8 + expected_len
+    value_len_out[0] = <uint32_t>(rec.value_len - 8 - expected_len)
+    result[0] = 1
+    return AMDB_STATUS_OK
+
+
+cdef int apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t timestamp_ns) noexcept nogil:
+    """Apply one record. OK, or (only a read-modify-write of a batch, whose
+    condition failed) the status that refuses the chunk: what the chunk
+    applied before it is then rolled back with the batch (ABORT)."""
     cdef PartitionView *p = &w.p
     cdef amdb_control *c = p.ctrl
     cdef amdb_ring_record *rec = record_at(w, entry.pos)
     cdef const uint8_t *key = <uint8_t *>(rec + 1)
     cdef const uint8_t *value = key + rec.key_len
+    cdef uint32_t value_len = rec.value_len
     cdef uint64_t node_off = hashindex_find(p.arena, amdb_arena_header_of(p.arena).hash_table, rec.hash, key, rec.key_len)
     cdef uint64_t version_off, latest
     cdef amdb_node *node
     cdef uint64_t node_bytes
+    cdef uint8_t counter[8]
+    cdef int64_t result
+    cdef int status
+    cdef amdb_rmw_result *slot
+    if amdb_op_is_rmw(rec.op):
+        status = resolve_rmw(w, rec, node_off, counter, &value, &value_len, &result)
+        if rec.reserved == 0:
+            if status != AMDB_STATUS_OK:
+                return status                       # a batch's condition: the batch is refused
+        else:
+            # A record by itself: its outcome goes to its result slot, and a
+            # failure writes nothing. Plain stores: applied_chunk's release
+            # store orders them before the producer reads (layout.h).
+            slot = &c.rmw_results[rec.reserved % AMDB_RMW_RESULTS]
+            slot.value = result
+            slot.status = <uint32_t>(status if status != AMDB_STATUS_CONDITION_FAILED else AMDB_STATUS_OK)
+            slot.ticket = rec.reserved
+            if status != AMDB_STATUS_OK:
+                return AMDB_STATUS_OK
     if rec.op == AMDB_OP_DELETE:
         if node_off == 0:
-            return
+            return AMDB_STATUS_OK
         latest = amdb_node_latest_relaxed(node_at(p.arena, node_off))
         if not is_live(p.arena, latest):
-            return                                  # deleting a missing key: nothing to record
+            return AMDB_STATUS_OK                   # deleting a missing key: nothing to record
         version_off = version_append(p, node_off, AMDB_VERSION_TOMBSTONE | w.version_flags, NULL, 0, seq,
                                      timestamp_ns)
         record_for_ledger(w, version_off)
@@ -197,17 +290,17 @@ cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t time
         amdb_node_publish_latest(node_at(p.arena, node_off), version_off)
         amdb_store_relaxed(&c.live_keys, c.live_keys - 1)
         amdb_store_relaxed(&c.version_count, c.version_count + 1)
-        return
+        return AMDB_STATUS_OK
     if node_off != 0:
         latest = amdb_node_latest_relaxed(node_at(p.arena, node_off))
-        version_off = version_append(p, node_off, w.version_flags, value, rec.value_len, seq, timestamp_ns)
+        version_off = version_append(p, node_off, w.version_flags, value, value_len, seq, timestamp_ns)
         record_for_ledger(w, version_off)
         note_arena_write(p, &node_at(p.arena, node_off).latest)
         amdb_node_publish_latest(node_at(p.arena, node_off), version_off)
         if not is_live(p.arena, latest):
             amdb_store_relaxed(&c.live_keys, c.live_keys + 1)
         amdb_store_relaxed(&c.version_count, c.version_count + 1)
-        return
+        return AMDB_STATUS_OK
     # A new key: build the node and its first version, then link it.
     node_bytes = amdb_node_bytes(entry.height, rec.key_len)
     node_off = alloc_block_aligned(p, AMDB_BLOCK_NODE, node_bytes, AMDB_NODE_ALIGN)
@@ -219,7 +312,7 @@ cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t time
     node.height = <uint16_t>entry.height
     node.reserved = 0
     memcpy(<uint8_t *>amdb_node_key(node), key, rec.key_len)
-    version_off = version_append(p, node_off, w.version_flags, value, rec.value_len, seq, timestamp_ns)
+    version_off = version_append(p, node_off, w.version_flags, value, value_len, seq, timestamp_ns)
     record_for_ledger(w, version_off)
     amdb_node_init_latest(node, version_off)                       # unpublished node: plain store
     amdb_fault_check_mid_insert()
@@ -229,11 +322,14 @@ cdef void apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t time
     amdb_store_relaxed(&c.live_keys, c.live_keys + 1)
     amdb_store_relaxed(&c.node_count, c.node_count + 1)
     amdb_store_relaxed(&c.version_count, c.version_count + 1)
+    return AMDB_STATUS_OK
 
 
 cdef int apply_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos, uint64_t timestamp_ns) noexcept nogil:
-    """Apply one chunk whole, or refuse it having changed nothing. The
-    versions get `timestamp_ns`, or the time now when it is 0."""
+    """Apply one chunk whole, or refuse it having changed nothing (for want
+    of memory), or, a batch's read-modify-write failing its condition, refuse
+    it part applied: the batch's ABORT undoes that part. The versions get
+    `timestamp_ns`, or the time now when it is 0."""
     cdef uint64_t need, new_keys, i, count = header.count
     cdef amdb_hash_table *table
     cdef amdb_ring_record *ahead
@@ -272,7 +368,9 @@ cdef int apply_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos, ui
             ahead = record_at(w, w.entries[i + PREFETCH_DISTANCE].pos)
             amdb_prefetch(&table.slots[amdb_slot_home(ahead.hash, table.log2_capacity)])
         amdb_fault_check_after_records()
-        apply_record(w, &w.entries[i], header.seq, timestamp_ns)
+        status = apply_record(w, &w.entries[i], header.seq, timestamp_ns)
+        if status != AMDB_STATUS_OK:
+            return status               # a batch's failed condition: ABORT undoes the part applied
     fold_ledger(w, header.seq)
     return AMDB_STATUS_OK
 
