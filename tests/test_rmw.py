@@ -5,10 +5,12 @@ a worker dies under them."""
 import os
 import signal
 import threading
+import time
 
 import pytest
 
 import amdb
+from amdb import supervisor
 from amdb_testutil import children_of, is_alive, shm_entries, wait_until
 from test_respawn import keys_of, open_with_fault, pids
 
@@ -165,6 +167,51 @@ def test_threads_lose_no_increment(db):
     for key in keys:
         got = sorted(value for results in seen for k, value in results if k == key)
         assert got == list(range(1, len(got) + 1))
+
+
+def test_threads_waiting_for_ring_room_keep_their_own_tickets(monkeypatch):
+    """Regression: the result ticket once went through a Writer field, and a
+    thread that let others run inside its send (to run the supervisor's
+    checks, or to wait for ring room) sent another thread's ticket, or none
+    ("left no result"). Checks due at every write, frequent thread switches
+    and a tiny ring make every thread do so."""
+    threads, per = 8, 2000
+    with amdb.ParallelDB(workers=2, ring_size=1 << 16) as db:
+        seen = [[] for _ in range(threads)]
+        errors = []
+        filler = b"f" * 4000
+
+        def work(t):
+            try:
+                for i in range(per):
+                    key = b"k%d" % ((i + t) % 8)
+                    if i % 3 == 0:
+                        db.increment(key, wait=False)
+                        db.put(b"other%d" % t, filler)
+                    else:
+                        seen[t].append((key, db.increment(key)))
+            except Exception as exc:       # reported below, with the thread's count
+                errors.append(exc)
+
+        workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        checks = supervisor.Supervisor.before_write
+
+        def checks_that_let_others_run(self):
+            time.sleep(0)                  # as any Python code may: other threads run here
+            return checks(self)
+
+        monkeypatch.setattr(supervisor.Supervisor, "before_write", checks_that_let_others_run)
+        monkeypatch.setattr(supervisor, "LIVENESS_INTERVAL", 2e-5)   # checks due every 20 us
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert not errors, errors[:3]
+        db.flush()
+        assert sum(int.from_bytes(db[b"k%d" % i], "big", signed=True) for i in range(8)) == threads * per
+        for key in (b"k%d" % i for i in range(8)):
+            got = [value for results in seen for k, value in results if k == key]
+            assert len(got) == len(set(got))          # no result handed out twice
 
 
 def test_threads_compare_and_set_loops_lose_nothing(db):

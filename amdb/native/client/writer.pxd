@@ -22,7 +22,6 @@ cdef class Writer:
     cdef readonly bint durable     # a write-ahead log: batches end with COMMIT records
     cdef object supervisor         # check_worker(worker), before_write(): amdb.supervisor.Supervisor
     cdef int forced_worker         # >= 0: records go there (routed batches), not by slot
-    cdef uint32_t record_ticket    # the ticket records filled now carry (a read-modify-write's), else 0
     cdef uint32_t *rmw_next_ticket # per worker: the last result ticket handed out
     cdef uint8_t *rmw_busy         # per worker, per result slot: 1 while a record in flight holds it
     cdef bint _in_batch            # a batch is being written (between _begin_batch and its end)
@@ -47,9 +46,10 @@ cdef class Writer:
     cdef int _refuse_reentrant(self, str what) except -1
     cdef object _write(self, str name, int source, object data)
     cdef bint _write_async(self, uint32_t op, const uint8_t *key, uint64_t key_len,
-                           const uint8_t *value, uint64_t value_len, str name) except -1
+                           const uint8_t *value, uint64_t value_len, str name, uint32_t ticket) except -1
     cdef int _send_solo(self, uint32_t op, const uint8_t *key, uint64_t key_len,
-                        const uint8_t *value, uint64_t value_len, str name, int *worker_out) except -1
+                        const uint8_t *value, uint64_t value_len, str name, int *worker_out,
+                        uint32_t ticket) except -1
     cdef bint _wait_room(self, int w, uint64_t key_len, uint64_t value_len) except -1
     cdef bint _wait_room_registered(self, int w, uint64_t key_len, uint64_t value_len) except -1
     cdef int _sync_async(self) except -1
@@ -77,7 +77,7 @@ cdef class Writer:
     cdef int _open_chunk(self, int worker) except -1
     cdef void _close_chunk(self, int worker) noexcept
     cdef int _append_record(self, uint32_t op, const uint8_t *key, uint64_t key_len,
-                            const uint8_t *value, uint64_t value_len) except -1
+                            const uint8_t *value, uint64_t value_len, uint32_t ticket) except -1
     cdef int _begin_batch(self) except -1
     cdef void _end_batch_seq(self) noexcept
     cdef int _wait_progress(self, int worker, uint64_t applied_target, uint64_t aborted_target) except -1

@@ -187,7 +187,6 @@ cdef class Writer:
         self.supervisor = supervisor
         self.audit = None
         self.forced_worker = -1
-        self.record_ticket = 0
         self._batch_reentered = None
         self._async_error = None
         self.async_enabled = False       # the supervisor turns async single writes on
@@ -260,7 +259,7 @@ cdef class Writer:
         try:
             bytes_view(value, &vp, &vl, &vview, &vheld, "value")
             try:
-                sent = self._write_async(AMDB_OP_PUT, kp, kl, vp, vl, "put")
+                sent = self._write_async(AMDB_OP_PUT, kp, kl, vp, vl, "put", 0)
             finally:
                 if vheld:
                     PyBuffer_Release(&vview)
@@ -280,7 +279,7 @@ cdef class Writer:
             self._check_writable()
         bytes_view(key, &kp, &kl, &kview, &kheld, "key")
         try:
-            sent = self._write_async(AMDB_OP_DELETE, kp, kl, NULL, 0, "delete")
+            sent = self._write_async(AMDB_OP_DELETE, kp, kl, NULL, 0, "delete", 0)
         finally:
             if kheld:
                 PyBuffer_Release(&kview)
@@ -314,7 +313,7 @@ cdef class Writer:
         k = as_key(key, "key")
         self._check_rmw_sizes(op, k, argument, name)
         if not self._write_async(op, <const uint8_t *>PyBytes_AS_STRING(k), len(k),
-                                 <const uint8_t *>PyBytes_AS_STRING(argument), len(argument), name):
+                                 <const uint8_t *>PyBytes_AS_STRING(argument), len(argument), name, 0):
             self._write(name, RMW, (op, k, argument, 0))
         return 0
 
@@ -357,14 +356,13 @@ cdef class Writer:
         w = self.att.dbc.slot_owner[h & SLOT_MASK]
         ticket = self._take_ticket(w)
         try:
-            self.record_ticket = ticket
-            try:
-                sent = self._write_async(op, <const uint8_t *>PyBytes_AS_STRING(k), len(k),
-                                         <const uint8_t *>PyBytes_AS_STRING(argument), len(argument), name)
-                # _send_solo published it last, without letting another thread in.
-                chunk = self.att.async_chunk[w]
-            finally:
-                self.record_ticket = 0
+            # The ticket travels as an argument, never in a field: the sends
+            # let other threads run (they wait for room, run the supervisor).
+            sent = self._write_async(op, <const uint8_t *>PyBytes_AS_STRING(k), len(k),
+                                     <const uint8_t *>PyBytes_AS_STRING(argument), len(argument), name, ticket)
+            # _send_solo published our chunk last and returned without letting
+            # another thread in: async_chunk[w] is ours.
+            chunk = self.att.async_chunk[w]
             if sent:
                 self.wait_async(w, chunk)
                 self._raise_async_error()
@@ -407,13 +405,8 @@ cdef class Writer:
 
     cdef int _pack_rmw(self, uint32_t op, bytes key, bytes argument, uint32_t ticket) except -1:
         """A batch of one read-modify-write record with its result ticket."""
-        self.record_ticket = ticket
-        try:
-            self._append_record(op, <const uint8_t *>PyBytes_AS_STRING(key), len(key),
-                                <const uint8_t *>PyBytes_AS_STRING(argument), len(argument))
-        finally:
-            self.record_ticket = 0
-        return 0
+        return self._append_record(op, <const uint8_t *>PyBytes_AS_STRING(key), len(key),
+                                   <const uint8_t *>PyBytes_AS_STRING(argument), len(argument), ticket)
 
     def set_ring_files(self, fds, uint64_t ring_offset, uint64_t committed):
         """The owner's descriptors of the partition segments, the ring's offset
@@ -441,7 +434,7 @@ cdef class Writer:
     # ---- async single writes (layout.h, "Async single writes") -----------------
 
     cdef bint _write_async(self, uint32_t op, const uint8_t *key, uint64_t key_len,
-                           const uint8_t *value, uint64_t value_len, str name) except -1:
+                           const uint8_t *value, uint64_t value_len, str name, uint32_t ticket) except -1:
         """Write one record as a SOLO chunk, without waiting for its worker:
         True once sent. When the supervisor's checks are due, they run first
         (under the write lock); when the worker's credit or ring is short
@@ -450,7 +443,7 @@ cdef class Writer:
         cdef int worker = -1
         cdef int outcome
         while True:
-            outcome = self._send_solo(op, key, key_len, value, value_len, name, &worker)
+            outcome = self._send_solo(op, key, key_len, value, value_len, name, &worker, ticket)
             if outcome == SOLO_SENT:
                 return True
             if outcome == SOLO_CHECKS_DUE:
@@ -464,7 +457,8 @@ cdef class Writer:
                 return False
 
     cdef int _send_solo(self, uint32_t op, const uint8_t *key, uint64_t key_len,
-                        const uint8_t *value, uint64_t value_len, str name, int *worker_out) except -1:
+                        const uint8_t *value, uint64_t value_len, str name, int *worker_out,
+                        uint32_t ticket) except -1:
         """Send a SOLO chunk of one record without waiting for its worker when
         every condition holds (SOLO_SENT), else say why nothing was sent.
         Never releases the GIL, so no other thread's call can come between its
@@ -516,7 +510,7 @@ cdef class Writer:
         header_pos = ring_reserve_nowait(r, sizeof(amdb_ring_chunk))
         pos = ring_reserve_nowait(r, nbytes)
         fill_record(<amdb_ring_record *>ring_at(r.ring, r.mask, pos), op, key, key_len, value, value_len, h, nbytes,
-                    self.record_ticket)
+                    ticket)
         header = <amdb_ring_chunk *>ring_at(r.ring, r.mask, header_pos)
         header.op = AMDB_OP_CHUNK
         header.flags = AMDB_CHUNK_FIRST_OF_BATCH | AMDB_CHUNK_SOLO
@@ -749,7 +743,7 @@ cdef class Writer:
     cdef int stream_record(self, uint32_t op, const uint8_t *key, uint64_t key_len,
                            const uint8_t *value, uint64_t value_len) except -1:
         """One record of the open stream (REQUIRES open_stream by this thread)."""
-        return self._append_record(op, key, key_len, value, value_len)
+        return self._append_record(op, key, key_len, value, value_len, 0)
 
     def close_stream(self, bint commit):
         """End the stream: make it visible whole (commit) or roll it back
@@ -855,7 +849,7 @@ cdef class Writer:
             try:
                 bytes_view(value, &vp, &vl, &vview, &vheld, "value")
                 try:
-                    self._append_record(AMDB_OP_PUT, kp, kl, vp, vl)
+                    self._append_record(AMDB_OP_PUT, kp, kl, vp, vl, 0)
                 finally:
                     if vheld:
                         PyBuffer_Release(&vview)
@@ -880,7 +874,7 @@ cdef class Writer:
         for key in keys:
             bytes_view(key, &kp, &kl, &kview, &kheld, "key")
             try:
-                self._append_record(AMDB_OP_DELETE, kp, kl, NULL, 0)
+                self._append_record(AMDB_OP_DELETE, kp, kl, NULL, 0, 0)
             finally:
                 if kheld:
                     PyBuffer_Release(&kview)
@@ -903,7 +897,7 @@ cdef class Writer:
             if strip_values:
                 while vl > 0 and vp[vl - 1] == 0:
                     vl -= 1
-            self._append_record(AMDB_OP_PUT, kp, kl, vp, vl)
+            self._append_record(AMDB_OP_PUT, kp, kl, vp, vl, 0)
         return 0
 
     cdef int _pack_packed(self, const uint8_t[::1] keys, const int64_t[::1] key_offsets,
@@ -914,7 +908,7 @@ cdef class Writer:
         cdef const uint8_t *vbase = &values[0] if values.shape[0] else <const uint8_t *>""
         for i in range(n):
             self._append_record(AMDB_OP_PUT, kbase + key_offsets[i], key_offsets[i + 1] - key_offsets[i],
-                                vbase + value_offsets[i], value_offsets[i + 1] - value_offsets[i])
+                                vbase + value_offsets[i], value_offsets[i + 1] - value_offsets[i], 0)
         return 0
 
     cdef int _pack_routed(self, ops) except -1:
@@ -924,10 +918,10 @@ cdef class Writer:
                 raise InvalidArgumentError(f"bad routed record for worker {worker}")
             self.forced_worker = worker
             if value is None:
-                self._append_record(AMDB_OP_DELETE, <const uint8_t *>PyBytes_AS_STRING(key), len(key), NULL, 0)
+                self._append_record(AMDB_OP_DELETE, <const uint8_t *>PyBytes_AS_STRING(key), len(key), NULL, 0, 0)
             else:
                 self._append_record(AMDB_OP_PUT, <const uint8_t *>PyBytes_AS_STRING(key), len(key),
-                                    <const uint8_t *>PyBytes_AS_STRING(value), len(value))
+                                    <const uint8_t *>PyBytes_AS_STRING(value), len(value), 0)
         self.forced_worker = -1
         return 0
 
@@ -988,8 +982,9 @@ cdef class Writer:
         r.chunk_open = False
 
     cdef int _append_record(self, uint32_t op, const uint8_t *key, uint64_t key_len,
-                            const uint8_t *value, uint64_t value_len) except -1:
-        """Append one put/delete record to its worker's open chunk."""
+                            const uint8_t *value, uint64_t value_len, uint32_t ticket) except -1:
+        """Append one record to its worker's open chunk (`ticket`: a
+        read-modify-write's result ticket, layout.h)."""
         cdef uint64_t h, nbytes, pos
         cdef int worker
         cdef RingProducer *r
@@ -1013,7 +1008,7 @@ cdef class Writer:
             self._open_chunk(worker)
         pos = self._reserve(worker, nbytes)
         fill_record(<amdb_ring_record *>ring_at(r.ring, r.mask, pos), op, key, key_len, value, value_len, h, nbytes,
-                    self.record_ticket)
+                    ticket)
         r.chunk_count += 1
         r.chunk_bytes += nbytes
         r.batch_records += 1
