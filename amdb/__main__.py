@@ -132,6 +132,14 @@ def info(args):
     except amdb.Error as exc:
         print(f"amdb info: {exc}", file=sys.stderr)
         return 2
+    if args.memory:
+        try:
+            # read_only, as verify: changes nothing on disk.
+            with amdb.ParallelDB(args.path, workers=report["workers"], read_only=True) as db:
+                report["memory"] = db.stats()["memory"]
+        except amdb.Error as exc:
+            print(f"amdb info: {exc}", file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
@@ -146,7 +154,27 @@ def info(args):
     for w in report["per_worker"]:
         print(f"  worker {w['worker']}: checkpoint {w['checkpoint_loaded'] or 'none'}, "
               f"{len(w['log_segments'])} log segment(s), {w['log_bytes']:,} log bytes")
+    if args.memory:
+        print(format_memory(report["memory"]))
     return 0
+
+
+def format_memory(memory):
+    """stats()["memory"] as a few lines (python -m amdb info --memory)."""
+    total = memory["total"]
+    keys = total["keys"] or 1
+    lines = [f"  memory once opened: {total['shm_bytes'] / 2**20:.1f} MiB in {memory['shm_dir']} "
+             f"({total['arena_used'] / 2**20:.1f} MiB arena used, {total['arena_committed'] / 2**20:.1f} MiB "
+             f"committed, {total['ring_committed'] / 2**20:.1f} MiB of rings) for {total['keys']:,} keys"]
+    parts = [(name, total[name]) for name in ("nodes", "versions", "hash_index", "alignment", "ledger",
+                                             "garbage", "header")]
+    lines.append("  arena bytes per key: " + ", ".join(f"{name} {size / keys:.1f}" for name, size in parts)
+                 + f" = {total['arena_used'] / keys:.1f} (keys {total['key_bytes'] / keys:.1f}, "
+                   f"values {total['value_bytes'] / keys:.1f})")
+    if memory["shm_size"]:
+        lines.append(f"  {memory['shm_dir']}: {memory['shm_free'] / 2**20:.1f} MiB free of "
+                     f"{memory['shm_size'] / 2**20:.1f} MiB")
+    return "\n".join(lines)
 
 
 def verify(args):
@@ -190,6 +218,8 @@ def main(argv=None):
     info_parser = sub.add_parser("info", help="describe a database directory (changes nothing)")
     info_parser.add_argument("path")
     info_parser.add_argument("--json", action="store_true", help="print the raw report as JSON")
+    info_parser.add_argument("--memory", action="store_true",
+                             help="also open it read-only and show its memory use, by structure")
     verify_parser = sub.add_parser("verify", help="open a database directory and verify every chain")
     verify_parser.add_argument("path")
     args = parser.parse_args(argv)

@@ -210,8 +210,13 @@ def shm_usage(directory="/dev/shm"):
         st = os.statvfs(directory)
     except OSError:
         return f"{directory} cannot be inspected"
+    try:
+        from amdb.supervisor import shm_held_bytes     # not at import: errors.py imports first
+        held = f"; AmDb databases of this process hold {shm_held_bytes() / 2**20:.1f} MiB of it"
+    except ImportError:
+        held = ""
     return (f"{directory} has {st.f_bavail * st.f_frsize / 2**20:.1f} MiB free of "
-            f"{st.f_blocks * st.f_frsize / 2**20:.1f} MiB")
+            f"{st.f_blocks * st.f_frsize / 2**20:.1f} MiB{held}")
 
 
 SHM_FULL_HINT = ("free space in /dev/shm (df -h /dev/shm), or give it more: docker run --shm-size=1g, "

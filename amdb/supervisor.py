@@ -75,6 +75,17 @@ def _reap(owner_pid, controls, procs, timeout, fds):
 _open_supervisors = weakref.WeakSet()
 
 
+def shm_held_bytes():
+    """/dev/shm the open databases of this process hold (shm_full messages)."""
+    total = 0
+    for sup in list(_open_supervisors):
+        try:
+            total += sup.shm_bytes()
+        except (OSError, ValueError, AttributeError):
+            pass
+    return total
+
+
 @atexit.register
 def _close_all_at_exit():
     for supervisor in list(_open_supervisors):
@@ -532,7 +543,39 @@ class Supervisor:
 
     def shm_bytes(self):
         """Memory the partition segments hold now (their allocated blocks)."""
-        return sum(os.fstat(fd).st_blocks * 512 for fd in self.segment_fds[:self.o.workers])
+        return sum(self.segment_shm_bytes())
+
+    def segment_shm_bytes(self):
+        """Per worker: what its segment (control block, ring, arena regions)
+        holds in /dev/shm now."""
+        return [os.fstat(fd).st_blocks * 512 for fd in self.segment_fds[:self.o.workers]]
+
+    def memory(self):
+        """stats()["memory"]: per worker and in total, the /dev/shm each
+        segment holds, the arena's used and committed bytes and where the used
+        ones go (inspect.memory_census), the ring's committed bytes, and how
+        full /dev/shm is."""
+        rings = self.writer.ring_committed()
+        held = self.segment_shm_bytes()
+        workers = []
+        for index in range(self.o.workers):
+            counters = inspect.stats_of(self.att, index)
+            entry = {"worker": index, "shm_bytes": held[index], "ring_committed": rings[index],
+                     "arena_used": counters["arena_used"], "arena_committed": counters["arena_committed"],
+                     "keys": counters["keys"]}
+            entry.update(inspect.memory_census(self.att, index))
+            workers.append(entry)
+        total = {name: sum(w[name] for w in workers) for name in workers[0] if name not in ("worker", "walked")}
+        keys = total["keys"]
+        total["arena_bytes_per_key"] = total["arena_used"] / keys if keys else None
+        total["shm_bytes_per_key"] = total["shm_bytes"] / keys if keys else None
+        try:
+            st = os.statvfs(segment.SHM_DIR)
+            shm_size, shm_free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+        except OSError:
+            shm_size = shm_free = None
+        return {"workers": workers, "total": total, "shm_dir": segment.SHM_DIR, "shm_size": shm_size,
+                "shm_free": shm_free, "db_control_bytes": control.DB_CONTROL_BYTES}
 
     def _punch(self, worker, region):
         """Give the memory of `region` of `worker` back (layout.h, "Arena regions").
@@ -786,6 +829,7 @@ class Supervisor:
                 "log_errors": sum(w["log_errors"] for w in per_worker),
                 "log_broken": any(w["log_broken"] for w in per_worker)},
             "worker_restarts": sum(self.restarts),
+            "memory": self.memory(),
             "compaction": dict(self.compaction, keep_versions=self.o.keep_versions,
                                compact_min_versions=self.o.compact_min_versions,
                                reclaim_pending=bool(self.pending_reclaim),

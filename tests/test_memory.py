@@ -1,11 +1,16 @@
 """Memory that stays small: a database opens in a container's default 64 MiB
-/dev/shm and holds data until the data itself fills it (issue 16)."""
+/dev/shm and holds data until the data itself fills it; stats()["memory"]
+says where every byte goes (issue 16)."""
+import os
+
 import pytest
 
+import amdb
+from amdb.__main__ import main as amdb_main
 from amdb_testutil import private_shm_available, run_with_private_shm
 
-pytestmark = pytest.mark.skipif(not private_shm_available(),
-                                reason="needs root and unshare to mount a private /dev/shm")
+needs_private_shm = pytest.mark.skipif(not private_shm_available(),
+                                       reason="needs root and unshare to mount a private /dev/shm")
 
 DOCKER_SHM = r"""
 import os, sys
@@ -28,6 +33,7 @@ try:
 except amdb.ArenaFullError as exc:
     assert exc.code == "shm_full", exc
     assert "/dev/shm has" in str(exc) and "--shm-size" in str(exc), str(exc)
+    assert "AmDb databases of this process hold" in str(exc), str(exc)
 db.flush()
 assert None not in db.batch_get(written), "an acknowledged write is missing"
 assert db.verify().ok
@@ -36,6 +42,7 @@ print(opened_used, rounds)
 """
 
 
+@needs_private_shm
 @pytest.mark.parametrize("workers", [2, 8])
 def test_a_database_opens_in_64_mib_of_dev_shm_and_fills_it_with_data(workers):
     # ArenaFullError at open: each worker's ring (32 MiB by default) was
@@ -49,3 +56,40 @@ def test_a_database_opens_in_64_mib_of_dev_shm_and_fills_it_with_data(workers):
     # Data fills it: at least 40 of the 64 MiB hold values (2,000 x 1,000 B a
     # round); rings sized by need, not 32 MiB each.
     assert rounds >= 20, f"only {rounds * 2} MB of values fit in 64 MiB"
+
+
+def test_memory_stats_account_for_every_arena_byte():
+    with amdb.ParallelDB(workers=2) as db:
+        db.batch_put([(b"%016d" % i, b"v" * 100) for i in range(20000)])
+        for i in range(0, 20000, 4):
+            db.put(b"%016d" % i, b"w" * 100)             # a second version for a quarter of them
+        db.batch_delete([b"%016d" % i for i in range(0, 100)])
+        memory = db.stats()["memory"]
+        for worker in memory["workers"]:
+            parts = sum(worker[name] for name in ("header", "nodes", "versions", "hash_index", "alignment",
+                                                  "ledger", "garbage"))
+            assert parts == worker["walked"] == worker["arena_used"], worker
+            assert worker["arena_used"] <= worker["arena_committed"] <= worker["shm_bytes"]
+            assert 0 < worker["ring_committed"] <= db.ring_size
+        total = memory["total"]
+        assert total["keys"] == len(db) == 19900
+        assert total["node_count"] == 20000 + db.workers          # and each skip list's head
+        assert total["version_count"] == 20000 + 5000 + 100       # puts, overwrites, tombstones
+        assert total["key_bytes"] == 16 * 20000
+        assert total["value_bytes"] == 100 * 25000
+        assert total["arena_bytes_per_key"] == total["arena_used"] / 19900
+        assert 0 < memory["shm_free"] <= memory["shm_size"]
+        db.compact(keep_versions=1)
+        after = db.stats()["memory"]["total"]
+        assert after["version_count"] == 20000 and after["versions"] < total["versions"]   # tombstones stay
+
+
+def test_info_memory_opens_read_only_and_changes_nothing(tmp_path, capsys):
+    path = tmp_path / "db"
+    with amdb.ParallelDB(path, workers=2) as db:
+        db.batch_put([(b"k%05d" % i, b"v" * 100) for i in range(1000)])
+    before = sorted(os.listdir(path))
+    assert amdb_main(["info", str(path), "--memory"]) == 0
+    out = capsys.readouterr().out
+    assert "for 1,000 keys" in out and "arena bytes per key: nodes" in out, out
+    assert sorted(os.listdir(path)) == before

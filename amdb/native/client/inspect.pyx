@@ -190,6 +190,59 @@ def stats_of(Attachment att, int worker):
     }
 
 
+def memory_census(Attachment att, int worker):
+    """Where partition `worker`'s arena bytes go: a walk of its blocks (a
+    registered reader; the blocks below arena_used are whole, layout.h).
+    While writes run, a census of a moment, not of one batch."""
+    cdef uint64_t counts[8]
+    cdef uint64_t sizes[8]
+    cdef uint64_t key_bytes = 0, value_bytes = 0, off, used, words, table_bytes = 0, table_off
+    cdef uint32_t kind
+    cdef amdb_block *block
+    cdef PartitionView view
+    cdef int slot
+    memset(counts, 0, sizeof(counts))
+    memset(sizes, 0, sizeof(sizes))
+    att.check_open()
+    slot = att.enter_read()
+    try:
+        view = att.parts[worker]
+        used = amdb_load_acquire(&view.ctrl.arena_used)
+        if used > view.ctrl.arena_capacity:
+            used = view.ctrl.arena_capacity
+        with nogil:
+            off = AMDB_ARENA_FIRST_BLOCK
+            while off + sizeof(amdb_block) <= used:
+                block = <amdb_block *>(view.arena + off)
+                words = block.words
+                if words == 0 or off + words * 8 > used:
+                    break                   # a generation switched under us: stop where it is whole
+                kind = block.kind if block.kind < 8 else 0
+                counts[kind] += 1
+                sizes[kind] += words * 8
+                if kind == AMDB_BLOCK_NODE:
+                    key_bytes += node_at(view.arena, off).key_len
+                elif kind == AMDB_BLOCK_VERSION:
+                    value_bytes += version_at(view.arena, off).value_len
+                off += words * 8
+            table_off = arena_hash_table(view.arena)
+            if AMDB_ARENA_FIRST_BLOCK <= table_off < used:
+                table_bytes = (<amdb_block *>(view.arena + table_off)).words * 8
+    finally:
+        att.leave_read(slot)
+    return {
+        "header": AMDB_ARENA_FIRST_BLOCK,
+        "nodes": sizes[AMDB_BLOCK_NODE], "node_count": counts[AMDB_BLOCK_NODE],
+        "versions": sizes[AMDB_BLOCK_VERSION], "version_count": counts[AMDB_BLOCK_VERSION],
+        "hash_index": sizes[AMDB_BLOCK_HASH_TABLE], "hash_index_current": table_bytes,
+        "alignment": sizes[AMDB_BLOCK_PAD],
+        "ledger": sizes[AMDB_BLOCK_LEDGER] + sizes[AMDB_BLOCK_LEDGER_BASE],
+        "garbage": sizes[AMDB_BLOCK_GARBAGE],
+        "key_bytes": key_bytes, "value_bytes": value_bytes,
+        "walked": off,
+    }
+
+
 def log_state(Attachment att, uint64_t checkpoint_bytes):
     """(a checkpoint is due, first worker whose log is broken or -1): cheap
     enough to ask before every write. Due once some worker's log since its

@@ -421,6 +421,10 @@ cdef class Writer:
             ring_set_committed(&self.producers[i], committed if self.producers[i].head == 0
                                else self.producers[i].capacity)
 
+    def ring_committed(self):
+        """Bytes of each ring backed in /dev/shm so far (committed by need)."""
+        return [self.producers[i].committed for i in range(self.att.nworkers)]
+
     def flush(self):
         """Wait until every write of this process so far is applied (and
         visible to every read), raising the error of an async write that
