@@ -48,7 +48,7 @@ class ParallelDB(MappingViews, MutableMapping[bytes, bytes]):
                  max_value_size: int | None = None, start_timeout: float = 30.0, audit: StrPath | None = None,
                  audit_max_bytes: int = 67108864, sync: _SyncMode = "none", sync_interval_ms: int = 100,
                  log_segment_bytes: int = 67108864, checkpoint_bytes: int | None = 536870912, read_only: bool = False,
-                 keep_versions: int | None = None, compact_min_versions: int = 100_000,
+                 keep_versions: int | None = 1, compact_min_versions: int = 10_000,
                  hang_timeout: float | None = 60.0, poison_after: int = 3) -> None: ...
 
     # ---- lifecycle

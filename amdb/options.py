@@ -22,14 +22,16 @@ DEFAULT_HANG_TIMEOUT = 60.0         # seconds without progress, work pending, be
 DEFAULT_POISON_AFTER = 3            # crashes on the same data before that data is refused
 DEFAULT_LOG_SEGMENT_BYTES = 64 << 20
 DEFAULT_CHECKPOINT_BYTES = 512 << 20  # log bytes (any worker) past which a checkpoint is written
-DEFAULT_COMPACT_MIN_VERSIONS = 100_000  # reclaimable versions below which no automatic compaction runs
+DEFAULT_COMPACT_MIN_VERSIONS = 10_000  # reclaimable versions below which no automatic compaction runs
+DEFAULT_KEEP_VERSIONS = 1             # bounded history by default: see docs/API.md, "Retention"
 
 # Every keyword of ParallelDB with its default (the signature repeats them for help()).
 DEFAULTS = dict(workers=None, max_batch=100_000, ring_size=DEFAULT_RING_SIZE, arena_size=DEFAULT_ARENA_SIZE,
                 max_key_size=None, max_value_size=None, start_timeout=30.0, audit=None,
                 audit_max_bytes=64 << 20, sync="none", sync_interval_ms=100,
                 log_segment_bytes=DEFAULT_LOG_SEGMENT_BYTES, checkpoint_bytes=DEFAULT_CHECKPOINT_BYTES,
-                read_only=False, keep_versions=None, compact_min_versions=DEFAULT_COMPACT_MIN_VERSIONS,
+                read_only=False, keep_versions=DEFAULT_KEEP_VERSIONS,
+                compact_min_versions=DEFAULT_COMPACT_MIN_VERSIONS,
                 hang_timeout=DEFAULT_HANG_TIMEOUT, poison_after=DEFAULT_POISON_AFTER)
 
 

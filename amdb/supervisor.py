@@ -525,12 +525,17 @@ class Supervisor:
     def _check_compact(self):
         """Compact automatically (keep_versions=n) once at least
         compact_min_versions versions, and at least a quarter of all stored,
-        lie certainly beyond the newest n of their key: versions - n * keys.
+        lie certainly beyond the newest n of their key: versions - n * keys,
+        and no background checkpoint is being written.
         REQUIRES the write lock. A failed automatic compaction does not fail
         the write that triggered it; it is counted, and retried later."""
         versions, nodes = self.att.version_counts()
         excess = versions - self.o.keep_versions * nodes
         if excess < self.o.compact_min_versions or 4 * excess < versions or versions < self.compact_retry_at:
+            return
+        if inspect.checkpoint_running(self.att):
+            # A compaction waits for the checkpoint that copies the region it
+            # retires: never make a write wait for that; the next write retries.
             return
         try:
             self.compact_locked(self.o.keep_versions, "automatic")

@@ -210,7 +210,7 @@ def test_repeated_compactions_switch_regions_both_ways(make_db):
 
 
 def test_compact_without_retention_keeps_every_version_and_drops_garbage(make_db):
-    db = make_db(workers=1, max_batch=200, ring_size=1 << 20)
+    db = make_db(workers=1, max_batch=200, ring_size=1 << 20, keep_versions=None)
     db.batch_put([(b"g%05d" % i, b"x" * 40) for i in range(3000)])
     db.batch_put([(b"g%05d" % i, b"y") for i in range(0, 3000, 2)])
 
@@ -388,7 +388,7 @@ def _segment_bytes(db):
 
 
 def test_compaction_gives_the_memory_back(make_db):
-    db = make_db(workers=1, arena_size=1 << 30)
+    db = make_db(workers=1, arena_size=1 << 30, keep_versions=None)     # versions pile up
     value = b"v" * 1000
     keys = [b"big%04d" % i for i in range(2000)]
     for round_ in range(40):                         # 80,000 versions of 1 KB: ~ 90 MB of arena
@@ -571,7 +571,7 @@ def test_a_reader_in_the_old_generation_keeps_its_memory(make_db):
     # A registered reader that took its base before the switch may still be
     # inside the old region: the compaction waits a bounded time, then leaves
     # the old region's memory for later instead of punching it out.
-    db = make_db(workers=1, arena_size=256 << 20)
+    db = make_db(workers=1, arena_size=256 << 20, keep_versions=None)
     keys = [b"h%04d" % i for i in range(3000)]
     for round_ in range(8):
         db.batch_put([(k, b"x" * 200 + b"%d" % round_) for k in keys])

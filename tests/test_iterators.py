@@ -111,7 +111,7 @@ def test_reverse_iteration_reads_everything_once(make_db):
 
 
 def test_an_open_iterator_reads_its_snapshot_through_writes_and_compactions(make_db):
-    db = make_db(workers=2)
+    db = make_db(workers=2, keep_versions=None)
     keys = [b"c%05d" % i for i in range(3000)]
     db.batch_put([(k, b"old") for k in keys])
     forward = db.iterator()

@@ -190,6 +190,18 @@ def stats_of(Attachment att, int worker):
     }
 
 
+def checkpoint_running(Attachment att):
+    """Some worker is writing a background checkpoint now (cheap: before writes)."""
+    cdef int i
+    cdef amdb_control *c
+    att.check_open()
+    for i in range(att.nworkers):
+        c = att.parts[i].ctrl
+        if amdb_load_relaxed(&c.checkpoint_started) > amdb_load_acquire(&c.checkpoint_done):
+            return True
+    return False
+
+
 def memory_census(Attachment att, int worker):
     """Where partition `worker`'s arena bytes go: a walk of its blocks (a
     registered reader; the blocks below arena_used are whole, layout.h).
