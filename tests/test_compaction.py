@@ -742,3 +742,45 @@ def test_a_layout_1_checkpoint_still_opens(make_db, tmp_path):
     assert [g for _, g in db._regions()] == [1, 1]
     db.compact(keep_versions=1)
     assert list(db.scan()) == items and db.verify().ok
+
+
+def test_default_retention_model(make_db):
+    """The default (keep_versions=1, compacted automatically): history reads
+    give exactly the versions written since the last compaction, plus each
+    key's newest from before it; older ones raise VersionReclaimedError."""
+    db = make_db(workers=2)
+    assert db.stats()["options"]["keep_versions"] == 1
+    rng = random.Random(5)
+    keys = [b"r%03d" % i for i in range(300)]
+    model = {k: [] for k in keys}              # values of the versions kept, oldest first
+    first_kept = {k: 1 for k in keys}          # version number of the oldest kept
+    compactions = 0
+    for step in range(60000):
+        key = keys[min(int(rng.expovariate(1 / 40)), len(keys) - 1)]
+        value = b"%d" % step
+        db.put(key, value)
+        model[key].append(value)
+        if step % 500 == 499:
+            done = db.stats()["compaction"]["compactions"]
+            if done > compactions:             # it compacted at some write since the last look
+                compactions = done
+                # Only the versions written after that compaction are extra.
+                history = {k: db.history(k, oldest_first=True) for k in keys}
+                for k in keys:
+                    kept = history[k]
+                    if kept:
+                        assert [v.value for v in kept] == model[k][-len(kept):]
+                        first_kept[k] += len(model[k]) - len(kept)
+                        model[k] = model[k][-len(kept):]
+    assert compactions >= 1, "60,000 updates of 300 keys compact by themselves"
+    for k in keys:
+        history = db.history(k, oldest_first=True)
+        assert [v.value for v in history] == model[k]
+        if history and first_kept[k] > 1:
+            assert history[0].version == first_kept[k]
+            with pytest.raises(amdb.VersionReclaimedError):
+                db.get(k, version=first_kept[k] - 1)
+    stats = db.stats()
+    assert sum(w["versions"] for w in stats["workers"]) == 60000 - stats["compaction"]["versions_reclaimed"]
+    assert stats["compaction"]["versions_reclaimed"] >= 10_000
+    assert db.verify().ok
