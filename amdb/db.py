@@ -60,14 +60,15 @@ class ParallelDB(MappingViews, abc.MutableMapping):
                  sync_interval_ms=DEFAULTS["sync_interval_ms"], log_segment_bytes=DEFAULTS["log_segment_bytes"],
                  checkpoint_bytes=DEFAULTS["checkpoint_bytes"], read_only=DEFAULTS["read_only"],
                  keep_versions=DEFAULTS["keep_versions"], compact_min_versions=DEFAULTS["compact_min_versions"],
-                 hang_timeout=DEFAULTS["hang_timeout"], poison_after=DEFAULTS["poison_after"]):
+                 hang_timeout=DEFAULTS["hang_timeout"], poison_after=DEFAULTS["poison_after"],
+                 shm_dir=DEFAULTS["shm_dir"]):
         self._options = options = parse_options(
             path, workers=workers, max_batch=max_batch, ring_size=ring_size, arena_size=arena_size,
             max_key_size=max_key_size, max_value_size=max_value_size, start_timeout=start_timeout, audit=audit,
             audit_max_bytes=audit_max_bytes, sync=sync, sync_interval_ms=sync_interval_ms,
             log_segment_bytes=log_segment_bytes, checkpoint_bytes=checkpoint_bytes, read_only=read_only,
             keep_versions=keep_versions, compact_min_versions=compact_min_versions, hang_timeout=hang_timeout,
-            poison_after=poison_after)
+            poison_after=poison_after, shm_dir=shm_dir)
         # An RLock only so that a write can tell that its own thread holds it
         # (Writer.enter_exclusive): never entered twice.
         self._write_lock = threading.RLock()

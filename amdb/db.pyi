@@ -49,7 +49,8 @@ class ParallelDB(MappingViews, MutableMapping[bytes, bytes]):
                  audit_max_bytes: int = 67108864, sync: _SyncMode = "none", sync_interval_ms: int = 100,
                  log_segment_bytes: int = 67108864, checkpoint_bytes: int | None = 536870912, read_only: bool = False,
                  keep_versions: int | None = 1, compact_min_versions: int = 10_000,
-                 hang_timeout: float | None = 60.0, poison_after: int = 3) -> None: ...
+                 hang_timeout: float | None = 60.0, poison_after: int = 3,
+                 shm_dir: StrPath | None = None) -> None: ...
 
     # ---- lifecycle
     @property

@@ -32,7 +32,7 @@ DEFAULTS = dict(workers=None, max_batch=100_000, ring_size=DEFAULT_RING_SIZE, ar
                 log_segment_bytes=DEFAULT_LOG_SEGMENT_BYTES, checkpoint_bytes=DEFAULT_CHECKPOINT_BYTES,
                 read_only=False, keep_versions=DEFAULT_KEEP_VERSIONS,
                 compact_min_versions=DEFAULT_COMPACT_MIN_VERSIONS,
-                hang_timeout=DEFAULT_HANG_TIMEOUT, poison_after=DEFAULT_POISON_AFTER)
+                hang_timeout=DEFAULT_HANG_TIMEOUT, poison_after=DEFAULT_POISON_AFTER, shm_dir=None)
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class Options:
     log_segment_bytes: int
     checkpoint_bytes: Optional[int]
     read_only: bool
+    shm_dir: Optional[str]          # directory of the segments (a tmpfs), None: POSIX shm (/dev/shm)
     keep_versions: Optional[int]
     compact_min_versions: int
     hang_timeout: Optional[float]
@@ -74,6 +75,23 @@ def int_option(name, value, low, high):
         raise InvalidArgumentError(f"{name}={value} is out of range [{low}, {high}]",
                                    hint=f"pass an int between {low} and {high}")
     return value
+
+
+def shm_dir_option(value):
+    """None (POSIX shared memory, /dev/shm) or an existing, writable directory,
+    made absolute: where the segments are created (a tmpfs of its own, say)."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise InvalidTypeError(f"shm_dir= must be a directory path or None, not {type(value).__name__}",
+                               hint="pass e.g. shm_dir='/mnt/amdb-tmpfs'")
+    directory = os.path.abspath(os.fspath(value))
+    if not os.path.isdir(directory):
+        raise InvalidArgumentError(f"shm_dir={directory!r} is not a directory",
+                                   hint="create it first, e.g. mount -t tmpfs -o size=4g tmpfs DIR")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise InvalidArgumentError(f"shm_dir={directory!r} is not writable", hint="pick a directory you can write")
+    return directory
 
 
 def keep_versions_option(value, name="keep_versions"):
@@ -160,6 +178,7 @@ def parse_options(path=None, **kwargs):
     poison_after = int_option("poison_after", o["poison_after"], 1, 1000)
     keep_versions = keep_versions_option(o["keep_versions"])
     compact_min_versions = int_option("compact_min_versions", o["compact_min_versions"], 1, 1 << 62)
+    shm_dir = shm_dir_option(o["shm_dir"])
     audit = o["audit"]
     if audit is not None and not isinstance(audit, (str, os.PathLike)):
         raise InvalidTypeError(f"audit= must be a file path or None, not {type(audit).__name__}",
@@ -170,4 +189,4 @@ def parse_options(path=None, **kwargs):
                    audit_max_bytes=o["audit_max_bytes"], sync=sync, sync_interval_ms=sync_interval_ms,
                    log_segment_bytes=log_segment_bytes, checkpoint_bytes=checkpoint_bytes, read_only=read_only,
                    keep_versions=keep_versions, compact_min_versions=compact_min_versions,
-                   hang_timeout=hang_timeout, poison_after=poison_after)
+                   hang_timeout=hang_timeout, poison_after=poison_after, shm_dir=shm_dir)

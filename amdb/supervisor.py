@@ -210,13 +210,14 @@ class Supervisor:
 
     def _start(self, slot_owner, plan, owner):
         _check_fault_spec(self.o.workers)
-        segment.sweep_stale()
+        shm_dir = self.o.shm_dir
+        segment.sweep_stale(shm_dir)
         prefix = segment.new_prefix()
         names = []
         arenas = []
         try:
             db_name = prefix + "_db"
-            db_shm = segment.create(db_name, control.DB_CONTROL_BYTES, control.DB_CONTROL_BYTES)
+            db_shm = segment.create(db_name, control.DB_CONTROL_BYTES, control.DB_CONTROL_BYTES, shm_dir)
             names.append(db_name)
             db_mapping = Mapping(db_shm.fd, 0, control.DB_CONTROL_BYTES, True)
             db_shm.close_fd()
@@ -234,7 +235,7 @@ class Supervisor:
             segment_size = arena_offset + control.ARENA_REGIONS * self.o.arena_size
             for index in range(self.o.workers):
                 name = f"{prefix}_{index}"
-                shm = segment.create(name, segment_size, ring_offset + ring_backed)
+                shm = segment.create(name, segment_size, ring_offset + ring_backed, shm_dir)
                 names.append(name)
                 try:
                     mapping = Mapping(shm.fd, 0, arena_offset, True)
@@ -252,7 +253,10 @@ class Supervisor:
             self.segment_size = segment_size
             self.shared_lock_fd = self.lock_fd
             for index in range(self.o.workers):
-                argv = [sys.executable, "-m", "amdb._worker", names[index + 1], str(segment_size),
+                # A file segment (shm_dir) is handed over as a descriptor, as
+                # to a successor; a POSIX one by name.
+                attach = names[index + 1] if shm_dir is None else f"fd:{self.segment_fds[index]}:{index}"
+                argv = [sys.executable, "-m", "amdb._worker", attach, str(segment_size),
                         str(os.getpid())]
                 if plan is not None:
                     # repr/literal_eval rather than JSON: CPython's _json scanner trips
@@ -262,18 +266,19 @@ class Supervisor:
                         self.o.log_segment_bytes, self.o.read_only)))
                 # Workers inherit the directory lock: it is held until the
                 # last of them is gone, not only the owner (storage.lock_directory).
+                inherited = () if shm_dir is None else (self.segment_fds[index],)
                 self.procs.append(subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, close_fds=True, env=env,
-                    pass_fds=() if self.lock_fd is None else (self.lock_fd,)))
+                    pass_fds=inherited + (() if self.lock_fd is None else (self.lock_fd,))))
             self._wait_ready(self.o.start_timeout)
         except BaseException:
             _reap(self.owner_pid, self.controls, self.procs, 2.0, self.segment_fds)
             for name in names:
-                segment.unlink_quietly(name)
+                segment.unlink_quietly(name, shm_dir)
             raise
         # Every worker has its segment open: the names can go (see segment.py).
         for name in names:
-            segment.unlink_quietly(name)
+            segment.unlink_quietly(name, shm_dir)
         self.att.attach(db_mapping, list(self.controls), arenas)
         self.writer = Writer(self.att, self.o.max_batch, self.o.max_key_size, self.o.max_value_size,
                              self.write_lock, plan is not None, self)
@@ -575,11 +580,12 @@ class Supervisor:
         total["arena_bytes_per_key"] = total["arena_used"] / keys if keys else None
         total["shm_bytes_per_key"] = total["shm_bytes"] / keys if keys else None
         try:
-            st = os.statvfs(segment.SHM_DIR)
+            st = os.statvfs(self.o.shm_dir or segment.SHM_DIR)
             shm_size, shm_free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
         except OSError:
             shm_size = shm_free = None
-        return {"workers": workers, "total": total, "shm_dir": segment.SHM_DIR, "shm_size": shm_size,
+        return {"workers": workers, "total": total, "shm_dir": self.o.shm_dir or segment.SHM_DIR,
+                "shm_size": shm_size,
                 "shm_free": shm_free, "db_control_bytes": control.DB_CONTROL_BYTES}
 
     def _punch(self, worker, region):

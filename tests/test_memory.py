@@ -93,3 +93,34 @@ def test_info_memory_opens_read_only_and_changes_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "for 1,000 keys" in out and "arena bytes per key: nodes" in out, out
     assert sorted(os.listdir(path)) == before
+
+
+def test_segments_can_live_in_another_directory(tmp_path):
+    """shm_dir=: the segments are files there (a tmpfs of one's own; here a
+    plain directory, so that it is not /dev/shm's file system), handed to the
+    workers and their successors as descriptors; nothing stays behind."""
+    import signal
+    from amdb_testutil import is_alive, shm_entries, wait_until
+    directory = tmp_path / "segments"
+    directory.mkdir()
+    with amdb.ParallelDB(workers=2, shm_dir=directory) as db:
+        db.batch_put([(b"k%05d" % i, b"v" * 100) for i in range(5000)])
+        assert not shm_entries(os.getpid())                 # nothing in /dev/shm
+        for fd in db._supervisor.segment_fds[:2]:
+            assert os.fstat(fd).st_dev == os.stat(directory).st_dev
+        assert db.stats()["memory"]["shm_dir"] == str(directory)
+        victim = db.stats()["workers"][1]["pid"]
+        os.kill(victim, signal.SIGKILL)                    # a successor attaches by descriptor too
+        assert wait_until(lambda: not is_alive(victim), 20)
+        db.batch_put([(b"after", b"1")])                   # replaces the dead worker first
+        assert db.stats()["workers"][1]["pid"] != victim and db.stats()["worker_restarts"] == 1
+        assert db.batch_get([b"k00000", b"k04999", b"after"]) == [b"v" * 100, b"v" * 100, b"1"]
+        assert db.verify().ok
+        assert os.listdir(directory) == []                 # unlinked once the workers attached
+    assert os.listdir(directory) == []
+
+
+@pytest.mark.parametrize("value, error", [(42, amdb.InvalidTypeError), ("/no/such/dir", amdb.InvalidArgumentError)])
+def test_shm_dir_is_checked(value, error):
+    with pytest.raises(error):
+        amdb.ParallelDB(workers=1, shm_dir=value)

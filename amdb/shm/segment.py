@@ -1,4 +1,7 @@
-"""Named shared-memory segments (posix_ipc): creation, naming, clean-up.
+"""Named shared-memory segments: creation, naming, clean-up. POSIX shared
+memory (posix_ipc, /dev/shm) by default; with shm_dir=, plain files in that
+directory (a tmpfs of the caller's choosing), handed to the workers as
+inherited descriptors.
 
 Names are ``/amdb_<owner pid>_<random>_<part>``, created with mode 0600 and
 O_EXCL. The owner unlinks every name as soon as all workers have attached:
@@ -24,27 +27,62 @@ def new_prefix():
     return f"/amdb_{os.getpid()}_{secrets.token_hex(6)}"
 
 
-def create(name, size, commit_bytes):
+class FileSegment:
+    """A segment that is a file in shm_dir (what posix_ipc.SharedMemory is
+    for /dev/shm: an open descriptor the caller closes)."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def close_fd(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _file_path(directory, name):
+    return os.path.join(directory, name.lstrip("/"))
+
+
+def create(name, size, commit_bytes, directory=None):
     """Create segment `name` of `size` bytes (sparse) and commit its first
-    `commit_bytes` with posix_fallocate, so touching them can never SIGBUS."""
+    `commit_bytes` with posix_fallocate, so touching them can never SIGBUS.
+    `directory`: a file there instead of POSIX shared memory."""
+    where = directory or SHM_DIR
     try:
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
+        if directory is None:
+            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
+        else:
+            fd = os.open(_file_path(directory, name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            shm = FileSegment(fd)
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                shm.close_fd()
+                unlink_quietly(name, directory)
+                raise
     except (posix_ipc.Error, OSError, ValueError) as exc:
-        raise Error(f"cannot create shared segment {name} of {size} bytes: {exc}",
-                    code="shm_create", hint="check /dev/shm is mounted and writable") from exc
+        raise Error(f"cannot create shared segment {name} of {size} bytes in {where}: {exc}",
+                    code="shm_create", hint=f"check {where} is mounted and writable") from exc
     try:
         if commit_bytes:
             os.posix_fallocate(shm.fd, 0, commit_bytes)
     except OSError as exc:
         shm.close_fd()
-        unlink_quietly(name)
-        raise ArenaFullError(f"/dev/shm cannot hold {commit_bytes} bytes for {name}: {exc.strerror} "
-                             f"({shm_usage()})",
+        unlink_quietly(name, directory)
+        raise ArenaFullError(f"{where} cannot hold {commit_bytes} bytes for {name}: {exc.strerror} "
+                             f"({shm_usage(where)})",
                              code="shm_full", hint=SHM_FULL_HINT) from exc
     return shm
 
 
-def unlink_quietly(name):
+def unlink_quietly(name, directory=None):
+    if directory is not None:
+        try:
+            os.unlink(_file_path(directory, name))
+        except FileNotFoundError:
+            pass
+        return
     try:
         posix_ipc.unlink_shared_memory(name)
     except posix_ipc.ExistentialError:
@@ -69,16 +107,17 @@ def pid_alive(pid):
     return state not in (b"Z", b"X", b"x")
 
 
-def sweep_stale():
-    """Unlink AmDb segments left by owners that no longer exist. Returns their names."""
+def sweep_stale(directory=None):
+    """Unlink AmDb segments left by owners that no longer exist (in /dev/shm,
+    or in `directory`). Returns their names."""
     removed = []
     try:
-        entries = os.listdir(SHM_DIR)
+        entries = os.listdir(directory or SHM_DIR)
     except OSError:
         return removed
     for entry in entries:
         match = _OWNED_NAME.match(entry)
         if match and not pid_alive(int(match.group(1))):
-            unlink_quietly("/" + entry)
+            unlink_quietly("/" + entry, directory)
             removed.append(entry)
     return removed
