@@ -59,11 +59,35 @@ class Snapshot(MappingViews, abc.Mapping):
     A read-only Mapping: ``snap[k]``, ``in``, views; ``len(snap)`` counts
     its keys (a walk of the whole snapshot)."""
 
-    __slots__ = ("_db", "seq")
+    __slots__ = ("_db", "seq", "_unpin")
 
-    def __init__(self, db, seq):
+    def __init__(self, db, seq, pin=None):
         self._db = db
         self.seq = seq
+        # (pin, unpin) of the database's attachment: compaction keeps what
+        # reads as of this seq need while the snapshot lives (close() or GC).
+        self._unpin = None
+        if pin is not None:
+            pin[0](seq)
+            self._unpin = pin[1]
+
+    def close(self):
+        """Let compaction reclaim what only this snapshot still needed
+        (idempotent; garbage collection does it too). Reads go on working
+        until a compaction reclaims a version they need: then they raise
+        VersionReclaimedError."""
+        unpin, self._unpin = self._unpin, None
+        if unpin is not None:
+            unpin(self.seq)
+
+    def __del__(self):
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
 
     def __getitem__(self, key):
         value = self._db.get(key, _MISSING, at_seq=self.seq)

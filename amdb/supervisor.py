@@ -543,7 +543,11 @@ class Supervisor:
             # retires: never make a write wait for that; the next write retries.
             return
         try:
-            self.compact_locked(self.o.keep_versions, "automatic")
+            summary = self.compact_locked(self.o.keep_versions, "automatic")
+            # What an open snapshot or iterator still reads was kept: wait for
+            # another quarter of growth rather than compact again at every write.
+            after = summary["versions_after"]
+            self.compact_retry_at = after + max(self.o.compact_min_versions, after // 4)
         except (WorkerCrashedError, ClosedError, KeyboardInterrupt):
             raise
         except Error as exc:
@@ -639,7 +643,7 @@ class Supervisor:
             epoch_before = self.att.read_epoch
             failed = []
             try:
-                seq, failed = self.writer.compact_workers(keep or 0)
+                seq, failed = self.writer.compact_workers(keep or 0, self.att.compact_horizon())
             finally:
                 regions = [region for region, _ in self.att.regions()]
                 retired = [(w, regions_before[w]) for w in range(self.o.workers) if regions[w] != regions_before[w]]

@@ -14,7 +14,7 @@ ctypedef struct CompactResult:
     uint64_t bytes_after
     uint64_t ns                  # time it took
 
-cdef int compact_prepare(PartitionView *p, uint64_t keep, uint64_t seq, SkipFinger *finger,
+cdef int compact_prepare(PartitionView *p, uint64_t keep, uint64_t seq, uint64_t horizon, SkipFinger *finger,
                          CompactResult *res) noexcept nogil
 cdef void compact_adopt(PartitionView *p, char *arena_base, SkipFinger *finger,
                         const CompactResult *res, uint64_t seq) noexcept nogil

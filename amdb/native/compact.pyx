@@ -84,7 +84,7 @@ cdef void compact_recover(amdb_control *c) noexcept nogil:
         amdb_store_release(&c.compact_state, AMDB_COMPACT_IDLE)
 
 
-cdef int _build(PartitionView *src, PartitionView *dst, uint64_t keep, uint64_t seq,
+cdef int _build(PartitionView *src, PartitionView *dst, uint64_t keep, uint64_t seq, uint64_t horizon,
                 SkipFinger *finger, CompactResult *res) noexcept nogil:
     """Write the next generation of `src` into the empty region of `dst`
     (whose control block is private). Returns an AMDB_STATUS_*; on failure
@@ -94,7 +94,7 @@ cdef int _build(PartitionView *src, PartitionView *dst, uint64_t keep, uint64_t 
     cdef uint64_t capacity = AMDB_HASH_INITIAL_CAPACITY
     cdef uint32_t log2_capacity = AMDB_HASH_INITIAL_LOG2
     cdef uint64_t nodes = amdb_load_relaxed(&c.node_count)
-    cdef uint64_t off, ahead, latest, v_off, need, count, i, node_bytes
+    cdef uint64_t off, ahead, latest, v_off, need, count, i, node_bytes, last_seq
     cdef uint64_t new_node, new_version, new_prev, base_off
     cdef uint64_t kept_capacity = KEPT_INITIAL
     cdef uint64_t *kept = <uint64_t *>malloc(kept_capacity * sizeof(uint64_t))
@@ -135,11 +135,13 @@ cdef int _build(PartitionView *src, PartitionView *dst, uint64_t keep, uint64_t 
         if latest == 0:
             off = ahead          # a node whose only versions were rolled back: left behind
             continue
-        # The newest `keep` versions, newest first.
+        # The newest `keep` versions, newest first, and as many more as a read
+        # as of `horizon` needs: down to the newest version with seq <= horizon.
         count = 0
+        last_seq = 0
         need = amdb_node_bytes_padded(n.height, n.key_len) + hashindex_growth_bytes(dst, 1)
         v_off = latest
-        while v_off != 0 and (keep == 0 or count < keep):
+        while v_off != 0 and (keep == 0 or count < keep or last_seq > horizon):
             if count == kept_capacity:
                 grown = <uint64_t *>realloc(kept, 2 * kept_capacity * sizeof(uint64_t))
                 if grown == NULL:
@@ -150,6 +152,7 @@ cdef int _build(PartitionView *src, PartitionView *dst, uint64_t keep, uint64_t 
             kept[count] = v_off
             count += 1
             v = version_at(src.arena, v_off)
+            last_seq = v.seq
             need += amdb_version_bytes(v.value_len)
             v_off = v.prev
         while v_off != 0:          # count what is left behind (statistics)
@@ -210,10 +213,11 @@ cdef int _build(PartitionView *src, PartitionView *dst, uint64_t keep, uint64_t 
     return AMDB_STATUS_OK
 
 
-cdef int compact_prepare(PartitionView *p, uint64_t keep, uint64_t seq, SkipFinger *finger,
+cdef int compact_prepare(PartitionView *p, uint64_t keep, uint64_t seq, uint64_t horizon, SkipFinger *finger,
                          CompactResult *res) noexcept nogil:
     """Write the next generation of partition `p` into its other region,
-    keeping the newest `keep` versions of every key (0: all), then the switch
+    keeping the newest `keep` versions of every key (0: all), and every
+    version a read as of `horizon` (<= seq) needs, then the switch
     record, then compact_state = SWITCHING (invariants 2-3). Nothing the
     current generation's readers or writer use changes: the switch itself is
     compact_recover, then compact_adopt. On any status but AMDB_STATUS_OK,
@@ -243,7 +247,7 @@ cdef int compact_prepare(PartitionView *p, uint64_t keep, uint64_t seq, SkipFing
     dst.region_offset = c.arena_offset + target * c.arena_capacity
     res.bytes_before = c.arena_used
     amdb_store_release(&c.compact_state, AMDB_COMPACT_BUILDING)
-    status = _build(p, &dst, keep, seq, finger, res)
+    status = _build(p, &dst, keep, seq, horizon, finger, res)
     if status != AMDB_STATUS_OK:
         free(scratch)
         amdb_store_release(&c.compact_state, AMDB_COMPACT_IDLE)

@@ -158,6 +158,9 @@ typedef struct amdb_control {
     uint32_t ring_data_event;      /* futex word: bumped after each publish */
     uint32_t consumer_sleeping;    /* worker: 1 while (about to be) asleep */
     uint64_t shutdown_requested;   /* owner: 1 = leave the loop once the ring is empty */
+    uint64_t compact_horizon;      /* owner, before it publishes a COMPACT record: the oldest seq a
+                                    * snapshot or iterator of its still reads as of; compaction keeps
+                                    * every version such a read needs (compact.pyx, _build) */
 
     /* Line 2 — ring consumer: written by the worker, read by the owner. */
     AMDB_LINE uint64_t ring_tail;  /* bytes ever released; release store */

@@ -93,6 +93,7 @@ cdef extern from "layout.h" nogil:
         uint32_t ring_data_event
         uint32_t consumer_sleeping
         uint64_t shutdown_requested
+        uint64_t compact_horizon
         uint64_t ring_tail
         uint32_t ring_space_event
         uint32_t producer_sleeping

@@ -49,6 +49,12 @@ cdef class Attachment:
     cdef uint64_t *pending_key_chunk
     # Per worker: where seeks start their descent (seek_index.pyx).
     cdef SeekIndex *seek_index
+    # Seqs that open snapshots and iterators of this process read as of, with
+    # their counts: compaction keeps what reads as of the oldest need.
+    cdef dict pins
+
+    cdef int pin(self, uint64_t seq) except -1
+    cdef int unpin(self, uint64_t seq) except -1
 
     cdef void _free_seek_indexes(self) noexcept
     cdef int check_open(self) except -1

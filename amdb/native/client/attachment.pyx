@@ -420,3 +420,39 @@ cdef class Attachment:
 
     def visible_seq(self):
         return amdb_load_acquire(&self.dbc.visible_seq) if self.dbc != NULL else 0
+
+    # ---- pins: what compaction must keep for this process's open reads ------------
+
+    cdef int pin(self, uint64_t seq) except -1:
+        """A snapshot or iterator reads as of `seq` from now until unpin."""
+        if self.pins is None:
+            self.pins = {}
+        self.pins[seq] = self.pins.get(seq, 0) + 1
+        return 0
+
+    cdef int unpin(self, uint64_t seq) except -1:
+        cdef object count
+        if self.pins is None:
+            return 0
+        count = self.pins.get(seq)
+        if count is None:
+            return 0
+        if count == 1:
+            del self.pins[seq]
+        else:
+            self.pins[seq] = count - 1
+        return 0
+
+    def pin_snapshot(self, uint64_t seq):
+        self.pin(seq)
+
+    def unpin_snapshot(self, uint64_t seq):
+        self.unpin(seq)
+
+    def compact_horizon(self):
+        """The oldest seq an open snapshot or iterator of this process reads
+        as of, else visible_seq: compaction keeps every version reads as of
+        it need (a forked child's are not counted: docs/API.md)."""
+        if self.pins:
+            return min(min(self.pins), self.visible_seq())
+        return self.visible_seq()

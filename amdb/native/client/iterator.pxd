@@ -24,6 +24,7 @@ cdef class Iterator:
     cdef bint reverse
     cdef int mode
     cdef readonly bint closed
+    cdef bint pinned               # counted in att.pins until closed or freed
     cdef uint64_t epoch            # att.read_epoch the cursors belong to
     cdef bytes anchor              # where the cursor stands (re-seeks after a compaction start there)
     cdef bint anchor_inclusive

@@ -23,6 +23,7 @@ descent (skiplist_find_lt_coarse) and a level-0 walk, so that reverse
 iteration costs O(1) per item amortised, as forward does, not a descent each.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+cimport cython
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport calloc, malloc, free
 from amdb.shm.layout cimport *
@@ -48,6 +49,7 @@ cdef inline int compare_key(bytes a, amdb_node *n) noexcept:
     return compare_key_to_node(amdb_key_prefix(k, length), k, length, n)
 
 
+@cython.no_gc_clear          # __dealloc__ needs self.att to unpin (a cycle must not clear it first)
 cdef class Iterator:
     """An ordered cursor over the database (see the module docstring and
     docs/API.md, "Iterators")."""
@@ -80,8 +82,15 @@ cdef class Iterator:
             self._seek_end(not reverse)
         finally:
             self._leave()
+        att.pin(visible)                  # compaction keeps what this iterator reads
+        self.pinned = True
 
     def __dealloc__(self):
+        # The cyclic garbage collector may have cleared self.att (tp_clear
+        # sets it to None) before this runs: a cdef call on None would crash.
+        if self.pinned and self.att is not None:
+            self.pinned = False
+            self.att.unpin(self.visible)
         free(self.cursor)
         free(self.cursor_version)
         free(self.back)
@@ -520,6 +529,9 @@ cdef class Iterator:
     def close(self):
         """Release the iterator (idempotent); any later call raises."""
         self.closed = True
+        if self.pinned:
+            self.pinned = False
+            self.att.unpin(self.visible)
 
     def __enter__(self):
         return self

@@ -1181,15 +1181,20 @@ cdef class Writer:
                 raise ClosedError("the database was closed while a checkpoint was being written")
             self._check_worker_if_lock_free(worker)
 
-    def compact_workers(self, uint64_t keep):
+    def compact_workers(self, uint64_t keep, uint64_t horizon):
         """Have every worker write its next arena generation keeping the newest
-        `keep` versions of each key (0: all), wait for all of them, and point
+        `keep` versions of each key (0: all), and every version a read as of
+        seq `horizon` needs (a snapshot or iterator still open), wait for all of them, and point
         this process's readers at the generations they switched to.
         REQUIRES the write lock (a batch boundary) and an empty target region
         in every partition (ParallelDB punches the retired ones out).
         Returns (seq, [(worker, status)] of the workers that failed). The
         regions left behind may be given back once the readers of the read
         epoch before it are gone (_wait_readers; ParallelDB._compact_locked)."""
+        cdef int i
+        for i in range(self.att.nworkers):
+            # Plain store, ordered before the COMPACT record by its publication (release).
+            self.att.parts[i].ctrl.compact_horizon = horizon
         try:
             return self._broadcast_control(AMDB_OP_COMPACT, keep)
         finally:

@@ -114,7 +114,10 @@ cdef void handle_compact(Worker *w, amdb_ring_chunk *header) noexcept nogil:
     cdef CompactResult result
     cdef int status
     finish_checkpoint(w)                # it copies the region this compaction retires
-    status = compact_prepare(&w.p, header.count, header.seq, &w.finger, &result)
+    # The owner wrote the horizon before it published the record (our
+    # acquire of ring_head orders it): no seq above header.seq.
+    status = compact_prepare(&w.p, header.count, header.seq,
+                             min(amdb_load_relaxed(&c.compact_horizon), header.seq), &w.finger, &result)
     if status != AMDB_STATUS_OK:
         amdb_store_relaxed(&c.failed_status, <uint64_t>status)
         amdb_store_release(&c.failed_chunk, header.chunk_no)
