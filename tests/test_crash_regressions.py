@@ -435,6 +435,81 @@ def test_forked_child_reads_the_new_generation_after_the_parent_compacts():
     assert rc == 0 and out.strip() == "OK", err[-3000:]
 
 
+FORKED_CHILD_READS_THE_PARENTS_ASYNC_WRITES = r"""
+import os
+import amdb
+db = amdb.ParallelDB(workers=2)
+missing = 0
+for round_ in range(20):
+    keys = [b"r%02d-%05d" % (round_, i) for i in range(20000)]
+    for k in keys:
+        db.put(k, b"v")                  # async: acknowledged, maybe not applied yet at the fork
+    pid = os.fork()
+    if pid == 0:
+        got = db.batch_get(keys[-100:]) + [db.get(keys[-1])]
+        os._exit(0 if got.count(b"v") == 101 else 4)
+    _, status = os.waitpid(pid, 0)
+    missing += os.WEXITSTATUS(status) != 0
+db.close()
+print("OK" if missing == 0 else f"{missing} of 20 children missed acknowledged writes")
+"""
+
+
+def test_a_forked_child_sees_every_write_its_parent_made_before_the_fork():
+    # A child read a key its parent had put (async, acknowledged) just before
+    # forking and got None: became_foreign dropped the parent's pending SOLO
+    # chunks. Seen in CI-like runs of test_hygiene's fork tests under load.
+    # Fixed: the child's first read waits until the workers applied the
+    # chunks the parent had sent when it forked.
+    rc, out, err = _run_script(FORKED_CHILD_READS_THE_PARENTS_ASYNC_WRITES)
+    assert rc == 0 and out.strip() == "OK", (out, err[-3000:])
+
+
+FORKED_CHILD_SNAPSHOT_IS_HELD = r"""
+import os
+import amdb
+db = amdb.ParallelDB(workers=2)
+keys = [b"k%04d" % i for i in range(300)]
+db.batch_put([(k, b"old") for k in keys])
+ready_r, ready_w = os.pipe()
+go_r, go_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    snap = db.snapshot()                 # held through the child's reader slot
+    scan = db.scan()
+    first = next(scan)
+    os.write(ready_w, b"x")
+    os.read(go_r, 1)                     # the parent overwrote and compacted meanwhile
+    ok = snap.batch_get(keys) == [b"old"] * 300 and [first] + list(scan) == [(k, b"old") for k in keys]
+    snap.close()
+    del scan
+    db.close()
+    os._exit(0 if ok else 4)
+os.read(ready_r, 1)
+for round_ in range(3):
+    db.batch_put([(k, b"new%d" % round_) for k in keys])
+db.compact()
+reclaimed_while_held = db.stats()["compaction"]["last"]["versions_reclaimed"]
+os.write(go_w, b"x")
+_, status = os.waitpid(pid, 0)
+assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+db.compact()
+assert reclaimed_while_held == 0, reclaimed_while_held
+assert db.stats()["compaction"]["last"]["versions_reclaimed"] == 900     # the child let go (it exited)
+db.close()
+print("OK")
+"""
+
+
+def test_a_forked_childs_snapshot_and_scan_are_held_through_the_parents_compaction():
+    # test_fork_at_every_state[compacting] failed about once in ten runs: a
+    # child's scan met versions its parent's compaction had reclaimed. A
+    # child's open snapshots and iterators are now held through its reader
+    # slot (layout.h, amdb_reader_slot.pin_seq), as the parent's own are.
+    rc, out, err = _run_script(FORKED_CHILD_SNAPSHOT_IS_HELD)
+    assert rc == 0 and out.strip() == "OK", (out, err[-3000:])
+
+
 EXIT_DURING_BATCH_PUT = r"""
 import threading, time
 import amdb

@@ -345,7 +345,9 @@ enum {
 typedef struct amdb_reader_slot {
     uint64_t pid;                   /* holder; 0 = free; claimed by CAS */
     uint64_t epoch;                 /* read_epoch its reads entered in; 0 = not reading */
-    uint64_t reserved[6];           /* a cache line per slot: processes never share one */
+    uint64_t pin_seq;               /* the oldest seq its open snapshots and iterators read as of
+                                     * (0: none); the owner's compactions keep what they need */
+    uint64_t reserved[5];           /* a cache line per slot: processes never share one */
 } amdb_reader_slot;
 
 /* Database control block (its own small segment): written by the owner,

@@ -164,6 +164,7 @@ cdef extern from "layout.h" nogil:
     ctypedef struct amdb_reader_slot:
         uint64_t pid
         uint64_t epoch
+        uint64_t pin_seq
     ctypedef struct amdb_db_control:
         uint64_t magic
         uint64_t layout_version

@@ -43,6 +43,8 @@ cdef class Attachment:
     # async_pending: some may not be covered by visible_seq yet.
     cdef uint64_t *async_chunk
     cdef bint async_pending
+    cdef bint parent_pending           # a forked child: the parent's async writes may be unapplied yet
+    cdef uint64_t last_async_seq       # seq of the last SOLO chunk this process sent
     # Per worker, PENDING_KEY_SLOTS entries: the chunk_no of the last SOLO
     # chunk sent for a key whose hash falls in the entry (pending_key_entry),
     # so that a read waits only for writes that may be its own key's.
@@ -55,6 +57,7 @@ cdef class Attachment:
 
     cdef int pin(self, uint64_t seq) except -1
     cdef int unpin(self, uint64_t seq) except -1
+    cdef int publish_pin(self) except -1
 
     cdef void _free_seek_indexes(self) noexcept
     cdef int check_open(self) except -1
@@ -62,5 +65,6 @@ cdef class Attachment:
     cdef int leave_read(self, int slot) except -1
     cdef int enter_foreign(self) except -1
     cdef int leave_foreign(self) except -1
+    cdef int wait_parent_writes(self) except -1
     cdef int claim_reader_slot(self) except -1
     cdef void refresh_len(self) noexcept

@@ -68,6 +68,9 @@ cdef extern from "Python.h":
 cdef enum:
     WAIT_SLICE_NS = 50000000      # 50 ms: waits wake up this often to check Ctrl-C
 
+# A forked child's first read waits at most this long for the parent's async writes.
+cdef uint64_t PARENT_WRITES_WAIT_NS = 2000000000
+
 
 # Every attached Attachment of this process, so that a forked child can turn
 # each into a read-only view of its parent's database (became_foreign).
@@ -207,18 +210,33 @@ cdef class Attachment:
         were reading in the parent do not exist here: their registrations
         (readers) never leave, so this process's memory is dropped only when
         it exits (the mappings are private to it), never too early."""
+        cdef int w
         self.foreign = True
-        self.async_pending = False       # the parent's writes: not this process's to wait for
-        if self.async_chunk != NULL:
-            memset(self.async_chunk, 0, self.nworkers * sizeof(uint64_t))
-            memset(self.pending_key_chunk, 0, self.nworkers * PENDING_KEY_SLOTS * sizeof(uint64_t))
         self.reader_slot = -1
         self.foreign_inside = 0
         self.foreign_epoch = 0           # no epoch: the first read adopts the current regions
+        self.async_pending = False       # the parent's writes: not this process's to send or flush
+        if self.async_chunk != NULL:
+            # But they were acknowledged before the fork: wait until their
+            # workers applied them (wait_parent_writes), so that the child
+            # sees every write the parent made before it forked. Here, before
+            # any read can take its visible_seq.
+            for w in range(self.nworkers):
+                if self.async_chunk[w]:
+                    self.parent_pending = True
+            memset(self.pending_key_chunk, 0, self.nworkers * PENDING_KEY_SLOTS * sizeof(uint64_t))
+            if self.parent_pending and self.attached and not self.closed:
+                self.wait_parent_writes()
+        # The parent's open snapshots and iterators are this child's copies
+        # now: what they read is held for the child, through its reader slot.
+        if self.pins and self.attached and not self.closed:
+            self.publish_pin()
 
     def close_foreign(self):
         """close() in a forked child: its handle only. The owner's workers,
         locks, logs and audit log are not this process's to touch."""
+        if self.attached and not self.closed and self.reader_slot >= 0:
+            amdb_store_seqcst(&self.dbc.readers[self.reader_slot].pin_seq, 0)
         self.closed = True
         if self.attached:
             if self.foreign_inside == 0:
@@ -263,6 +281,7 @@ cdef class Attachment:
                 continue
             if amdb_cas_seqcst(&self.dbc.readers[i].pid, holder, me):
                 amdb_store_seqcst(&self.dbc.readers[i].epoch, 0)
+                amdb_store_seqcst(&self.dbc.readers[i].pin_seq, 0)
                 self.reader_slot = i
                 return 0
         raise Error(f"more than {AMDB_READER_SLOTS} processes read this database at once",
@@ -277,6 +296,8 @@ cdef class Attachment:
         cdef uint64_t epoch, again
         if self.closed:
             raise ClosedError("the database is closed")
+        if self.parent_pending:
+            self.wait_parent_writes()
         if self.foreign_inside == 0:
             if self.reader_slot < 0:
                 self.claim_reader_slot()
@@ -293,6 +314,33 @@ cdef class Attachment:
                 self.foreign_epoch = epoch
                 self.refresh_len()
         self.foreign_inside += 1
+        return 0
+
+    cdef int wait_parent_writes(self) except -1:
+        """In a forked child, before its first read: wait until the workers
+        applied (or refused) the async writes the parent had sent when it
+        forked (async_chunk, inherited). The workers go on applying the
+        parent's rings whatever happens to it; a worker that never gets
+        there (dead, not replaced) is waited for PARENT_WRITES_WAIT_NS at most."""
+        cdef int w
+        cdef uint64_t target, deadline = amdb_monotonic_ns() + PARENT_WRITES_WAIT_NS
+        cdef amdb_control *c
+        for w in range(self.nworkers):
+            target = self.async_chunk[w]
+            if target == 0:
+                continue
+            c = self.parts[w].ctrl
+            with nogil:
+                while (amdb_load_acquire(&c.applied_chunk) < target
+                       and amdb_load_acquire(&c.failed_chunk) < target
+                       and amdb_monotonic_ns() < deadline):
+                    usleep(20)
+            self.async_chunk[w] = 0
+        # Every seq up to the parent's last async write is whole now (a SOLO
+        # chunk goes out only between batches): make them visible to reads of
+        # more than one key too, as the parent's own reads would (a CAS-max).
+        amdb_fetch_max_seqcst(&self.dbc.visible_seq, self.last_async_seq)
+        self.parent_pending = False
         return 0
 
     cdef int leave_foreign(self) except -1:
@@ -424,10 +472,23 @@ cdef class Attachment:
     # ---- pins: what compaction must keep for this process's open reads ------------
 
     cdef int pin(self, uint64_t seq) except -1:
-        """A snapshot or iterator reads as of `seq` from now until unpin."""
+        """A snapshot or iterator reads as of `seq` from now until unpin. In
+        a forked child, published in its reader slot for the owner to see."""
         if self.pins is None:
             self.pins = {}
         self.pins[seq] = self.pins.get(seq, 0) + 1
+        if self.foreign and not self.closed:
+            self.publish_pin()
+        return 0
+
+    cdef int publish_pin(self) except -1:
+        """A forked child: its oldest pinned seq (0: none) into its reader slot
+        (seq_cst, as the slot's epoch)."""
+        if self.reader_slot < 0:
+            if not self.pins:
+                return 0
+            self.claim_reader_slot()
+        amdb_store_seqcst(&self.dbc.readers[self.reader_slot].pin_seq, min(self.pins) if self.pins else 0)
         return 0
 
     cdef int unpin(self, uint64_t seq) except -1:
@@ -441,6 +502,8 @@ cdef class Attachment:
             del self.pins[seq]
         else:
             self.pins[seq] = count - 1
+        if self.foreign and not self.closed:
+            self.publish_pin()
         return 0
 
     def pin_snapshot(self, uint64_t seq):
@@ -450,9 +513,19 @@ cdef class Attachment:
         self.unpin(seq)
 
     def compact_horizon(self):
-        """The oldest seq an open snapshot or iterator of this process reads
-        as of, else visible_seq: compaction keeps every version reads as of
-        it need (a forked child's are not counted: docs/API.md)."""
+        """The oldest seq an open snapshot or iterator reads as of, of this
+        process or of a live forked child (its reader slot), else
+        visible_seq: compaction keeps every version reads as of it need."""
+        from amdb.shm.segment import pid_alive
+        cdef int i
+        cdef uint64_t pinned, holder
+        horizon = self.visible_seq()
         if self.pins:
-            return min(min(self.pins), self.visible_seq())
-        return self.visible_seq()
+            horizon = min(horizon, min(self.pins))
+        for i in range(AMDB_READER_SLOTS):
+            pinned = amdb_load_seqcst(&self.dbc.readers[i].pin_seq)
+            if pinned != 0 and pinned < horizon:
+                holder = amdb_load_seqcst(&self.dbc.readers[i].pid)
+                if holder != 0 and pid_alive(<long>holder):
+                    horizon = pinned
+        return horizon

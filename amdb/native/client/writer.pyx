@@ -530,6 +530,7 @@ cdef class Writer:
         self.att.async_chunk[w] = r.chunks_published
         self.att.pending_key_chunk[pending_key_entry(w, h)] = r.chunks_published
         self.att.async_pending = True
+        self.att.last_async_seq = seq    # what a forked child makes visible (wait_parent_writes)
         self.last_async_seq = seq
         if self.audit is not None:
             self.audit.write_op(name, 1, seq, seq, h)
