@@ -36,6 +36,7 @@ from amdb.shm.arena import Mapping, punch_hole
 SHUTDOWN_TIMEOUT = 10.0             # seconds a worker gets to leave before it is killed
 BROKEN_HINT = "reopen the database to write again; see the worker's stderr for why it failed"
 LIVENESS_INTERVAL = 0.05            # seconds between worker-liveness polls before writes
+PRESSURE_MIN_VERSIONS = 1000        # /dev/shm nearly full: compact again after this many more versions
 COMPACT_DRAIN_TIMEOUT = 1.0         # seconds a compaction waits for readers of the old generation
                                     # before it leaves the old region's memory to the next one
 COMPACT_READERS_TIMEOUT = 30.0      # seconds a compaction waits for a forked child's read of the
@@ -114,6 +115,7 @@ class Supervisor:
         self.pending_slot = -1          # reader slot that must drain first
         self.pending_epoch = 0          # and forked children's reads below this shared read epoch
         self.compact_retry_at = 0       # automatic compaction: versions before trying again
+        self.pressure_retry_at = 0      # the same, when /dev/shm is nearly full (smaller steps)
         self.compact_drain_timeout = COMPACT_DRAIN_TIMEOUT
         self.compaction = {"compactions": 0, "versions_reclaimed": 0, "bytes_reclaimed": 0,
                            "failures": 0, "last": None}
@@ -531,13 +533,17 @@ class Supervisor:
         """Compact automatically (keep_versions=n) once at least
         compact_min_versions versions, and at least a quarter of all stored,
         lie certainly beyond the newest n of their key: versions - n * keys,
+        or, when /dev/shm (shm_dir) is more than 7/8 full, once any does;
         and no background checkpoint is being written.
         REQUIRES the write lock. A failed automatic compaction does not fail
         the write that triggered it; it is counted, and retried later."""
         versions, nodes = self.att.version_counts()
         excess = versions - self.o.keep_versions * nodes
-        if excess < self.o.compact_min_versions or 4 * excess < versions or versions < self.compact_retry_at:
+        if excess <= 0:
             return
+        if excess < self.o.compact_min_versions or 4 * excess < versions or versions < self.compact_retry_at:
+            if versions < self.pressure_retry_at or not self._shm_pressure():
+                return
         if inspect.checkpoint_running(self.att):
             # A compaction waits for the checkpoint that copies the region it
             # retires: never make a write wait for that; the next write retries.
@@ -548,12 +554,23 @@ class Supervisor:
             # another quarter of growth rather than compact again at every write.
             after = summary["versions_after"]
             self.compact_retry_at = after + max(self.o.compact_min_versions, after // 4)
+            self.pressure_retry_at = after + max(PRESSURE_MIN_VERSIONS, after // 8)
         except (WorkerCrashedError, ClosedError, KeyboardInterrupt):
             raise
         except Error as exc:
             self.compact_retry_at = versions + max(self.o.compact_min_versions, versions // 4)
+            self.pressure_retry_at = versions + max(PRESSURE_MIN_VERSIONS, versions // 8)
             if self.audit is not None:
                 self.audit.event("compact_failed", why="automatic", error=str(exc))
+
+    def _shm_pressure(self):
+        """The shared-memory file system is more than 7/8 full: compact
+        whatever can be reclaimed, not only once a quarter of it could."""
+        try:
+            st = os.statvfs(self.o.shm_dir or segment.SHM_DIR)
+        except OSError:
+            return False
+        return st.f_bavail * 8 < st.f_blocks
 
     def shm_bytes(self):
         """Memory the partition segments hold now (their allocated blocks)."""

@@ -124,3 +124,26 @@ def test_segments_can_live_in_another_directory(tmp_path):
 def test_shm_dir_is_checked(value, error):
     with pytest.raises(error):
         amdb.ParallelDB(workers=1, shm_dir=value)
+
+
+PRESSURE = r"""
+import amdb
+# The count trigger is off (compact_min_versions): only a /dev/shm more than
+# 7/8 full can start a compaction here.
+db = amdb.ParallelDB(workers=2, compact_min_versions=10**9)
+keys = [b"k%04d" % i for i in range(1000)]
+for round_ in range(300):                      # 300 MB of versions through 64 MiB
+    db.batch_put([(k, b"%04d" % round_ + b"v" * 996) for k in keys])
+assert db.batch_get(keys[:3]) == [b"0299" + b"v" * 996] * 3
+stats = db.stats()["compaction"]
+assert stats["compactions"] >= 3 and stats["versions_reclaimed"] > 200000, stats
+assert db.verify().ok
+db.close()
+print("OK")
+"""
+
+
+@needs_private_shm
+def test_memory_pressure_starts_compaction_by_itself():
+    rc, out, err = run_with_private_shm(PRESSURE, 64, timeout=240)
+    assert rc == 0 and out.strip() == "OK", f"rc={rc}\n{out}\n{err[-3000:]}"
