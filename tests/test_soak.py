@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("seed", range(100, 140))
 def test_history_model_many_seeds(make_db, seed):
     rng = random.Random(seed)
-    db = make_db(workers=rng.choice([1, 2, 3]), max_batch=rng.choice([2, 7, 100_000]))
+    db = make_db(workers=rng.choice([1, 2, 3]), max_batch=rng.choice([2, 7, 100_000]), keep_versions=None)
     model, keys, seqs = _run_random_history(db, rng, batches=120)
     for key in keys:
         chain = model.versions.get(key, [])

@@ -17,6 +17,7 @@ on a wrong answer; a crash is a crash):
 Seeds: valid logs, a checkpoint and a manifest written by a real database.
 """
 import argparse
+import atexit
 import os
 import shutil
 import struct
@@ -34,6 +35,7 @@ from amdb.native.constants import STATUS  # noqa: E402  (amdb/shm/layout.h)
 STATUS_OK, STATUS_ARENA_FULL, STATUS_CORRUPT, STATUS_NO_MEMORY = (STATUS[name] for name in (
     "OK", "ARENA_FULL", "CORRUPT", "NO_MEMORY"))
 SCRATCH = tempfile.mkdtemp(prefix="amdb-fuzz-")
+atexit.register(shutil.rmtree, SCRATCH, True)     # a scratch directory per process, gone at exit
 
 
 def frame(kind, seq, payload):
