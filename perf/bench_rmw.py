@@ -125,7 +125,7 @@ def main():
     print("|" + "---|" * (len(engines) + 3))
     for threads in thread_counts:
         med = {e: statistics.median(rates[e, threads]) for e in engines}
-        peers = [med[e] for e in engines if not e.startswith("amdb")]
+        peers = [med[e] for e in engines if e in ("plyvel", "rocksdict", "lmdb")]
         cols = [f"{med[e]:,.0f}" for e in engines]
         best = f"{med['amdb'] / max(peers):.2f}x" if "amdb" in med and peers else "-"
         own = f"{med['amdb'] / med['amdb put']:.2f}x" if "amdb" in med and "amdb put" in med else "-"
