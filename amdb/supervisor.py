@@ -531,7 +531,7 @@ class Supervisor:
 
     def _check_compact(self):
         """Compact automatically (keep_versions=n) once at least
-        compact_min_versions versions, and at least a quarter of all stored,
+        compact_min_versions versions, and at least a third of all stored,
         lie certainly beyond the newest n of their key: versions - n * keys,
         or, when /dev/shm (shm_dir) is more than 7/8 full, once any does;
         and no background checkpoint is being written.
@@ -541,7 +541,7 @@ class Supervisor:
         excess = versions - self.o.keep_versions * nodes
         if excess <= 0:
             return
-        if excess < self.o.compact_min_versions or 4 * excess < versions or versions < self.compact_retry_at:
+        if excess < self.o.compact_min_versions or 3 * excess < versions or versions < self.compact_retry_at:
             if versions < self.pressure_retry_at or not self._shm_pressure():
                 return
         if inspect.checkpoint_running(self.att):
@@ -565,7 +565,7 @@ class Supervisor:
 
     def _shm_pressure(self):
         """The shared-memory file system is more than 7/8 full: compact
-        whatever can be reclaimed, not only once a quarter of it could."""
+        whatever can be reclaimed, not only once a third of it could."""
         try:
             st = os.statvfs(self.o.shm_dir or segment.SHM_DIR)
         except OSError:
