@@ -423,7 +423,7 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         if self._att.closed:
             raise ClosedError("the database is closed")
         self._writer.flush()                # a snapshot holds every write this process made
-        return Snapshot(self, self._att.visible_seq(), (self._att.pin_snapshot, self._att.unpin_snapshot))
+        return Snapshot(self, self._att.visible_seq(), (self._att.pin, self._att.unpin))
 
     # ---- retention, compaction, durability ----------------------------------------
 

@@ -43,7 +43,6 @@ cdef class Attachment:
     # async_pending: some may not be covered by visible_seq yet.
     cdef uint64_t *async_chunk
     cdef bint async_pending
-    cdef bint parent_pending           # a forked child: the parent's async writes may be unapplied yet
     cdef uint64_t last_async_seq       # seq of the last SOLO chunk this process sent
     # Per worker, PENDING_KEY_SLOTS entries: the chunk_no of the last SOLO
     # chunk sent for a key whose hash falls in the entry (pending_key_entry),
@@ -55,8 +54,8 @@ cdef class Attachment:
     # their counts: compaction keeps what reads as of the oldest need.
     cdef dict pins
 
-    cdef int pin(self, uint64_t seq) except -1
-    cdef int unpin(self, uint64_t seq) except -1
+    cpdef int pin(self, uint64_t seq) except -1
+    cpdef int unpin(self, uint64_t seq) except -1
     cdef int publish_pin(self) except -1
 
     cdef void _free_seek_indexes(self) noexcept

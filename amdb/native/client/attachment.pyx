@@ -211,6 +211,7 @@ cdef class Attachment:
         (readers) never leave, so this process's memory is dropped only when
         it exits (the mappings are private to it), never too early."""
         cdef int w
+        cdef bint parent_pending = False
         self.foreign = True
         self.reader_slot = -1
         self.foreign_inside = 0
@@ -223,9 +224,9 @@ cdef class Attachment:
             # any read can take its visible_seq.
             for w in range(self.nworkers):
                 if self.async_chunk[w]:
-                    self.parent_pending = True
+                    parent_pending = True
             memset(self.pending_key_chunk, 0, self.nworkers * PENDING_KEY_SLOTS * sizeof(uint64_t))
-            if self.parent_pending and self.attached and not self.closed:
+            if parent_pending and self.attached and not self.closed:
                 self.wait_parent_writes()
         # The parent's open snapshots and iterators are this child's copies
         # now: what they read is held for the child, through its reader slot.
@@ -296,8 +297,6 @@ cdef class Attachment:
         cdef uint64_t epoch, again
         if self.closed:
             raise ClosedError("the database is closed")
-        if self.parent_pending:
-            self.wait_parent_writes()
         if self.foreign_inside == 0:
             if self.reader_slot < 0:
                 self.claim_reader_slot()
@@ -317,7 +316,7 @@ cdef class Attachment:
         return 0
 
     cdef int wait_parent_writes(self) except -1:
-        """In a forked child, before its first read: wait until the workers
+        """In a forked child, at the fork (became_foreign): wait until the workers
         applied (or refused) the async writes the parent had sent when it
         forked (async_chunk, inherited). The workers go on applying the
         parent's rings whatever happens to it; a worker that never gets
@@ -340,7 +339,6 @@ cdef class Attachment:
         # chunk goes out only between batches): make them visible to reads of
         # more than one key too, as the parent's own reads would (a CAS-max).
         amdb_fetch_max_seqcst(&self.dbc.visible_seq, self.last_async_seq)
-        self.parent_pending = False
         return 0
 
     cdef int leave_foreign(self) except -1:
@@ -471,7 +469,7 @@ cdef class Attachment:
 
     # ---- pins: what compaction must keep for this process's open reads ------------
 
-    cdef int pin(self, uint64_t seq) except -1:
+    cpdef int pin(self, uint64_t seq) except -1:
         """A snapshot or iterator reads as of `seq` from now until unpin. In
         a forked child, published in its reader slot for the owner to see."""
         if self.pins is None:
@@ -491,7 +489,7 @@ cdef class Attachment:
         amdb_store_seqcst(&self.dbc.readers[self.reader_slot].pin_seq, min(self.pins) if self.pins else 0)
         return 0
 
-    cdef int unpin(self, uint64_t seq) except -1:
+    cpdef int unpin(self, uint64_t seq) except -1:
         cdef object count
         if self.pins is None:
             return 0
@@ -505,12 +503,6 @@ cdef class Attachment:
         if self.foreign and not self.closed:
             self.publish_pin()
         return 0
-
-    def pin_snapshot(self, uint64_t seq):
-        self.pin(seq)
-
-    def unpin_snapshot(self, uint64_t seq):
-        self.unpin(seq)
 
     def compact_horizon(self):
         """The oldest seq an open snapshot or iterator reads as of, of this
