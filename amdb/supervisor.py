@@ -563,14 +563,20 @@ class Supervisor:
             if self.audit is not None:
                 self.audit.event("compact_failed", why="automatic", error=str(exc))
 
-    def _shm_pressure(self):
-        """The shared-memory file system is more than 7/8 full: compact
-        whatever can be reclaimed, not only once a third of it could."""
+    def _shm_space(self):
+        """(size, free bytes) of the file system the segments live in
+        (/dev/shm, or shm_dir), or (None, None) when it cannot be asked."""
         try:
             st = os.statvfs(self.o.shm_dir or segment.SHM_DIR)
         except OSError:
-            return False
-        return st.f_bavail * 8 < st.f_blocks
+            return None, None
+        return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
+    def _shm_pressure(self):
+        """The shared-memory file system is more than 7/8 full: compact
+        whatever can be reclaimed, not only once a third of it could."""
+        size, free = self._shm_space()
+        return size is not None and free * 8 < size
 
     def shm_bytes(self):
         """Memory the partition segments hold now (their allocated blocks)."""
@@ -581,16 +587,15 @@ class Supervisor:
         holds in /dev/shm now."""
         return [os.fstat(fd).st_blocks * 512 for fd in self.segment_fds[:self.o.workers]]
 
-    def memory(self):
+    def memory(self, per_worker):
         """stats()["memory"]: per worker and in total, the /dev/shm each
         segment holds, the arena's used and committed bytes and where the used
         ones go (inspect.memory_census), the ring's committed bytes, and how
-        full /dev/shm is."""
+        full /dev/shm is. `per_worker`: the workers' counters (stats_of)."""
         rings = self.writer.ring_committed()
         held = self.segment_shm_bytes()
         workers = []
-        for index in range(self.o.workers):
-            counters = inspect.stats_of(self.att, index)
+        for index, counters in enumerate(per_worker):
             entry = {"worker": index, "shm_bytes": held[index], "ring_committed": rings[index],
                      "arena_used": counters["arena_used"], "arena_committed": counters["arena_committed"],
                      "keys": counters["keys"]}
@@ -600,14 +605,9 @@ class Supervisor:
         keys = total["keys"]
         total["arena_bytes_per_key"] = total["arena_used"] / keys if keys else None
         total["shm_bytes_per_key"] = total["shm_bytes"] / keys if keys else None
-        try:
-            st = os.statvfs(self.o.shm_dir or segment.SHM_DIR)
-            shm_size, shm_free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
-        except OSError:
-            shm_size = shm_free = None
+        shm_size, shm_free = self._shm_space()
         return {"workers": workers, "total": total, "shm_dir": self.o.shm_dir or segment.SHM_DIR,
-                "shm_size": shm_size,
-                "shm_free": shm_free, "db_control_bytes": control.DB_CONTROL_BYTES}
+                "shm_size": shm_size, "shm_free": shm_free, "db_control_bytes": control.DB_CONTROL_BYTES}
 
     def _punch(self, worker, region):
         """Give the memory of `region` of `worker` back (layout.h, "Arena regions").
@@ -861,7 +861,7 @@ class Supervisor:
                 "log_errors": sum(w["log_errors"] for w in per_worker),
                 "log_broken": any(w["log_broken"] for w in per_worker)},
             "worker_restarts": sum(self.restarts),
-            "memory": self.memory(),
+            "memory": self.memory(per_worker),
             "compaction": dict(self.compaction, keep_versions=self.o.keep_versions,
                                compact_min_versions=self.o.compact_min_versions,
                                reclaim_pending=bool(self.pending_reclaim),
