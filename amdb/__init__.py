@@ -2,7 +2,8 @@
 
 from amdb.errors import (  # noqa: F401
     ArenaFullError, ClosedError, ConditionFailedError, CorruptionError, Error, InvalidArgumentError,
-    InvalidTypeError, KeyTooLargeError, LockedError, NodeUnavailableError, StorageError, ValueTooLargeError,
+    InvalidTypeError, KeyTooLargeError, LockedError, NodeUnavailableError, OwnerGoneError, StorageError,
+    ValueTooLargeError,
     PoisonBatchError, VersionReclaimedError, WorkerCrashedError, WorkerStartError,
 )
 
@@ -22,6 +23,9 @@ def __getattr__(name):
     if name == "backup":
         from amdb.db import backup
         return backup
+    if name == "Handle":
+        from amdb.attach import Handle
+        return Handle
     if name == "PrefixedDB":
         from amdb.prefixed import PrefixedDB
         return PrefixedDB

@@ -3,6 +3,7 @@ beside each public module, compiled or not). ParallelDB, BatchOutcome,
 BatchResult, backup and PrefixedDB are imported lazily at runtime."""
 from typing import Final
 
+from amdb.attach import Handle as Handle
 from amdb.db import BatchOutcome as BatchOutcome
 from amdb.db import BatchResult as BatchResult
 from amdb.db import ParallelDB as ParallelDB
@@ -17,6 +18,7 @@ from amdb.errors import InvalidTypeError as InvalidTypeError
 from amdb.errors import KeyTooLargeError as KeyTooLargeError
 from amdb.errors import LockedError as LockedError
 from amdb.errors import NodeUnavailableError as NodeUnavailableError
+from amdb.errors import OwnerGoneError as OwnerGoneError
 from amdb.errors import PoisonBatchError as PoisonBatchError
 from amdb.errors import StorageError as StorageError
 from amdb.errors import ValueTooLargeError as ValueTooLargeError

@@ -20,14 +20,15 @@ import threading
 import time
 from typing import NamedTuple
 
-from amdb import storage
+from amdb import attach, storage
 from amdb.errors import ClosedError, InvalidArgumentError, InvalidTypeError, StorageError
 from amdb.history import Break, Snapshot, VerifyReport, Version
 from amdb.native.client import inspect
 from amdb.native.client.attachment import Attachment
 from amdb.native.client.batch import WriteBatch
-from amdb.native.client.writer import BatchResult
-from amdb.options import DEFAULTS, keep_versions_option, parse_options
+from amdb.native.client.reader import Reader
+from amdb.native.client.writer import BatchResult, Writer
+from amdb.options import DEFAULTS, Options, keep_versions_option, parse_options
 from amdb.supervisor import Supervisor
 from amdb.views import MappingViews
 
@@ -74,14 +75,16 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         self._write_lock = threading.RLock()
         self._att = Attachment()
         self._corrupted = False         # _debug_flip_bit was used: verify() is expected to find breaks
-        self._supervisor = supervisor = Supervisor(options, self._att, self._write_lock)
-        supervisor.open(owner=self)
-        self._writer, self._reader = supervisor.writer, supervisor.reader
-        # The hot paths: the client's own methods, no Python frame in between.
-        writer_methods = ("put", "delete", "flush", "increment", "put_if_absent", "compare_and_set")
-        for name in writer_methods + ("batch_get", "iterator", "scan"):
-            setattr(self, name, getattr(self._writer if name in writer_methods else self._reader, name))
-        self.get = self._reader.get
+        self._client = None             # attached to another process's database (amdb/attach.py)
+        if options.read_only:
+            supervisor = self._open_read_only(options, workers)
+            if supervisor is None:
+                return                  # attached as a client of the open database
+        else:
+            supervisor = Supervisor(options, self._att, self._write_lock)
+            supervisor.open(owner=self)
+        self._supervisor = supervisor
+        self._bind(supervisor.writer, supervisor.reader)
         if options.audit is not None:
             from amdb.audit import AuditLog
             audit_log = AuditLog(options.audit, max_bytes=options.audit_max_bytes)
@@ -92,6 +95,91 @@ class ParallelDB(MappingViews, abc.MutableMapping):
                             recovered_seq=recovery["recovered_seq"] if recovery else None)
             if recovery and (recovery["logs_cut"] or recovery["checkpoints_rejected"]):
                 audit_log.event("recovery", **recovery)
+
+    def _bind(self, writer, reader):
+        self._writer, self._reader = writer, reader
+        # The hot paths: the client's own methods, no Python frame in between.
+        writer_methods = ("put", "delete", "flush", "increment", "put_if_absent", "compare_and_set")
+        for name in writer_methods + ("batch_get", "iterator", "scan"):
+            setattr(self, name, getattr(self._writer if name in writer_methods else self._reader, name))
+        self.get = self._reader.get
+
+    # ---- attached from another process (amdb/attach.py) ------------------------------
+
+    def _open_read_only(self, options, workers):
+        """read_only=True: attach to the process that has the directory open,
+        if one does (returns None); else open it read-only here (returns the
+        Supervisor). A writer still starting holds the lock before it serves
+        attaches: wait for it, up to start_timeout."""
+        from amdb.errors import LockedError
+        handle = attach.Handle(attach.socket_path(options.path), options.path, 0)
+        deadline = time.monotonic() + options.start_timeout
+        while True:
+            try:
+                self._open_client(handle, workers)
+                return None
+            except attach.NoOwner:
+                pass
+            supervisor = Supervisor(options, self._att, self._write_lock)
+            try:
+                supervisor.open(owner=self)
+                return supervisor
+            except LockedError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.02)
+
+    def _open_client(self, handle, workers=None):
+        """Attach to the database whose owner serves `handle` (amdb/attach.py):
+        reads only, straight from the shared memory."""
+        description, self._client = attach.attach_client(self._att, handle)
+        owner = description["options"]
+        if workers is not None and workers != description["workers"]:
+            self._client.close()
+            self._att.close_foreign()
+            raise InvalidArgumentError(
+                f"the database is open with workers={description['workers']}, not workers={workers}",
+                code="workers_changed", hint="attach with workers=None")
+        self._options = Options(**dict(owner, read_only=True, audit=None, manifest=None))
+        self._supervisor = None
+        self._bind(Writer(self._att, self._options.max_batch, self._options.max_key_size,
+                          self._options.max_value_size, self._write_lock, self._options.path is not None, None),
+                   Reader(self._att, None))
+
+    @classmethod
+    def attach(cls, handle):
+        """Attach to a database open in another process, from its
+        ``db.handle()``: reads only, zero-copy, as fast as the owner's own.
+        Raises OwnerGoneError when that process no longer serves it."""
+        if not isinstance(handle, attach.Handle):
+            raise InvalidTypeError(f"attach() takes an amdb.Handle (from db.handle()), not {type(handle).__name__}")
+        db = cls.__new__(cls)
+        db._write_lock = threading.RLock()
+        db._att = Attachment()
+        db._corrupted = False
+        db._client = None
+        try:
+            db._open_client(handle)
+        except attach.NoOwner:
+            raise attach.owner_gone_error(handle.path, f"no process serves it any more (owner was process "
+                                                       f"{handle.owner_pid})") from None
+        return db
+
+    def handle(self):
+        """A small picklable token (amdb.Handle) that attaches to this database
+        from another process of the same user: ``ParallelDB.attach(handle)``.
+        ``pickle.dumps(db)`` carries one, so a ParallelDB passed to a process
+        pool or a spawned Process arrives attached (reads only, for now)."""
+        if self._client is not None:
+            return self._client.handle
+        if self._att.foreign:
+            self._writer.enter_exclusive("hand out a handle")     # a forked child: raises
+        if self._att.closed:
+            raise self._att.closed_error()
+        return self._supervisor.handle()
+
+    def __reduce__(self):
+        return (_attach_from_handle, (self.handle(),))
 
     # ---- the guard and the lifecycle ------------------------------------------------
 
@@ -111,9 +199,9 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         """For calls that need no write lock but only make sense in the owner
         (its workers, its locks): refused in a forked child, and once closed."""
         if self._att.foreign:
-            self._writer.enter_exclusive(what)      # raises Error(code="forked")
+            self._writer.enter_exclusive(what)      # raises Error(code="forked" or "attached_read_only")
         if self._att.closed:
-            raise ClosedError("the database is closed")
+            raise self._att.closed_error()
 
     def _require_durable(self, what):
         if self._options.path is None:
@@ -129,6 +217,8 @@ class ParallelDB(MappingViews, abc.MutableMapping):
 
         In a forked child it closes this process's handle only (see
         "Forking and multiprocessing" in docs/API.md)."""
+        if self._client is not None:
+            self._client.close()
         if self._att.foreign:
             self._att.close_foreign()
             return
@@ -561,6 +651,11 @@ class ParallelDB(MappingViews, abc.MutableMapping):
 
     def _regions(self):
         return self._att.regions()
+
+
+def _attach_from_handle(handle):
+    """Unpickling a ParallelDB: attach to its database (ParallelDB.attach)."""
+    return ParallelDB.attach(handle)
 
 
 def backup(path, dest, **options):

@@ -8,7 +8,7 @@ status into an exception.
 
 __all__ = [
     "Error", "InvalidArgumentError", "InvalidTypeError", "KeyTooLargeError",
-    "ValueTooLargeError", "ClosedError", "ArenaFullError", "WorkerCrashedError",
+    "ValueTooLargeError", "ClosedError", "OwnerGoneError", "ArenaFullError", "WorkerCrashedError",
     "PoisonBatchError", "WorkerStartError", "NodeUnavailableError", "VersionReclaimedError",
     "ConditionFailedError", "StorageError", "LockedError", "CorruptionError", "raise_for_status",
 ]
@@ -65,6 +65,15 @@ class ClosedError(Error):
 
     code = "closed"
     hint = "open a new ParallelDB; a closed one cannot be reused"
+
+
+class OwnerGoneError(ClosedError):
+    """A ParallelDB attached from another process (read_only=True while the
+    database is open, ``ParallelDB.attach(handle)``, unpickled) lost the
+    process that owns the database: it closed it, or exited."""
+
+    code = "owner_gone"
+    hint = "reopen the database: a durable one opens in this process once its owner's workers are gone"
 
 
 class ArenaFullError(Error):

@@ -227,7 +227,9 @@ def lock_directory(directory, stale_wait=10.0, shared=False):
                            f"{stale_wait:.0f} s)")
                 else:
                     who = "another process"
-                raise LockedError(f"{directory} is open in {who}")
+                raise LockedError(f"{directory} is open in {who}",
+                                  hint="close it there first; to read it from here while it is open, "
+                                       "pass read_only=True (attaches to that process)")
             # Every holder is dead: its workers are on their way out.
             time.sleep(0.02)
         if not shared:

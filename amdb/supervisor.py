@@ -23,7 +23,7 @@ import threading
 import time
 import weakref
 
-from amdb import SLOT_COUNT, storage
+from amdb import SLOT_COUNT, attach, storage
 from amdb.errors import (ClosedError, Error, InvalidArgumentError, StorageError, WorkerCrashedError,
                          WorkerStartError, raise_for_status)
 from amdb.native.client import inspect
@@ -50,14 +50,17 @@ def _close_all(fds):
         os.close(fds.pop())
 
 
-def _reap(owner_pid, controls, procs, timeout, fds):
-    """Ask every worker to stop, wait for them, kill the ones that do not go.
+def _reap(owner_pid, controls, procs, timeout, fds, servers):
+    """Stop serving attaches (clients see their owner go), ask every worker
+    to stop, wait for them, kill the ones that do not go.
     Shared by close(), the exit handler and the garbage-collection finalizer.
     Does nothing in a forked child: the workers belong to the owner. Unmaps
     nothing: a mapping goes when its last holder drops it (Attachment.detach),
     never under a call that may still use it."""
     if os.getpid() != owner_pid:
         return
+    while servers:
+        servers.pop().stop()
     _close_all(fds)
     for mapping in controls:
         control.request_shutdown(mapping)
@@ -122,6 +125,8 @@ class Supervisor:
         self.owner_pid = os.getpid()
         self.liveness_checked = 0.0
         self.segment_fds = []
+        self.attach_servers = []        # the AttachServer, once it serves (a list: _reap empties it)
+        self.attach_refused = "it is closed"
         self.arena_offset = 0
         self.segment_size = 0
         self.worker_env = None
@@ -217,11 +222,13 @@ class Supervisor:
         prefix = segment.new_prefix()
         names = []
         arenas = []
+        db_fd = -1
         try:
             db_name = prefix + "_db"
             db_shm = segment.create(db_name, control.DB_CONTROL_BYTES, control.DB_CONTROL_BYTES, shm_dir)
             names.append(db_name)
             db_mapping = Mapping(db_shm.fd, 0, control.DB_CONTROL_BYTES, True)
+            db_fd = os.dup(db_shm.fd)               # handed to clients (amdb/attach.py)
             db_shm.close_fd()
             control.init_db_control(db_mapping, self.o.workers, slot_owner,
                                     plan.recovered_seq if plan is not None else 0)
@@ -274,7 +281,9 @@ class Supervisor:
                     pass_fds=inherited + (() if self.lock_fd is None else (self.lock_fd,))))
             self._wait_ready(self.o.start_timeout)
         except BaseException:
-            _reap(self.owner_pid, self.controls, self.procs, 2.0, self.segment_fds)
+            _reap(self.owner_pid, self.controls, self.procs, 2.0, self.segment_fds, [])
+            if db_fd >= 0:
+                os.close(db_fd)
             for name in names:
                 segment.unlink_quietly(name, shm_dir)
             raise
@@ -294,11 +303,44 @@ class Supervisor:
             # Closed by _reap with the segment fds (after close() stops writes).
             self.segment_fds.append(self.lock_fd)
             self.lock_fd = None
+        self.segment_fds.append(db_fd)
+        self._serve_attaches(db_fd)
         # self.procs itself, not a copy: successors of crashed workers join it.
         self.finalizer = weakref.finalize(owner, _reap, self.owner_pid, list(self.controls),
-                                           self.procs, SHUTDOWN_TIMEOUT, self.segment_fds)
+                                           self.procs, SHUTDOWN_TIMEOUT, self.segment_fds, self.attach_servers)
         self.finalizer.atexit = False      # _close_all_at_exit closes it instead
         _open_supervisors.add(self)
+
+    def _serve_attaches(self, db_fd):
+        """Serve attaches from other processes (amdb/attach.py): on a socket in
+        the directory, or in the abstract namespace for a memory-only
+        database. A directory where no socket can be made (a read-only disk)
+        is simply not served: other processes then open it read-only themselves."""
+        address = attach.memory_only_address() if self.path is None else attach.socket_path(self.path)
+        fds = [db_fd] + self.segment_fds[:self.o.workers]
+        try:
+            self.attach_servers.append(attach.AttachServer(address, self.describe_for_clients, fds))
+        except OSError as exc:
+            self.attach_refused = f"its socket could not be made ({exc.strerror or exc})"
+
+    def describe_for_clients(self):
+        """What a client needs to map the segments the owner hands over."""
+        options = {name: getattr(self.o, name) for name in
+                   ("path", "workers", "max_batch", "ring_size", "arena_size", "max_key_size", "max_value_size",
+                    "start_timeout", "audit", "audit_max_bytes", "sync", "sync_interval_ms", "log_segment_bytes",
+                    "checkpoint_bytes", "read_only", "shm_dir", "keep_versions", "compact_min_versions",
+                    "hang_timeout", "poison_after")}
+        return {"workers": self.o.workers, "db_control_bytes": control.DB_CONTROL_BYTES,
+                "arena_offset": self.arena_offset, "arena_size": self.o.arena_size,
+                "regions": control.ARENA_REGIONS, "owner_pid": self.owner_pid, "path": self.path,
+                "options": options}
+
+    def handle(self):
+        """The token that attaches other processes (ParallelDB.handle)."""
+        if not self.attach_servers:
+            raise Error(f"this database serves no attaches: {self.attach_refused}", code="no_attach",
+                        hint="open it read-only in the other process: ParallelDB(path, read_only=True)")
+        return attach.Handle(self.attach_servers[0].address, self.path, self.owner_pid)
 
     def _wait_ready(self, timeout, indexes=None):
         deadline = time.monotonic() + timeout

@@ -118,10 +118,11 @@ OTHERS = {
     "__setitem__": lambda: db.__setitem__(b"x", b"y"), "__delitem__": lambda: db.__delitem__(keys[0]),
     "increment": lambda: db.increment(b"n"), "put_if_absent": lambda: db.put_if_absent(b"x", b"y"),
     "compare_and_set": lambda: db.compare_and_set(keys[0], None, b"y"),
+    "handle": db.handle,                # a forked child hands out no handle: it is not the owner
 }
 HARMLESS = {"flush": db.flush}     # nothing of this process's to wait for: returns
 ATTRIBUTES = {"close", "closed", "durable", "workers", "max_batch", "max_key_size", "max_value_size",
-              "ring_size", "arena_size"}
+              "ring_size", "arena_size", "attach"}    # attach: a constructor (classmethod)
 keyset = set(keys)
 public = {name for name in dir(amdb.ParallelDB) if not name.startswith("_")}
 unclassified = public - set(READS) - set(OTHERS) - set(HARMLESS) - ATTRIBUTES

@@ -327,6 +327,16 @@ def administration(db: ParallelDB, tmp: str) -> None:
     db.close()
     with ParallelDB(workers=2) as fresh:
         assert_type(fresh, ParallelDB)
+        handle = fresh.handle()
+        assert_type(handle, amdb.Handle)
+        assert_type(handle.path, Optional[str])
+        with ParallelDB.attach(handle) as client:
+            assert_type(client, ParallelDB)
+            assert_type(client.get(b"k"), Optional[bytes])
+        try:
+            client.get(b"k")
+        except amdb.OwnerGoneError as gone:
+            assert_type(gone.code, str)
 
 
 def errors(db: ParallelDB) -> None:

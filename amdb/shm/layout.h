@@ -359,6 +359,18 @@ typedef struct amdb_db_control {
     uint64_t slot_count;
     AMDB_LINE uint64_t visible_seq;   /* newest seq every reader may see; release store */
     AMDB_LINE uint64_t read_epoch;    /* owner: +1 after each region switch; seq_cst */
+    /* The owner's async single writes, for clients (attachment.pyx,
+     * client_catch_up). After publishing a SOLO chunk the owner's Writer
+     * stores its chunk_no into solo_chunk[worker], then its seq into
+     * solo_seq (release each; the owner is their only writer). A client
+     * loads solo_seq (acquire), then solo_chunk[w], and waits until worker
+     * w's applied_chunk or failed_chunk reached it: then it sees every write
+     * the owner acknowledged before that load. Before a read of more than
+     * one key it may raise visible_seq to solo_seq (a CAS-max), as the
+     * owner's own reads do: a SOLO chunk goes out between batches only, so
+     * every seq below it is whole. */
+    AMDB_LINE uint64_t solo_seq;
+    AMDB_LINE uint64_t solo_chunk[AMDB_MAX_WORKERS];
     AMDB_LINE amdb_reader_slot readers[AMDB_READER_SLOTS];
     AMDB_LINE uint16_t slot_owner[AMDB_SLOT_COUNT]; /* slot -> worker index */
 } amdb_db_control;

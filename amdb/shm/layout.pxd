@@ -172,6 +172,8 @@ cdef extern from "layout.h" nogil:
         uint64_t slot_count
         uint64_t visible_seq
         uint64_t read_epoch
+        uint64_t solo_seq
+        uint64_t solo_chunk[AMDB_MAX_WORKERS]
         amdb_reader_slot readers[AMDB_READER_SLOTS]
         uint16_t slot_owner[16384]
 

@@ -34,6 +34,11 @@ cdef class Attachment:
     # take reader slot reader_slot (-1: none yet); foreign_inside reads are in
     # flight, all in shared read epoch foreign_epoch, whose regions parts[] name.
     cdef readonly bint foreign
+    # Attached through the owner's socket (amdb/attach.py), not forked: a
+    # client; gone_reason says why its owner went (then calls raise OwnerGoneError).
+    cdef readonly bint client
+    cdef readonly object gone_reason
+    cdef readonly object gone_path
     cdef int reader_slot
     cdef uint64_t foreign_inside
     cdef uint64_t foreign_epoch
@@ -60,9 +65,11 @@ cdef class Attachment:
 
     cdef void _free_seek_indexes(self) noexcept
     cdef int check_open(self) except -1
+    cpdef object closed_error(self)
     cdef int enter_read(self) except -1
     cdef int leave_read(self, int slot) except -1
-    cdef int enter_foreign(self) except -1
+    cdef int enter_foreign(self, int catch_up=*) except -1
+    cdef int client_catch_up(self, int worker) except -1
     cdef int leave_foreign(self) except -1
     cdef int wait_parent_writes(self) except -1
     cdef int claim_reader_slot(self) except -1

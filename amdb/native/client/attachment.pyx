@@ -79,6 +79,16 @@ import weakref as _weakref
 _attached = _weakref.WeakSet()
 
 
+def release_reader_slot(Mapping db_mapping, int slot, uint64_t pid):
+    """Free reader slot `slot` if process `pid` still holds it (a client
+    collected without close(): its finalizer). The Mapping keeps the control
+    block mapped for the call."""
+    cdef amdb_db_control *dbc = <amdb_db_control *>db_mapping.base
+    if dbc == NULL or not 0 <= slot < AMDB_READER_SLOTS:
+        return False
+    return bool(amdb_cas_seqcst(&dbc.readers[slot].pid, pid, 0))
+
+
 def _after_fork_in_child():
     for attachment in list(_attached):
         attachment.became_foreign()
@@ -161,8 +171,16 @@ cdef class Attachment:
 
     cdef int check_open(self) except -1:
         if self.closed:
-            raise ClosedError("the database is closed")
+            raise self.closed_error()
         return 0
+
+    cpdef object closed_error(self):
+        """The exception a call on this closed attachment raises: OwnerGoneError
+        when a client's owner went, else ClosedError."""
+        if self.gone_reason is not None:
+            from amdb.attach import owner_gone_error
+            return owner_gone_error(self.gone_path, self.gone_reason)
+        return ClosedError("the database is closed")
 
     def mark_closed(self):
         """Refuse new operations. Never waits: readers inside keep the memory
@@ -233,6 +251,27 @@ cdef class Attachment:
         if self.pins and self.attached and not self.closed:
             self.publish_pin()
 
+    def became_client(self, path):
+        """This attachment was made from descriptors the owner handed over
+        (amdb/attach.py): a foreign view from the start, with its reader slot
+        taken now. Returns the slot (the client's finalizer frees it)."""
+        self.foreign = True
+        self.client = True
+        self.gone_path = path
+        self.reader_slot = -1
+        self.foreign_inside = 0
+        self.foreign_epoch = 0
+        self.claim_reader_slot()
+        return self.reader_slot
+
+    def owner_gone(self, str reason):
+        """A client's owner closed the database or exited (the watcher thread
+        saw it): from now on every call raises OwnerGoneError; the memory goes
+        once no read of this process is inside."""
+        if self.gone_reason is None and not self.closed:
+            self.gone_reason = reason
+            self.close_foreign()
+
     def close_foreign(self):
         """close() in a forked child: its handle only. The owner's workers,
         locks, logs and audit log are not this process's to touch."""
@@ -259,7 +298,7 @@ cdef class Attachment:
         amdb_fetch_add_seqcst(&self.readers[slot], 1)
         if self.closed:
             amdb_fetch_sub_seqcst(&self.readers[slot], 1)
-            raise ClosedError("the database is closed")
+            raise self.closed_error()
         return slot
 
     cdef int leave_read(self, int slot) except -1:
@@ -288,15 +327,17 @@ cdef class Attachment:
         raise Error(f"more than {AMDB_READER_SLOTS} processes read this database at once",
                     code="too_many_readers", hint="close the database in processes that no longer use it")
 
-    cdef int enter_foreign(self) except -1:
-        """Begin a read in a forked child: pin the read epoch in our slot
-        (layout.h, "Reader slots"), then point parts[] at the regions current
-        in it if the epoch moved. Nested and concurrent reads of this process
-        share the pin. REQUIRES the GIL."""
+    cdef int enter_foreign(self, int catch_up=-2) except -1:
+        """Begin a read in a forked child or a client: pin the read epoch in
+        our slot (layout.h, "Reader slots"), then point parts[] at the regions
+        current in it if the epoch moved. Nested and concurrent reads of this
+        process share the pin. A client then catches up with its owner's
+        async writes (client_catch_up): on worker `catch_up` (>= 0), on every
+        worker (-1), or not (-2). REQUIRES the GIL."""
         cdef amdb_reader_slot *slot
         cdef uint64_t epoch, again
         if self.closed:
-            raise ClosedError("the database is closed")
+            raise self.closed_error()
         if self.foreign_inside == 0:
             if self.reader_slot < 0:
                 self.claim_reader_slot()
@@ -313,6 +354,45 @@ cdef class Attachment:
                 self.foreign_epoch = epoch
                 self.refresh_len()
         self.foreign_inside += 1
+        if self.client and catch_up != -2:
+            # The common case of a read of one key: nothing of its worker's
+            # left to wait for (client_catch_up says why it may wait).
+            if (catch_up >= 0 and amdb_load_acquire(&self.parts[catch_up].ctrl.applied_chunk)
+                    >= amdb_load_acquire(&self.dbc.solo_chunk[catch_up])):
+                return 0
+            try:
+                self.client_catch_up(catch_up)
+            except BaseException:
+                self.leave_foreign()
+                raise
+        return 0
+
+    cdef int client_catch_up(self, int worker) except -1:
+        """A client, inside a read (enter_foreign): wait until worker `worker`
+        (-1: every worker) applied every async write its owner acknowledged
+        so far (layout.h, solo_seq); for every worker, raise visible_seq over
+        them too. A worker that never gets there (dead, not replaced) is
+        waited for PARENT_WRITES_WAIT_NS at most."""
+        cdef uint64_t seq = amdb_load_acquire(&self.dbc.solo_seq)
+        cdef int w
+        cdef int first = worker if worker >= 0 else 0
+        cdef int last = worker + 1 if worker >= 0 else self.nworkers
+        cdef uint64_t target, deadline = 0
+        cdef amdb_control *c
+        for w in range(first, last):
+            target = amdb_load_acquire(&self.dbc.solo_chunk[w])
+            c = self.parts[w].ctrl
+            if amdb_load_acquire(&c.applied_chunk) >= target or amdb_load_acquire(&c.failed_chunk) >= target:
+                continue
+            if deadline == 0:
+                deadline = amdb_monotonic_ns() + PARENT_WRITES_WAIT_NS
+            with nogil:
+                while (amdb_load_acquire(&c.applied_chunk) < target
+                       and amdb_load_acquire(&c.failed_chunk) < target
+                       and amdb_monotonic_ns() < deadline):
+                    usleep(5)
+        if worker < 0 and seq != 0:
+            amdb_fetch_max_seqcst(&self.dbc.visible_seq, seq)
         return 0
 
     cdef int wait_parent_writes(self) except -1:

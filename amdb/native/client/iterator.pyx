@@ -104,6 +104,8 @@ cdef class Iterator:
         if self.closed:
             raise InvalidArgumentError("the iterator is closed")
         if self.att.closed:
+            if self.att.gone_reason is not None:
+                raise self.att.closed_error()
             raise ClosedError("the database was closed while an iterator was open")
         if self.att.foreign:
             self.att.enter_foreign()         # may adopt new regions: compared below

@@ -109,14 +109,14 @@ cdef class Reader:
         cdef const char *arena
         cdef amdb_version *v
         if self.att.closed:
-            raise ClosedError("the database is closed")
+            raise self.att.closed_error()
         if version is not None or at_seq is not None:
             return self._get_versioned(key, default, version, at_seq)
         bytes_view(key, &kp, &kl, &view, &held, "key")
         if self.att.closed:                  # the key's export may have run the caller's code
             if held:
                 PyBuffer_Release(&view)
-            raise ClosedError("the database is closed")
+            raise self.att.closed_error()
         if self.att.foreign:
             return self._get_foreign(key, kp, kl, &view, held, default)
         h = amdb_xxh64(kp, kl, 0)
@@ -126,7 +126,7 @@ cdef class Reader:
             if self.att.closed:          # the wait let other threads run, close() among them
                 if held:
                     PyBuffer_Release(&view)
-                raise ClosedError("the database is closed")
+                raise self.att.closed_error()
         # Acquire first: roots loaded after it are at least as new as the batch.
         visible = amdb_load_acquire(&self.att.dbc.visible_seq)
         version_off = self._lookup(kp, kl, h, worker, visible, &arena)
@@ -146,9 +146,9 @@ cdef class Reader:
         cdef amdb_version *v
         value = default
         try:
-            self.att.enter_foreign()
+            h = amdb_xxh64(kp, kl, 0)
+            self.att.enter_foreign(self.att.dbc.slot_owner[h & SLOT_MASK])
             try:
-                h = amdb_xxh64(kp, kl, 0)
                 version_off = self._lookup(kp, kl, h, self.att.dbc.slot_owner[h & SLOT_MASK],
                                            amdb_load_acquire(&self.att.dbc.visible_seq), &arena)
                 if version_off != 0 and version_off != VERSION_RECLAIMED:
@@ -275,7 +275,7 @@ cdef class Reader:
         cdef amdb_version_tail *tail
         cdef list out = []
         if self.att.closed:
-            raise ClosedError("the database is closed")
+            raise self.att.closed_error()
         limit = self._limit_seq(at_seq)
         key = as_key(key, "key")
         # Registered: building the tuples may collect garbage, and run other
@@ -310,17 +310,17 @@ cdef class Reader:
         cdef const char *arena
         cdef uint64_t found, h
         if self.att.closed:
-            raise ClosedError("the database is closed")
+            raise self.att.closed_error()
         bytes_view(key, &kp, &kl, &view, &held, "key")
         if self.att.closed:                  # the key's export may have run the caller's code
             if held:
                 PyBuffer_Release(&view)
-            raise ClosedError("the database is closed")
+            raise self.att.closed_error()
         h = amdb_xxh64(kp, kl, 0)
         worker = self.att.dbc.slot_owner[h & SLOT_MASK]
         if self.att.foreign:
             try:
-                self.att.enter_foreign()
+                self.att.enter_foreign(worker)
                 try:
                     found = self._lookup(kp, kl, h, worker, amdb_load_acquire(&self.att.dbc.visible_seq), &arena)
                 finally:
@@ -334,7 +334,7 @@ cdef class Reader:
                 if self.att.closed:
                     if held:
                         PyBuffer_Release(&view)
-                    raise ClosedError("the database is closed")
+                    raise self.att.closed_error()
             found = self._lookup(kp, kl, h, worker, amdb_load_acquire(&self.att.dbc.visible_seq), &arena)
             if held:
                 PyBuffer_Release(&view)
@@ -369,11 +369,14 @@ cdef class Reader:
         write this process sent is applied and visible_seq covers it."""
         if self.att.async_pending and self.writer is not None and not self.att.closed:
             self.writer.sync_async()
+        elif self.att.client and not self.att.closed:
+            self.att.enter_foreign(-1)      # and its owner's, as far as it acknowledged them
+            self.att.leave_foreign()
         return 0
 
     def count(self):
         if self.att.closed:
-            raise ClosedError("the database is closed")
+            raise self.att.closed_error()
         self._sync_own_writes()
         if self.att.foreign:                # the owner's writes do not refresh this process's count
             self.att.refresh_len()
@@ -445,7 +448,7 @@ cdef class Reader:
         cdef const char *bases[AMDB_MAX_WORKERS]
         cdef int slot, w
         if self.att.closed:
-            raise ClosedError("the database is closed")
+            raise self.att.closed_error()
         if isinstance(keys, (bytes, bytearray, str)):
             raise InvalidTypeError("batch_get takes an iterable of keys, not a single key",
                                    hint="wrap it in a list: [key]")

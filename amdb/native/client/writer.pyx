@@ -216,6 +216,13 @@ cdef class Writer:
         open; and the write lock is not already held by this thread (code
         the call runs, such as a generator passed to batch_put, calling back
         in: Error code "reentrant_write", which also fails that batch)."""
+        if self.att.client:
+            if self.att.closed:
+                self.att.check_open()
+            raise Error(f"this ParallelDB is attached to a database another process owns and only reads; "
+                        f"it cannot {what} (writes and admin calls from attached processes are not built yet)",
+                        code="attached_read_only",
+                        hint="call it in the process that opened the database")
         if self.att.foreign:
             raise Error(f"this ParallelDB was opened by another process; a forked child cannot {what} "
                         "(it may read, and close its handle)", code="forked",
@@ -525,6 +532,9 @@ cdef class Writer:
         header.chunk_no = r.chunks_published
         ring_publish(r)
         r.last_chunk_sent = r.chunks_published
+        # For clients: what the owner acknowledged (layout.h, solo_seq).
+        amdb_store_release(&self.att.dbc.solo_chunk[w], r.chunks_published)
+        amdb_store_release(&self.att.dbc.solo_seq, seq)
         self.charged_bytes[w] += charge
         self.charged_records[w] += 1
         self.att.async_chunk[w] = r.chunks_published

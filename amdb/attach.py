@@ -1,0 +1,478 @@
+"""Attach: how a process other than the owner gets at an open database.
+
+The owner serves attaches on a UNIX socket (AttachServer): in the database
+directory (``attach.sock``, mode 0600) for a durable database, in the
+abstract namespace under a random name for a memory-only one. A client
+(connect) sends one request line; the owner checks the peer's credentials
+(SO_PEERCRED: the same uid, else refused) and answers with the geometry of
+the segments and their file descriptors (SCM_RIGHTS), so that nothing needs
+a name in /dev/shm. The client maps them read-only (the database control
+block read-write: its reader slot is there) and reads like a forked child
+does (attachment.pyx, "Process safety"; layout.h, "Reader slots").
+
+The connection stays open for the client's life: when the owner goes
+(close, crash), the client's watcher thread sees the connection end and
+marks the attachment gone, so its next call raises OwnerGoneError; when the
+client goes, the owner drops the connection, and the client's reader slot
+is free again because its pid no longer runs.
+
+What a client may do: read (get, batch_get, scans, iterators, snapshots,
+history, len). Writes from attached processes are not built yet; they are
+refused before anything is written (Error code "attached_read_only").
+
+Who calls it: amdb.supervisor.Supervisor starts and stops the server;
+amdb.db.ParallelDB attaches (read_only=True while an owner is open,
+ParallelDB.attach(handle), unpickling).
+"""
+import errno
+import json
+import os
+import secrets
+import selectors
+import socket
+import struct
+import threading
+import weakref
+from typing import NamedTuple, Optional
+
+from amdb.errors import Error, OwnerGoneError
+
+SOCKET_NAME = "attach.sock"
+PROTOCOL = 1
+REQUEST = b"AMDB-ATTACH %d read\n" % PROTOCOL
+HANDSHAKE_TIMEOUT = 5.0             # seconds a connect waits for the owner's answer
+OWNER_POLL = 1.0                    # seconds between a client's checks that its owner's pid runs
+_UCRED = struct.Struct("3i")        # struct ucred: pid, uid, gid
+_LENGTH = struct.Struct("<I")
+_UNIX_PATH_MAX = 107                # sun_path holds 108 bytes with its terminating zero
+
+
+class Handle(NamedTuple):
+    """A picklable token that attaches to an open database from another
+    process (``ParallelDB.attach(handle)``; ``pickle.dumps(db)`` carries one).
+    It names the owner's socket; it holds no secret: the owner checks the
+    peer's uid."""
+    address: str                    # socket path, or an abstract name starting with "\\0"
+    path: Optional[str]             # the database directory, None: memory only
+    owner_pid: int
+
+
+def socket_path(directory):
+    return os.path.join(directory, SOCKET_NAME)
+
+
+class _Address:
+    """A socket address usable with bind/connect: a long directory path goes
+    through /proc/self/fd (sun_path holds 107 bytes)."""
+
+    def __init__(self, address):
+        self.dir_fd = None
+        self.value = address
+        if not address.startswith("\0") and len(os.fsencode(address)) > _UNIX_PATH_MAX:
+            directory, name = os.path.split(address)
+            self.dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self.value = f"/proc/self/fd/{self.dir_fd}/{name}"
+
+    def close(self):
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
+            self.dir_fd = None
+
+
+def _send_message(sock, payload, fds=()):
+    data = json.dumps(payload).encode()
+    message = _LENGTH.pack(len(data)) + data
+    if fds:
+        sent = socket.send_fds(sock, [message], list(fds))
+    else:
+        sent = sock.send(message)
+    if sent < len(message):
+        sock.sendall(message[sent:])
+
+
+def _receive_message(sock, max_fds):
+    """(payload, [fd]) of one message; the caller owns the fds."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, max_fds)
+    try:
+        if not data:
+            raise ConnectionError("the owner closed the connection")
+        while len(data) < _LENGTH.size or len(data) < _LENGTH.size + _LENGTH.unpack_from(data)[0]:
+            more = sock.recv(1 << 16)
+            if not more:
+                raise ConnectionError("the owner closed the connection mid-answer")
+            data += more
+        length = _LENGTH.unpack_from(data)[0]
+        return json.loads(data[_LENGTH.size:_LENGTH.size + length]), fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+# ---- the owner's side -----------------------------------------------------------
+
+class AttachServer:
+    """The owner's attach service: one daemon thread, one listening socket,
+    the open client connections. `describe()` gives the geometry a client
+    needs, `fds` the descriptors to hand over (db control, then one per
+    partition); both stay valid until stop()."""
+
+    def __init__(self, address, describe, fds):
+        self.address = address
+        self.describe = describe
+        self.fds = list(fds)
+        self.clients = {}               # connection -> peer pid
+        self.attaches = 0
+        self.refused = 0
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._stopping = False
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        bind_address = _Address(address)
+        try:
+            if not address.startswith("\0"):
+                try:
+                    os.unlink(bind_address.value)      # a dead owner's socket (we hold the directory lock)
+                except FileNotFoundError:
+                    pass
+            self._listener.bind(bind_address.value)
+            if not address.startswith("\0"):
+                os.chmod(bind_address.value, 0o600)
+            self._listener.listen(64)
+        except BaseException:
+            self._listener.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            raise
+        finally:
+            bind_address.close()
+        self._listener.setblocking(False)
+        self._selector.register(self._listener, selectors.EVENT_READ, "listen")
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._owner_pid = os.getpid()
+        self._thread = threading.Thread(target=self._serve, name="amdb-attach", daemon=True)
+        self._thread.start()
+        _servers.add(self)
+
+    def _serve(self):
+        while not self._stopping:
+            for key, _events in self._selector.select():
+                if key.data == "listen":
+                    self._accept()
+                elif key.data == "wake":
+                    return
+                else:
+                    self._client_event(key.fileobj)
+
+    def _accept(self):
+        try:
+            conn, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return
+        try:
+            conn.settimeout(HANDSHAKE_TIMEOUT)
+            pid, uid, _gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+            request = b""
+            while not request.endswith(b"\n") and len(request) < 256:
+                more = conn.recv(256)
+                if not more:
+                    raise ConnectionError("closed before its request")
+                request += more
+            if uid != os.getuid():
+                self.refused += 1
+                _send_message(conn, {"error": f"process {pid} runs as uid {uid}; this database belongs to "
+                                              f"uid {os.getuid()}", "code": "attach_refused"})
+                conn.close()
+                return
+            if request != REQUEST:
+                self.refused += 1
+                _send_message(conn, {"error": f"unknown attach request {request[:64]!r} (protocol {PROTOCOL})",
+                                     "code": "attach_refused"})
+                conn.close()
+                return
+            _send_message(conn, dict(self.describe(), protocol=PROTOCOL), self.fds)
+            conn.setblocking(False)
+            self._selector.register(conn, selectors.EVENT_READ, "client")
+            self.clients[conn] = pid
+            self.attaches += 1
+        except OSError:
+            conn.close()
+
+    def _client_event(self, conn):
+        try:
+            data = conn.recv(64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:                    # the client closed, or its process is gone
+            self._drop(conn)
+
+    def _drop(self, conn):
+        try:
+            self._selector.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        self.clients.pop(conn, None)
+        conn.close()
+
+    def client_pids(self):
+        return sorted(self.clients.values())
+
+    def stop(self):
+        """Stop serving: every client's connection ends (their next call raises
+        OwnerGoneError), the socket file goes. Idempotent; in a forked child of
+        the owner it only drops this process's copies of the descriptors."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if os.getpid() == self._owner_pid:
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+            if self._thread is not threading.current_thread():
+                self._thread.join(timeout=5.0)
+            if not self.address.startswith("\0"):
+                unlink_address = _Address(self.address)
+                try:
+                    os.unlink(unlink_address.value)
+                except OSError:
+                    pass
+                finally:
+                    unlink_address.close()
+        self._close_descriptors()
+        _servers.discard(self)
+
+    def _close_descriptors(self):
+        for conn in list(self.clients):
+            for how in (socket.SHUT_RDWR,):
+                try:
+                    conn.shutdown(how)
+                except OSError:
+                    pass
+            conn.close()
+        self.clients.clear()
+        self._listener.close()
+        self._selector.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def forget_in_child(self):
+        """After a fork: this process is not the owner; its copies of the
+        socket must not keep clients' connections open."""
+        self._stopping = True
+        for conn in list(self.clients):
+            conn.close()
+        self.clients.clear()
+        self._listener.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+_servers = weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    for server in list(_servers):
+        server.forget_in_child()
+        _servers.discard(server)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def memory_only_address():
+    return f"\0amdb-{os.getpid()}-{secrets.token_hex(8)}"
+
+
+# ---- the client's side --------------------------------------------------------
+
+class NoOwner(Exception):
+    """Nothing serves attaches at that address (no owner, or a dead one)."""
+
+
+def connect(address, max_fds):
+    """Attach: (socket, description, [fd]). Raises NoOwner when no owner
+    answers there, amdb.Error when the owner refuses."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    where = _Address(address)
+    try:
+        sock.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            sock.connect(where.value)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise NoOwner(str(exc)) from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
+                raise NoOwner(str(exc)) from None
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise Error(f"cannot attach: the owner's socket {address!r} is not this user's ({exc.strerror})",
+                            code="attach_refused",
+                            hint="attach from a process of the user that opened the database") from None
+            raise
+        sock.sendall(REQUEST)
+        try:
+            description, fds = _receive_message(sock, max_fds)
+        except (ConnectionError, socket.timeout) as exc:
+            raise NoOwner(f"no answer from the owner: {exc}") from None
+        if "error" in description:
+            for fd in fds:
+                os.close(fd)
+            raise Error(description["error"], code=description.get("code", "attach_refused"),
+                        hint="attach from a process of the user that opened the database")
+        sock.settimeout(None)
+        return sock, description, fds
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        where.close()
+
+
+class Watch:
+    """A client's watch on its owner: a daemon thread that waits on the
+    connection and checks every OWNER_POLL seconds that the owner's pid runs
+    (a forked child of the owner may keep the connection open after it).
+    When the owner is gone it calls `on_gone(reason)` once."""
+
+    def __init__(self, sock, owner_pid, on_gone):
+        self.sock = sock
+        self.owner_pid = owner_pid
+        self.on_gone = on_gone
+        self.closing = False
+        self.pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name="amdb-attach-watch", daemon=True)
+        self._thread.start()
+        _watches.add(self)
+
+    def _run(self):
+        from amdb.shm.segment import pid_alive
+        sock = self.sock
+        reason = None
+        while not self.closing:
+            try:
+                sock.settimeout(OWNER_POLL)
+                data = sock.recv(64)
+                if not data:
+                    reason = "its owner closed the database, or exited"
+                    break
+            except socket.timeout:
+                if not pid_alive(self.owner_pid):
+                    reason = f"its owner (process {self.owner_pid}) is gone"
+                    break
+            except OSError:
+                reason = "the connection to its owner broke"
+                break
+        if not self.closing:
+            self.on_gone(reason)
+
+    def close(self):
+        self.closing = True
+        if os.getpid() == self.pid:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)     # wakes the watcher's recv
+            except OSError:
+                pass
+            if self._thread is not threading.current_thread():
+                self._thread.join(timeout=OWNER_POLL * 2)
+        # In a forked child, only its copy of the descriptor: a shutdown would
+        # end the parent's connection too.
+        self.sock.close()
+        _watches.discard(self)
+
+
+_watches = weakref.WeakSet()
+
+
+def _forget_watches_in_child():
+    """After a fork: the connection is the parent's; the child's copy must
+    not keep it open after the parent is gone (nor end it: Watch.close)."""
+    for watch in list(_watches):
+        watch.closing = True
+        watch.sock.close()
+        _watches.discard(watch)
+
+
+os.register_at_fork(after_in_child=_forget_watches_in_child)
+
+
+def owner_gone_error(path, reason):
+    where = f"{path}" if path else "this memory-only database"
+    hint = (f"reopen it: ParallelDB({path!r}) (a durable database opens in this process once the owner's "
+            "workers are gone)" if path else "a memory-only database ends with its owner: its data is gone")
+    return OwnerGoneError(f"{where}: {reason}", hint=hint)
+
+
+class ClientLink:
+    """What keeps a client attached: its connection and watch, and, for a
+    client collected without close(), the finalizer that frees its reader
+    slot (it holds the database control block's Mapping for that)."""
+
+    def __init__(self, handle, sock, watch, finalizer):
+        self.handle = handle
+        self.sock = sock
+        self.watch = watch
+        self.finalizer = finalizer
+
+    def close(self):
+        """close(): the attachment itself lets its slot and memory go
+        (Attachment.close_foreign); this ends the connection."""
+        self.finalizer.detach()
+        self.watch.close()
+
+
+def _release_client(watch, db_mapping, slot, pid):
+    from amdb.native.client.attachment import release_reader_slot
+    watch.close()
+    if os.getpid() == pid:          # a forked child's copy of the slot is not its own
+        release_reader_slot(db_mapping, slot, pid)
+
+
+def attach_client(att, handle):
+    """Attach `att` (a fresh Attachment) to the database the owner at
+    handle.address serves: map what it hands over, take a reader slot, start
+    the watch. Returns (description, ClientLink). Raises NoOwner when no
+    owner answers."""
+    from amdb.native.constants import MAX_WORKERS
+    from amdb.shm.arena import Mapping
+    sock, description, fds = connect(handle.address, 1 + MAX_WORKERS)
+    try:
+        workers = description["workers"]
+        if len(fds) != 1 + workers:
+            raise Error(f"the owner handed over {len(fds)} descriptors for {workers} workers",
+                        code="attach_refused")
+        db_mapping = Mapping(fds[0], 0, description["db_control_bytes"], True)
+        controls, arenas = [], []
+        for index in range(workers):
+            fd = fds[1 + index]
+            controls.append(Mapping(fd, 0, description["arena_offset"], False))
+            arenas.append(Mapping(fd, description["arena_offset"],
+                                  description["regions"] * description["arena_size"], False))
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        for fd in fds:
+            os.close(fd)
+    handle = Handle(handle.address, description["path"], description["owner_pid"])
+    att.attach(db_mapping, controls, arenas)
+    slot = att.became_client(handle.path)
+    att_ref = weakref.ref(att)
+
+    def on_gone(reason):
+        live = att_ref()
+        if live is not None:
+            live.owner_gone(reason)
+
+    watch = Watch(sock, handle.owner_pid, on_gone)
+    finalizer = weakref.finalize(att, _release_client, watch, db_mapping, slot, os.getpid())
+    return description, ClientLink(handle, sock, watch, finalizer)

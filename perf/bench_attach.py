@@ -1,0 +1,186 @@
+"""Many processes reading one database: an attached client against the owner,
+two reader processes against one, and what attaching costs.
+
+    python perf/bench_attach.py [--keys 100000] [--ops 200000] [--repeat 3] [--workers 2]
+
+The owner opens a memory-only database of --keys 16-byte keys with 100-byte
+values. Then, each timed --repeat times (medians):
+  - owner get / batch_get(100): in the owner's own process;
+  - client get / batch_get(100): in another process, attached with
+    ParallelDB.attach(db.handle()) (reads straight from the shared memory);
+  - 1 vs 2 reader processes: get throughput of one client process alone,
+    then of two at once (their sum);
+  - lmdb, the peer whose readers also share one database across processes:
+    the same 1 vs 2 reader processes on an LMDB environment of the same data;
+  - attach and close: milliseconds per ParallelDB.attach() and per close()
+    in a client process (50 of each).
+Prints a table and the ratios the attach issue asks for.
+"""
+import argparse
+import json
+import os
+import pickle
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A reader process: opens (attaches) once, says "ready", waits for "go", runs
+# its loop, prints one JSON line of ops/s.
+READER = r'''
+import json, pickle, random, sys, time
+kind, arg, ops, mode, keys_n = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+keys = [b"key%013d" % i for i in range(keys_n)]
+random.seed(7)
+order = [keys[random.randrange(keys_n)] for _ in range(ops)]
+if kind == "amdb":
+    import amdb
+    db = amdb.ParallelDB.attach(pickle.loads(bytes.fromhex(arg)))
+    get, batch_get = db.get, db.batch_get
+else:
+    import lmdb
+    env = lmdb.open(arg, readonly=True, lock=True, max_readers=126)
+    txn = env.begin(buffers=False)
+    get = txn.get
+    def batch_get(ks, get=get):
+        return [get(k) for k in ks]
+print("ready", flush=True)
+sys.stdin.readline()
+start = time.perf_counter()
+if mode == "get":
+    for k in order:
+        get(k)
+else:
+    for i in range(0, ops, 100):
+        batch_get(order[i:i + 100])
+elapsed = time.perf_counter() - start
+if kind == "amdb":
+    t_attach, t_close = [], []
+    handle = db.handle()
+    db.close()
+    if mode == "get":
+        for _ in range(50):
+            t0 = time.perf_counter()
+            c = amdb.ParallelDB.attach(handle)
+            t1 = time.perf_counter()
+            c.close()
+            t2 = time.perf_counter()
+            t_attach.append(t1 - t0)
+            t_close.append(t2 - t1)
+    print(json.dumps({"ops_per_s": ops / elapsed, "attach_ms": [x * 1e3 for x in t_attach],
+                      "close_ms": [x * 1e3 for x in t_close]}), flush=True)
+else:
+    print(json.dumps({"ops_per_s": ops / elapsed}), flush=True)
+'''
+
+
+def run_readers(kind, arg, ops, mode, keys, count):
+    """Start `count` reader processes, let them go at once; [result dict]."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    procs = [subprocess.Popen([sys.executable, "-c", READER, kind, arg, str(ops), mode, str(keys)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(count)]
+    try:
+        for p in procs:
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError("a reader process did not start")
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        return [json.loads(p.stdout.readline()) for p in procs]
+    finally:
+        for p in procs:
+            p.stdin.close()
+            p.wait(timeout=60)
+
+
+def owner_loop(db, keys, ops, mode):
+    random.seed(7)
+    order = [keys[random.randrange(len(keys))] for _ in range(ops)]
+    get, batch_get = db.get, db.batch_get
+    start = time.perf_counter()
+    if mode == "get":
+        for k in order:
+            get(k)
+    else:
+        for i in range(0, ops, 100):
+            batch_get(order[i:i + 100])
+    return ops / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--ops", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    sys.path.insert(0, ROOT)
+    import amdb
+    keys = [b"key%013d" % i for i in range(args.keys)]
+    value = b"v" * 100
+    rows = {}
+
+    def note(name, value_):
+        rows.setdefault(name, []).append(value_)
+
+    tmp = tempfile.mkdtemp(prefix="bench_attach_")
+    try:
+        with amdb.ParallelDB(workers=args.workers) as db:
+            db.batch_put([(k, value) for k in keys])
+            handle_hex = pickle.dumps(db.handle()).hex()
+            lmdb_path = None
+            try:
+                import lmdb
+                lmdb_path = os.path.join(tmp, "lmdb")
+                with lmdb.open(lmdb_path, map_size=1 << 30) as env, env.begin(write=True) as txn:
+                    for k in keys:
+                        txn.put(k, value)
+            except ImportError:
+                print("# lmdb is not installed: no peer figures")
+            for _ in range(args.repeat):
+                note("owner get", owner_loop(db, keys, args.ops, "get"))
+                note("owner batch_get(100)", owner_loop(db, keys, args.ops, "batch"))
+                one = run_readers("amdb", handle_hex, args.ops, "get", args.keys, 1)[0]
+                note("client get", one["ops_per_s"])
+                note("attach ms", statistics.median(one["attach_ms"]))
+                note("close ms", statistics.median(one["close_ms"]))
+                note("client batch_get(100)",
+                     run_readers("amdb", handle_hex, args.ops, "batch", args.keys, 1)[0]["ops_per_s"])
+                note("amdb 2 reader processes get (sum)",
+                     sum(r["ops_per_s"] for r in run_readers("amdb", handle_hex, args.ops, "get", args.keys, 2)))
+                if lmdb_path:
+                    note("lmdb 1 reader process get",
+                         run_readers("lmdb", lmdb_path, args.ops, "get", args.keys, 1)[0]["ops_per_s"])
+                    note("lmdb 2 reader processes get (sum)",
+                         sum(r["ops_per_s"] for r in run_readers("lmdb", lmdb_path, args.ops, "get", args.keys, 2)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    med = {name: statistics.median(v) for name, v in rows.items()}
+    print(f"# {args.keys:,} keys (16 B / 100 B), {args.ops:,} ops, workers={args.workers}, "
+          f"{os.cpu_count()} cores, medians of {args.repeat}")
+    for name, v in med.items():
+        unit = "ms" if name.endswith("ms") else "ops/s"
+        print(f"{name:<36} {v:>14,.3f} {unit}" if unit == "ms" else f"{name:<36} {v:>14,.0f} {unit}")
+    print(f"client get / owner get:               {med['client get'] / med['owner get']:.2f}")
+    print(f"client batch_get / owner batch_get:   {med['client batch_get(100)'] / med['owner batch_get(100)']:.2f}")
+    print(f"amdb 2 reader processes / 1:          {med['amdb 2 reader processes get (sum)'] / med['client get']:.2f}")
+    if "lmdb 1 reader process get" in med:
+        print(f"lmdb 2 reader processes / 1:          "
+              f"{med['lmdb 2 reader processes get (sum)'] / med['lmdb 1 reader process get']:.2f}")
+        print(f"amdb / lmdb, 2 reader processes:      "
+              f"{med['amdb 2 reader processes get (sum)'] / med['lmdb 2 reader processes get (sum)']:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "runs": rows, "medians": med}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,424 @@
+"""Attach from other processes (amdb/attach.py): read_only=True while the
+database is open, ParallelDB.attach(handle), pickling. Every client here is
+a real other process; they talk to the test over pipes, never by sleeping."""
+import multiprocessing
+import os
+import pickle
+import signal
+import socket
+
+import pytest
+
+import amdb
+from amdb import attach
+from amdb_testutil import children_of, python_child, read_line, reap, shm_entries, wait_until
+
+# A client process: attaches from a pickled handle (hex on argv) or a path,
+# then runs the commands the test sends, one per stdin line, printing one
+# answer line each.
+CLIENT = r'''
+import os, pickle, sys
+import amdb
+how, arg = sys.argv[1], sys.argv[2]
+if how == "handle":
+    db = amdb.ParallelDB.attach(pickle.loads(bytes.fromhex(arg)))
+elif how == "pickle":
+    db = pickle.loads(bytes.fromhex(arg))
+else:
+    db = amdb.ParallelDB(arg, read_only=True)
+print("attached", "client" if db._client is not None else "owner", db.workers, flush=True)
+held = {}
+for line in sys.stdin:
+    cmd, _, rest = line.strip().partition(" ")
+    try:
+        if cmd == "get":
+            print(repr(db.get(rest.encode())), flush=True)
+        elif cmd == "len":
+            print(len(db), flush=True)
+        elif cmd == "scan":
+            print(repr(list(db.scan(prefix=rest.encode()))), flush=True)
+        elif cmd == "batch_get":
+            print(repr(db.batch_get(rest.encode().split(b","))), flush=True)
+        elif cmd == "iter_open":
+            held["it"] = db.iterator(prefix=rest.encode())
+            print("open", flush=True)
+        elif cmd == "iter_rest":
+            print(repr(list(held.pop("it"))), flush=True)
+        elif cmd == "snapshot":
+            held["snap"] = db.snapshot()
+            print(held["snap"].seq, flush=True)
+        elif cmd == "snap_get":
+            print(repr(held["snap"].get(rest.encode())), flush=True)
+        elif cmd == "history":
+            print(repr([v.value for v in db.history(rest.encode())]), flush=True)
+        elif cmd == "write":
+            for name, call in (("put", lambda: db.put(b"w", b"w")), ("delete", lambda: db.delete(b"a0")),
+                               ("batch_put", lambda: db.batch_put([(b"w", b"w")])),
+                               ("increment", lambda: db.increment(b"n")), ("compact", db.compact),
+                               ("checkpoint", db.checkpoint), ("stats", db.stats),
+                               ("setitem", lambda: db.__setitem__(b"w", b"w"))):
+                try:
+                    call()
+                    print(name, "WROTE", flush=True)
+                except amdb.Error as exc:
+                    print(name, exc.code, flush=True)
+        elif cmd == "until_gone":
+            import time
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                try:
+                    db.get(b"a0")
+                except amdb.OwnerGoneError as exc:
+                    print("gone", type(exc).__name__, isinstance(exc, amdb.ClosedError), flush=True)
+                    break
+            else:
+                print("still attached", flush=True)
+        elif cmd == "reopen":
+            db.close()
+            db = amdb.ParallelDB(rest)
+            print(len(db), repr(db.get(b"a0")), repr(db.get(b"last")), flush=True)
+        elif cmd == "close":
+            db.close()
+            print("closed", db.closed, flush=True)
+        elif cmd == "fork_read":
+            import gc
+            child = os.fork()
+            if child == 0:
+                ok = db.get(b"a1") is not None
+                db.close()                      # the child's handle only
+                del db
+                gc.collect()
+                os._exit(0 if ok else 1)
+            _, status = os.waitpid(child, 0)
+            print(os.WEXITSTATUS(status), repr(db.get(b"a1")), flush=True)
+        elif cmd == "pid":
+            print(os.getpid(), flush=True)
+        else:
+            print("unknown", cmd, flush=True)
+    except amdb.Error as exc:
+        print("error", type(exc).__name__, exc.code, flush=True)
+'''
+
+
+def start_client(how, arg):
+    proc = python_child(CLIENT, how, arg)
+    line = read_line(proc)
+    return proc, line
+
+
+def ask(proc, command):
+    proc.stdin.write(command + "\n")
+    proc.stdin.flush()
+    return read_line(proc)
+
+
+def handle_hex(db):
+    return pickle.dumps(db.handle()).hex()
+
+
+@pytest.fixture
+def owner(make_db):
+    db = make_db(workers=2)
+    db.batch_put([(b"a%d" % i, b"v%d" % i) for i in range(50)])
+    return db
+
+
+def test_client_reads_everything_the_owner_acknowledged(owner):
+    proc, line = start_client("handle", handle_hex(owner))
+    try:
+        assert line == "attached client 2"
+        assert ask(proc, "get a7") == repr(b"v7")
+        assert ask(proc, "len") == "50"
+        # Async single writes (put returns before the worker applied them):
+        # once put() returned, a client's read sees them, and so do its
+        # reads of many keys (visible_seq covers them).
+        for i in range(20):
+            owner.put(b"a%d" % i, b"new%d" % i)
+            assert ask(proc, f"get a{i}") == repr(b"new%d" % i)
+        owner.delete(b"a3")
+        assert ask(proc, "get a3") == "None"
+        assert ask(proc, "len") == "49"
+        expected = [(k, v) for k, v in owner.scan(prefix=b"a1")]
+        assert ask(proc, "scan a1") == repr(expected)
+        assert ask(proc, "batch_get a0,a3,a49") == repr(owner.batch_get([b"a0", b"a3", b"a49"]))
+    finally:
+        reap(proc)
+
+
+def test_read_only_attaches_while_a_writer_has_it_open(tmp_path, make_db):
+    path = str(tmp_path / "db")
+    db = make_db(path=path, workers=2)
+    db.batch_put([(b"a%d" % i, b"v%d" % i) for i in range(10)])
+    assert oct(os.stat(attach.socket_path(path)).st_mode & 0o777) == "0o600"
+    proc, line = start_client("path", path)
+    try:
+        assert line == "attached client 2"          # no second set of workers
+        assert ask(proc, "get a4") == repr(b"v4")
+        db.put(b"a4", b"changed")
+        assert ask(proc, "get a4") == repr(b"changed")
+        assert ask(proc, "history a4") == repr([b"changed", b"v4"])
+        client_pid = int(ask(proc, "pid"))
+        assert children_of(client_pid) == []
+    finally:
+        reap(proc)
+
+
+def test_a_second_writer_is_refused_with_a_hint_to_attach(tmp_path, make_db):
+    path = str(tmp_path / "db")
+    make_db(path=path, workers=2)
+    script = ("import amdb, sys\ntry:\n    amdb.ParallelDB(sys.argv[1])\nexcept amdb.LockedError as e:\n"
+              "    print(e.code, 'read_only=True' in e.hint)\n")
+    proc = python_child(script, path, stdin=False)
+    try:
+        assert read_line(proc) == "locked True"
+    finally:
+        reap(proc)
+
+
+def test_client_writes_are_refused_before_anything_is_written(owner):
+    digest = owner.digest()
+    proc, _ = start_client("handle", handle_hex(owner))
+    try:
+        proc.stdin.write("write\n")
+        proc.stdin.flush()
+        answers = [read_line(proc) for _ in range(8)]
+    finally:
+        reap(proc)
+    assert answers == [f"{name} attached_read_only" for name in
+                       ("put", "delete", "batch_put", "increment", "compact", "checkpoint", "stats", "setitem")]
+    assert owner.digest() == digest
+    assert owner.get(b"w") is None
+
+
+def _pool_get(key):
+    return _pool_db.get(key)
+
+
+def _pool_init(db):
+    global _pool_db
+    _pool_db = db
+
+
+def test_a_pickled_database_arrives_attached_in_a_process_pool(owner):
+    ctx = multiprocessing.get_context("spawn")
+    keys = [b"a%d" % i for i in range(50)]
+    with ctx.Pool(2, initializer=_pool_init, initargs=(owner,)) as pool:
+        got = pool.map(_pool_get, keys)
+    assert got == [owner.get(k) for k in keys]
+    proc, line = start_client("pickle", pickle.dumps(owner).hex())
+    try:
+        assert line == "attached client 2"
+        assert ask(proc, "get a1") == repr(b"v1")
+    finally:
+        reap(proc)
+
+
+def test_owner_close_gives_clients_owner_gone(make_db):
+    db = make_db(workers=2)
+    db.put(b"a0", b"x")
+    proc, _ = start_client("handle", handle_hex(db))
+    try:
+        assert ask(proc, "get a0") == repr(b"x")
+        db.close()
+        assert ask(proc, "until_gone") == "gone OwnerGoneError True"
+        assert ask(proc, "len") == "error OwnerGoneError owner_gone"
+        assert ask(proc, "close") == "closed True"
+    finally:
+        reap(proc)
+    with pytest.raises(amdb.ClosedError):
+        db.handle()
+
+
+OWNER = r'''
+import sys, amdb
+db = amdb.ParallelDB(sys.argv[1], workers=2)
+db.batch_put([(b"a%d" % i, b"v%d" % i) for i in range(100)])
+for i in range(100):
+    db.put(b"last", b"%d" % i)          # acknowledged when put() returns (sync="none")
+print("ready", flush=True)
+sys.stdin.read()
+'''
+
+
+def test_owner_killed_clients_see_it_and_the_database_reopens(tmp_path):
+    path = str(tmp_path / "db")
+    owner_proc = python_child(OWNER, path)
+    client = None
+    try:
+        assert read_line(owner_proc) == "ready"
+        client, line = start_client("path", path)
+        assert line == "attached client 2"
+        assert ask(client, "get last") == repr(b"99")
+        os.kill(owner_proc.pid, signal.SIGKILL)
+        owner_proc.wait(timeout=10)
+        assert ask(client, "until_gone") == "gone OwnerGoneError True"
+        # Every acknowledged write is there when the client opens it itself.
+        assert ask(client, f"reopen {path}") == f"101 {b'v0'!r} {b'99'!r}"
+        assert wait_until(lambda: not shm_entries(owner_proc.pid), 10)
+    finally:
+        reap(owner_proc)
+        if client is not None:
+            reap(client)
+
+
+def test_a_killed_client_blocks_nothing(owner):
+    proc, _ = start_client("handle", handle_hex(owner))
+    server = owner._supervisor.attach_servers[0]
+    try:
+        assert ask(proc, "iter_open a") == "open"          # pins what it reads, in its reader slot
+        seq = int(ask(proc, "snapshot"))
+        client_pid = int(ask(proc, "pid"))
+        assert client_pid in server.client_pids()
+    finally:
+        reap(proc)
+    assert wait_until(lambda: client_pid not in server.client_pids(), 10)
+    for i in range(50):
+        owner.put(b"a%d" % i, b"later")
+    # The dead client's pin and read epoch are not waited for.
+    summary = owner.compact()
+    assert summary["versions_after"] < summary["versions_before"]
+    assert owner.get(b"a1") == b"later" and seq > 0
+
+
+def test_a_forked_child_of_a_client_reads_and_leaves_the_client_attached(owner):
+    proc, _ = start_client("handle", handle_hex(owner))
+    server = owner._supervisor.attach_servers[0]
+    try:
+        client_pid = int(ask(proc, "pid"))
+        assert ask(proc, "fork_read") == f"0 {b'v1'!r}"
+        owner.put(b"a1", b"after")
+        assert ask(proc, "get a1") == repr(b"after")      # its connection was not ended by the child
+        assert server.client_pids() == [client_pid]
+    finally:
+        reap(proc)
+
+
+def test_client_iterators_and_snapshots_survive_the_owners_compaction(owner):
+    proc, _ = start_client("handle", handle_hex(owner))
+    try:
+        assert ask(proc, "iter_open a") == "open"
+        assert ask(proc, "snapshot") != ""
+        expected = list(owner.scan(prefix=b"a"))
+        for i in range(50):
+            owner.put(b"a%d" % i, b"newer")
+        owner.compact()
+        assert ask(proc, "iter_rest") == repr(expected)
+        assert ask(proc, "snap_get a5") == repr(b"v5")
+        assert ask(proc, "get a5") == repr(b"newer")
+    finally:
+        reap(proc)
+
+
+CONNECT_AS_NOBODY = r'''
+import os, pickle, socket, struct, sys
+handle = pickle.loads(bytes.fromhex(sys.argv[1]))
+os.setgid(65534)
+os.setuid(65534)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    s.connect(handle.address)
+except PermissionError:
+    print("no permission", flush=True)
+    sys.exit()
+s.sendall(b"AMDB-ATTACH 1 read\n")
+data, fds, _, _ = socket.recv_fds(s, 65536, 300)
+print(len(fds), b"attach_refused" in data, flush=True)
+'''
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_client_of_another_user_is_refused(tmp_path, make_db, durable):
+    if durable:
+        os.chmod(tmp_path, 0o755)
+        db = make_db(path=str(tmp_path / "db"), workers=2)
+        os.chmod(tmp_path / "db", 0o755)
+    else:
+        db = make_db(workers=2)
+    proc = python_child(CONNECT_AS_NOBODY, handle_hex(db), stdin=False)
+    try:
+        answer = read_line(proc)
+    finally:
+        reap(proc)
+    # A socket file is the owner's, mode 0600; an abstract one has no file
+    # mode: there the owner checks the peer's uid and hands nothing over.
+    assert answer == ("no permission" if durable else "0 True")
+    if not durable:
+        assert db._supervisor.attach_servers[0].refused == 1
+
+
+def test_handles_and_their_errors(make_db):
+    db = make_db(workers=2)
+    handle = db.handle()
+    assert isinstance(handle, amdb.Handle) and handle.path is None and handle.owner_pid == os.getpid()
+    assert pickle.loads(pickle.dumps(handle)) == handle
+    with pytest.raises(amdb.InvalidTypeError):
+        amdb.ParallelDB.attach("not a handle")
+    gone = handle._replace(address="\0amdb-no-such-owner")
+    with pytest.raises(amdb.OwnerGoneError):
+        amdb.ParallelDB.attach(gone)
+
+
+def test_a_client_in_the_owners_own_process_reads_and_goes(make_db):
+    db = make_db(workers=2)
+    db.put(b"k", b"v")
+    client = amdb.ParallelDB.attach(db.handle())
+    assert client.get(b"k") == b"v" and len(client) == 1
+    server = db._supervisor.attach_servers[0]
+    assert server.client_pids() == [os.getpid()]
+    client.close()
+    assert wait_until(lambda: not server.client_pids(), 5)
+    with pytest.raises(amdb.ClosedError):
+        client.get(b"k")
+
+
+ATTACH_AND_DIE = r'''
+import os, pickle, signal, sys
+import amdb
+handle = pickle.loads(bytes.fromhex(sys.argv[1]))
+cycles = int(sys.argv[2])
+bad = 0
+for i in range(cycles):
+    pid = os.fork()
+    if pid == 0:
+        db = amdb.ParallelDB.attach(handle)
+        ok = db.get(b"a1") is not None and len(db) >= 50
+        if ok and i % 2:
+            it = db.iterator()              # dies holding a pin and a read epoch
+            next(it)
+        os.kill(os.getpid(), signal.SIGKILL if ok else signal.SIGTERM)
+    _, status = os.waitpid(pid, 0)
+    if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
+        bad += 1
+print("done", bad, flush=True)
+'''
+
+
+def _attach_kill_cycles(db, cycles):
+    """`cycles` processes attach, read and die by SIGKILL while the owner
+    writes; more of them than there are reader slots (128)."""
+    proc = python_child(ATTACH_AND_DIE, handle_hex(db), cycles, stdin=False)
+    server = db._supervisor.attach_servers[0]
+    written = 0
+    try:
+        while proc.poll() is None:
+            db.put(b"n%d" % written, b"%d" % written)
+            written += 1
+        assert read_line(proc) == "done 0"
+    finally:
+        reap(proc)
+    assert wait_until(lambda: not server.client_pids(), 10)
+    db.flush()
+    assert all(db.get(b"n%d" % i) == b"%d" % i for i in range(written))
+    client = amdb.ParallelDB.attach(db.handle())     # a slot is still free
+    assert client.get(b"a1") == db.get(b"a1")
+    client.close()
+
+
+def test_attach_and_kill_cycles_leak_nothing(owner):
+    _attach_kill_cycles(owner, 150)
+
+
+@pytest.mark.slow
+def test_attach_and_kill_soak(owner):
+    _attach_kill_cycles(owner, 1000)
