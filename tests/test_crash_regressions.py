@@ -237,6 +237,52 @@ def test_pack_pairs_reads_a_list_in_place_until_an_item_needs_python_code():
     assert slots.tolist() == routing.slots_of_keys([k for k, _ in expected]).tolist()
 
 
+
+def test_pack_pairs_pair_whose_len_and_iteration_disagree():
+    # SIGSEGV: a pair that is not an exact tuple was checked with len() == 2,
+    # then turned into a tuple by iterating it, and items 0 and 1 of that tuple
+    # were read without checking its size: a list or tuple subclass whose
+    # __len__ says 2 but which holds one item had a pointer read past the end
+    # of a 1-tuple. Fixed: the tuple it became must have 2 items too.
+    from amdb.native import routing
+
+    class LyingList(list):
+        def __len__(self):
+            return 2
+
+    class LyingTuple(tuple):
+        def __len__(self):
+            return 2
+
+    for pair in (LyingList([b"k" * 100]), LyingTuple((b"k" * 100,)), LyingList([b"k", b"v", b"x"])):
+        for items in ([(b"a", b"1"), pair], ((b"a", b"1"), pair), iter([(b"a", b"1"), pair])):
+            with pytest.raises(amdb.InvalidArgumentError, match="item 1 is not a"):
+                routing.pack_pairs(items, 1 << 10, 1 << 10)
+
+
+def test_pack_pairs_result_shares_no_memory_with_the_caller():
+    # The safety property of db4f57c, kept through issue 18's rewrite (the
+    # bytes are written straight into memory the returned arrays own, a large
+    # buffer being a mapping of its own): the arrays are copies, writable, and
+    # writing them changes nothing the caller holds; they outlive the input.
+    from amdb.native import routing
+    small = [(b"key", b"value")]
+    large = [(b"key_%d" % i, b"%d" % i * 40) for i in range(60_000)]     # > 4 MiB of values: mapped, grown
+    for items in (small, large, tuple(large)):
+        expected = [(bytes(k), bytes(v)) for k, v in items]
+        keys, key_offsets, values, value_offsets, slots = routing.pack_pairs(items, 1 << 10, 1 << 20)
+        for array in (keys, values):
+            assert array.flags.writeable and array.flags.c_contiguous
+            assert array.base is None or not isinstance(array.base, (bytes, tuple, list))
+            array[:] = 0
+        assert [(bytes(k), bytes(v)) for k, v in items] == expected
+        del items
+        keys[:] = np.frombuffer(b"".join(k for k, _ in expected), np.uint8)
+        values[:] = np.frombuffer(b"".join(v for _, v in expected), np.uint8)
+        got = [(keys[key_offsets[i]:key_offsets[i + 1]].tobytes(), values[value_offsets[i]:value_offsets[i + 1]].tobytes())
+               for i in range(len(expected))]
+        assert got == expected
+
 REENTRANT_WRITE = r"""
 import faulthandler, json, sys
 import amdb

@@ -68,6 +68,45 @@ def test_pack_pairs_and_take_packed_reject_bad_input():
         routing.take_packed(data, offsets, np.array([2], dtype=np.int64))
 
 
+
+def _unpacked(packed):
+    keys, key_offsets, values, value_offsets, slots = packed
+    return [(keys[key_offsets[i]:key_offsets[i + 1]].tobytes(), values[value_offsets[i]:value_offsets[i + 1]].tobytes())
+            for i in range(len(slots))]
+
+
+@pytest.mark.parametrize("value_size", [0, 7, 200, 5000])
+def test_pack_pairs_every_input_shape_and_size(value_size):
+    # Lists and tuples are read as they are, other iterables from a copy; a
+    # pair that is a list or a tuple subclass makes a list start again from a
+    # copy. Values past 4 MiB in all go to a mapping of their own that grows
+    # (pack_pairs starts with 64 bytes per value): every shape and size must
+    # give the same packed bytes, offsets and slots.
+    rng = random.Random(value_size)
+    n = 3000
+    items = [(b"key_%d" % i, rng.randbytes(rng.randrange(value_size + 1))) for i in range(n)]
+    expected = items
+    odd = list(items)
+    odd[n // 2] = list(odd[n // 2])
+    odd[n - 1] = PairTuple(odd[n - 1])
+    for shape in (items, tuple(items), iter(items), (pair for pair in items), odd, tuple(odd)):
+        packed = routing.pack_pairs(shape, 1 << 16, 1 << 20)
+        assert _unpacked(packed) == expected
+        assert packed[4].tolist() == [xxhash.xxh64_intdigest(k) % amdb.SLOT_COUNT for k, _ in expected]
+        assert packed[1].dtype == packed[3].dtype == np.int64 and packed[4].dtype == np.uint16
+        assert packed[0].dtype == packed[2].dtype == np.uint8
+
+
+def test_pack_pairs_of_nothing():
+    for items in ([], (), iter([])):
+        keys, key_offsets, values, value_offsets, slots = routing.pack_pairs(items, 16, 16)
+        assert (keys.tolist(), key_offsets.tolist(), values.tolist(), value_offsets.tolist(), slots.tolist()) \
+            == ([], [0], [], [0], [])
+
+
+class PairTuple(tuple):
+    pass
+
 def test_put_packed_round_trip_and_atomic_on_bad_offsets(make_db):
     db = make_db(workers=2)
     items = [(b"p%05d" % i, b"x" * (i % 9)) for i in range(5000)]
