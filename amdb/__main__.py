@@ -13,6 +13,7 @@ Commands:
 import argparse
 import json
 import os
+import shutil
 import platform
 import statistics
 import sys
@@ -51,7 +52,11 @@ def cluster_bench(args):
     print(f"# amdb cluster-bench: {n:,} items per batch_put (key_<i> -> value_<i>), median of {args.repeat}")
     print(f"# host: {platform.node()} {platform.machine()}, {cores} cores, Python {platform.python_version()}, "
           f"Ray {ray.__version__}, amdb {amdb.__version__}")
-    print("# durability: memory-only (path=None) everywhere: nothing is written to disk")
+    if args.path:
+        print(f"# durability: every configuration twice, memory-only and durable (sync={args.sync!r}) in "
+              f"{args.path}: the durable cluster's nodes in {args.path}/cluster-<n>/node-<id>")
+    else:
+        print("# durability: memory-only (path=None) everywhere: nothing is written to disk")
     datasets = [_items(n, b"r%d" % r) for r in range(args.repeat)]
 
     # routing alone: what DistributedCluster.batch_put does before sending —
@@ -70,17 +75,24 @@ def cluster_bench(args):
           f"per-key slot_of loop {n / per_key_s / 1e6:.1f} M keys/s")
 
     results = {"items": n, "repeat": args.repeat, "cores": cores, "workers_total": workers,
-               "durability": "memory-only (path=None)", "routing": routing, "rows": []}
-    times = []
-    with amdb.ParallelDB(workers=workers) as db:
-        for items in datasets:
-            times.append(_timed_batch_put(db, items))
-    base = n / statistics.median(times)
-    results["rows"].append({"config": f"ParallelDB(workers={workers})", "nodes": 0, "workers_per_node": workers,
-                            "items_per_s": base, "ratio": 1.0})
-    header = f"{'configuration':<44} {'items/s':>12} {'per node':>12} {'per core':>12} {'vs ParallelDB':>14}"
-    rows = [f"{'ParallelDB(workers=%d) (baseline)' % workers:<44} {base:>12,.0f} {'-':>12} "
-            f"{base / cores:>12,.0f} {1.0:>14.2f}"]
+               "durability": f"path={args.path} sync={args.sync}" if args.path else "memory-only (path=None)",
+               "routing": routing, "rows": []}
+    header = f"{'configuration':<52} {'items/s':>12} {'per node':>12} {'per core':>12} {'vs ParallelDB':>14}"
+    rows = []
+    bases = {}
+    for durable in ([False, True] if args.path else [False]):
+        times = []
+        path = os.path.join(args.path, "baseline") if durable else None
+        if path:
+            shutil.rmtree(path, ignore_errors=True)
+        with amdb.ParallelDB(path, workers=workers, **({"sync": args.sync} if durable else {})) as db:
+            for items in datasets:
+                times.append(_timed_batch_put(db, items))
+        base = bases[durable] = n / statistics.median(times)
+        label = f"ParallelDB(workers={workers}){' durable' if durable else ''} (baseline)"
+        results["rows"].append({"config": label, "nodes": 0, "workers_per_node": workers, "durable": durable,
+                                "items_per_s": base, "ratio": 1.0})
+        rows.append(f"{label:<52} {base:>12,.0f} {'-':>12} {base / cores:>12,.0f} {1.0:>14.2f}")
 
     started_ray = False
     if not ray.is_initialized():
@@ -89,19 +101,30 @@ def cluster_bench(args):
     try:
         for nodes in node_counts:
             per_node = max(1, workers // nodes)
-            times = []
-            with DistributedCluster(node_count=nodes, workers_per_node=per_node) as cluster:
-                cluster.batch_put(_items(1000, b"warm"))
-                for items in datasets:
-                    times.append(_timed_batch_put(cluster, items))
-                assert len(cluster) == 1000 + n * len(datasets)
-            rate = n / statistics.median(times)
-            label = f"DistributedCluster({nodes} nodes x {per_node} workers)"
-            rows.append(f"{label:<44} {rate:>12,.0f} {rate / nodes:>12,.0f} {rate / cores:>12,.0f} "
-                        f"{rate / base:>14.2f}")
-            results["rows"].append({"config": label, "nodes": nodes, "workers_per_node": per_node,
-                                    "items_per_s": rate, "per_node": rate / nodes, "per_core": rate / cores,
-                                    "ratio": rate / base, "times_s": times})
+            memory_rate = None
+            for durable in ([False, True] if args.path else [False]):
+                times = []
+                path = os.path.join(args.path, f"cluster-{nodes}") if durable else None
+                if path:
+                    shutil.rmtree(path, ignore_errors=True)
+                options = {"sync": args.sync} if durable else None
+                with DistributedCluster(node_count=nodes, workers_per_node=per_node, path=path,
+                                        db_options=options) as cluster:
+                    cluster.batch_put(_items(1000, b"warm"))
+                    for items in datasets:
+                        times.append(_timed_batch_put(cluster, items))
+                    assert len(cluster) == 1000 + n * len(datasets)
+                rate = n / statistics.median(times)
+                base = bases[durable]
+                label = f"DistributedCluster({nodes} nodes x {per_node} workers){' durable' if durable else ''}"
+                if durable:
+                    label += f" = {rate / memory_rate:.2f}x memory-only"
+                memory_rate = rate
+                rows.append(f"{label:<52} {rate:>12,.0f} {rate / nodes:>12,.0f} {rate / cores:>12,.0f} "
+                            f"{rate / base:>14.2f}")
+                results["rows"].append({"config": label, "nodes": nodes, "workers_per_node": per_node,
+                                        "durable": durable, "items_per_s": rate, "per_node": rate / nodes,
+                                        "per_core": rate / cores, "ratio": rate / base, "times_s": times})
     finally:
         if started_ray:
             ray.shutdown()
@@ -215,6 +238,10 @@ def main(argv=None):
                        help="total ParallelDB workers (default: cpu count), split over the nodes")
     bench.add_argument("--repeat", type=int, default=3, help="timed batch_put calls per configuration")
     bench.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    bench.add_argument("--path", default=None,
+                       help="also run every configuration durable, in this directory (emptied per configuration)")
+    bench.add_argument("--sync", default="none", choices=["none", "batch", "interval"],
+                       help="sync= of the durable runs (default none)")
     info_parser = sub.add_parser("info", help="describe a database directory (changes nothing)")
     info_parser.add_argument("path")
     info_parser.add_argument("--json", action="store_true", help="print the raw report as JSON")

@@ -16,6 +16,7 @@ move slots with ``amdb.distributed.rebalance``; packing helpers live in
 ``amdb.distributed.packing``.
 """
 import itertools
+import os
 import threading
 import time
 
@@ -77,7 +78,11 @@ class DistributedCluster:
     Ray cluster to join (None: use the Ray already initialised in this process, or
     start a local one, which ``close()`` then shuts down); ``workers_per_node``
     (default: the host's cpu count divided by the number of nodes on it, at least
-    1); ``path`` (must be None: durable cluster nodes are not supported yet);
+    1); ``path`` (None: memory-only nodes; a directory: each node's ParallelDB is
+    durable in ``path/node-<id>`` and the slot table in ``path/CLUSTER``, so a
+    node restarted by Ray recovers its slots, and a cluster reopened from the path,
+    with any node_count, finds every key; on several hosts the path must name the
+    same storage for every node, e.g. a shared file system);
     ``db_options`` (more ParallelDB options, e.g. ``{"ring_size": 1 << 20}``);
     ``max_restarts`` for the node actors; ``retry_timeout`` for refused requests;
     ``call_timeout`` for one node call; ``ray_init_kwargs`` for a local start.
@@ -87,10 +92,11 @@ class DistributedCluster:
                  max_restarts=3, retry_timeout=DEFAULT_RETRY_TIMEOUT, call_timeout=DEFAULT_CALL_TIMEOUT,
                  ray_init_kwargs=None, start_timeout=120.0):
         if path is not None:
-            raise InvalidArgumentError(
-                "DistributedCluster(path=...) is not available yet: a ParallelDB can be durable, but "
-                "cluster nodes do not yet keep their slots' data in a directory to recover from",
-                hint="pass path=None; a node that dies loses its slots' data, reported by lost_slots()")
+            if not isinstance(path, (str, bytes, os.PathLike)):
+                raise InvalidTypeError(f"path= must be a directory path or None, not {type(path).__name__}")
+            path = os.fsdecode(os.path.abspath(path))
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise InvalidArgumentError(f"path={path!r} exists and is not a directory")
         if isinstance(node_count, bool) or not isinstance(node_count, int) or not 1 <= node_count <= 1024:
             raise InvalidArgumentError(f"node_count={node_count!r} must be an int in 1..1024")
         if workers_per_node is not None and (isinstance(workers_per_node, bool)
@@ -98,6 +104,7 @@ class DistributedCluster:
                                              or not 1 <= workers_per_node <= 256):
             raise InvalidArgumentError(f"workers_per_node={workers_per_node!r} must be an int in 1..256")
         self._closed = False
+        self._path = path
         self._lock = threading.RLock()          # membership changes, close
         self._retry_timeout = retry_timeout
         self._call_timeout = call_timeout
@@ -136,8 +143,14 @@ class DistributedCluster:
         import uuid
         self._namespace = ray.get_runtime_context().namespace
         self._coordinator_name = f"amdb-coordinator-{uuid.uuid4().hex}"
+        if self._path is not None:
+            os.makedirs(self._path, exist_ok=True)
         self._coordinator = _CoordinatorActor.options(
-            num_cpus=0, name=self._coordinator_name, namespace=self._namespace).remote()
+            num_cpus=0, name=self._coordinator_name, namespace=self._namespace).remote(self._path)
+        stored = ray.get(self._coordinator.stored_state.remote(), timeout=start_timeout)
+        if stored is not None:
+            self._reopen(stored, node_count, start_timeout)
+            return
         strategies = [None] * node_count
         if self._hosts > 1 and node_count <= self._hosts:
             from ray.util.placement_group import placement_group
@@ -168,14 +181,37 @@ class DistributedCluster:
         self._max_key_size = options["max_key_size"]
         self._max_value_size = options["max_value_size"]
 
-    def _create_node(self, strategy=None):
-        node_id = self._next_node_id
-        self._next_node_id += 1
+    def _reopen(self, stored, node_count, start_timeout):
+        """A durable cluster's path holds a cluster: start its nodes again (each
+        reopens its directory), give each the slots the stored table says, then
+        add or remove nodes until there are node_count (slots move as in
+        add_node / remove_node)."""
+        self._placement = "single-host" if self._hosts == 1 else "SPREAD"
+        strategy = "SPREAD" if self._hosts > 1 else None
+        self._next_node_id = stored["next_node_id"]
+        handles = [self._create_node(strategy, node_id) for node_id in stored["nodes"]]
+        ray.get([h.ping.remote() for _, h in handles], timeout=start_timeout)
+        version = stored["version"]
+        ray.get([h.assign.remote(version, stored["owned"][node_id]) for node_id, h in handles],
+                timeout=start_timeout)
+        self._refresh()
+        options = ray.get(handles[0][1].stats.remote(), timeout=start_timeout)["db"]["options"]
+        self._max_key_size = options["max_key_size"]
+        self._max_value_size = options["max_value_size"]
+        while len(self._view[2]) < node_count:
+            self.add_node()
+        while len(self._view[2]) > node_count:
+            self.remove_node(max(self._view[2]))
+
+    def _create_node(self, strategy=None, node_id=None):
+        if node_id is None:
+            node_id = self._next_node_id
+            self._next_node_id += 1
         options = {"num_cpus": 0, "max_restarts": self._max_restarts, "max_task_retries": 0}
         if strategy is not None:
             options["scheduling_strategy"] = strategy
         handle = _NodeActor.options(**options).remote(node_id, self._coordinator_name, self._namespace,
-                                                      dict(self._db_options))
+                                                      dict(self._db_options), self._path)
         self._nodes_created.append((node_id, handle))
         ray.get(self._coordinator.register.remote(node_id, handle))
         return node_id, handle
@@ -197,7 +233,8 @@ class DistributedCluster:
         except RayActorError as exc:
             raise NodeUnavailableError(
                 f"node {node_id} is unavailable: its actor died or is restarting "
-                f"({type(exc).__name__}); without path= the data of its slots is lost",
+                f"({type(exc).__name__}); " + ("a restarted node reopens its directory" if self._path else
+                                                "without path= the data of its slots is lost"),
                 node_id=node_id) from exc
         except GetTimeoutError as exc:
             raise NodeUnavailableError(f"node {node_id} did not answer within {self._call_timeout}s",
@@ -566,7 +603,8 @@ class DistributedCluster:
             self._refresh()
             handle = nodes[node_id]
             try:
-                ray.get(handle.close.remote(), timeout=self._call_timeout)
+                # Its directory goes too (durable): the others hold its slots now.
+                ray.get(handle.destroy.remote(), timeout=self._call_timeout)
             except (RayActorError, GetTimeoutError):
                 pass
             ray.kill(handle, no_restart=True)
@@ -635,7 +673,9 @@ class DistributedCluster:
             "placement": self._placement,
             "hosts": self._hosts,
             "workers_per_node": self._workers_per_node,
-            "durability": "memory-only (path=None)",
+            "durability": ("memory-only (path=None)" if self._path is None else
+                           f"durable: {self._path}/node-<id> (sync={self._db_options.get('sync', 'none')})"),
+            "path": self._path,
             "closed": False,
         }
 

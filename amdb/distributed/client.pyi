@@ -3,6 +3,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Final, Literal, NamedTuple, TypeVar, overload, type_check_only
 
 import numpy as np
+from _typeshed import StrOrBytesPath
 from numpy.typing import NDArray
 from typing_extensions import Buffer, Self
 
@@ -35,7 +36,7 @@ class _ClusterBatchOutcome(NamedTuple):
 
 class DistributedCluster:
     def __init__(self, node_count: int = 4, *, address: str | None = None, workers_per_node: int | None = None,
-                 path: None = None, db_options: dict[str, Any] | None = None, max_restarts: int = 3,
+                 path: StrOrBytesPath | None = None, db_options: dict[str, Any] | None = None, max_restarts: int = 3,
                  retry_timeout: float = 30.0, call_timeout: float = 300.0,
                  ray_init_kwargs: dict[str, Any] | None = None, start_timeout: float = 120.0) -> None: ...
 

@@ -12,22 +12,96 @@ Called through Ray by the client (``snapshot`` to refresh its cached table,
 owner) and by the ``AmDbNode`` actors (``node_started``, ``node_view``,
 ``report_lost`` when a node comes back from a restart without its data).
 """
+import json
+import os
+
 import numpy as np
 
 from amdb import SLOT_COUNT
-from amdb.errors import Error
+from amdb.errors import CorruptionError, Error
+
+CLUSTER_FILE = "CLUSTER"            # the slot table of a durable cluster, in its path
+CLUSTER_FORMAT = 1
+
+
+def read_cluster_file(path):
+    """The stored state of a durable cluster at `path` ({"version", "table",
+    "nodes", "next_node_id"}), or None when there is none yet."""
+    name = os.path.join(path, CLUSTER_FILE)
+    try:
+        with open(name) as f:
+            stored = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CorruptionError(f"{name} cannot be read: {exc}") from None
+    if stored.get("format") != CLUSTER_FORMAT:
+        raise CorruptionError(f"{name}: unknown format {stored.get('format')!r}")
+    table = np.full(SLOT_COUNT, -1, dtype=np.int32)
+    for start, stop, node in stored["ranges"]:
+        table[start:stop] = node
+    return {"version": stored["version"], "table": table, "nodes": stored["nodes"],
+            "next_node_id": stored["next_node_id"]}
+
+
+def write_cluster_file(path, version, table, nodes, next_node_id):
+    """Replace the stored state atomically (write, fsync, rename, fsync the directory)."""
+    edges = np.flatnonzero(np.diff(table)) + 1
+    starts = [0] + edges.tolist()
+    stops = edges.tolist() + [SLOT_COUNT]
+    ranges = [[a, b, int(table[a])] for a, b in zip(starts, stops)]
+    data = json.dumps({"format": CLUSTER_FORMAT, "version": version, "nodes": sorted(nodes),
+                       "next_node_id": next_node_id, "ranges": ranges})
+    name = os.path.join(path, CLUSTER_FILE)
+    tmp = name + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, name)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class AmDbCoordinator:
-    """The versioned slot -> node table and the membership record."""
+    """The versioned slot -> node table and the membership record. With a
+    `path` (a durable cluster) the table and the member ids are written to
+    path/CLUSTER at every change, before anything acts on the change: a
+    cluster reopened from the path routes every slot to the node whose
+    directory holds its data."""
 
-    def __init__(self):
+    def __init__(self, path=None):
+        self.path = path
         self.version = 0
         self.table = np.full(SLOT_COUNT, -1, dtype=np.int32)
         self.nodes = {}
         self.node_versions = {}
         self.lost = {}                 # node_id -> (sorted slots, reason)
         self.starts = {}               # node_id -> how many times its actor started
+        self.stored = read_cluster_file(path) if path is not None else None
+        self.next_node_id = 0
+        if self.stored is not None:
+            self.version = self.stored["version"]
+            self.table = self.stored["table"].copy()
+            self.next_node_id = self.stored["next_node_id"]
+            self.members = set(self.stored["nodes"])
+        else:
+            self.members = set()
+
+    def stored_state(self):
+        """What the path held when this coordinator started (None: a new cluster)."""
+        if self.stored is None:
+            return None
+        return {"version": self.stored["version"], "nodes": list(self.stored["nodes"]),
+                "next_node_id": self.stored["next_node_id"],
+                "owned": {n: np.flatnonzero(self.table == n) for n in self.stored["nodes"]}}
+
+    def _persist(self):
+        if self.path is not None:
+            write_cluster_file(self.path, self.version, self.table, self.members, self.next_node_id)
 
     def snapshot(self):
         return self.version, self.table, dict(self.nodes), dict(self.node_versions)
@@ -39,7 +113,13 @@ class AmDbCoordinator:
 
     def register(self, node_id, handle):
         self.nodes[node_id] = handle
-        self.node_versions[node_id] = 0        # owns nothing yet; its actor starts at version 0
+        if node_id not in self.members:
+            self.node_versions[node_id] = 0    # owns nothing yet; its actor starts at version 0
+        else:                                  # reopened: it owns what the stored table says
+            self.node_versions[node_id] = self.version
+        self.members.add(node_id)
+        self.next_node_id = max(self.next_node_id, node_id + 1)
+        self._persist()
         return self.version
 
     def unregister(self, node_id):
@@ -48,7 +128,9 @@ class AmDbCoordinator:
         self.nodes.pop(node_id, None)
         self.node_versions.pop(node_id, None)
         self.lost.pop(node_id, None)
+        self.members.discard(node_id)
         self.version += 1
+        self._persist()
         return self.version
 
     def set_slots(self, slots, node_id):
@@ -60,6 +142,7 @@ class AmDbCoordinator:
                 self.node_versions[old] = self.version
         self.node_versions[node_id] = self.version
         self.table[slots] = node_id
+        self._persist()                 # before any node acts on it (release deletes the old copy)
         return self.version
 
     def node_view(self, node_id):

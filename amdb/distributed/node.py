@@ -2,10 +2,12 @@
 
 One ``AmDbNode`` actor per node (created by ``amdb.distributed.client``'s
 ``DistributedCluster`` with ``num_cpus=0``, so it never starves Ray's
-scheduler); it owns a ``ParallelDB`` (memory only: its workers are fresh
+scheduler); it owns a ``ParallelDB`` (memory only, or durable in
+``path/node-<id>`` for a cluster with a path; its workers are fresh
 interpreters, ``python -m amdb._worker``, never forked) and a per-slot state:
 OWNED, FROZEN (moving out: reads served, writes refused), INCOMING (moving in:
-nothing served), LOST (restarted without a path), or not owned. It checks every
+nothing served), LOST (restarted without a path), or not owned. A durable node
+that Ray restarts reopens its directory and serves its slots again. It checks every
 request against the table version the client used and against its slot states,
 and refuses what it must not serve.
 
@@ -25,6 +27,10 @@ from amdb.distributed.packing import _fixed_width, _pack, _split
 from amdb.errors import Error
 from amdb.native.routing import slots_of_keys, slots_of_packed
 
+def node_directory(path, node_id):
+    return os.path.join(path, f"node-{node_id}")
+
+
 # ---- per-slot states (node side) and reply statuses ---------------------------------
 
 NOT_OWNED, OWNED, FROZEN, INCOMING, LOST = 0, 1, 2, 3, 4
@@ -34,14 +40,16 @@ OK, STALE, WRONG_NODE, MOVING, DATA_LOST = "ok", "stale", "wrong_node", "moving"
 class AmDbNode:
     """One node of a cluster: a ParallelDB plus the slot states it is allowed to serve."""
 
-    def __init__(self, node_id, coordinator_name, namespace, db_options):
+    def __init__(self, node_id, coordinator_name, namespace, db_options, path=None):
         import amdb
         self.node_id = node_id
         # Found by name (not passed as a handle) so that the constructor arguments are
         # plain values, which Ray can always replay when it restarts this actor.
         coordinator = ray.get_actor(coordinator_name, namespace=namespace)
         self.coordinator = coordinator
-        self.db = amdb.ParallelDB(None, **db_options)
+        # A durable cluster: this node's data lives in path/node-<id> on its host.
+        self.path = None if path is None else node_directory(path, node_id)
+        self.db = amdb.ParallelDB(self.path, **db_options)
         self.state = np.zeros(SLOT_COUNT, dtype=np.uint8)
         self.version = 0
         self.incoming_per_slot = np.zeros(SLOT_COUNT, dtype=np.int64)
@@ -50,15 +58,21 @@ class AmDbNode:
         self.tracking = None            # slot -> set of keys while slots are being moved out
         self.restarted = False
         self.lost_count = 0
+        self.swept = 0
         if ray.get(coordinator.node_started.remote(node_id)) > 1:
-            # Ray restarted this actor after it died. There is no path, so the data
-            # of every slot this node owned is gone: say so instead of serving empty.
             self.restarted = True
             version, owned = ray.get(coordinator.node_view.remote(node_id))
             self.version = version
-            self.state[owned] = LOST
-            self.lost_count = len(owned)
-            ray.get(coordinator.report_lost.remote(node_id, owned, "the node actor died and was restarted"))
+            if self.path is not None:
+                # Ray restarted this actor after it died; its directory kept every
+                # acknowledged write: serve what the table says it owns.
+                self.assign(version, owned)
+            else:
+                # No path: the data of every slot this node owned is gone. Say so
+                # instead of serving empty.
+                self.state[owned] = LOST
+                self.lost_count = len(owned)
+                ray.get(coordinator.report_lost.remote(node_id, owned, "the node actor died and was restarted"))
 
     # -- checks --------------------------------------------------------------
 
@@ -186,8 +200,18 @@ class AmDbNode:
     # -- membership -------------------------------------------------------------
 
     def assign(self, version, slots):
+        """Serve `slots` from table version `version` on. A durable node first
+        deletes what its directory holds of other slots: a move that the
+        cluster's death interrupted may have left copies (imported, not yet
+        activated; or released in the table, not yet deleted), and they must
+        not come back should those slots move here later."""
         self.state[slots] = OWNED
         self.version = max(self.version, version)
+        if self.path is not None:
+            strays = [key for _, key in self._keys_in(self.state != OWNED)]
+            if strays:
+                self.db.batch_delete(strays)
+            self.swept += len(strays)
         return int((self.state == OWNED).sum())
 
     def begin_export(self, slots):
@@ -296,6 +320,8 @@ class AmDbNode:
             "ray_node_id": ctx.get_node_id(),
             "version": self.version,
             "restarted": self.restarted,
+            "path": self.path,
+            "strays_deleted": self.swept,
             "slots": {"owned": int((self.state == OWNED).sum()), "frozen": int((self.state == FROZEN).sum()),
                       "incoming": int((self.state == INCOMING).sum()), "lost": int((self.state == LOST).sum())},
             "keys": len(self.db) - self.incoming_count,
@@ -304,4 +330,13 @@ class AmDbNode:
 
     def close(self):
         self.db.close()
+        return True
+
+    def destroy(self):
+        """Close, and delete this node's directory (it was removed from the
+        cluster: the other nodes hold its slots now)."""
+        self.db.close()
+        if self.path is not None:
+            import shutil
+            shutil.rmtree(self.path, ignore_errors=True)
         return True
