@@ -39,8 +39,11 @@ LIVENESS_INTERVAL = 0.05            # seconds between worker-liveness polls befo
 PRESSURE_MIN_VERSIONS = 1000        # /dev/shm nearly full: compact again after this many more versions
 COMPACT_DRAIN_TIMEOUT = 1.0         # seconds a compaction waits for readers of the old generation
                                     # before it leaves the old region's memory to the next one
-COMPACT_READERS_TIMEOUT = 30.0      # seconds a compaction waits for a forked child's read of the
-                                    # region it must write before it gives up (Error readers_busy)
+COMPACT_READERS_TIMEOUT = 30.0      # seconds a compaction waits for another process's read (a forked
+                                    # child's, an attached client's) of the region it must write before
+                                    # it gives up (Error readers_busy); an automatic one waits
+                                    # COMPACT_DRAIN_TIMEOUT, then is retried later: a stopped reader
+                                    # delays a write by that much at most
 EXIT_LOCK_TIMEOUT = 2.0             # seconds the exit handler waits for a write in another thread
 SUCCESSOR_ATTEMPTS = 3              # successors started for one dead worker before writes are refused
 
@@ -121,7 +124,7 @@ class Supervisor:
         self.pressure_retry_at = 0      # the same, when /dev/shm is nearly full (smaller steps)
         self.compact_drain_timeout = COMPACT_DRAIN_TIMEOUT
         self.compaction = {"compactions": 0, "versions_reclaimed": 0, "bytes_reclaimed": 0,
-                           "failures": 0, "last": None}
+                           "failures": 0, "deferred": 0, "last": None}
         self.owner_pid = os.getpid()
         self.liveness_checked = 0.0
         self.segment_fds = []
@@ -602,6 +605,8 @@ class Supervisor:
         except Error as exc:
             self.compact_retry_at = versions + max(self.o.compact_min_versions, versions // 4)
             self.pressure_retry_at = versions + max(PRESSURE_MIN_VERSIONS, versions // 8)
+            if exc.code == "readers_busy":
+                self.compaction["deferred"] += 1
             if self.audit is not None:
                 self.audit.event("compact_failed", why="automatic", error=str(exc))
 
@@ -657,12 +662,13 @@ class Supervisor:
         assert region != self.att.regions()[worker][0]
         punch_hole(self.segment_fds[worker], self.arena_offset + region * self.o.arena_size, self.o.arena_size)
 
-    def _finish_reclaim(self, wait):
+    def _finish_reclaim(self, wait, patience=COMPACT_READERS_TIMEOUT):
         """Punch out the regions the last compaction retired, once the readers
         that could still be in them are gone: waits COMPACT_DRAIN_TIMEOUT at
         most (wait=False; the regions then stay until the next compaction, or
         close) or until they are (wait=True; a compaction must, before it
-        writes there again). True when nothing is left pending."""
+        writes there again; other processes' reads are waited for `patience`
+        seconds, then readers_busy). True when nothing is left pending."""
         if not self.pending_reclaim:
             return True
         before = self.shm_bytes()
@@ -670,13 +676,13 @@ class Supervisor:
             return False
         # Reads of forked children (layout.h, "Reader slots"): a stopped
         # child must not hang the owner, so even wait=True gives up.
-        if not self.att.wait_readers(-1, COMPACT_READERS_TIMEOUT if wait else self.compact_drain_timeout,
-                                  self.pending_epoch):
+        if not self.att.wait_readers(-1, patience if wait else self.compact_drain_timeout, self.pending_epoch):
             if wait:
                 pids = self.att.foreign_readers_before(self.pending_epoch)
-                raise Error(f"a forked process (pid {', '.join(map(str, pids))}) has been reading the arena "
-                            f"generation that compaction must overwrite for over {COMPACT_READERS_TIMEOUT:.0f} s",
-                            code="readers_busy", hint="retry once that process's read is over; nothing was changed")
+                raise Error(f"another process (pid {', '.join(map(str, pids))}: a forked child or an attached "
+                            f"client) has been reading the arena generation that compaction must overwrite for "
+                            f"over {patience:g} s", code="readers_busy",
+                            hint="retry once that process's read is over; nothing was changed")
             return False
         for worker, region in self.pending_reclaim:
             self._punch(worker, region)
@@ -694,7 +700,10 @@ class Supervisor:
     def _compact(self, keep, why):
         started = time.perf_counter()
         with self.compact_lock:
-            self._finish_reclaim(wait=True)        # the target regions must be empty
+            # The target regions must be empty. A write that triggered an
+            # automatic compaction waits for a stopped reader briefly only.
+            self._finish_reclaim(wait=True, patience=(self.compact_drain_timeout if why == "automatic"
+                                                      else COMPACT_READERS_TIMEOUT))
             shm_before = self.shm_bytes()
             versions_before, _ = self.att.version_counts()
             arena_before = sum(self._stats_of(w)["arena_used"] for w in range(self.o.workers))

@@ -91,6 +91,12 @@ for line in sys.stdin:
                 os._exit(0 if ok else 1)
             _, status = os.waitpid(child, 0)
             print(os.WEXITSTATUS(status), repr(db.get(b"a1")), flush=True)
+        elif cmd == "enter_read":
+            held["slot"] = db._debug_enter_read()    # a read that stops half way (SIGSTOP, a debugger)
+            print("inside", flush=True)
+        elif cmd == "leave_read":
+            db._debug_leave_read(held.pop("slot"))
+            print("left", flush=True)
         elif cmd == "pid":
             print(os.getpid(), flush=True)
         else:
@@ -345,6 +351,38 @@ def test_a_client_of_another_user_is_refused(tmp_path, make_db, durable):
     assert answer == ("no permission" if durable else "0 True")
     if not durable:
         assert db._supervisor.attach_servers[0].refused == 1
+
+
+def test_a_client_stopped_inside_a_read_delays_writes_briefly_only(make_db, monkeypatch):
+    import time
+
+    import amdb.supervisor
+    db = make_db(workers=2, compact_min_versions=200)
+    db.batch_put([(b"a%d" % i, b"v0") for i in range(300)])
+    proc, _ = start_client("handle", handle_hex(db))
+    try:
+        assert ask(proc, "enter_read") == "inside"
+        # Automatic compactions: the first retires the generation the client
+        # is inside; the next must overwrite it and finds the client there.
+        started = time.monotonic()
+        for round_ in range(1, 6):
+            db.batch_put([(b"a%d" % i, b"v%d" % round_) for i in range(300)])
+        elapsed = time.monotonic() - started
+        compaction = db.stats()["compaction"]
+        assert compaction["compactions"] >= 1 and compaction["deferred"] >= 1, compaction
+        assert elapsed < 30, elapsed       # not COMPACT_READERS_TIMEOUT per write
+        # An explicit compaction waits longer (COMPACT_READERS_TIMEOUT, 0.5 s
+        # here), then says who is in the way and changes nothing.
+        monkeypatch.setattr(amdb.supervisor, "COMPACT_READERS_TIMEOUT", 0.5)
+        with pytest.raises(amdb.Error) as info:
+            db.compact()
+        assert info.value.code == "readers_busy" and str(int(ask(proc, "pid"))) in str(info.value)
+        assert ask(proc, "leave_read") == "left"
+        summary = db.compact()                  # the read is over: nothing in the way
+        assert summary["versions_after"] == 300
+        assert db.get(b"a7") == b"v5"
+    finally:
+        reap(proc)
 
 
 def test_handles_and_their_errors(make_db):
