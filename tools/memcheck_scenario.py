@@ -2,7 +2,7 @@
 deletes, an aborted multi-chunk batch, async single writes, a write batch,
 iterators and their seek index, scans both ways, batch reads, the numpy
 paths, history, snapshots, verify and the ledger, compaction, a forked child's
-reads, an idle worker's successor resuming its ring; the log,
+reads, an attached client's reads, an idle worker's successor resuming its ring; the log,
 checkpoints written while writes change the arena, and recovery; a hung
 worker replaced mid-batch) for `make memcheck`
 (valgrind) and `make asan-test` smoke runs.
@@ -88,6 +88,19 @@ db.put(b"k00001", b"third")
 db.compact(keep_versions=1)
 os.write(w, b"x")
 assert os.waitpid(pid, 0)[1] == 0
+# An attached client (amdb/attach.py; here in this very process): mapped from
+# the descriptors the owner hands over, reads through its reader slot, catches
+# up with the owner's async writes; one collected without close() frees its slot.
+client = amdb.ParallelDB.attach(db.handle())
+db.put(b"k00002", b"async")
+assert client.get(b"k00002") == b"async" and client.batch_get([b"k00001"]) == [b"third"]
+assert len(list(client.scan(prefix=b"k001"))) > 50 and next(client.iterator(prefix=b"s"))[0] == b"s00000"
+client.close()
+import gc
+lost = amdb.ParallelDB.attach(db.handle())
+assert lost.get(b"k00001") == b"third"
+del lost
+gc.collect()
 os.kill(db.stats()["workers"][0]["pid"], signal.SIGKILL)
 db.batch_put([(b"k%05d" % i, b"after") for i in range(100)])
 assert db.get(b"k00050") == b"after" and db.stats()["worker_restarts"] == 1 and db.verify().ok
