@@ -17,8 +17,10 @@ client goes, the owner drops the connection, and the client's reader slot
 is free again because its pid no longer runs.
 
 What a client may do: read (get, batch_get, scans, iterators, snapshots,
-history, len). Writes from attached processes are not built yet; they are
-refused before anything is written (Error code "attached_read_only").
+history, len), and ask its owner to run stats(), verify() or digest() for it
+(an admin request on a connection of its own, answered by a thread of the
+owner). Writes from attached processes are not built yet; they are refused
+before anything is written (Error code "attached_read_only").
 
 Who calls it: amdb.supervisor.Supervisor starts and stops the server;
 amdb.db.ParallelDB attaches (read_only=True while an owner is open,
@@ -40,6 +42,8 @@ from amdb.errors import Error, OwnerGoneError
 SOCKET_NAME = "attach.sock"
 PROTOCOL = 1
 REQUEST = b"AMDB-ATTACH %d read\n" % PROTOCOL
+ADMIN_REQUEST = b"AMDB-ADMIN %d " % PROTOCOL    # + the call's name + newline: run it in the owner
+ADMIN_CALLS = ("stats", "verify", "digest")       # what a client may ask its owner to run
 HANDSHAKE_TIMEOUT = 5.0             # seconds a connect waits for the owner's answer
 OWNER_POLL = 1.0                    # seconds between a client's checks that its owner's pid runs
 _UCRED = struct.Struct("3i")        # struct ucred: pid, uid, gid
@@ -117,9 +121,10 @@ class AttachServer:
     needs, `fds` the descriptors to hand over (db control, then one per
     partition); both stay valid until stop()."""
 
-    def __init__(self, address, describe, fds):
+    def __init__(self, address, describe, fds, admin=None):
         self.address = address
         self.describe = describe
+        self.admin = admin              # admin(name) -> result: an ADMIN_CALLS call on the owner's database
         self.fds = list(fds)
         self.clients = {}               # connection -> peer pid
         self.attaches = 0
@@ -186,6 +191,11 @@ class AttachServer:
                                               f"uid {os.getuid()}", "code": "attach_refused"})
                 conn.close()
                 return
+            if request.startswith(ADMIN_REQUEST) and self.admin is not None:
+                # Its own thread: a verify() can take a while, and attaches go on meanwhile.
+                threading.Thread(target=self._serve_admin, args=(conn, request[len(ADMIN_REQUEST):-1]),
+                                 name="amdb-admin", daemon=True).start()
+                return
             if request != REQUEST:
                 self.refused += 1
                 _send_message(conn, {"error": f"unknown attach request {request[:64]!r} (protocol {PROTOCOL})",
@@ -198,6 +208,25 @@ class AttachServer:
             self.clients[conn] = pid
             self.attaches += 1
         except OSError:
+            conn.close()
+
+    def _serve_admin(self, conn, name):
+        """Run one admin call for a client and answer with its result (or its
+        exception), pickled: the peer is a process of the same user."""
+        import pickle
+        try:
+            name = name.decode("ascii", "replace")
+            if name not in ADMIN_CALLS:
+                raise Error(f"unknown admin call {name!r}", code="attach_refused")
+            try:
+                reply = {"result": pickle.dumps(self.admin(name)).hex()}
+            except Exception as exc:
+                reply = {"exception": pickle.dumps(exc).hex()}
+            conn.settimeout(HANDSHAKE_TIMEOUT)
+            _send_message(conn, reply)
+        except Exception:
+            pass
+        finally:
             conn.close()
 
     def _client_event(self, conn):
@@ -338,6 +367,32 @@ def connect(address, max_fds):
         where.close()
 
 
+def admin_call(address, name):
+    """Run ADMIN_CALLS `name` (stats, verify, digest) in the owner that serves
+    `address`, on a connection of its own; its result, or its exception raised
+    here. OwnerGoneError when no owner answers."""
+    import pickle
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    where = _Address(address)
+    try:
+        try:
+            sock.connect(where.value)
+            sock.sendall(ADMIN_REQUEST + name.encode("ascii") + b"\n")
+            reply, fds = _receive_message(sock, 0)
+        except (OSError, ConnectionError) as exc:
+            raise NoOwner(str(exc)) from None
+        for fd in fds:
+            os.close(fd)
+    finally:
+        sock.close()
+        where.close()
+    if "exception" in reply:
+        raise pickle.loads(bytes.fromhex(reply["exception"]))
+    if "error" in reply:
+        raise Error(reply["error"], code=reply.get("code", "attach_refused"))
+    return pickle.loads(bytes.fromhex(reply["result"]))
+
+
 class Watch:
     """A client's watch on its owner: a daemon thread that waits on the
     connection and checks every OWNER_POLL seconds that the owner's pid runs
@@ -428,6 +483,15 @@ class ClientLink:
         (Attachment.close_foreign); this ends the connection."""
         self.finalizer.detach()
         self.watch.close()
+
+    def admin(self, name, att):
+        """An ADMIN_CALLS call run by the owner (stats, verify, digest)."""
+        if att.closed:
+            raise att.closed_error()
+        try:
+            return admin_call(self.handle.address, name)
+        except NoOwner:
+            raise owner_gone_error(self.handle.path, "its owner no longer answers") from None
 
 
 def _release_client(watch, db_mapping, slot, pid):

@@ -472,6 +472,8 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         per worker — and return an amdb.VerifyReport listing every break.
         Writes wait while a full verification runs; reads go on."""
         import concurrent.futures
+        if self._client is not None and key is None:
+            return self._client.admin("verify", self._att)      # run by the owner (attach.ADMIN_CALLS)
         self._require_owner("verify()")
         started = time.perf_counter()
         if key is not None:
@@ -498,6 +500,8 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         and ring_size, fed the same batches in the same order, have the same
         digest; any rewritten version changes it (see amdb/history.py)."""
         import hashlib
+        if self._client is not None:
+            return self._client.admin("digest", self._att)
         with self._exclusive("digest()"):
             self._writer.quiesce()
             heads = inspect.ledger_heads(self._att)
@@ -593,7 +597,10 @@ class ParallelDB(MappingViews, abc.MutableMapping):
     # ---- introspection ---------------------------------------------------------
 
     def stats(self):
-        """Per-worker and overall counters (keys, arena and ring use, applied seq)."""
+        """Per-worker and overall counters (keys, arena and ring use, applied seq).
+        In an attached client, its owner's (asked over the attach socket)."""
+        if self._client is not None:
+            return self._client.admin("stats", self._att)
         self._require_owner("stats()")
         self._writer.flush()
         return self._supervisor.stats()

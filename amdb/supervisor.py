@@ -130,6 +130,7 @@ class Supervisor:
         self.segment_fds = []
         self.attach_servers = []        # the AttachServer, once it serves (a list: _reap empties it)
         self.attach_refused = "it is closed"
+        self.owner_ref = None           # the ParallelDB (weak): what clients' admin calls run on
         self.arena_offset = 0
         self.segment_size = 0
         self.worker_env = None
@@ -158,6 +159,7 @@ class Supervisor:
         object whose collection shuts the workers down (the ParallelDB)."""
         o = self.o
         plan = None
+        self.owner_ref = weakref.ref(owner)
         slot_owner = [slot % o.workers for slot in range(SLOT_COUNT)]
         if o.path is not None:
             manifest = o.manifest
@@ -322,9 +324,18 @@ class Supervisor:
         address = attach.memory_only_address() if self.path is None else attach.socket_path(self.path)
         fds = [db_fd] + self.segment_fds[:self.o.workers]
         try:
-            self.attach_servers.append(attach.AttachServer(address, self.describe_for_clients, fds))
+            self.attach_servers.append(attach.AttachServer(address, self.describe_for_clients, fds,
+                                                           self._admin_for_client))
         except OSError as exc:
             self.attach_refused = f"its socket could not be made ({exc.strerror or exc})"
+
+    def _admin_for_client(self, name):
+        """An attached client's stats(), verify() or digest(), run here on the
+        owner's database (attach.ADMIN_CALLS), in the server's admin thread."""
+        db = self.owner_ref() if self.owner_ref is not None else None
+        if db is None or self.att.closed:
+            raise ClosedError("the owner closed the database")
+        return getattr(db, name)()
 
     def describe_for_clients(self):
         """What a client needs to map the segments the owner hands over."""
@@ -912,6 +923,9 @@ class Supervisor:
                 "log_errors": sum(w["log_errors"] for w in per_worker),
                 "log_broken": any(w["log_broken"] for w in per_worker)},
             "worker_restarts": sum(self.restarts),
+            "clients": ({"attached": self.attach_servers[0].client_pids(),
+                         "attaches": self.attach_servers[0].attaches,
+                         "refused": self.attach_servers[0].refused} if self.attach_servers else None),
             "memory": self.memory(per_worker),
             "compaction": dict(self.compaction, keep_versions=self.o.keep_versions,
                                compact_min_versions=self.o.compact_min_versions,

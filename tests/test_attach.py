@@ -55,7 +55,7 @@ for line in sys.stdin:
             for name, call in (("put", lambda: db.put(b"w", b"w")), ("delete", lambda: db.delete(b"a0")),
                                ("batch_put", lambda: db.batch_put([(b"w", b"w")])),
                                ("increment", lambda: db.increment(b"n")), ("compact", db.compact),
-                               ("checkpoint", db.checkpoint), ("stats", db.stats),
+                               ("checkpoint", db.checkpoint), ("verify_key", lambda: db.verify(b"a1")),
                                ("setitem", lambda: db.__setitem__(b"w", b"w"))):
                 try:
                     call()
@@ -97,6 +97,10 @@ for line in sys.stdin:
         elif cmd == "leave_read":
             db._debug_leave_read(held.pop("slot"))
             print("left", flush=True)
+        elif cmd == "admin":
+            stats = db.stats()
+            print(stats["keys"], os.getpid() in stats["clients"]["attached"], db.verify().ok,
+                  db.digest()["root"], flush=True)
         elif cmd == "pid":
             print(os.getpid(), flush=True)
         else:
@@ -191,7 +195,7 @@ def test_client_writes_are_refused_before_anything_is_written(owner):
     finally:
         reap(proc)
     assert answers == [f"{name} attached_read_only" for name in
-                       ("put", "delete", "batch_put", "increment", "compact", "checkpoint", "stats", "setitem")]
+                       ("put", "delete", "batch_put", "increment", "compact", "checkpoint", "verify_key", "setitem")]
     assert owner.digest() == digest
     assert owner.get(b"w") is None
 
@@ -203,6 +207,30 @@ def _pool_get(key):
 def _pool_init(db):
     global _pool_db
     _pool_db = db
+
+
+def test_a_client_asks_its_owner_for_stats_verify_and_digest(owner):
+    proc, _ = start_client("handle", handle_hex(owner))
+    try:
+        assert ask(proc, "admin") == f"50 True True {owner.digest()['root']}"
+    finally:
+        reap(proc)
+
+
+def test_the_command_line_reads_a_database_open_elsewhere(tmp_path, make_db):
+    import subprocess
+    import sys
+    path = str(tmp_path / "db")
+    db = make_db(path=path, workers=2)
+    db.batch_put([(b"a%d" % i, b"v") for i in range(100)])
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    verify = subprocess.run([sys.executable, "-m", "amdb", "verify", path], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert verify.returncode == 0 and "100 keys" in verify.stdout and db.digest()["root"] in verify.stdout, verify
+    info = subprocess.run([sys.executable, "-m", "amdb", "info", "--memory", path], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert info.returncode == 0 and "for 100 keys" in info.stdout, info
+    assert db.get(b"a1") == b"v"                 # the owner goes on
 
 
 def test_a_pickled_database_arrives_attached_in_a_process_pool(owner):
