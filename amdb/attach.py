@@ -202,12 +202,15 @@ class AttachServer:
                                      "code": "attach_refused"})
                 conn.close()
                 return
+            # Counted before the answer: once attached, the client is listed.
+            self.clients[conn] = pid
+            self.attaches += 1
             _send_message(conn, dict(self.describe(), protocol=PROTOCOL), self.fds)
             conn.setblocking(False)
             self._selector.register(conn, selectors.EVENT_READ, "client")
-            self.clients[conn] = pid
-            self.attaches += 1
         except OSError:
+            if self.clients.pop(conn, None) is not None:
+                self.attaches -= 1
             conn.close()
 
     def _serve_admin(self, conn, name):

@@ -517,7 +517,12 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         if self._att.closed:
             raise ClosedError("the database is closed")
         self._writer.flush()                # a snapshot holds every write this process made
-        return Snapshot(self, self._att.visible_seq(), (self._att.pin, self._att.unpin))
+        self._reader.sync_reads()           # (a client: every write its owner acknowledged)
+        seq = self._att.pin_visible()       # pinned before the seq is taken (Attachment.pin_visible)
+        try:
+            return Snapshot(self, seq, (self._att.pin, self._att.unpin))
+        finally:
+            self._att.unpin(seq)
 
     # ---- retention, compaction, durability ----------------------------------------
 

@@ -413,6 +413,61 @@ def test_a_client_stopped_inside_a_read_delays_writes_briefly_only(make_db, monk
         reap(proc)
 
 
+ATOMICITY_READER = r'''
+import pickle, sys
+import amdb
+db = amdb.ParallelDB.attach(pickle.loads(bytes.fromhex(sys.argv[1])))
+keys = [b"atom/%03d" % i for i in range(64)]
+print("ready", flush=True)
+reads = torn = 0
+last = -1
+while True:
+    try:
+        got = db.batch_get(keys)
+        scanned = [v for _, v in db.scan(prefix=b"atom/")]
+        snap = db.snapshot()
+        snapped = snap.batch_get(keys)
+        snap.close()
+    except amdb.OwnerGoneError:
+        break
+    for view in (got, scanned, snapped):
+        if len(set(view)) != 1 or len(view) != 64:
+            torn += 1
+    round_ = int(got[0])
+    if round_ < last:
+        torn += 1                       # went back in time
+    last = round_
+    reads += 1
+print(reads, torn, last, flush=True)
+'''
+
+
+def test_clients_see_batches_whole_while_the_owner_writes_and_compacts(make_db):
+    """Two client processes read a 64-key batch (both workers) over and over
+    while the owner rewrites it, with automatic compactions switching arena
+    generations under them: every read sees one batch whole, never older
+    than the last."""
+    from amdb_testutil import python_child
+    db = make_db(workers=2, compact_min_versions=500)
+    keys = [b"atom/%03d" % i for i in range(64)]
+    db.batch_put([(k, b"0") for k in keys])
+    readers = [python_child(ATOMICITY_READER, handle_hex(db), stdin=False) for _ in range(2)]
+    try:
+        assert [read_line(r) for r in readers] == ["ready", "ready"]
+        rounds = 600
+        for round_ in range(1, rounds + 1):
+            db.batch_put([(k, b"%d" % round_) for k in keys])
+        compactions = db.stats()["compaction"]["compactions"]
+        db.close()                                   # the readers see their owner go, and report
+        results = [read_line(r).split() for r in readers]
+    finally:
+        for r in readers:
+            reap(r)
+    assert compactions >= 10
+    for reads, torn, last in results:
+        assert int(reads) > 0 and int(torn) == 0 and 0 <= int(last) <= rounds
+
+
 def test_handles_and_their_errors(make_db):
     db = make_db(workers=2)
     handle = db.handle()

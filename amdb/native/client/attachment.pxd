@@ -61,6 +61,7 @@ cdef class Attachment:
 
     cpdef int pin(self, uint64_t seq) except -1
     cpdef int unpin(self, uint64_t seq) except -1
+    cpdef uint64_t pin_visible(self) except? 0
     cdef int publish_pin(self) except -1
 
     cdef void _free_seek_indexes(self) noexcept

@@ -584,6 +584,23 @@ cdef class Attachment:
             self.publish_pin()
         return 0
 
+    cpdef uint64_t pin_visible(self) except? 0:
+        """Pin the newest visible seq for a read that will last (a snapshot, an
+        iterator) and return it; the caller owns that pin. The pin goes out
+        first (a lower bound), then visible_seq is read again and used: a
+        compaction that did not see the pin read visible_seq before it looked
+        (compact_horizon), so it kept every version a read as of the seq read
+        after the pin needs. (Taking the seq first and pinning it after lets a
+        compaction in between reclaim what the read needs.)"""
+        cdef uint64_t lower = amdb_load_seqcst(&self.dbc.visible_seq)
+        cdef uint64_t seq
+        self.pin(lower)
+        seq = amdb_load_seqcst(&self.dbc.visible_seq)
+        if seq != lower:
+            self.pin(seq)
+            self.unpin(lower)
+        return seq
+
     def compact_horizon(self):
         """The oldest seq an open snapshot or iterator reads as of, of this
         process or of a live forked child (its reader slot), else
@@ -591,7 +608,8 @@ cdef class Attachment:
         from amdb.shm.segment import pid_alive
         cdef int i
         cdef uint64_t pinned, holder
-        horizon = self.visible_seq()
+        # visible_seq first (seq_cst), then the pins: see pin_visible.
+        horizon = amdb_load_seqcst(&self.dbc.visible_seq)
         if self.pins:
             horizon = min(horizon, min(self.pins))
         for i in range(AMDB_READER_SLOTS):

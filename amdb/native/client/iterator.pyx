@@ -76,14 +76,14 @@ cdef class Iterator:
         self.back_len = <uint32_t *>calloc(max(self.nworkers, 1), sizeof(uint32_t))
         if self.cursor == NULL or self.cursor_version == NULL or self.back_len == NULL:
             raise MemoryError()
+        att.pin(visible)                  # compaction keeps what this iterator reads: before it reads
+        self.pinned = True
         self._enter()
         try:
             self.epoch = att.read_epoch
             self._seek_end(not reverse)
         finally:
             self._leave()
-        att.pin(visible)                  # compaction keeps what this iterator reads
-        self.pinned = True
 
     def __dealloc__(self):
         # The cyclic garbage collector may have cleared self.att (tp_clear

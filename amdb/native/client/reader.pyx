@@ -374,6 +374,11 @@ cdef class Reader:
             self.att.leave_foreign()
         return 0
 
+    def sync_reads(self):
+        """Before a read as of now that lasts (db.snapshot()): every async write
+        of this process applied and visible, and, in a client, its owner's."""
+        self._sync_own_writes()
+
     def count(self):
         if self.att.closed:
             raise self.att.closed_error()
@@ -655,8 +660,17 @@ cdef class Reader:
                 hi, include_stop = end, False
         self.att.check_open()               # the bounds' conversion may have run the caller's code
         mode = MODE_KEYS if keys_only else (MODE_VALUES if values_only else MODE_ITEMS)
-        return Iterator(self.att, lo, hi, include_start, include_stop, reverse, mode, snapshot,
-                        -1 if limit is None else limit, namespace or None)
+        if at_seq is not None:
+            return Iterator(self.att, lo, hi, include_start, include_stop, reverse, mode, snapshot,
+                            -1 if limit is None else limit, namespace or None)
+        # As of now: pinned before the seq is taken (Attachment.pin_visible);
+        # the iterator holds a pin of its own from its start.
+        snapshot = self.att.pin_visible()
+        try:
+            return Iterator(self.att, lo, hi, include_start, include_stop, reverse, mode, snapshot,
+                            -1 if limit is None else limit, namespace or None)
+        finally:
+            self.att.unpin(snapshot)
 
     def scan(self, start=None, stop=None, *, prefix=None, bint reverse=False, bint keys_only=False,
              at_seq=None, limit=None):
