@@ -77,7 +77,7 @@ def cluster_bench(args):
     results = {"items": n, "repeat": args.repeat, "cores": cores, "workers_total": workers,
                "durability": f"path={args.path} sync={args.sync}" if args.path else "memory-only (path=None)",
                "routing": routing, "rows": []}
-    header = f"{'configuration':<52} {'items/s':>12} {'per node':>12} {'per core':>12} {'vs ParallelDB':>14}"
+    header = f"{'configuration':<60} {'items/s':>12} {'per node':>12} {'per core':>12} {'vs ParallelDB':>14}"
     rows = []
     bases = {}
     for durable in ([False, True] if args.path else [False]):
@@ -92,7 +92,7 @@ def cluster_bench(args):
         label = f"ParallelDB(workers={workers}){' durable' if durable else ''} (baseline)"
         results["rows"].append({"config": label, "nodes": 0, "workers_per_node": workers, "durable": durable,
                                 "items_per_s": base, "ratio": 1.0})
-        rows.append(f"{label:<52} {base:>12,.0f} {'-':>12} {base / cores:>12,.0f} {1.0:>14.2f}")
+        rows.append(f"{label:<60} {base:>12,.0f} {'-':>12} {base / cores:>12,.0f} {1.0:>14.2f}")
 
     started_ray = False
     if not ray.is_initialized():
@@ -101,15 +101,22 @@ def cluster_bench(args):
     try:
         for nodes in node_counts:
             per_node = max(1, workers // nodes)
+            same_rf1 = {}
             memory_rate = None
-            for durable in ([False, True] if args.path else [False]):
+            configs = [(False, 1)] + ([(True, 1)] if args.path else [])
+            if args.replication > 1 and nodes >= args.replication:
+                configs.append((bool(args.path), args.replication))
+            for durable, rf in configs:
                 times = []
                 path = os.path.join(args.path, f"cluster-{nodes}") if durable else None
                 if path:
                     shutil.rmtree(path, ignore_errors=True)
                 options = {"sync": args.sync} if durable else None
+                if rf > 1 and path:
+                    path += f"-rf{rf}"
+                    shutil.rmtree(path, ignore_errors=True)
                 with DistributedCluster(node_count=nodes, workers_per_node=per_node, path=path,
-                                        db_options=options) as cluster:
+                                        db_options=options, replication_factor=rf) as cluster:
                     cluster.batch_put(_items(1000, b"warm"))
                     for items in datasets:
                         times.append(_timed_batch_put(cluster, items))
@@ -117,13 +124,18 @@ def cluster_bench(args):
                 rate = n / statistics.median(times)
                 base = bases[durable]
                 label = f"DistributedCluster({nodes} nodes x {per_node} workers){' durable' if durable else ''}"
-                if durable:
+                if rf > 1:
+                    label += f" rf={rf} = {rate / same_rf1[durable]:.2f}x rf=1"
+                elif durable:
                     label += f" = {rate / memory_rate:.2f}x memory-only"
-                memory_rate = rate
-                rows.append(f"{label:<52} {rate:>12,.0f} {rate / nodes:>12,.0f} {rate / cores:>12,.0f} "
+                if rf == 1:
+                    same_rf1[durable] = rate
+                    memory_rate = memory_rate or rate
+                rows.append(f"{label:<60} {rate:>12,.0f} {rate / nodes:>12,.0f} {rate / cores:>12,.0f} "
                             f"{rate / base:>14.2f}")
                 results["rows"].append({"config": label, "nodes": nodes, "workers_per_node": per_node,
-                                        "durable": durable, "items_per_s": rate, "per_node": rate / nodes,
+                                        "durable": durable, "replication_factor": rf,
+                                        "items_per_s": rate, "per_node": rate / nodes,
                                         "per_core": rate / cores, "ratio": rate / base, "times_s": times})
     finally:
         if started_ray:
@@ -240,6 +252,8 @@ def main(argv=None):
     bench.add_argument("--json", default=None, help="also write the figures to this JSON file")
     bench.add_argument("--path", default=None,
                        help="also run every configuration durable, in this directory (emptied per configuration)")
+    bench.add_argument("--replication", type=int, default=1, choices=[1, 2, 3],
+                       help="also run each node count of at least this many nodes with replication_factor=N")
     bench.add_argument("--sync", default="none", choices=["none", "batch", "interval"],
                        help="sync= of the durable runs (default none)")
     info_parser = sub.add_parser("info", help="describe a database directory (changes nothing)")

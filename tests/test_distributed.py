@@ -422,6 +422,85 @@ def test_a_durable_cluster_reopens_with_any_node_count(ray_cluster, tmp_path):
             assert sorted(os.listdir(path)) == ["CLUSTER"] + sorted(f"node-{n}" for n in c.nodes)
 
 
+def _node_pids(c):
+    """{node_id: actor pid} once every node answers (some may be restarting)."""
+    box = {}
+
+    def answered():
+        try:
+            stats = c.stats()
+        except amdb.NodeUnavailableError:
+            return False
+        if stats["unavailable"]:
+            return False
+        box.update({n["node_id"]: n["pid"] for n in stats["nodes"]})
+        return True
+    assert wait_until(answered, DEADLINE)
+    return box
+
+
+def _replicated_kills(ray_cluster, kills, path=None):
+    """Kill a node actor (SIGKILL) `kills` times while batches are written to
+    a 3-node cluster with replication_factor=2: after each death the next
+    batch succeeds (failover), repair() restores two copies of every slot, and
+    at the end every key holds its last acknowledged value."""
+    import time
+    c = DistributedCluster(node_count=3, address=ray_cluster.address, workers_per_node=1, path=path,
+                           db_options=DB_OPTIONS, max_restarts=kills + 1, retry_timeout=DEADLINE,
+                           replication_factor=2)
+    keys = [b"rep/%05d" % i for i in range(1500)]
+    acked = {}
+    failover_s = []
+    pids = []
+    try:
+        assert c.batch_put([(k, b"r0") for k in keys]).success
+        acked = dict.fromkeys(keys, b"r0")
+        for round_ in range(1, kills + 1):
+            victim_pids = _node_pids(c)
+            pids += victim_pids.values()
+            victim = round_ % 3
+            os.kill(victim_pids[victim], signal.SIGKILL)
+            started = time.monotonic()
+            value = b"r%d" % round_
+            success, results = c.batch_put([(k, value) for k in keys])
+            assert success, results
+            failover_s.append(time.monotonic() - started)
+            acked = dict.fromkeys(keys, value)
+            c.put(keys[round_], b"single%d" % round_)
+            acked[keys[round_]] = b"single%d" % round_
+            _node_pids(c)                               # the victim is back (empty, or its directory)
+            c.repair()
+            stats = c.stats()["replication"]
+            assert stats["slots_short_of_copies"] == 0 and stats["failovers"] >= 1, stats
+            assert c.batch_get(keys) == [acked[k] for k in keys]
+        primary, copies = c.slot_copies(slot_of(keys[0]))
+        assert len(copies) == 1 and copies[0] != primary
+    finally:
+        pids += [n for n in _node_pids(c).values()] if not c.closed else []
+        c.close()
+    assert_nothing_left(pids)
+    return failover_s
+
+
+def test_a_replicated_cluster_loses_no_acknowledged_write_when_nodes_die(ray_cluster):
+    failover_s = _replicated_kills(ray_cluster, 5)
+    assert max(failover_s) < DEADLINE
+
+
+@pytest.mark.slow
+def test_replicated_kill_soak(ray_cluster, tmp_path):
+    failover_s = sorted(_replicated_kills(ray_cluster, 100, path=str(tmp_path / "cluster")))
+    print(f"failover (death to the next acknowledged batch): median {failover_s[50]:.3f} s, "
+          f"p90 {failover_s[90]:.3f} s, max {failover_s[-1]:.3f} s")
+
+
+def test_replication_arguments_are_checked(ray_cluster):
+    with pytest.raises(amdb.InvalidArgumentError, match="at least as many nodes"):
+        DistributedCluster(node_count=1, address=ray_cluster.address, replication_factor=2)
+    with pytest.raises(amdb.InvalidArgumentError):
+        DistributedCluster(node_count=2, address=ray_cluster.address, replication_factor=4)
+
+
 def test_node_that_ray_does_not_restart_is_reported_dead(ray_cluster):
     c = DistributedCluster(node_count=2, address=ray_cluster.address, workers_per_node=1,
                            db_options=DB_OPTIONS, max_restarts=0, retry_timeout=DEADLINE)

@@ -40,7 +40,9 @@ DEFAULT_RETRY_TIMEOUT = 30.0       # seconds a call keeps retrying refused reque
 DEFAULT_CALL_TIMEOUT = 300.0       # seconds one node call may take before node_timeout
 SCAN_PAGE = 2048                   # keys per scan page and node
 
-_NodeActor = ray.remote(AmDbNode)
+# Replicated writes (replicate_packed) run in a thread of their own on the
+# replica: a primary waiting on it never waits for that node's own requests.
+_NodeActor = ray.remote(concurrency_groups={"replication": 1})(AmDbNode)
 _CoordinatorActor = ray.remote(AmDbCoordinator)
 
 
@@ -90,7 +92,7 @@ class DistributedCluster:
 
     def __init__(self, node_count=4, *, address=None, workers_per_node=None, path=None, db_options=None,
                  max_restarts=3, retry_timeout=DEFAULT_RETRY_TIMEOUT, call_timeout=DEFAULT_CALL_TIMEOUT,
-                 ray_init_kwargs=None, start_timeout=120.0):
+                 ray_init_kwargs=None, start_timeout=120.0, replication_factor=1):
         if path is not None:
             if not isinstance(path, (str, bytes, os.PathLike)):
                 raise InvalidTypeError(f"path= must be a directory path or None, not {type(path).__name__}")
@@ -99,11 +101,19 @@ class DistributedCluster:
                 raise InvalidArgumentError(f"path={path!r} exists and is not a directory")
         if isinstance(node_count, bool) or not isinstance(node_count, int) or not 1 <= node_count <= 1024:
             raise InvalidArgumentError(f"node_count={node_count!r} must be an int in 1..1024")
+        if (isinstance(replication_factor, bool) or not isinstance(replication_factor, int)
+                or not 1 <= replication_factor <= 3):
+            raise InvalidArgumentError(f"replication_factor={replication_factor!r} must be 1, 2 or 3")
+        if replication_factor > node_count:
+            raise InvalidArgumentError(f"replication_factor={replication_factor} needs at least as many nodes "
+                                       f"(node_count={node_count}): each copy of a slot is on another node")
+        self._rf = replication_factor
         if workers_per_node is not None and (isinstance(workers_per_node, bool)
                                              or not isinstance(workers_per_node, int)
                                              or not 1 <= workers_per_node <= 256):
             raise InvalidArgumentError(f"workers_per_node={workers_per_node!r} must be an int in 1..256")
         self._closed = False
+        self._failovers = 0
         self._path = path
         self._lock = threading.RLock()          # membership changes, close
         self._retry_timeout = retry_timeout
@@ -146,8 +156,12 @@ class DistributedCluster:
         if self._path is not None:
             os.makedirs(self._path, exist_ok=True)
         self._coordinator = _CoordinatorActor.options(
-            num_cpus=0, name=self._coordinator_name, namespace=self._namespace).remote(self._path)
+            num_cpus=0, name=self._coordinator_name, namespace=self._namespace).remote(self._path, self._rf)
         stored = ray.get(self._coordinator.stored_state.remote(), timeout=start_timeout)
+        if stored is not None and stored["replication_factor"] != self._rf:
+            raise InvalidArgumentError(f"{self._path} holds a cluster with replication_factor="
+                                       f"{stored['replication_factor']}, not {self._rf}",
+                                       hint=f"open it with replication_factor={stored['replication_factor']}")
         if stored is not None:
             self._reopen(stored, node_count, start_timeout)
             return
@@ -176,6 +190,17 @@ class DistributedCluster:
             version = ray.get(self._coordinator.set_slots.remote(slots, node_id))
             refs.append(handle.assign.remote(version, slots))
         ray.get(refs, timeout=start_timeout)
+        # Copies: the slots of node i also live on nodes i+1 .. i+rf-1 (all empty yet).
+        for column in range(self._rf - 1):
+            refs = []
+            for i in range(node_count):
+                slots = np.arange(bounds[i], bounds[i + 1])
+                node_id, handle = handles[(i + 1 + column) % node_count]
+                version = ray.get(self._coordinator.set_replicas.remote(slots, column, node_id))
+                refs.append(handle.assign_replicas.remote(version, slots))
+            ray.get(refs, timeout=start_timeout)
+        if self._rf > 1:
+            ray.get([h.sync_view.remote() for _, h in handles], timeout=start_timeout)
         self._refresh()
         options = ray.get(handles[0][1].stats.remote(), timeout=start_timeout)["db"]["options"]
         self._max_key_size = options["max_key_size"]
@@ -192,12 +217,22 @@ class DistributedCluster:
         handles = [self._create_node(strategy, node_id) for node_id in stored["nodes"]]
         ray.get([h.ping.remote() for _, h in handles], timeout=start_timeout)
         version = stored["version"]
+        if self._rf > 1:
+            _, _, replicas, _, _, _ = ray.get(self._coordinator.replica_view.remote(), timeout=start_timeout)
+            ray.get([h.assign_replicas.remote(version, np.flatnonzero((replicas == node_id).any(axis=1)))
+                     for node_id, h in handles], timeout=start_timeout)
         ray.get([h.assign.remote(version, stored["owned"][node_id]) for node_id, h in handles],
                 timeout=start_timeout)
+        if self._rf > 1:
+            ray.get([h.sync_view.remote() for _, h in handles], timeout=start_timeout)
         self._refresh()
         options = ray.get(handles[0][1].stats.remote(), timeout=start_timeout)["db"]["options"]
         self._max_key_size = options["max_key_size"]
         self._max_value_size = options["max_value_size"]
+        if self._rf > 1 and len(self._view[2]) != node_count:
+            raise InvalidArgumentError(f"{self._path} holds {len(self._view[2])} nodes; a replicated cluster "
+                                       "reopens with the same node_count (membership changes keep no "
+                                       "replicas yet)")
         while len(self._view[2]) < node_count:
             self.add_node()
         while len(self._view[2]) > node_count:
@@ -211,7 +246,7 @@ class DistributedCluster:
         if strategy is not None:
             options["scheduling_strategy"] = strategy
         handle = _NodeActor.options(**options).remote(node_id, self._coordinator_name, self._namespace,
-                                                      dict(self._db_options), self._path)
+                                                      dict(self._db_options), self._path, self._rf)
         self._nodes_created.append((node_id, handle))
         ray.get(self._coordinator.register.remote(node_id, handle))
         return node_id, handle
@@ -245,10 +280,18 @@ class DistributedCluster:
                 raise cause from None
             raise
 
-    def _gone(self, node_id):
+    def _gone(self, node_id, exc=None):
         """After a node call failed: True if the node left the table meanwhile (it was
-        removed), so the call should be re-routed rather than reported."""
+        removed), or, in a replicated cluster, died and its slots were failed over
+        to their replicas, so the call should be re-routed rather than reported."""
         try:
+            if (self._rf > 1 and exc is not None and exc.code == "node_unavailable"
+                    and isinstance(exc.__cause__, RayActorError)):
+                # Idempotent: the node's restarted actor may have done it already.
+                ray.get(self._coordinator.fail_over.remote(node_id), timeout=self._call_timeout)
+                self._failovers += 1
+                self._refresh()
+                return True                 # resend to the slots' primaries now (until retry_timeout)
             return node_id not in self._refresh()[2]
         except Exception:
             return False
@@ -279,8 +322,8 @@ class DistributedCluster:
             node_id = int(table[slot])
             try:
                 status, payload = self._get(node_id, getattr(nodes[node_id], method).remote(version, slot, key, *args))
-            except NodeUnavailableError:
-                if not self._gone(node_id):
+            except NodeUnavailableError as exc:
+                if not self._gone(node_id, exc):
                     raise
                 status, payload = WRONG_NODE, None
             if status == OK:
@@ -396,7 +439,7 @@ class DistributedCluster:
                 try:
                     status, payload = self._get(node_id, ref)
                 except NodeUnavailableError as exc:
-                    if self._gone(node_id):
+                    if self._gone(node_id, exc):
                         refused.append(idx)
                     else:
                         failures[node_id] = exc
@@ -581,6 +624,7 @@ class DistributedCluster:
         the keys) from the others; only those slots move. Returns its node id."""
         with self._lock:
             self._check_open()
+            self._refuse_membership_change("add_node")
             strategy = "SPREAD" if self._hosts > 1 else None
             node_id, handle = self._create_node(strategy)
             self._get(node_id, handle.ping.remote())
@@ -592,6 +636,7 @@ class DistributedCluster:
         """Move every slot of ``node_id`` to the other nodes (evenly), then stop it."""
         with self._lock:
             self._check_open()
+            self._refuse_membership_change("remove_node")
             version, table, nodes, _ = self._refresh()
             if node_id not in nodes:
                 raise InvalidArgumentError(f"remove_node: no node {node_id!r} (nodes: {sorted(nodes)})")
@@ -609,6 +654,69 @@ class DistributedCluster:
                 pass
             ray.kill(handle, no_restart=True)
             self._nodes_created = [(n, h) for n, h in self._nodes_created if n != node_id]
+
+    def _refuse_membership_change(self, what):
+        if self._rf > 1:
+            raise InvalidArgumentError(f"{what}() is not available with replication_factor={self._rf} yet: "
+                                       "moving slots does not move their replicas",
+                                       hint="use replication_factor=1 to change membership")
+
+    # ---- replication (docs/CLUSTER.md) -------------------------------------------------
+
+    def repair(self, *, slots_per_step=DEFAULT_SLOTS_PER_STEP):
+        """Give every slot back its replication_factor copies after failovers:
+        a slot short of copies gets one on a live node that holds none of it,
+        copied from its primary while the slot is frozen there (writes to it
+        wait and retry; reads go on). Returns the number of copies made."""
+        with self._lock:
+            self._check_open()
+            if self._rf == 1:
+                return 0
+            made = 0
+            version, table, replicas, nodes, down, _ = ray.get(self._coordinator.replica_view.remote(),
+                                                            timeout=self._call_timeout)
+            live = [n for n in sorted(nodes) if n not in down]
+            for column in range(self._rf - 1):
+                version, table, replicas, nodes, down, _ = ray.get(self._coordinator.replica_view.remote(),
+                                                                timeout=self._call_timeout)
+                short = np.flatnonzero(replicas[:, column] < 0)
+                if not len(short):
+                    continue
+                # Candidates per slot: live nodes that are neither its primary nor a copy.
+                plan = {}
+                for slot in short.tolist():
+                    holders = {int(table[slot])} | {int(r) for r in replicas[slot] if r >= 0}
+                    choices = [n for n in live if n not in holders]
+                    if choices:
+                        target = choices[slot % len(choices)]
+                        plan.setdefault((int(table[slot]), target), []).append(slot)
+                for (primary, target), group in sorted(plan.items()):
+                    for start in range(0, len(group), slots_per_step):
+                        step = np.asarray(group[start:start + slots_per_step], dtype=np.int64)
+                        self._copy_step(nodes, primary, target, column, step)
+                        made += len(step)
+            self._refresh()
+            return made
+
+    def _copy_step(self, nodes, primary, target, column, step):
+        """One repair step: freeze `step` at its primary and copy it to `target`,
+        record the copy, let the primary know, unfreeze."""
+        source, sink = nodes[primary], nodes[target]
+        self._get(primary, source.begin_export.remote(step))
+        try:
+            payload = self._get(primary, source.export_slots.remote(step))
+            try:
+                version = ray.get(self._coordinator.version_of.remote(), timeout=self._call_timeout)
+                self._get(target, sink.import_replica.remote(version, step, payload))
+                version = ray.get(self._coordinator.set_replicas.remote(step, column, target),
+                                  timeout=self._call_timeout)
+                # The primary sends the step's writes to the new copy before it takes any.
+                self._get(primary, source.sync_view.remote())
+                self._get(target, sink.sync_view.remote())
+            finally:
+                self._get(primary, source.abort_export.remote(step))
+        finally:
+            self._get(primary, source.end_export.remote())
 
     # ---- failures ----------------------------------------------------------------------
 
@@ -673,11 +781,31 @@ class DistributedCluster:
             "placement": self._placement,
             "hosts": self._hosts,
             "workers_per_node": self._workers_per_node,
+            "replication": self._replication_stats(nodes),
             "durability": ("memory-only (path=None)" if self._path is None else
                            f"durable: {self._path}/node-<id> (sync={self._db_options.get('sync', 'none')})"),
             "path": self._path,
             "closed": False,
         }
+
+    def _replication_stats(self, nodes):
+        """Copies per slot: who is primary, who holds the copies. Replication is
+        synchronous, so a live replica is never behind; a slot is short of
+        copies after a failover until repair()."""
+        version, table, replicas, _, down, _ = ray.get(self._coordinator.replica_view.remote(),
+                                                    timeout=self._call_timeout)
+        copies = 1 + (replicas >= 0).sum(axis=1)
+        return {"factor": self._rf, "failovers": self._failovers, "down": down,
+                "primary_slots": {n: int((table == n).sum()) for n in sorted(nodes)},
+                "replica_slots": {n: int((replicas == n).sum()) for n in sorted(nodes)},
+                "slots_short_of_copies": int((copies < self._rf).sum()),
+                "replica_lag": "none: a write is acknowledged once every live replica applied it"}
+
+    def slot_copies(self, slot):
+        """(primary, [replicas]) of hash slot `slot` as the coordinator has them."""
+        version, table, replicas, _, _, _ = ray.get(self._coordinator.replica_view.remote(),
+                                                 timeout=self._call_timeout)
+        return int(table[slot]), [int(r) for r in replicas[slot] if r >= 0]
 
     @property
     def closed(self):

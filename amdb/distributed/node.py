@@ -23,7 +23,7 @@ import numpy as np
 import ray
 
 from amdb import SLOT_COUNT
-from amdb.distributed.packing import _fixed_width, _pack, _split
+from amdb.distributed.packing import _fixed_width, _pack, _split, _take
 from amdb.errors import Error
 from amdb.native.routing import slots_of_keys, slots_of_packed
 
@@ -33,16 +33,24 @@ def node_directory(path, node_id):
 
 # ---- per-slot states (node side) and reply statuses ---------------------------------
 
-NOT_OWNED, OWNED, FROZEN, INCOMING, LOST = 0, 1, 2, 3, 4
+NOT_OWNED, OWNED, FROZEN, INCOMING, LOST, REPLICA = 0, 1, 2, 3, 4, 5
 OK, STALE, WRONG_NODE, MOVING, DATA_LOST = "ok", "stale", "wrong_node", "moving", "data_lost"
 
 
 class AmDbNode:
     """One node of a cluster: a ParallelDB plus the slot states it is allowed to serve."""
 
-    def __init__(self, node_id, coordinator_name, namespace, db_options, path=None):
+    def __init__(self, node_id, coordinator_name, namespace, db_options, path=None, replication_factor=1):
+        import threading
+
         import amdb
         self.node_id = node_id
+        self.rf = replication_factor
+        self._lock = threading.Lock()       # slot states: the replication thread and the others
+        self.view_table = None              # replication: the coordinator's table as last seen
+        self.view_version = 0
+        self.view_replicas = None
+        self.peers = {}
         # Found by name (not passed as a handle) so that the constructor arguments are
         # plain values, which Ray can always replay when it restarts this actor.
         coordinator = ray.get_actor(coordinator_name, namespace=namespace)
@@ -59,8 +67,16 @@ class AmDbNode:
         self.restarted = False
         self.lost_count = 0
         self.swept = 0
+        self.replicated = 0                 # writes this node applied as a replica
         if ray.get(coordinator.node_started.remote(node_id)) > 1:
             self.restarted = True
+            if self.rf > 1:
+                # Replicated: whatever this node held is served by the replicas
+                # now (fail_over is idempotent: a client may have done it
+                # already); it comes back holding only the slots no replica
+                # had, and repair() gives it copies again.
+                ray.get(coordinator.fail_over.remote(node_id))
+                ray.get(coordinator.node_is_back.remote(node_id))
             version, owned = ray.get(coordinator.node_view.remote(node_id))
             self.version = version
             if self.path is not None:
@@ -78,6 +94,8 @@ class AmDbNode:
 
     def _refuse(self, version, slots, write):
         """None if the request may run, else (status, detail)."""
+        if self.rf > 1 and version > self.view_version:
+            self.sync_view()                # a failover may have made this node primary
         if version < self.version:
             return STALE, self.version
         states = self.state[slots] if isinstance(slots, np.ndarray) else self.state[[slots]]
@@ -128,14 +146,126 @@ class AmDbNode:
         if refused:
             return refused
         self._track(slots, kbuf, koffs)
-        return OK, self._write(kbuf, koffs, vbuf, voffs)
+        sent = self._replicate_send("replicate_packed", slots, kbuf, koffs, vbuf, voffs)
+        count = self._write(kbuf, koffs, vbuf, voffs)          # while the replicas apply it
+        return self._replicate_wait(sent) or (OK, count)
 
     def delete_packed(self, version, slots, kbuf, koffs):
         refused = self._refuse(version, slots, True)
         if refused:
             return refused
         self._track(slots, kbuf, koffs)
-        return OK, self.db.batch_delete(_split(kbuf, koffs)).results.count
+        sent = self._replicate_send("replicate_packed", slots, kbuf, koffs, None, None)
+        count = self.db.batch_delete(_split(kbuf, koffs)).results.count
+        return self._replicate_wait(sent) or (OK, count)
+
+    # -- replication (docs/CLUSTER.md) ---------------------------------------------
+
+    def sync_view(self):
+        """Take the coordinator's table: slots it made this node primary of (a
+        failover) are served from now on; the replicas of this node's slots are
+        who its writes go to."""
+        version, table, replicas, nodes, down, node_versions = ray.get(self.coordinator.replica_view.remote())
+        with self._lock:
+            mine = table == self.node_id
+            promote = mine & ((self.state == REPLICA) | (self.state == NOT_OWNED))
+            self.state[promote] = OWNED
+            deposed = ~mine & (self.state == OWNED)
+            self.state[deposed] = NOT_OWNED
+            dropped = (self.state == REPLICA) & ~(replicas == self.node_id).any(axis=1)
+            self.state[dropped] = NOT_OWNED
+            self.view_table, self.view_replicas, self.peers = table, replicas, nodes
+            # Two versions: the table as seen (requests newer than it make this
+            # node look again), and the one its primary slots last changed at
+            # (what its replies carry: scans and len() check it).
+            self.view_version = max(self.view_version, version)
+            self.version = max(self.version, node_versions.get(self.node_id, 0))
+        return self.version
+
+    def _replicate(self, method, slots, kbuf, koffs, vbuf, voffs):
+        """Send a write this node applies as primary to every live replica of
+        its slots and wait for them: the write is acknowledged only then.
+        None when done; (STALE, version) when a replica says this node is not
+        the primary of those slots any more. A replica that died is failed
+        over (dropped from its slots' copies): the others go on."""
+        return self._replicate_wait(self._replicate_send(method, slots, kbuf, koffs, vbuf, voffs))
+
+    def _replicate_send(self, method, slots, kbuf, koffs, vbuf, voffs):
+        """The first half of _replicate: [(replica, ref)] of the calls sent."""
+        if self.rf == 1:
+            return []
+        if self.view_replicas is None:
+            self.sync_view()
+        slots = np.asarray(slots, dtype=np.int64)
+        sent = []
+        for column in range(self.view_replicas.shape[1]):
+            targets = self.view_replicas[slots, column]
+            for target in np.unique(targets[targets >= 0]).tolist():
+                idx = np.flatnonzero(targets == target)
+                peer = self.peers.get(target)
+                if peer is None:
+                    continue
+                kb, ko = _take(kbuf, koffs, idx)
+                vb, vo = _take(vbuf, voffs, idx) if vbuf is not None else (None, None)
+                sent.append((target, getattr(peer, method).remote(self.node_id, self.view_version, slots[idx],
+                                                                   kb, ko, vb, vo)))
+        return sent
+
+    def _replicate_wait(self, sent):
+        """The second half of _replicate: wait for the calls sent."""
+        stale = None
+        for target, ref in sent:
+            try:
+                status, payload = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                ray.get(self.coordinator.fail_over.remote(target))     # a dead replica: drop it
+                self.sync_view()
+                continue
+            if status != OK:
+                stale = (STALE, payload)
+        return stale
+
+    @ray.method(concurrency_group="replication")
+    def replicate_packed(self, sender, version, slots, kbuf, koffs, vbuf, voffs):
+        """A primary's write, applied here as a replica (its own thread: a
+        primary waiting on this node's replication never blocks this node's
+        own requests, which may be waiting on that primary)."""
+        if version > self.view_version:
+            self.sync_view()
+        with self._lock:
+            if (not (self.state[slots] == REPLICA).all()
+                    or not (self.view_table is not None and (self.view_table[slots] == sender).all())):
+                return STALE, self.version
+            if vbuf is None:
+                count = self.db.batch_delete(_split(kbuf, koffs)).results.count
+            else:
+                count = self._write(kbuf, koffs, vbuf, voffs)
+            self.replicated += count
+            return OK, count
+
+    def assign_replicas(self, version, slots):
+        """Hold copies of `slots` from now on (a new cluster: they are empty)."""
+        with self._lock:
+            self.state[slots] = REPLICA
+            self.view_version = max(self.view_version, version)
+        return int((self.state == REPLICA).sum())
+
+    def import_replica(self, version, slots, payload):
+        """Become a replica of `slots` holding exactly `payload` (the primary's
+        data, taken while the slots are frozen there): what this node held of
+        them before (an older life) goes first."""
+        kslots, kbuf, koffs, vbuf, voffs = payload
+        with self._lock:
+            mask = np.zeros(SLOT_COUNT, dtype=bool)
+            mask[slots] = True
+            old = [key for _, key in self._keys_in(mask)]
+            if old:
+                self.db.batch_delete(old)
+            if len(koffs) - 1:
+                self._write(kbuf, koffs, vbuf, voffs)
+            self.state[slots] = REPLICA
+            self.view_version = max(self.view_version, version)
+        return len(koffs) - 1
 
     def get_packed(self, version, slots, kbuf, koffs):
         refused = self._refuse(version, slots, False)
@@ -150,6 +280,10 @@ class AmDbNode:
         if self.tracking is not None and self.track_mask[slot]:
             self.tracking[slot].add(key)
         self.db.put(key, value)
+        if self.rf > 1:
+            kbuf, koffs = _pack([key])
+            vbuf, voffs = _pack([value])
+            return self._replicate("replicate_packed", [slot], kbuf, koffs, vbuf, voffs) or (OK, 1)
         return OK, 1
 
     def delete_one(self, version, slot, key):
@@ -159,6 +293,9 @@ class AmDbNode:
         if self.tracking is not None and self.track_mask[slot]:
             self.tracking[slot].add(key)
         self.db.delete(key)
+        if self.rf > 1:
+            kbuf, koffs = _pack([key])
+            return self._replicate("replicate_packed", [slot], kbuf, koffs, None, None) or (OK, 1)
         return OK, 1
 
     def get_one(self, version, slot, key):
@@ -195,6 +332,9 @@ class AmDbNode:
         return self.version, raw, keys[-1], exhausted
 
     def count(self):
+        if self.rf > 1:                     # the copies it holds are counted by their primaries
+            served = (self.state == OWNED) | (self.state == FROZEN)
+            return self.version, sum(1 for _ in self._keys_in(served))
         return self.version, len(self.db) - self.incoming_count
 
     # -- membership -------------------------------------------------------------
@@ -208,7 +348,7 @@ class AmDbNode:
         self.state[slots] = OWNED
         self.version = max(self.version, version)
         if self.path is not None:
-            strays = [key for _, key in self._keys_in(self.state != OWNED)]
+            strays = [key for _, key in self._keys_in((self.state != OWNED) & (self.state != REPLICA))]
             if strays:
                 self.db.batch_delete(strays)
             self.swept += len(strays)
@@ -322,9 +462,11 @@ class AmDbNode:
             "restarted": self.restarted,
             "path": self.path,
             "strays_deleted": self.swept,
-            "slots": {"owned": int((self.state == OWNED).sum()), "frozen": int((self.state == FROZEN).sum()),
+            "replicated_writes": self.replicated,
+            "slots": {"owned": int((self.state == OWNED).sum()), "replica": int((self.state == REPLICA).sum()),
+                      "frozen": int((self.state == FROZEN).sum()),
                       "incoming": int((self.state == INCOMING).sum()), "lost": int((self.state == LOST).sum())},
-            "keys": len(self.db) - self.incoming_count,
+            "keys": self.count()[1],
             "db": self.db.stats(),
         }
 
