@@ -275,20 +275,24 @@ class AttachServer:
                     pass
                 finally:
                     unlink_address.close()
-        self._close_descriptors()
+        self._close_descriptors(end_connections=True)
         _servers.discard(self)
 
-    def _close_descriptors(self):
+    def _close_descriptors(self, end_connections):
+        """Close the listener, the wake pipe and every client connection;
+        `end_connections`: shut them down too (the owner, stopping), not only
+        this process's copy (a forked child)."""
         for conn in list(self.clients):
-            for how in (socket.SHUT_RDWR,):
+            if end_connections:
                 try:
-                    conn.shutdown(how)
+                    conn.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
             conn.close()
         self.clients.clear()
         self._listener.close()
-        self._selector.close()
+        if end_connections:
+            self._selector.close()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -299,15 +303,7 @@ class AttachServer:
         """After a fork: this process is not the owner; its copies of the
         socket must not keep clients' connections open."""
         self._stopping = True
-        for conn in list(self.clients):
-            conn.close()
-        self.clients.clear()
-        self._listener.close()
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._close_descriptors(end_connections=False)
 
 
 _servers = weakref.WeakSet()

@@ -49,16 +49,11 @@ else:
     get = txn.get
     def batch_get(ks, get=get):
         return [get(k) for k in ks]
+sys.path.insert(0, sys.argv[6])
+from bench_attach import timed_reads
 print("ready", flush=True)
 sys.stdin.readline()
-start = time.perf_counter()
-if mode == "get":
-    for k in order:
-        get(k)
-else:
-    for i in range(0, ops, 100):
-        batch_get(order[i:i + 100])
-elapsed = time.perf_counter() - start
+elapsed = timed_reads(get, batch_get, order, mode)
 if kind == "amdb":
     t_attach, t_close = [], []
     handle = db.handle()
@@ -82,7 +77,8 @@ else:
 def run_readers(kind, arg, ops, mode, keys, count):
     """Start `count` reader processes, let them go at once; [result dict]."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    procs = [subprocess.Popen([sys.executable, "-c", READER, kind, arg, str(ops), mode, str(keys)],
+    procs = [subprocess.Popen([sys.executable, "-c", READER, kind, arg, str(ops), mode, str(keys),
+                               os.path.dirname(os.path.abspath(__file__))],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
              for _ in range(count)]
     try:
@@ -99,18 +95,22 @@ def run_readers(kind, arg, ops, mode, keys, count):
             p.wait(timeout=60)
 
 
-def owner_loop(db, keys, ops, mode):
-    random.seed(7)
-    order = [keys[random.randrange(len(keys))] for _ in range(ops)]
-    get, batch_get = db.get, db.batch_get
+def timed_reads(get, batch_get, order, mode):
+    """Seconds to read `order`: one get() per key, or batch_get() of 100."""
     start = time.perf_counter()
     if mode == "get":
         for k in order:
             get(k)
     else:
-        for i in range(0, ops, 100):
+        for i in range(0, len(order), 100):
             batch_get(order[i:i + 100])
-    return ops / (time.perf_counter() - start)
+    return time.perf_counter() - start
+
+
+def owner_loop(db, keys, ops, mode):
+    random.seed(7)
+    order = [keys[random.randrange(len(keys))] for _ in range(ops)]
+    return ops / timed_reads(db.get, db.batch_get, order, mode)
 
 
 def main():

@@ -494,6 +494,47 @@ def test_replicated_kill_soak(ray_cluster, tmp_path):
           f"p90 {failover_s[90]:.3f} s, max {failover_s[-1]:.3f} s")
 
 
+def test_membership_changes_keep_the_replication_factor(ray_cluster):
+    c = DistributedCluster(node_count=2, address=ray_cluster.address, workers_per_node=1, db_options=DB_OPTIONS,
+                           max_restarts=2, retry_timeout=DEADLINE, replication_factor=2)
+    pids = []
+    keys = [b"member/%05d" % i for i in range(1500)]
+
+    def copies_are_whole():
+        stats = c.stats()
+        assert stats["replication"]["slots_short_of_copies"] == 0, stats["replication"]
+        assert stats["keys"] == len(keys)
+        for slot in range(0, SLOT_COUNT, 997):
+            primary, replicas = c.slot_copies(slot)
+            assert len(replicas) == 1 and replicas[0] != primary and primary in c.nodes and replicas[0] in c.nodes
+
+    try:
+        assert c.batch_put([(k, b"a") for k in keys]).success
+        new = c.add_node()
+        assert c.nodes == [0, 1, new] and c.stats()["slots_per_node"][new] > 0
+        copies_are_whole()
+        assert c.batch_put([(k, b"b") for k in keys]).success
+        with pytest.raises(amdb.InvalidArgumentError):
+            DistributedCluster.remove_node(c, 99)
+        c.remove_node(0)
+        assert c.nodes == [1, new]
+        copies_are_whole()
+        assert c.batch_get(keys) == [b"b"] * len(keys)
+        with pytest.raises(amdb.InvalidArgumentError, match="replication_factor"):
+            c.remove_node(1)                        # one node left for two copies
+        # The copies the moves made are good ones: kill a node, its slots fail over.
+        victim = {n["node_id"]: n["pid"] for n in c.stats()["nodes"]}
+        pids += victim.values()
+        os.kill(victim[new], signal.SIGKILL)
+        success, results = c.batch_put([(k, b"c") for k in keys[:500]])
+        assert success, results
+        assert c.batch_get(keys) == [b"c"] * 500 + [b"b"] * (len(keys) - 500)
+    finally:
+        pids += [n for n in _node_pids(c).values()]
+        c.close()
+    assert_nothing_left(pids)
+
+
 def test_replication_arguments_are_checked(ray_cluster):
     with pytest.raises(amdb.InvalidArgumentError, match="at least as many nodes"):
         DistributedCluster(node_count=1, address=ray_cluster.address, replication_factor=2)

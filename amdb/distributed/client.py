@@ -28,7 +28,8 @@ from amdb import SLOT_COUNT
 from amdb.distributed.coordinator import AmDbCoordinator
 from amdb.distributed.node import DATA_LOST, OK, WRONG_NODE, AmDbNode
 from amdb.distributed.packing import _bound, _bytes_list, _key_bytes, _pack, _take
-from amdb.distributed.rebalance import DEFAULT_SLOTS_PER_STEP, move_slots, plan_add, plan_remove
+from amdb.distributed.rebalance import (DEFAULT_SLOTS_PER_STEP, move_slots, plan_add, plan_remove,
+                                        plan_remove_replicated)
 from amdb.distributed.scan import _prefix_stop, scan_merged
 from amdb.errors import (ClosedError, Error, InvalidArgumentError, InvalidTypeError, KeyTooLargeError,
                          NodeUnavailableError, ValueTooLargeError)
@@ -199,6 +200,11 @@ class DistributedCluster:
                 version = ray.get(self._coordinator.set_replicas.remote(slots, column, node_id))
                 refs.append(handle.assign_replicas.remote(version, slots))
             ray.get(refs, timeout=start_timeout)
+        self._nodes_ready(handles, start_timeout)
+
+    def _nodes_ready(self, handles, start_timeout):
+        """The nodes have their slots: let them take the table (replicas), cache
+        it here, and learn the size limits."""
         if self._rf > 1:
             ray.get([h.sync_view.remote() for _, h in handles], timeout=start_timeout)
         self._refresh()
@@ -223,16 +229,7 @@ class DistributedCluster:
                      for node_id, h in handles], timeout=start_timeout)
         ray.get([h.assign.remote(version, stored["owned"][node_id]) for node_id, h in handles],
                 timeout=start_timeout)
-        if self._rf > 1:
-            ray.get([h.sync_view.remote() for _, h in handles], timeout=start_timeout)
-        self._refresh()
-        options = ray.get(handles[0][1].stats.remote(), timeout=start_timeout)["db"]["options"]
-        self._max_key_size = options["max_key_size"]
-        self._max_value_size = options["max_value_size"]
-        if self._rf > 1 and len(self._view[2]) != node_count:
-            raise InvalidArgumentError(f"{self._path} holds {len(self._view[2])} nodes; a replicated cluster "
-                                       "reopens with the same node_count (membership changes keep no "
-                                       "replicas yet)")
+        self._nodes_ready(handles, start_timeout)
         while len(self._view[2]) < node_count:
             self.add_node()
         while len(self._view[2]) > node_count:
@@ -624,7 +621,6 @@ class DistributedCluster:
         the keys) from the others; only those slots move. Returns its node id."""
         with self._lock:
             self._check_open()
-            self._refuse_membership_change("add_node")
             strategy = "SPREAD" if self._hosts > 1 else None
             node_id, handle = self._create_node(strategy)
             self._get(node_id, handle.ping.remote())
@@ -636,14 +632,27 @@ class DistributedCluster:
         """Move every slot of ``node_id`` to the other nodes (evenly), then stop it."""
         with self._lock:
             self._check_open()
-            self._refuse_membership_change("remove_node")
             version, table, nodes, _ = self._refresh()
             if node_id not in nodes:
                 raise InvalidArgumentError(f"remove_node: no node {node_id!r} (nodes: {sorted(nodes)})")
             others = sorted(n for n in nodes if n != node_id)
             if not others:
                 raise InvalidArgumentError("remove_node: cannot remove the last node")
-            move_slots(self, plan_remove(table, node_id, others), slots_per_step)
+            if self._rf > 1:
+                if len(others) < self._rf:
+                    raise InvalidArgumentError(
+                        f"remove_node: {len(others)} nodes would be left for replication_factor={self._rf}",
+                        hint="add a node first, or keep this one")
+                # Copies first (the replication factor holds throughout): each
+                # copy this node holds is made again on a node that holds none
+                # of its slot, then its primary slots move to nodes that hold
+                # no copy of them.
+                self._replace_copies_of(node_id, others, slots_per_step)
+                _, table, replicas, _, _, _ = ray.get(self._coordinator.replica_view.remote(),
+                                                      timeout=self._call_timeout)
+                move_slots(self, plan_remove_replicated(table, replicas, node_id, others), slots_per_step)
+            else:
+                move_slots(self, plan_remove(table, node_id, others), slots_per_step)
             ray.get(self._coordinator.unregister.remote(node_id))
             self._refresh()
             handle = nodes[node_id]
@@ -655,11 +664,25 @@ class DistributedCluster:
             ray.kill(handle, no_restart=True)
             self._nodes_created = [(n, h) for n, h in self._nodes_created if n != node_id]
 
-    def _refuse_membership_change(self, what):
-        if self._rf > 1:
-            raise InvalidArgumentError(f"{what}() is not available with replication_factor={self._rf} yet: "
-                                       "moving slots does not move their replicas",
-                                       hint="use replication_factor=1 to change membership")
+    def _replace_copies_of(self, node_id, others, slots_per_step):
+        """remove_node's first half: every copy `node_id` holds is made on
+        another node of `others` that holds none of its slot (a repair step
+        per group, replacing node_id in its column)."""
+        version, table, replicas, nodes, down, _ = ray.get(self._coordinator.replica_view.remote(),
+                                                           timeout=self._call_timeout)
+        live = [n for n in others if n not in down]
+        plan = {}
+        for slot, column in zip(*np.nonzero(replicas == node_id)):
+            holders = {int(table[slot])} | {int(r) for r in replicas[slot] if r >= 0}
+            choices = [n for n in live if n not in holders]
+            if not choices:
+                raise Error(f"remove_node: no live node can take the copy of slot {slot}", code="cluster_state")
+            target = choices[int(slot) % len(choices)]
+            plan.setdefault((int(table[slot]), target, int(column)), []).append(int(slot))
+        for (primary, target, column), group in sorted(plan.items()):
+            for start in range(0, len(group), slots_per_step):
+                self._copy_step(nodes, primary, target, column,
+                                np.asarray(group[start:start + slots_per_step], dtype=np.int64))
 
     # ---- replication (docs/CLUSTER.md) -------------------------------------------------
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from amdb import SLOT_COUNT
 from amdb.errors import CorruptionError, Error
+from amdb.storage import _write_atomically
 
 CLUSTER_FILE = "CLUSTER"            # the slot table of a durable cluster, in its path
 CLUSTER_FORMAT = 1
@@ -68,18 +69,7 @@ def write_cluster_file(path, version, table, nodes, next_node_id, replicas=None,
                        "replication_factor": 1 + replicas.shape[1],
                        "replica_ranges": [_ranges(replicas[:, c]) for c in range(replicas.shape[1])],
                        "down": sorted(down)})
-    name = os.path.join(path, CLUSTER_FILE)
-    tmp = name + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, name)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_atomically(os.path.join(path, CLUSTER_FILE), data.encode())
 
 
 class AmDbCoordinator:

@@ -61,6 +61,21 @@ def plan_remove(table, node_id, others):
     return moves
 
 
+def plan_remove_replicated(table, replicas, node_id, others):
+    """plan_remove for a replicated cluster: every slot of ``node_id`` goes to
+    a node of ``others`` that holds no copy of it (a node is never primary
+    and replica of one slot), the emptiest first."""
+    counts = {n: int((table == n).sum()) for n in others}
+    groups = {}
+    for slot in np.flatnonzero(table == node_id).tolist():
+        holders = {int(r) for r in replicas[slot] if r >= 0}
+        choices = [n for n in others if n not in holders] or list(others)
+        target = min(choices, key=lambda n: counts[n])
+        counts[target] += 1
+        groups.setdefault(target, []).append(slot)
+    return [(node_id, target, np.asarray(slots, dtype=np.int64)) for target, slots in sorted(groups.items())]
+
+
 def move_slots(cluster, moves, slots_per_step):
     """Carry out ``moves`` ((source node id, target node id, slots) triples) on
     ``cluster`` (a DistributedCluster), ``slots_per_step`` slots per step; then
@@ -96,6 +111,10 @@ def _move_step(cluster, src, source, dst, target, step):
         # Release at the source first, then activate at the target: no client can
         # read the old copy after the target has taken a write.
         cluster._get(src, source.release_slots.remote(version, step))
+        if cluster._rf > 1:
+            # The new primary sends the step's writes to its replicas from its
+            # first one: it takes the table (and the replicas) before it serves.
+            cluster._get(dst, target.sync_view.remote())
         cluster._get(dst, target.activate_slots.remote(version, step))
     except BaseException:
         if not flipped:
