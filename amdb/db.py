@@ -70,12 +70,7 @@ class ParallelDB(MappingViews, abc.MutableMapping):
             log_segment_bytes=log_segment_bytes, checkpoint_bytes=checkpoint_bytes, read_only=read_only,
             keep_versions=keep_versions, compact_min_versions=compact_min_versions, hang_timeout=hang_timeout,
             poison_after=poison_after, shm_dir=shm_dir)
-        # An RLock only so that a write can tell that its own thread holds it
-        # (Writer.enter_exclusive): never entered twice.
-        self._write_lock = threading.RLock()
-        self._att = Attachment()
-        self._corrupted = False         # _debug_flip_bit was used: verify() is expected to find breaks
-        self._client = None             # attached to another process's database (amdb/attach.py)
+        self._fresh()
         if options.read_only:
             supervisor = self._open_read_only(options, workers)
             if supervisor is None:
@@ -95,6 +90,15 @@ class ParallelDB(MappingViews, abc.MutableMapping):
                             recovered_seq=recovery["recovered_seq"] if recovery else None)
             if recovery and (recovery["logs_cut"] or recovery["checkpoints_rejected"]):
                 audit_log.event("recovery", **recovery)
+
+    def _fresh(self):
+        """The state every ParallelDB starts with, owner or client."""
+        # An RLock only so that a write can tell that its own thread holds it
+        # (Writer.enter_exclusive): never entered twice.
+        self._write_lock = threading.RLock()
+        self._att = Attachment()
+        self._corrupted = False         # _debug_flip_bit was used: verify() is expected to find breaks
+        self._client = None             # attached to another process's database (amdb/attach.py)
 
     def _bind(self, writer, reader):
         self._writer, self._reader = writer, reader
@@ -154,10 +158,7 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         if not isinstance(handle, attach.Handle):
             raise InvalidTypeError(f"attach() takes an amdb.Handle (from db.handle()), not {type(handle).__name__}")
         db = cls.__new__(cls)
-        db._write_lock = threading.RLock()
-        db._att = Attachment()
-        db._corrupted = False
-        db._client = None
+        db._fresh()
         try:
             db._open_client(handle)
         except attach.NoOwner:
