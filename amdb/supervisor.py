@@ -339,11 +339,8 @@ class Supervisor:
 
     def describe_for_clients(self):
         """What a client needs to map the segments the owner hands over."""
-        options = {name: getattr(self.o, name) for name in
-                   ("path", "workers", "max_batch", "ring_size", "arena_size", "max_key_size", "max_value_size",
-                    "start_timeout", "audit", "audit_max_bytes", "sync", "sync_interval_ms", "log_segment_bytes",
-                    "checkpoint_bytes", "read_only", "shm_dir", "keep_versions", "compact_min_versions",
-                    "hang_timeout", "poison_after")}
+        import dataclasses
+        options = {f.name: getattr(self.o, f.name) for f in dataclasses.fields(self.o) if f.name != "manifest"}
         return {"workers": self.o.workers, "db_control_bytes": control.DB_CONTROL_BYTES,
                 "arena_offset": self.arena_offset, "arena_size": self.o.arena_size,
                 "regions": control.ARENA_REGIONS, "owner_pid": self.owner_pid, "path": self.path,
