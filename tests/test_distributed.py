@@ -535,11 +535,29 @@ def test_membership_changes_keep_the_replication_factor(ray_cluster):
     assert_nothing_left(pids)
 
 
+def test_reads_from_replicas_see_every_acknowledged_write(ray_cluster):
+    c = DistributedCluster(node_count=2, address=ray_cluster.address, workers_per_node=1, db_options=DB_OPTIONS,
+                           retry_timeout=DEADLINE, replication_factor=2, read_from="replica")
+    try:
+        keys = [b"spread/%05d" % i for i in range(1000)]
+        for round_ in range(3):
+            assert c.batch_put([(k, b"v%d" % round_) for k in keys]).success
+            assert c.batch_get(keys) == [b"v%d" % round_] * len(keys)
+            assert all(c.get(k) == b"v%d" % round_ for k in keys[:50])
+        per_node = {n["node_id"]: n["replica_reads"] for n in c.stats()["nodes"]}
+        assert all(count > 0 for count in per_node.values()), per_node    # both nodes served copies
+        assert c.stats()["keys"] == len(keys)
+    finally:
+        c.close()
+
+
 def test_replication_arguments_are_checked(ray_cluster):
     with pytest.raises(amdb.InvalidArgumentError, match="at least as many nodes"):
         DistributedCluster(node_count=1, address=ray_cluster.address, replication_factor=2)
     with pytest.raises(amdb.InvalidArgumentError):
         DistributedCluster(node_count=2, address=ray_cluster.address, replication_factor=4)
+    with pytest.raises(amdb.InvalidArgumentError, match="read_from"):
+        DistributedCluster(node_count=2, address=ray_cluster.address, read_from="nearest")
 
 
 def test_node_that_ray_does_not_restart_is_reported_dead(ray_cluster):

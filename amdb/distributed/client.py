@@ -85,7 +85,9 @@ class DistributedCluster:
     durable in ``path/node-<id>`` and the slot table in ``path/CLUSTER``, so a
     node restarted by Ray recovers its slots, and a cluster reopened from the path,
     with any node_count, finds every key; on several hosts the path must name the
-    same storage for every node, e.g. a shared file system);
+    same storage for every node, e.g. a shared file system); ``replication_factor``
+    (copies of every slot, on distinct nodes; docs/CLUSTER.md); ``read_from``
+    ("primary", or "replica": get and batch_get spread over every copy);
     ``db_options`` (more ParallelDB options, e.g. ``{"ring_size": 1 << 20}``);
     ``max_restarts`` for the node actors; ``retry_timeout`` for refused requests;
     ``call_timeout`` for one node call; ``ray_init_kwargs`` for a local start.
@@ -93,7 +95,7 @@ class DistributedCluster:
 
     def __init__(self, node_count=4, *, address=None, workers_per_node=None, path=None, db_options=None,
                  max_restarts=3, retry_timeout=DEFAULT_RETRY_TIMEOUT, call_timeout=DEFAULT_CALL_TIMEOUT,
-                 ray_init_kwargs=None, start_timeout=120.0, replication_factor=1):
+                 ray_init_kwargs=None, start_timeout=120.0, replication_factor=1, read_from="primary"):
         if path is not None:
             if not isinstance(path, (str, bytes, os.PathLike)):
                 raise InvalidTypeError(f"path= must be a directory path or None, not {type(path).__name__}")
@@ -109,6 +111,10 @@ class DistributedCluster:
             raise InvalidArgumentError(f"replication_factor={replication_factor} needs at least as many nodes "
                                        f"(node_count={node_count}): each copy of a slot is on another node")
         self._rf = replication_factor
+        if read_from not in ("primary", "replica"):
+            raise InvalidArgumentError(f"read_from={read_from!r} must be 'primary' or 'replica'")
+        self._read_from = read_from
+        self._read_table = None         # read_from="replica": the copy each slot's reads go to
         if workers_per_node is not None and (isinstance(workers_per_node, bool)
                                              or not isinstance(workers_per_node, int)
                                              or not 1 <= workers_per_node <= 256):
@@ -256,6 +262,14 @@ class DistributedCluster:
 
     def _refresh(self):
         self._view = ray.get(self._coordinator.snapshot.remote(), timeout=self._call_timeout)
+        if self._read_from == "replica" and self._rf > 1:
+            # Reads spread over every copy of a slot: copy number slot % copies.
+            _, table, replicas, _, _, _ = ray.get(self._coordinator.replica_view.remote(),
+                                                  timeout=self._call_timeout)
+            copies = np.concatenate([table[:, None], replicas], axis=1)
+            count = (copies >= 0).sum(axis=1)
+            pick = np.arange(SLOT_COUNT) % np.maximum(count, 1)
+            self._read_table = copies[np.arange(SLOT_COUNT), pick]
         return self._view
 
     def _get(self, node_id, ref):
@@ -316,6 +330,8 @@ class DistributedCluster:
         deadline = time.monotonic() + self._retry_timeout
         for attempt in itertools.count():
             version, table, nodes, _ = self._view
+            if method == "get_one" and self._read_table is not None:
+                table = self._read_table    # read_from="replica"
             node_id = int(table[slot])
             try:
                 status, payload = self._get(node_id, getattr(nodes[node_id], method).remote(version, slot, key, *args))
@@ -399,7 +415,7 @@ class DistributedCluster:
 
     # ---- batches -----------------------------------------------------------------------
 
-    def _route_rounds(self, slots, send, result, what):
+    def _route_rounds(self, slots, send, result, what, read=False):
         """Send every index of the batch to its node, refreshing and resending what
         was refused, until all is done or has failed. ``send(node, handle, version,
         idx)`` returns an object ref; replies are ``(status, payload)``; the payload
@@ -413,6 +429,8 @@ class DistributedCluster:
                 break
             rounds += 1
             version, table, nodes, _ = self._view
+            if read and self._read_table is not None:
+                table = self._read_table
             owners = table[slots[pending]]
             order = np.argsort(owners, kind="stable")
             cuts = np.flatnonzero(np.diff(owners[order])) + 1
@@ -545,7 +563,7 @@ class DistributedCluster:
             for i, v in zip(idx.tolist(), values):
                 out[i] = v
 
-        failures, _ = self._route_rounds(slots, send, result, "batch_get")
+        failures, _ = self._route_rounds(slots, send, result, "batch_get", read=True)
         if failures:
             raise next(iter(failures.values()))
         return out

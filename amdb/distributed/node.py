@@ -68,6 +68,7 @@ class AmDbNode:
         self.lost_count = 0
         self.swept = 0
         self.replicated = 0                 # writes this node applied as a replica
+        self.replica_reads = 0              # keys it read for clients as a replica
         if ray.get(coordinator.node_started.remote(node_id)) > 1:
             self.restarted = True
             if self.rf > 1:
@@ -93,7 +94,9 @@ class AmDbNode:
     # -- checks --------------------------------------------------------------
 
     def _refuse(self, version, slots, write):
-        """None if the request may run, else (status, detail)."""
+        """None if the request may run, else (status, detail). Reads are
+        served by a replica too (read_from="replica": it holds every
+        acknowledged write of its slots)."""
         if self.rf > 1 and version > self.view_version:
             self.sync_view()                # a failover may have made this node primary
         if version < self.version:
@@ -102,7 +105,9 @@ class AmDbNode:
         if write:
             if (states == OWNED).all():
                 return None
-        elif ((states == OWNED) | (states == FROZEN)).all():
+        elif ((states == OWNED) | (states == FROZEN) | (states == REPLICA)).all():
+            if (states == REPLICA).any():
+                self.replica_reads += len(states)
             return None
         if (states == LOST).any():
             lost = np.flatnonzero(self.state == LOST)
@@ -463,6 +468,7 @@ class AmDbNode:
             "path": self.path,
             "strays_deleted": self.swept,
             "replicated_writes": self.replicated,
+            "replica_reads": self.replica_reads,
             "slots": {"owned": int((self.state == OWNED).sum()), "replica": int((self.state == REPLICA).sum()),
                       "frozen": int((self.state == FROZEN).sum()),
                       "incoming": int((self.state == INCOMING).sum()), "lost": int((self.state == LOST).sum())},
