@@ -121,6 +121,10 @@ class DistributedCluster:
             raise InvalidArgumentError(f"workers_per_node={workers_per_node!r} must be an int in 1..256")
         self._closed = False
         self._failovers = 0
+        self._repair_guard = threading.Lock()
+        self._repairer = None           # the thread of _repair_later, if one ran
+        self.repairs = 0                # copies made by automatic repairs
+        self.repair_error = None        # what stopped the last automatic repair attempt
         self._path = path
         self._lock = threading.RLock()          # membership changes, close
         self._retry_timeout = retry_timeout
@@ -302,6 +306,7 @@ class DistributedCluster:
                 ray.get(self._coordinator.fail_over.remote(node_id), timeout=self._call_timeout)
                 self._failovers += 1
                 self._refresh()
+                self._repair_later()
                 return True                 # resend to the slots' primaries now (until retry_timeout)
             return node_id not in self._refresh()[2]
         except Exception:
@@ -739,6 +744,27 @@ class DistributedCluster:
             self._refresh()
             return made
 
+    def _repair_later(self):
+        """After a failover: a daemon thread waits until no node is restarting
+        (Ray brings the dead one back, or gave up on it), then repair()s, so
+        the slots get their copies back without the caller asking."""
+        with self._repair_guard:
+            if self._repairer is None or not self._repairer.is_alive():
+                self._repairer = threading.Thread(target=self._auto_repair, name="amdb-cluster-repair",
+                                                  daemon=True)
+                self._repairer.start()
+
+    def _auto_repair(self):
+        deadline = time.monotonic() + max(60.0, 4 * self._retry_timeout)
+        while not self._closed and time.monotonic() < deadline:
+            try:
+                if "unavailable" not in self.check_nodes(timeout=5.0).values():
+                    self.repairs += self.repair()
+                    return
+            except Exception as exc:        # closed meanwhile, a node died again: try again
+                self.repair_error = repr(exc)
+            time.sleep(0.2)                 # a poll of the nodes' restart, in this thread only
+
     def _copy_step(self, nodes, primary, target, column, step):
         """One repair step: freeze `step` at its primary and copy it to `target`,
         record the copy, let the primary know, unfreeze."""
@@ -837,6 +863,7 @@ class DistributedCluster:
                                                     timeout=self._call_timeout)
         copies = 1 + (replicas >= 0).sum(axis=1)
         return {"factor": self._rf, "failovers": self._failovers, "down": down,
+                "automatic_repair_copies": self.repairs, "repair_error": self.repair_error,
                 "primary_slots": {n: int((table == n).sum()) for n in sorted(nodes)},
                 "replica_slots": {n: int((replicas == n).sum()) for n in sorted(nodes)},
                 "slots_short_of_copies": int((copies < self._rf).sum()),
