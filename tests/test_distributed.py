@@ -455,6 +455,7 @@ def _replicated_kills(ray_cluster, kills, path=None):
     try:
         assert c.batch_put([(k, b"r0") for k in keys]).success
         acked = dict.fromkeys(keys, b"r0")
+        repaired_before = 0
         for round_ in range(1, kills + 1):
             victim_pids = _node_pids(c)
             pids += victim_pids.values()
@@ -470,9 +471,12 @@ def _replicated_kills(ray_cluster, kills, path=None):
             acked[keys[round_]] = b"single%d" % round_
             _node_pids(c)                               # the victim is back (empty, or its directory)
             # The failover started an automatic repair: every slot gets its copies back.
-            assert wait_until(lambda: c.stats()["replication"]["slots_short_of_copies"] == 0, DEADLINE)
-            stats = c.stats()["replication"]
-            assert stats["failovers"] >= 1 and stats["automatic_repair_copies"] > 0, stats
+
+            def repaired():
+                stats = c.stats()["replication"]
+                return stats["slots_short_of_copies"] == 0 and stats["automatic_repair_copies"] > repaired_before
+            assert wait_until(repaired, DEADLINE), c.stats()["replication"]
+            repaired_before = c.stats()["replication"]["automatic_repair_copies"]
             assert c.repair() == 0                      # nothing left to do
             assert c.batch_get(keys) == [acked[k] for k in keys]
         primary, copies = c.slot_copies(slot_of(keys[0]))
