@@ -328,17 +328,18 @@ class NoOwner(Exception):
     """Nothing serves attaches at that address (no owner, or a dead one)."""
 
 
-def connect(address, max_fds):
-    """Attach: (socket, description, [fd]). Raises NoOwner when no owner
-    answers there, amdb.Error when the owner refuses."""
+def _request(address, request, max_fds, answer_timeout=HANDSHAKE_TIMEOUT):
+    """Connect to the owner at `address`, send one request line, read its
+    answer (waiting `answer_timeout` seconds at most; None: as long as it
+    takes): (socket, payload, [fd]), the socket still open. Raises NoOwner
+    when no owner answers there, amdb.Error when it is another user's or
+    refuses."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     where = _Address(address)
     try:
         sock.settimeout(HANDSHAKE_TIMEOUT)
         try:
             sock.connect(where.value)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise NoOwner(str(exc)) from None
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
                 raise NoOwner(str(exc)) from None
@@ -347,18 +348,18 @@ def connect(address, max_fds):
                             code="attach_refused",
                             hint="attach from a process of the user that opened the database") from None
             raise
-        sock.sendall(REQUEST)
         try:
-            description, fds = _receive_message(sock, max_fds)
+            sock.sendall(request)
+            sock.settimeout(answer_timeout)
+            payload, fds = _receive_message(sock, max_fds)
         except (ConnectionError, socket.timeout) as exc:
             raise NoOwner(f"no answer from the owner: {exc}") from None
-        if "error" in description:
+        if "error" in payload:
             for fd in fds:
                 os.close(fd)
-            raise Error(description["error"], code=description.get("code", "attach_refused"),
+            raise Error(payload["error"], code=payload.get("code", "attach_refused"),
                         hint="attach from a process of the user that opened the database")
-        sock.settimeout(None)
-        return sock, description, fds
+        return sock, payload, fds
     except BaseException:
         sock.close()
         raise
@@ -366,29 +367,26 @@ def connect(address, max_fds):
         where.close()
 
 
+def connect(address, max_fds):
+    """Attach: (socket, description, [fd]); the socket stays open for the
+    client's life (Watch)."""
+    sock, description, fds = _request(address, REQUEST, max_fds)
+    sock.settimeout(None)
+    return sock, description, fds
+
+
 def admin_call(address, name):
     """Run ADMIN_CALLS `name` (stats, verify, digest) in the owner that serves
     `address`, on a connection of its own; its result, or its exception raised
-    here. OwnerGoneError when no owner answers."""
+    here. NoOwner when no owner answers."""
     import pickle
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    where = _Address(address)
-    try:
-        try:
-            sock.connect(where.value)
-            sock.sendall(ADMIN_REQUEST + name.encode("ascii") + b"\n")
-            reply, fds = _receive_message(sock, 0)
-        except (OSError, ConnectionError) as exc:
-            raise NoOwner(str(exc)) from None
-        for fd in fds:
-            os.close(fd)
-    finally:
-        sock.close()
-        where.close()
+    # No limit on the answer: a verify() of a large database takes a while.
+    sock, reply, fds = _request(address, ADMIN_REQUEST + name.encode("ascii") + b"\n", 0, None)
+    sock.close()
+    for fd in fds:
+        os.close(fd)
     if "exception" in reply:
         raise pickle.loads(bytes.fromhex(reply["exception"]))
-    if "error" in reply:
-        raise Error(reply["error"], code=reply.get("code", "attach_refused"))
     return pickle.loads(bytes.fromhex(reply["result"]))
 
 
@@ -471,9 +469,8 @@ class ClientLink:
     client collected without close(), the finalizer that frees its reader
     slot (it holds the database control block's Mapping for that)."""
 
-    def __init__(self, handle, sock, watch, finalizer):
+    def __init__(self, handle, watch, finalizer):
         self.handle = handle
-        self.sock = sock
         self.watch = watch
         self.finalizer = finalizer
 
@@ -538,4 +535,4 @@ def attach_client(att, handle):
 
     watch = Watch(sock, handle.owner_pid, on_gone)
     finalizer = weakref.finalize(att, _release_client, watch, db_mapping, slot, os.getpid())
-    return description, ClientLink(handle, sock, watch, finalizer)
+    return description, ClientLink(handle, watch, finalizer)

@@ -140,16 +140,18 @@ cdef class Reader:
         return PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len)
 
     cdef object _get_foreign(self, key, const uint8_t *kp, Py_ssize_t kl, Py_buffer *view, bint held, default):
-        """get() in a forked child: the same lookup inside a reader slot."""
+        """get() in a forked child or an attached client: the same lookup inside a reader slot."""
         cdef uint64_t version_off = 0, h
+        cdef int worker
         cdef const char *arena
         cdef amdb_version *v
         value = default
         try:
             h = amdb_xxh64(kp, kl, 0)
-            self.att.enter_foreign(self.att.dbc.slot_owner[h & SLOT_MASK])
+            worker = self.att.dbc.slot_owner[h & SLOT_MASK]
+            self.att.enter_foreign(worker)
             try:
-                version_off = self._lookup(kp, kl, h, self.att.dbc.slot_owner[h & SLOT_MASK],
+                version_off = self._lookup(kp, kl, h, worker,
                                            amdb_load_acquire(&self.att.dbc.visible_seq), &arena)
                 if version_off != 0 and version_off != VERSION_RECLAIMED:
                     v = version_at(arena, version_off)
