@@ -47,7 +47,7 @@ from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport (amdb_load_relaxed, amdb_load_acquire, amdb_store_relaxed, amdb_store_release,
                               amdb_monotonic_ns, amdb_prefetch)
 from amdb.shm.arena cimport Mapping
-from amdb.shm.arena cimport commit_pages_by, alloc_block, alloc_block_aligned, region_init_bytes, region_init
+from amdb.shm.arena cimport commit_pages_by, alloc_block, region_init_bytes, region_init
 from amdb.native.skiplist cimport SkipFinger, skiplist_insert, skiplist_finger_reset
 from amdb.native.hashindex cimport hashindex_insert, hashindex_growth_bytes
 from amdb.native.hashing cimport amdb_sha256, amdb_sha256_init, amdb_sha256_update, amdb_sha256_final
@@ -139,7 +139,7 @@ cdef int _build(PartitionView *src, PartitionView *dst, uint64_t keep, uint64_t 
         # as of `horizon` needs: down to the newest version with seq <= horizon.
         count = 0
         last_seq = 0
-        need = amdb_node_bytes_padded(n.height, n.key_len) + hashindex_growth_bytes(dst, 1)
+        need = amdb_node_bytes(n.height, n.key_len) + hashindex_growth_bytes(dst, 1)
         v_off = latest
         while v_off != 0 and (keep == 0 or count < keep or last_seq > horizon):
             if count == kept_capacity:
@@ -164,7 +164,7 @@ cdef int _build(PartitionView *src, PartitionView *dst, uint64_t keep, uint64_t 
             free(kept)
             return status
         node_bytes = amdb_node_bytes(n.height, n.key_len)
-        new_node = alloc_block_aligned(dst, AMDB_BLOCK_NODE, node_bytes, AMDB_NODE_ALIGN)
+        new_node = alloc_block(dst, AMDB_BLOCK_NODE, node_bytes)
         nn = node_at(dst.arena, new_node)
         amdb_node_init_latest(nn, 0)
         nn.key_prefix = n.key_prefix

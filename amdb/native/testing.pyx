@@ -20,7 +20,7 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memset, memcpy
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport *
-from amdb.shm.arena cimport Mapping, commit_pages, alloc_block_aligned, arena_init
+from amdb.shm.arena cimport Mapping, commit_pages, alloc_block, arena_init
 from amdb.shm.ring cimport (RingProducer, ring_set_committed, ring_commit_ahead, ring_wait_space, ring_reserve_nowait, ring_publish, ring_wait_data,
                             ring_release, ring_at)
 from amdb.native.hashing cimport amdb_xxh64
@@ -85,7 +85,7 @@ cdef void writer_body(Shared *s) noexcept nogil:
         make_key(key, k)
         h = amdb_xxh64(key, KEY_BYTES, 0)
         height = skiplist_random_height(&finger)
-        need = amdb_node_bytes_padded(height, KEY_BYTES) + amdb_version_bytes(8) + hashindex_growth_bytes(p, 1)
+        need = amdb_node_bytes(height, KEY_BYTES) + amdb_version_bytes(8) + hashindex_growth_bytes(p, 1)
         if commit_pages(p, need) != AMDB_STATUS_OK:
             amdb_fetch_add_seqcst(&s.errors, 1)
             break
@@ -94,7 +94,7 @@ cdef void writer_body(Shared *s) noexcept nogil:
             version_off = version_append(p, node_off, 0, <uint8_t *>&gen, 8, gen, 0)
             amdb_node_publish_latest(node_at(p.arena, node_off), version_off)
         else:
-            node_off = alloc_block_aligned(p, AMDB_BLOCK_NODE, amdb_node_bytes(height, KEY_BYTES), AMDB_NODE_ALIGN)
+            node_off = alloc_block(p, AMDB_BLOCK_NODE, amdb_node_bytes(height, KEY_BYTES))
             node = node_at(p.arena, node_off)
             amdb_node_init_latest(node, 0)
             node.key_prefix = amdb_key_prefix(key, KEY_BYTES)

@@ -9,7 +9,6 @@ cdef uint64_t region_init_bytes(uint64_t table_capacity) noexcept nogil
 cdef void region_init(PartitionView *p, uint64_t table_capacity, uint32_t log2_capacity,
                       uint64_t generation) noexcept nogil
 cdef uint64_t alloc_block(PartitionView *p, uint32_t kind, uint64_t nbytes) noexcept nogil
-cdef uint64_t alloc_block_aligned(PartitionView *p, uint32_t kind, uint64_t nbytes, uint64_t align) noexcept nogil
 cdef int arena_init(PartitionView *p) noexcept nogil
 
 cdef class Mapping:

@@ -135,23 +135,6 @@ cdef uint64_t alloc_block(PartitionView *p, uint32_t kind, uint64_t nbytes) noex
     return off
 
 
-cdef uint64_t alloc_block_aligned(PartitionView *p, uint32_t kind, uint64_t nbytes, uint64_t align) noexcept nogil:
-    """alloc_block such that a block of at most `align` bytes does not cross
-    an `align` boundary (a power of two >= 8): a reader then touches one cache
-    line for it. The gap, if any, becomes a PAD block so the arena stays
-    walkable (layout.h, invariant 5).
-
-    REQUIRES: room committed for nbytes + align - 8.
-    """
-    cdef uint64_t offset = p.ctrl.arena_used & (align - 1)
-    cdef uint64_t pad = 0
-    if offset != 0 and (nbytes > align or offset + nbytes > align):
-        pad = align - offset
-    if pad:
-        alloc_block(p, AMDB_BLOCK_PAD, pad)
-    return alloc_block(p, kind, nbytes)
-
-
 cdef uint64_t region_init_bytes(uint64_t table_capacity) noexcept nogil:
     """Arena bytes region_init allocates."""
     return (amdb_node_bytes(AMDB_MAX_HEIGHT, 0)

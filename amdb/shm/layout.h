@@ -426,7 +426,8 @@ enum {
     AMDB_BLOCK_NODE = 1,
     AMDB_BLOCK_VERSION = 2,
     AMDB_BLOCK_HASH_TABLE = 3,
-    AMDB_BLOCK_PAD = 4,             /* alignment filler before a node */
+    AMDB_BLOCK_PAD = 4,             /* filler: found only in arenas written before nodes were packed
+                                     * (they started on a cache line); walks skip it */
     AMDB_BLOCK_LEDGER = 5,          /* amdb_ledger_block: end of a chunk, its ledger head */
     AMDB_BLOCK_GARBAGE = 6,         /* a rolled-back version or ledger block (unreachable) */
     AMDB_BLOCK_LEDGER_BASE = 7,     /* amdb_ledger_base_block: where a compacted generation's ledger starts */
@@ -457,8 +458,6 @@ static inline uint64_t amdb_arena_hash_table(const char *arena) {
 }
 
 
-
-#define AMDB_NODE_ALIGN 64          /* nodes start on a cache line: header + short key = one line */
 
 typedef struct amdb_block {
     uint32_t kind;                  /* AMDB_BLOCK_* */
@@ -608,17 +607,13 @@ static inline uint64_t amdb_round8(uint64_t n) { return (n + 7) & ~7ULL; }
 static inline uint64_t amdb_node_bytes(uint32_t height, uint32_t key_len) {
     return amdb_round8(sizeof(amdb_node) + 8ULL * height + key_len);
 }
-/* Worst-case arena bytes of a node including its alignment pad. */
-static inline uint64_t amdb_node_bytes_padded(uint32_t height, uint32_t key_len) {
-    return amdb_node_bytes(height, key_len) + AMDB_NODE_ALIGN - 8;
-}
 static inline uint64_t amdb_version_bytes(uint32_t value_len) {
     return sizeof(amdb_version) + amdb_round8(value_len) + sizeof(amdb_version_tail);
 }
-/* Worst-case arena bytes of one SOLO record: a full-height node with its pad,
+/* Worst-case arena bytes of one SOLO record: a full-height node,
  * a version, the chunk's ledger block (hash-table growth is reserved apart). */
 static inline uint64_t amdb_async_charge(uint32_t key_len, uint32_t value_len) {
-    return amdb_node_bytes_padded(AMDB_MAX_HEIGHT, key_len) + amdb_version_bytes(value_len)
+    return amdb_node_bytes(AMDB_MAX_HEIGHT, key_len) + amdb_version_bytes(value_len)
            + sizeof(amdb_ledger_block);
 }
 static inline uint64_t amdb_record_bytes(uint32_t key_len, uint32_t value_len) {

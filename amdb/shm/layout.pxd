@@ -65,7 +65,6 @@ cdef extern from "layout.h" nogil:
         AMDB_BLOCK_LEDGER
         AMDB_BLOCK_GARBAGE
         AMDB_BLOCK_LEDGER_BASE
-        AMDB_NODE_ALIGN
         AMDB_VERSION_TOMBSTONE
         AMDB_HASH_MAX_LOAD_NUM
         AMDB_HASH_MAX_LOAD_DEN
@@ -278,7 +277,6 @@ cdef extern from "layout.h" nogil:
     const uint8_t *amdb_node_key(const amdb_node *n) noexcept
     const uint8_t *amdb_version_value(const amdb_version *v) noexcept
     amdb_version_tail *amdb_version_tail_of(const amdb_version *v) noexcept
-    uint64_t amdb_node_bytes_padded(uint32_t height, uint32_t key_len) noexcept
     uint64_t amdb_key_prefix(const uint8_t *key, uint32_t length) noexcept
     bint amdb_op_is_rmw(uint32_t op) noexcept
     int64_t amdb_counter_decode(const uint8_t *value) noexcept

@@ -17,7 +17,7 @@ from libc.string cimport memcpy, memcmp
 from amdb.native.undo cimport note_arena_write
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport *
-from amdb.shm.arena cimport Mapping, commit_pages, alloc_block, alloc_block_aligned
+from amdb.shm.arena cimport Mapping, commit_pages, alloc_block
 from amdb.native.hashing cimport amdb_sha256, amdb_sha256_init, amdb_sha256_update, amdb_sha256_final, amdb_xxh64
 from amdb.native.skiplist cimport skiplist_insert, skiplist_random_height
 from amdb.native.hashindex cimport hashindex_find, hashindex_insert, hashindex_growth_bytes, hashindex_slots_left
@@ -136,7 +136,7 @@ cdef int index_chunk(Worker *w, amdb_ring_chunk *header, uint64_t header_pos,
         entry.height = skiplist_random_height(&w.finger)
         need[0] += amdb_version_bytes(rec.value_len)
         if rec.op != AMDB_OP_DELETE:          # a put, or a read-modify-write that may become one
-            need[0] += amdb_node_bytes_padded(entry.height, rec.key_len)
+            need[0] += amdb_node_bytes(entry.height, rec.key_len)
             new_keys[0] += 1
         pos += amdb_record_bytes(rec.key_len, rec.value_len)
         n += 1
@@ -303,7 +303,7 @@ cdef int apply_record(Worker *w, ChunkEntry *entry, uint64_t seq, uint64_t times
         return AMDB_STATUS_OK
     # A new key: build the node and its first version, then link it.
     node_bytes = amdb_node_bytes(entry.height, rec.key_len)
-    node_off = alloc_block_aligned(p, AMDB_BLOCK_NODE, node_bytes, AMDB_NODE_ALIGN)
+    node_off = alloc_block(p, AMDB_BLOCK_NODE, node_bytes)
     node = node_at(p.arena, node_off)
     amdb_node_init_latest(node, 0)
     node.key_prefix = entry.prefix
