@@ -54,7 +54,7 @@ from amdb.native.hashing cimport amdb_sha256, amdb_sha256_init, amdb_sha256_upda
 
 cdef enum:
     COMPACT_COMMIT_STEP = 4 << 20  # bytes of the new generation committed at a time (its memory
-                                   # is then about what it uses, not a 64 MiB AMDB_COMMIT_STEP)
+                                   # is then about what it uses)
     KEPT_INITIAL = 64              # versions of one key the kept-offsets buffer holds at first
     NODE_PREFETCH = 4              # nodes ahead whose latest version is prefetched
 

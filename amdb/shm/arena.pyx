@@ -71,10 +71,13 @@ cdef int commit_pages(PartitionView *p, uint64_t nbytes) noexcept nogil:
 
     Returns AMDB_STATUS_OK, AMDB_STATUS_ARENA_FULL (the reservation is used
     up) or AMDB_STATUS_SHM_FULL (posix_fallocate failed: /dev/shm is full).
-    Commits in AMDB_COMMIT_STEP steps so that fallocate is rare; when a full
-    step does not fit, retries with just what is needed.
+    Commits in steps of an eighth of what is committed (layout.h,
+    AMDB_COMMIT_MIN_STEP .. AMDB_COMMIT_STEP), so that fallocate is rare and
+    /dev/shm holds little more than the arena uses; when a full step does
+    not fit, retries with just what is needed.
     """
-    return commit_pages_by(p, nbytes, AMDB_COMMIT_STEP)
+    cdef uint64_t step = p.ctrl.arena_committed // 8 // AMDB_COMMIT_MIN_STEP * AMDB_COMMIT_MIN_STEP
+    return commit_pages_by(p, nbytes, min(max(step, AMDB_COMMIT_MIN_STEP), AMDB_COMMIT_STEP))
 
 
 cdef int commit_pages_by(PartitionView *p, uint64_t nbytes, uint64_t step) noexcept nogil:

@@ -69,7 +69,12 @@
 #define AMDB_PAGE 4096
 #define AMDB_ARENA_FIRST_BLOCK 64    /* offset 0 is null; bytes 0..63 hold amdb_arena_header */
 #define AMDB_ARENA_REGIONS 2         /* current generation + the one compaction builds */
-#define AMDB_COMMIT_STEP (64ULL << 20) /* commit arena memory 64 MiB at a time */
+/* Arena memory is committed (posix_fallocate) an eighth of what is committed
+ * at a time, within these bounds: fallocate stays rare (about 40 calls from
+ * 1 MiB to 1 GiB) and /dev/shm holds at most about 1/8 more than the arena
+ * uses. */
+#define AMDB_COMMIT_MIN_STEP (1ULL << 20)
+#define AMDB_COMMIT_STEP (64ULL << 20)
 /* A ring's memory is committed (posix_fallocate) by its producer as it first
  * writes there, this much at a time: a database opens with only the first
  * step of each ring in /dev/shm (a container's 64 MiB holds it). */

@@ -18,6 +18,7 @@ cdef extern from "layout.h" nogil:
         AMDB_COMPACT_BUILDING
         AMDB_COMPACT_SWITCHING
         AMDB_COMMIT_STEP
+        AMDB_COMMIT_MIN_STEP
         AMDB_RING_COMMIT_STEP
         AMDB_MAX_ARENA_BYTES
         AMDB_MAX_HEIGHT
