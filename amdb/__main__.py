@@ -204,8 +204,9 @@ def format_memory(memory):
     parts = [(name, total[name]) for name in ("nodes", "versions", "hash_index", "alignment", "ledger",
                                              "garbage", "header")]
     lines.append("  arena bytes per key: " + ", ".join(f"{name} {size / keys:.1f}" for name, size in parts)
-                 + f" = {total['arena_used'] / keys:.1f} (keys {total['key_bytes'] / keys:.1f}, "
-                   f"values {total['value_bytes'] / keys:.1f})")
+                 + f" = {(total['arena_used'] - total['released']) / keys:.1f} (keys {total['key_bytes'] / keys:.1f}, "
+                   f"values {total['value_bytes'] / keys:.1f}; outgrown hash tables given back: "
+                   f"{total['released'] / keys:.1f})")
     if memory["shm_size"]:
         lines.append(f"  {memory['shm_dir']}: {memory['shm_free'] / 2**20:.1f} MiB free of "
                      f"{memory['shm_size'] / 2**20:.1f} MiB")

@@ -120,6 +120,7 @@ class Supervisor:
         self.pending_reclaim = []       # [(worker, region)] retired, memory not given back yet
         self.pending_slot = -1          # reader slot that must drain first
         self.pending_epoch = 0          # and forked children's reads below this shared read epoch
+        self.tables_drain = None        # ([(worker, tables_retired)], shared read epoch): a drain begun
         self.compact_retry_at = 0       # automatic compaction: versions before trying again
         self.pressure_retry_at = 0      # the same, when /dev/shm is nearly full (smaller steps)
         self.compact_drain_timeout = COMPACT_DRAIN_TIMEOUT
@@ -555,8 +556,29 @@ class Supervisor:
             self._check_log()
         if self.o.keep_versions is not None:
             self._check_compact()
+        self.drain_outgrown_tables()
         # Async single writes skip these checks until then (Writer._send_solo).
         self.writer.next_check_ns = time.monotonic_ns() + int(LIVENESS_INTERVAL * 1e9)
+
+    def drain_outgrown_tables(self):
+        """Tell workers when no reader is left in the hash tables they
+        outgrew, so that they give those tables' memory back (layout.h,
+        "Outgrown hash tables", 2). Never waits: a drain that finds a reader
+        still in is finished by a later call (before a later write). A drain
+        finished late begins the next at once: tables were outgrown meanwhile."""
+        for _ in range(2):
+            if self.tables_drain is None:
+                controls = self.controls[:self.o.workers]
+                pending = [(w, n) for w, n in enumerate(map(control.tables_retired, controls)) if n]
+                if not pending:
+                    return
+                self.tables_drain = (pending, self.att.bump_shared_read_epoch())
+            pending, epoch = self.tables_drain
+            if not self.att.readers_idle() or self.att.foreign_readers_before(epoch):
+                return
+            for worker, retired in pending:
+                control.mark_tables_drained(self.controls[worker], retired)
+            self.tables_drain = None
 
     def require_writable(self):
         """For calls that change the database but are not writes (compact,
@@ -572,12 +594,14 @@ class Supervisor:
 
     def _check_log(self):
         """Refuse writes once a log is broken; checkpoint when a log grew past
-        checkpoint_bytes and a quarter of its arena. REQUIRES the write lock."""
+        checkpoint_bytes and a quarter of its arena, unless one is still being
+        written (its worker would stop applying until that one is out).
+        REQUIRES the write lock."""
         due, broken = inspect.log_state(self.att, self.o.checkpoint_bytes or 0)
         if broken >= 0:
             raise StorageError(f"the write-ahead log of worker {broken} could not be written or "
                                "repaired; writes are refused until the database is reopened, reads go on")
-        if due:
+        if due and not inspect.checkpoint_running(self.att):
             self.checkpoint_locked("automatic", wait=False)   # written in the background
 
     # ---- retention and compaction ---------------------------------------------------
@@ -647,6 +671,7 @@ class Supervisor:
         segment holds, the arena's used and committed bytes and where the used
         ones go (inspect.memory_census), the ring's committed bytes, and how
         full /dev/shm is. `per_worker`: the workers' counters (stats_of)."""
+        self.drain_outgrown_tables()
         rings = self.writer.ring_committed()
         held = self.segment_shm_bytes()
         workers = []
@@ -658,7 +683,8 @@ class Supervisor:
             workers.append(entry)
         total = {name: sum(w[name] for w in workers) for name in workers[0] if name not in ("worker", "walked")}
         keys = total["keys"]
-        total["arena_bytes_per_key"] = total["arena_used"] / keys if keys else None
+        # What the arena holds: its address space less the outgrown tables' slots given back.
+        total["arena_bytes_per_key"] = (total["arena_used"] - total["released"]) / keys if keys else None
         total["shm_bytes_per_key"] = total["shm_bytes"] / keys if keys else None
         shm_size, shm_free = self._shm_space()
         return {"workers": workers, "total": total, "shm_dir": self.o.shm_dir or segment.SHM_DIR,

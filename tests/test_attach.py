@@ -413,6 +413,27 @@ def test_a_client_stopped_inside_a_read_delays_writes_briefly_only(make_db, monk
         reap(proc)
 
 
+
+def test_an_outgrown_hash_table_stays_while_a_client_may_be_in_it(make_db):
+    # layout.h, "Outgrown hash tables": the owner tells the worker to give a
+    # table back only once no reader slot holds a read epoch from before it
+    # was outgrown.
+    db = make_db(workers=1)
+    db.batch_put([(b"a%d" % i, b"v") for i in range(100)])
+    proc, _ = start_client("handle", handle_hex(db))
+    try:
+        assert ask(proc, "enter_read") == "inside"
+        db.batch_put([(b"k%06d" % i, b"v") for i in range(20_000)])     # outgrows 4,096 slots 3 times
+        db.batch_put([(b"one", b"more")])
+        assert db.stats()["memory"]["total"]["released"] == 0
+        assert ask(proc, "leave_read") == "left"
+        db.batch_put([(b"two", b"more")])         # its write finishes the drain; the worker gives them back
+        assert db.stats()["memory"]["total"]["released"] > 0
+        assert ask(proc, "get k012345") == "b'v'" and ask(proc, "get a7") == "b'v'"
+    finally:
+        reap(proc)
+
+
 ATOMICITY_READER = r'''
 import pickle, sys
 import amdb

@@ -67,7 +67,7 @@ def test_memory_stats_account_for_every_arena_byte():
         memory = db.stats()["memory"]
         for worker in memory["workers"]:
             parts = sum(worker[name] for name in ("header", "nodes", "versions", "hash_index", "alignment",
-                                                  "ledger", "garbage"))
+                                                  "released", "ledger", "garbage"))
             assert parts == worker["walked"] == worker["arena_used"], worker
             assert worker["arena_used"] <= worker["arena_committed"] <= worker["shm_bytes"]
             assert 0 < worker["ring_committed"] <= db.ring_size
@@ -77,7 +77,7 @@ def test_memory_stats_account_for_every_arena_byte():
         assert total["version_count"] == 20000 + 5000 + 100       # puts, overwrites, tombstones
         assert total["key_bytes"] == 16 * 20000
         assert total["value_bytes"] == 100 * 25000
-        assert total["arena_bytes_per_key"] == total["arena_used"] / 19900
+        assert total["arena_bytes_per_key"] == (total["arena_used"] - total["released"]) / 19900
         assert 0 < memory["shm_free"] <= memory["shm_size"]
         db.compact(keep_versions=1)
         after = db.stats()["memory"]["total"]
@@ -97,6 +97,43 @@ def test_arena_memory_is_committed_in_steps_proportional_to_its_use():
             used, committed = worker["arena_used"], worker["arena_committed"]
             assert used > 30 << 20, worker                       # past the old 64 MiB first step's half
             assert committed - used <= max(used // 8, 4 << 20) + (2 << 20), worker
+
+
+
+def test_outgrown_hash_tables_are_given_back_to_dev_shm():
+    # A grown hash table is a new block; the outgrown ones stayed for readers
+    # still in them, 17 of every key's 276 bytes at 1M keys. Once no reader
+    # can be in them the worker gives their slots back (layout.h, "Outgrown
+    # hash tables"); the header and the partial pages at each end stay.
+    with amdb.ParallelDB(workers=2) as db:
+        items = [(b"%016d" % i, b"v%d" % i) for i in range(200_000)]
+        for start in range(0, len(items), 20_000):
+            db.batch_put(items[start:start + 20_000])
+        memory = db.stats()["memory"]
+        for worker in memory["workers"]:      # 4,096 -> 262,144 slots: six tables outgrown each
+            outgrown_kept = worker["hash_index"] - worker["hash_index_current"]
+            assert worker["released"] > 0 and outgrown_kept <= 6 * 2 * 4096, worker
+            assert worker["released"] >= 0.9 * (worker["released"] + outgrown_kept), worker
+        assert db.batch_get([k for k, _ in items]) == [v for _, v in items]
+        assert db.verify().ok
+
+
+def test_an_outgrown_table_stays_while_a_reader_of_this_process_may_be_in_it():
+    with amdb.ParallelDB(workers=1) as db:
+        db.batch_put([(b"first", b"1")])
+        slot = db._debug_enter_read()         # a read that released the GIL, half way through
+        try:
+            db.batch_put([(b"k%06d" % i, b"v") for i in range(20_000)])    # outgrows 4,096 slots 3 times
+            assert db.stats()["memory"]["total"]["released"] == 0
+            assert db.get(b"first") == b"1" and db.get(b"k000123") == b"v"
+        finally:
+            db._debug_leave_read(slot)
+        # The next write finishes the drain; the worker gives the tables back
+        # before it applies that write (it looks each time it wakes).
+        db.batch_put([(b"after", b"x")])
+        assert db.stats()["memory"]["total"]["released"] > 0
+        assert db.batch_get([b"k%06d" % i for i in range(20_000)]) == [b"v"] * 20_000
+        assert db.verify().ok
 
 
 def test_info_memory_opens_read_only_and_changes_nothing(tmp_path, capsys):

@@ -313,3 +313,32 @@ def test_random_worker_kills_lose_nothing_acknowledged(durable, tmp_path):
 def test_random_worker_kills_soak(tmp_path):
     contents, model, restarts, kills = kill_workers_while_writing(12, 100, tmp_path)
     assert restarts == kills == 100 and contents == model
+
+
+def test_a_successor_gives_back_the_hash_tables_its_predecessor_outgrew():
+    # layout.h, "Outgrown hash tables", 4: a successor finds the tables its
+    # predecessor never gave back, and waits for the owner as after a growth.
+    db = amdb.ParallelDB(workers=1)
+    try:
+        slot = db._debug_enter_read()     # a reader may be in the tables: nothing is given back
+        try:
+            db.batch_put([(b"k%06d" % i, b"v") for i in range(20_000)])     # outgrows 4,096 slots 3 times
+            victim = pids(db)[0]
+            os.kill(victim, signal.SIGKILL)
+            assert wait_until(lambda: not is_alive(victim), GONE_WITHIN_S)
+            deadline = time.monotonic() + 10
+            while db.stats()["worker_restarts"] == 0 and time.monotonic() < deadline:
+                try:
+                    db.batch_put([(b"probe", b"p")])
+                except amdb.WorkerCrashedError:
+                    pass
+            assert db.stats()["worker_restarts"] == 1
+            assert db.stats()["memory"]["total"]["released"] == 0
+        finally:
+            db._debug_leave_read(slot)
+        db.batch_put([(b"after", b"x")])
+        assert db.stats()["memory"]["total"]["released"] > 0
+        assert db.batch_get([b"k%06d" % i for i in range(20_000)]) == [b"v"] * 20_000
+        assert db.verify().ok
+    finally:
+        db.close()

@@ -241,6 +241,7 @@ cdef int compact_prepare(PartitionView *p, uint64_t keep, uint64_t seq, uint64_t
     scratch.arena_used = AMDB_ARENA_FIRST_BLOCK
     dst.ctrl = scratch
     dst.undo = NULL                      # a new generation: no checkpoint copies it
+    dst.retired = NULL                   # nor reader: a table it outgrows while built is not noted
     dst.ring = p.ring
     dst.arena = p.arena + (<int64_t>target - <int64_t>current) * <int64_t>c.arena_capacity
     dst.fd = p.fd

@@ -8,8 +8,10 @@ Process safety:
   - Invariants: (1) a slot, once used, never changes; (2) entries are never
     removed (a deleted key keeps its node; its latest version is a
     tombstone); (3) a grown table is a new arena block holding every entry of
-    the old one; the old table is never freed, so a reader that loaded it
-    keeps a complete view of the keys that existed when it loaded it.
+    the old one; the old table stays whole while a reader can be in it, so a
+    reader that loaded it keeps a complete view of the keys that existed
+    when it loaded it. Once the owner says no reader is left in it, the
+    worker gives its slots' pages back (layout.h, "Outgrown hash tables").
   - Slots are single words (21-bit hash tag | node offset / 8, layout.h):
     the writer publishes one with a release store; a reader acquire-loads it,
     stops at 0 (end of the probe run), and on a tag match confirms with the
@@ -21,12 +23,12 @@ Process safety:
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memset
 from amdb.shm.layout cimport *
-from amdb.shm.atomic cimport amdb_load_acquire, amdb_store_release, amdb_store_relaxed, amdb_prefetch
+from amdb.shm.atomic cimport amdb_load_acquire, amdb_load_relaxed, amdb_store_release, amdb_store_relaxed, amdb_prefetch
 from amdb.native.undo cimport note_arena_write
 
 cdef enum:
     GROW_PREFETCH = 16     # slots ahead whose node is prefetched while rehashing
-from amdb.shm.arena cimport alloc_block
+from amdb.shm.arena cimport alloc_block, punch_arena
 
 
 cdef uint64_t hashindex_table_bytes(uint64_t capacity) noexcept nogil:
@@ -85,8 +87,18 @@ cdef void _place(PartitionView *p, amdb_hash_table *table, uint64_t home, uint64
     table.count += 1
 
 
+cdef void _note_retired(PartitionView *p, uint64_t off, uint64_t number) noexcept nogil:
+    cdef RetiredTables *r = <RetiredTables *>p.retired
+    if r.count < RETIRED_TABLES_MAX:       # always: tables double (else it is never given back)
+        r.off[r.count] = off
+        r.region[r.count] = amdb_load_relaxed(&p.ctrl.arena_region)
+        r.number[r.count] = number
+        r.count += 1
+
+
 cdef void _grow(PartitionView *p) noexcept nogil:
-    cdef amdb_hash_table *old = table_at(p.arena, amdb_arena_header_of(p.arena).hash_table)
+    cdef uint64_t old_off = amdb_arena_header_of(p.arena).hash_table
+    cdef amdb_hash_table *old = table_at(p.arena, old_off)
     cdef uint64_t capacity = old.capacity * 2
     cdef uint32_t log2_capacity = old.log2_capacity + 1
     cdef uint64_t nbytes = hashindex_table_bytes(capacity)
@@ -113,6 +125,84 @@ cdef void _grow(PartitionView *p) noexcept nogil:
     # Release: the new table is whole before readers can load it.
     note_arena_write(p, &amdb_arena_header_of(p.arena).hash_table)
     amdb_store_release(&amdb_arena_header_of(p.arena).hash_table, off)
+    if p.retired != NULL:
+        # Release: the new root is published before the owner, seeing the
+        # count, starts waiting for the readers of the old table.
+        amdb_store_release(&p.ctrl.tables_retired, p.ctrl.tables_retired + 1)
+        _note_retired(p, old_off, p.ctrl.tables_retired)
+
+
+cdef void _release_table(PartitionView *p, uint64_t off) noexcept nogil:
+    """Give back the slots of the outgrown table at `off`: flag it first
+    (a walk of the arena then knows its slots read as zeros), then punch."""
+    cdef amdb_hash_table *table = table_at(p.arena, off)
+    cdef uint64_t nbytes = <uint64_t>table.block.words * 8
+    cdef uint64_t length = table_released_bytes(off, nbytes)
+    cdef uint64_t start
+    if table.flags & AMDB_TABLE_RELEASED:
+        return
+    note_arena_write(p, <uint64_t *>&table.log2_capacity)   # log2_capacity and flags: one word
+    table.flags = table.flags | AMDB_TABLE_RELEASED
+    if length:
+        start = (off + sizeof(amdb_hash_table) + AMDB_PAGE - 1) // AMDB_PAGE * AMDB_PAGE
+        if punch_arena(p, start, length) == 0:
+            amdb_store_relaxed(&p.ctrl.tables_released_bytes, p.ctrl.tables_released_bytes + length)
+    amdb_store_relaxed(&p.ctrl.tables_released, p.ctrl.tables_released + 1)
+
+
+cdef void hashindex_release_outgrown(PartitionView *p) noexcept nogil:
+    """Give back every noted table the owner said no reader is left in
+    (tables_drained, acquire), unless a background checkpoint is copying the
+    arena (p.undo): the root its copy restores may name one of them. Tables
+    of another region (a compaction since) went with that region."""
+    cdef RetiredTables *r = <RetiredTables *>p.retired
+    cdef uint64_t drained, region, i, kept = 0
+    if r == NULL or r.count == 0 or p.undo != NULL:
+        return
+    drained = amdb_load_acquire(&p.ctrl.tables_drained)
+    region = amdb_load_relaxed(&p.ctrl.arena_region)
+    for i in range(r.count):
+        if r.region[i] != region:
+            continue
+        if r.number[i] <= drained:
+            _release_table(p, r.off[i])
+        else:
+            r.off[kept] = r.off[i]
+            r.region[kept] = r.region[i]
+            r.number[kept] = r.number[i]
+            kept += 1
+    r.count = kept
+
+
+cdef void hashindex_collect_outgrown(PartitionView *p, bint readers_exist) noexcept nogil:
+    """At the worker's start: note every table of the generation that is
+    not its current one and was not given back (a walk of the arena). With
+    no reader yet (a first start, loaded from a checkpoint), at once; a
+    successor's readers may be in them, so it counts one more retirement
+    and waits for the owner as after a growth."""
+    cdef amdb_control *c = p.ctrl
+    cdef uint64_t current = amdb_arena_header_of(p.arena).hash_table
+    cdef uint64_t used = amdb_load_relaxed(&c.arena_used)
+    cdef uint64_t off = AMDB_ARENA_FIRST_BLOCK
+    cdef uint64_t number = 0
+    cdef amdb_block *block
+    cdef bint found = False
+    if p.retired == NULL:
+        return
+    (<RetiredTables *>p.retired).count = 0     # the walk finds every one (log replay's too)
+    if readers_exist:
+        number = amdb_load_relaxed(&c.tables_retired) + 1
+    while off + sizeof(amdb_block) <= used:
+        block = <amdb_block *>(p.arena + off)
+        if block.words == 0 or off + <uint64_t>block.words * 8 > used:
+            break                          # the block a crashed predecessor was writing
+        if (block.kind == AMDB_BLOCK_HASH_TABLE and off != current
+                and not (table_at(p.arena, off).flags & AMDB_TABLE_RELEASED)):
+            _note_retired(p, off, number)
+            found = True
+        off += <uint64_t>block.words * 8
+    if found and readers_exist:
+        amdb_store_release(&c.tables_retired, number)
 
 
 cdef uint64_t hashindex_slots_left(PartitionView *p) noexcept nogil:

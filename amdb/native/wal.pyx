@@ -430,6 +430,7 @@ cdef int checkpoint_begin(PartitionView *p, LogWriter *log, uint64_t seq,
     b.undo.limit = b.header.arena_used
     b.p = p[0]
     b.p.undo = NULL
+    b.p.retired = NULL
     p.undo = &b.undo                    # from now on, every in-place store is noted
     if pthread_create(&b.thread, NULL, copier_main, b) != 0:
         # No thread: copy here, nothing changes meanwhile (same code, no notes).

@@ -10,6 +10,7 @@ cdef void region_init(PartitionView *p, uint64_t table_capacity, uint32_t log2_c
                       uint64_t generation) noexcept nogil
 cdef uint64_t alloc_block(PartitionView *p, uint32_t kind, uint64_t nbytes) noexcept nogil
 cdef int arena_init(PartitionView *p) noexcept nogil
+cdef int punch_arena(PartitionView *p, uint64_t off, uint64_t length) noexcept nogil
 
 cdef class Mapping:
     cdef char *base

@@ -88,7 +88,8 @@ cdef int commit_pages_by(PartitionView *p, uint64_t nbytes, uint64_t step) noexc
     Never starves a sibling: on tmpfs a posix_fallocate that fails takes
     every free page for a moment before it gives them back, so a sibling
     worker's commit that would fit fails meanwhile. A full step is tried only
-    when the file system says it fits; an exact commit that fails while the
+    when the file system has eight times that free (a nearly full /dev/shm
+    is left to the data itself: commits are then exact); an exact commit that fails while the
     file system says it fits is retried with backoff (the space was a
     sibling's failing attempt), for SHM_RETRY_NS at most."""
     cdef amdb_control *c = p.ctrl
@@ -102,7 +103,7 @@ cdef int commit_pages_by(PartitionView *p, uint64_t nbytes, uint64_t step) noexc
         return AMDB_STATUS_ARENA_FULL
     exact = min((need + AMDB_PAGE - 1) // AMDB_PAGE * AMDB_PAGE, c.arena_capacity)
     target = min((need + step - 1) // step * step, c.arena_capacity)
-    if not (target > exact and shm_free_bytes(p.fd) >= target - committed
+    if not (target > exact and shm_free_bytes(p.fd) >= 8 * (target - committed)
             and posix_fallocate(p.fd, <long>(p.region_offset + committed), <long>(target - committed)) == 0):
         target = exact
         while posix_fallocate(p.fd, <long>(p.region_offset + committed), <long>(target - committed)) != 0:
@@ -235,6 +236,14 @@ cdef extern from *:
     }
     """
     int amdb_punch_hole(int fd, long offset, long length) nogil
+
+
+cdef int punch_arena(PartitionView *p, uint64_t off, uint64_t length) noexcept nogil:
+    """Give back the memory of `length` bytes at arena offset `off` of the
+    region p.arena (both page aligned): 0 or an errno. The worker's view only
+    (p.fd). REQUIRES: no reader can be in those bytes, and nothing reads them
+    again but as zeros."""
+    return amdb_punch_hole(p.fd, <long>(p.region_offset + off), <long>length)
 
 
 def punch_hole(int fd, uint64_t offset, uint64_t length):

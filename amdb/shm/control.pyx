@@ -5,8 +5,8 @@ after it died), asking it to stop.
 
 Who calls it: amdb.supervisor.Supervisor only.
 Shared memory: writes the read-only header line of each control block and
-the database control block before any worker starts, and
-shutdown_requested; everything else it reads.
+the database control block before any worker starts, shutdown_requested
+and tables_drained; everything else it reads.
 """
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int64_t
 from amdb.shm.layout cimport *
@@ -85,6 +85,25 @@ def request_shutdown(Mapping m):
     amdb_store_seqcst(&c.shutdown_requested, 1)
     amdb_fetch_add32_seqcst(&c.ring_data_event, 1)
     amdb_futex_wake_all(&c.ring_data_event)
+
+
+def tables_retired(Mapping m):
+    """How many hash tables the partition has outgrown, when some are not
+    drained yet (layout.h, "Outgrown hash tables", 2), else 0. Acquire: the
+    grown tables' roots are published before."""
+    cdef amdb_control *c = <amdb_control *>m.base
+    cdef uint64_t retired = amdb_load_acquire(&c.tables_retired)
+    return retired if retired > amdb_load_relaxed(&c.tables_drained) else 0
+
+
+def mark_tables_drained(Mapping m, uint64_t retired):
+    """No reader is left in the first `retired` outgrown tables: tell the
+    worker (release) and wake it, so that an idle one gives them back now."""
+    cdef amdb_control *c = <amdb_control *>m.base
+    amdb_store_release(&c.tables_drained, retired)
+    amdb_fetch_add32_seqcst(&c.ring_data_event, 1)
+    if amdb_load32_seqcst(&c.consumer_sleeping):
+        amdb_futex_wake_all(&c.ring_data_event)
 
 
 def worker_position(Mapping m):

@@ -289,7 +289,16 @@ typedef struct amdb_control {
     uint32_t checkpoint_hold;
     uint32_t checkpoint_held;       /* 1 while a copy is paused by checkpoint_hold */
 
-    /* Lines 11.. — results of read-modify-write records that asked for one
+    /* Line 11 — outgrown hash tables ("Outgrown hash tables" below).
+     * tables_retired: written by the worker (release store), after it
+     * published a grown table; tables_drained: written by the owner (release
+     * store). */
+    AMDB_LINE uint64_t tables_retired; /* hash tables this partition has outgrown, ever */
+    uint64_t tables_drained;        /* no reader is left in any of the first tables_drained */
+    uint64_t tables_released;       /* worker: of them, those whose memory it gave back (statistics) */
+    uint64_t tables_released_bytes; /* worker: the bytes that gave back (statistics) */
+
+    /* Lines 12.. — results of read-modify-write records that asked for one
      * (ticket != 0), by ticket % AMDB_RMW_RESULTS: written by the worker
      * before it release-stores applied_chunk, read by the producer after it
      * acquired it ("Read-modify-write" below). */
@@ -325,6 +334,30 @@ enum {
     AMDB_CKPT_STAGE_NOTED = 2,      /* notes handed over, file not yet renamed */
     AMDB_CKPT_STAGE_RENAMED = 3,    /* file renamed, checkpoint_done not yet published */
 };
+
+/* Outgrown hash tables. A grown table is a new block (the old one stays whole
+ * for the readers in it: hashindex.pyx); its slots are dead memory once no
+ * reader can be in it, and at 1M keys they are 17 of every key's bytes. So:
+ *   1. The worker, having published a grown table (release store of the
+ *      root), bumps tables_retired (release) and notes the old table, with
+ *      that number, in its private list.
+ *   2. The owner, seeing tables_retired = R above tables_drained, bumps the
+ *      read epoch and waits (without blocking writes) until no reader that
+ *      entered before the bump is left: its own registered readers of the
+ *      old parity, and every reader slot below the new shared epoch. Then it
+ *      release-stores tables_drained = R. Readers that entered after the bump
+ *      loaded the root after the worker published the new one.
+ *   3. The worker gives back (fallocate PUNCH_HOLE) the whole pages of the
+ *      slots of every noted table numbered <= tables_drained (acquire),
+ *      having first set AMDB_TABLE_RELEASED in its header — never while a
+ *      background checkpoint copies the arena, whose copy may need the old
+ *      table as the root it restores (undo.pxd). The header stays, so the
+ *      arena can still be walked; reading the slots gives zeros.
+ *   4. A worker that loads a checkpoint gives back every table but the
+ *      current one at once (no reader exists yet); a successor finds the
+ *      tables its predecessor did not release by a walk, and waits for the
+ *      owner as in 2 (numbered tables_retired as of its start). */
+#define AMDB_TABLE_RELEASED 1u
 
 #define AMDB_ASYNC_WINDOW 65536u    /* SOLO records in flight per worker at most */
 #define AMDB_ASYNC_CREDIT_BYTES (4ULL << 20) /* arena bytes they may hold in flight per worker */
@@ -597,7 +630,7 @@ typedef struct amdb_hash_table {
     uint64_t capacity;              /* slots, a power of two; immutable */
     uint64_t count;                 /* used slots; worker-private */
     uint32_t log2_capacity;         /* immutable */
-    uint32_t reserved;
+    uint32_t flags;                 /* AMDB_TABLE_RELEASED; worker-written, once outgrown */
     amdb_hash_slot slots[];
 } amdb_hash_table;
 

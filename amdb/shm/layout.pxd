@@ -74,6 +74,7 @@ cdef extern from "layout.h" nogil:
         AMDB_HASH_INITIAL_CAPACITY
         AMDB_HASH_INITIAL_LOG2
         AMDB_SLOT_TAG_BITS
+        AMDB_TABLE_RELEASED
 
     ctypedef struct amdb_rmw_result:
         int64_t value
@@ -159,6 +160,10 @@ cdef extern from "layout.h" nogil:
         uint64_t checkpoint_undo_words
         uint32_t checkpoint_hold
         uint32_t checkpoint_held
+        uint64_t tables_retired
+        uint64_t tables_drained
+        uint64_t tables_released
+        uint64_t tables_released_bytes
         amdb_rmw_result rmw_results[128]   # AMDB_RMW_RESULTS
 
     ctypedef struct amdb_reader_slot:
@@ -268,6 +273,7 @@ cdef extern from "layout.h" nogil:
         uint64_t capacity
         uint64_t count
         uint32_t log2_capacity
+        uint32_t flags
         amdb_hash_slot slots[1]
 
     uint64_t amdb_round8(uint64_t n) noexcept
@@ -310,3 +316,4 @@ ctypedef struct PartitionView:
     int fd
     uint64_t region_offset
     void *undo
+    void *retired

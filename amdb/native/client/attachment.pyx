@@ -474,6 +474,20 @@ cdef class Attachment:
         """The shared read epoch now (layout.h, "Reader slots")."""
         return amdb_load_seqcst(&self.dbc.read_epoch)
 
+    def readers_idle(self):
+        """No registered reader of this process is inside the arenas now
+        (both parities). With the GIL held, a reader that did not register
+        is not in the middle of a walk either, so every read of this process
+        that could hold an offset or a root loaded before now is over."""
+        return amdb_load_seqcst(&self.readers[0]) == 0 and amdb_load_seqcst(&self.readers[1]) == 0
+
+    def bump_shared_read_epoch(self):
+        """Move the shared read epoch on (seq_cst) and return it: a reader
+        slot that holds it or a later one entered after the bump (layout.h,
+        "Reader slots"). Forked children and clients then re-adopt the regions,
+        which have not changed."""
+        return amdb_fetch_add_seqcst(&self.dbc.read_epoch, 1) + 1
+
     def foreign_readers_before(self, uint64_t epoch):
         """[pid] of live processes whose reader slot holds a read epoch below
         `epoch`: they may still read a region retired before it."""

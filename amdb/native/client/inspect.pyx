@@ -17,6 +17,7 @@ from amdb.native.verify cimport (VerifyResult, BreakRecord, verify_partition as 
 from amdb.native.client.attachment cimport Attachment
 from amdb.native.client.keys cimport as_key
 from amdb.native.client.reader cimport find_node
+from amdb.native.hashindex cimport table_released_bytes
 
 from amdb.native.constants import BREAK_KINDS, COMPACT_STATES, WORKER_STATES
 
@@ -209,6 +210,7 @@ def memory_census(Attachment att, int worker):
     cdef uint64_t counts[8]
     cdef uint64_t sizes[8]
     cdef uint64_t key_bytes = 0, value_bytes = 0, off, used, words, table_bytes = 0, table_off
+    cdef uint64_t released = 0, gone
     cdef uint32_t kind
     cdef amdb_block *block
     cdef PartitionView view
@@ -232,6 +234,10 @@ def memory_census(Attachment att, int worker):
                 kind = block.kind if block.kind < 8 else 0
                 counts[kind] += 1
                 sizes[kind] += words * 8
+                if kind == AMDB_BLOCK_HASH_TABLE and table_at(view.arena, off).flags & AMDB_TABLE_RELEASED:
+                    gone = table_released_bytes(off, words * 8)
+                    released += gone
+                    sizes[kind] -= gone
                 if kind == AMDB_BLOCK_NODE:
                     key_bytes += node_at(view.arena, off).key_len
                 elif kind == AMDB_BLOCK_VERSION:
@@ -247,7 +253,7 @@ def memory_census(Attachment att, int worker):
         "nodes": sizes[AMDB_BLOCK_NODE], "node_count": counts[AMDB_BLOCK_NODE],
         "versions": sizes[AMDB_BLOCK_VERSION], "version_count": counts[AMDB_BLOCK_VERSION],
         "hash_index": sizes[AMDB_BLOCK_HASH_TABLE], "hash_index_current": table_bytes,
-        "alignment": sizes[AMDB_BLOCK_PAD],
+        "alignment": sizes[AMDB_BLOCK_PAD], "released": released,
         "ledger": sizes[AMDB_BLOCK_LEDGER] + sizes[AMDB_BLOCK_LEDGER_BASE],
         "garbage": sizes[AMDB_BLOCK_GARBAGE],
         "key_bytes": key_bytes, "value_bytes": value_bytes,

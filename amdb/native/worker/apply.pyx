@@ -448,6 +448,8 @@ cdef void worker_init(Worker *w, Mapping mapping, int fd, int parent_pid) noexce
     w.p.region_offset = c.arena_offset + c.arena_region * c.arena_capacity
     w.p.fd = fd
     w.p.undo = NULL
+    w.retired.count = 0
+    w.p.retired = &w.retired
     w.bg = NULL
     w.records = w.p.ring
     w.records_mask = c.ring_capacity - 1

@@ -23,6 +23,7 @@ from amdb.shm.arena cimport Mapping, arena_init, commit_pages
 from amdb.shm.ring cimport ring_wait_data, ring_release, progress_publish, ring_at
 from amdb.native.hashing cimport ring_chunk_fingerprint
 from amdb.native.skiplist cimport skiplist_finger_reset
+from amdb.native.hashindex cimport hashindex_collect_outgrown, hashindex_release_outgrown
 from amdb.native.wal cimport *
 from amdb.native.compact cimport CompactResult, compact_prepare, compact_recover, compact_adopt
 from amdb.native.worker.state cimport Worker
@@ -284,6 +285,8 @@ cdef int worker_loop(Worker *w) noexcept nogil:
         head = ring_wait_data(c, tail, idle_ns)
         if w.bg != NULL:
             poll_checkpoint(w)
+        if w.retired.count:
+            hashindex_release_outgrown(&w.p)   # the owner may have woken us for it
         if head == tail:
             log_idle(&w.log)
             commit_ahead(w)
@@ -452,6 +455,10 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=
             os.close(w.log.dir_fd)
         mapping.release()
         raise
+    # Outgrown tables of a loaded checkpoint go now (no reader yet); a
+    # successor's wait for the owner (layout.h, "Outgrown hash tables").
+    hashindex_collect_outgrown(&w.p, respawn is not None)
+    hashindex_release_outgrown(&w.p)
     arm_fault(fault, c.worker_index, parent_pid)
     publish_credit(&w)
     amdb_store_release(&c.worker_state, AMDB_WORKER_READY)

@@ -4,6 +4,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from amdb.shm.layout cimport PartitionView, amdb_ring_record
 from amdb.native.skiplist cimport SkipFinger
 from amdb.native.wal cimport LogWriter, BackgroundCheckpoint
+from amdb.native.hashindex cimport RetiredTables
 from amdb.shm.ring cimport ring_at
 
 
@@ -43,6 +44,7 @@ ctypedef struct Worker:
     uint64_t poison_count
     LogWriter log                # the write-ahead log (log.dir_fd < 0: memory-only)
     BackgroundCheckpoint *bg     # the checkpoint being written (wal.pyx), or NULL
+    RetiredTables retired        # outgrown hash tables not given back yet (p.retired points here)
 
 
 cdef inline amdb_ring_record *record_at(Worker *w, uint64_t pos) noexcept nogil:
