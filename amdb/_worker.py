@@ -22,6 +22,8 @@ Environment read once at start (docs/API.md, "Crash reproduction"):
   AMDB_WORKER_BANNER  "1": write "amdb worker <index> pid <pid> ..." to stderr
                       at start, so that a crash report in a shared stderr can
                       be told apart per worker (also printed when AMDB_FAULT is set)
+  AMDB_DEBUG_FULL_TAILS  "1" (tests): write every version's tail whole, as
+                      before layout 3 (an older database's arena, made new)
   AMDB_CORE_DUMPS     "1": raise the core-file size limit to its hard limit,
                       so that a crash leaves a core where the system allows it,
                       without the arenas (shared memory); "full": with them
@@ -144,6 +146,9 @@ def main(argv=None):
     if fault is not None and 0 <= fault[4] <= incarnation:
         fault = None                    # only the first `incarnations` workers of the index
     fault = fault[:4] if fault is not None else None
+    if os.environ.get("AMDB_DEBUG_FULL_TAILS") == "1":
+        from amdb.native.versions import debug_full_tails
+        debug_full_tails(True)
     if os.environ.get("AMDB_CORE_DUMPS") in ("1", "full"):
         enable_core_dumps(include_shared=os.environ["AMDB_CORE_DUMPS"] == "full")
     if os.environ.get("AMDB_WORKER_BANNER") == "1" or fault is not None:

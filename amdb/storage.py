@@ -39,7 +39,8 @@ MANIFEST_MAGIC = "amdb-database"
 # From the headers (amdb.native.constants): FORMAT_VERSION of logs and checkpoints,
 # LAYOUT_VERSION of the arena bytes in checkpoints, SLOT_COUNT, the magics, the log
 # frame kinds and the sync modes.
-READABLE_LAYOUTS = (1, 2)           # 1: roots not yet in the arena header (loading upgrades it)
+READABLE_LAYOUTS = (1, 2, 3)        # 1: roots not yet in the arena header (loading upgrades it);
+                                    # 2: every version tail whole (still read as it is)
 
 KIND_NAMES = LOG_KINDS
 LOG_CHUNK, LOG_COMMIT, LOG_ABORT = (next(n for n, name in LOG_KINDS.items() if name == kind)

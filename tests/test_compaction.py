@@ -9,6 +9,7 @@ import random
 import threading
 
 import pytest
+import xxhash
 
 import amdb
 from amdb.native.hashing import xxh64_stream
@@ -490,9 +491,13 @@ def test_verify_after_compaction_finds_every_flipped_bit(make_db):
         elif field in ("latest", "next0"):
             offset = layout[field + "_off"] + rng.randrange(8)
         else:
-            v = rng.choice(versions)
+            i = rng.randrange(len(versions))
+            v = versions[i]
+            prev_hash = v["prev_hash_off"]
+            if prev_hash is None:          # not stored (LINKED): the hash of the version before it is the link
+                prev_hash = versions[i + 1]["hash_off"] if i + 1 < len(versions) else v["hash_off"]
             offset = {"value": v["value_off"] + rng.randrange(v["value_len"]), "hash": v["hash_off"],
-                      "prev_hash": v["prev_hash_off"], "prev_link": v["prev_off"]}[field]
+                      "prev_hash": prev_hash, "prev_link": v["prev_off"]}[field]
             if field != "value":
                 offset += rng.randrange(8)
         bit = rng.randrange(8)
@@ -553,9 +558,12 @@ def test_verify_after_compaction_finds_a_cut_chain_and_a_broken_seal(make_db):
                            (0).to_bytes(4, "little"), b"9"])
     _flip_bytes(db, 0, oldest["value_off"], b"2", b"9")
     _flip_bytes(db, 0, oldest["hash_off"], version.hash.to_bytes(8, "little"), forged.to_bytes(8, "little"))
-    kinds = {b.kind for b in db.verify().breaks}
-    assert "ledger" in kinds and "hash" not in kinds
-    assert "link" in kinds             # version 4's prev_hash still names the original
+    breaks = db.verify().breaks
+    assert "ledger" in {b.kind for b in breaks}
+    # Version 3 recomputes (its hash was forged to match); version 4's hash
+    # covers version 3's (layout.h, LINKED: no prev_hash of its own), so the
+    # chain breaks there.
+    assert [(b.kind, b.version) for b in breaks if b.kind in ("hash", "link")] == [("hash", 4)], breaks
     assert db.verify().ok is False
 
 
@@ -751,6 +759,68 @@ def test_a_layout_1_checkpoint_still_opens(make_db, tmp_path):
     assert [g for _, g in db._regions()] == [1, 1]
     db.compact(keep_versions=1)
     assert list(db.scan()) == items and db.verify().ok
+
+
+
+def test_an_arena_of_whole_version_tails_opens_and_takes_compact_ones(make_db, tmp_path, monkeypatch):
+    # Layout 2 wrote every version's tail whole (prev_hash and node stored);
+    # layout 3 leaves them out where they can be found (layout.h,
+    # amdb_version_tail) and reads the old ones as they are. An old arena is
+    # made here by workers told to write whole tails, its checkpoint marked
+    # layout 2; then new versions go on top of the old, a batch fails and is
+    # rolled back over both, and a compaction rewrites them all.
+    import glob
+    from amdb import storage
+    path = tmp_path / "db"
+    keys = [b"t%04d" % i for i in range(2000)]
+    value = lambda tag, k: (tag + k).ljust(16, b".")                    # noqa: E731
+    monkeypatch.setenv("AMDB_DEBUG_FULL_TAILS", "1")
+    db = make_db(path=path, workers=2)
+    db.batch_put([(k, value(b"a-", k)) for k in keys])
+    db.batch_put([(k, value(b"b-", k)) for k in keys[::3]])
+    total = db.stats()["memory"]["total"]
+    assert total["versions"] == total["version_count"] * (32 + 16 + 40)      # every tail whole
+    seq = db.checkpoint()
+    db.close()
+    for name in glob.glob(str(path / f"ckpt-*-{seq:016d}.ckpt")):
+        with open(name, "r+b") as f:
+            fields = list(storage.CHECKPOINT_HEADER.unpack(f.read(storage.CHECKPOINT_HEADER.size)))
+            fields[2] = 2                                                  # layout_version
+            fields[-1] = xxhash.xxh64_intdigest(storage.CHECKPOINT_HEADER.pack(*fields)[:-8])
+            f.seek(0)
+            f.write(storage.CHECKPOINT_HEADER.pack(*fields))
+        assert storage.check_checkpoint(name).seq == seq
+    monkeypatch.delenv("AMDB_DEBUG_FULL_TAILS")
+    db = make_db(path=path)
+    assert db.stats()["durability"]["recovery"]["checkpoints_rejected"] == []
+    versions_before = db.stats()["memory"]["total"]["versions"]
+    db.batch_put([(k, value(b"c-", k)) for k in keys[::2]])            # on top of whole tails: LINKED
+    db.batch_put([(b"n%04d" % i, value(b"n-", b"%d" % i)) for i in range(500)])    # new keys: and AFTER_NODE
+    total = db.stats()["memory"]["total"]
+    assert total["versions"] - versions_before == 1000 * (32 + 16 + 32) + 500 * (32 + 16 + 24)
+
+    def failing():
+        for k in keys[1::2]:
+            yield k, b"never"
+        yield b"n-new", b"never"
+        raise RuntimeError("the batch fails")
+    with pytest.raises(RuntimeError):
+        db.batch_put(failing())
+    assert db.verify().ok
+    expected = {k: value(b"c-", k) if i % 2 == 0 else value(b"b-", k) if i % 3 == 0 else value(b"a-", k)
+                for i, k in enumerate(keys)}
+    assert db.batch_get(keys) == [expected[k] for k in keys] and db.get(b"n-new") is None
+    history = db.history(keys[0])
+    assert [v.value for v in history] == [value(b"c-", keys[0]), value(b"b-", keys[0]), value(b"a-", keys[0])]
+    assert [v.prev_hash for v in history] == [v.hash for v in history[1:]] + [0]
+    db.compact(keep_versions=2)
+    assert db.verify().ok and db.batch_get(keys) == [expected[k] for k in keys]
+    history = db.history(keys[0])
+    assert [v.version for v in history] == [3, 2]
+    assert history[0].prev_hash == history[1].hash and history[1].prev_hash != 0     # kept: stored again
+    db.close()
+    db = make_db(path=path)
+    assert db.verify().ok and db.batch_get(keys) == [expected[k] for k in keys]
 
 
 def test_default_retention_model(make_db):

@@ -148,9 +148,16 @@ def _field_offset(layout, field, rng):
     if field == "next0":
         return layout["next0_off"] + rng.randrange(8)
     if field in ("prev_hash", "prev_link"):
-        older = [v for v in versions if v["version"] > 1]     # versions that have a predecessor
-        v = rng.choice(older)
-        return (v["prev_hash_off"] if field == "prev_hash" else v["prev_off"]) + rng.randrange(8)
+        older = [i for i, v in enumerate(versions) if v["version"] > 1]     # versions that have a predecessor
+        i = rng.choice(older)
+        v = versions[i]
+        if field == "prev_link":
+            return v["prev_off"] + rng.randrange(8)
+        if v["prev_hash_off"] is None:
+            # Not stored (layout.h, LINKED): the link is the hash of the
+            # version before, which the chain then disagrees with.
+            return versions[i + 1]["hash_off"] + rng.randrange(8)
+        return v["prev_hash_off"] + rng.randrange(8)
     v = rng.choice([v for v in versions if field != "value" or v["value_len"]])
     if field == "value":
         return v["value_off"] + rng.randrange(v["value_len"])

@@ -29,10 +29,13 @@ Process safety:
        current generation as it was and garbage in the other region, which
        the next compaction overwrites (every block it allocates is written
        whole; the owner punches the garbage out when it can).
-    4. A kept version keeps every field but `prev` and `tail.node`: its
-       seq, version_no, timestamp, flags, value, hash and prev_hash are
-       copied, so the chain still recomputes; the oldest kept version of a
-       key gets prev = 0 (layout.h, invariant 9).
+    4. A kept version keeps every field but `prev` and its node: its seq,
+       version_no, timestamp, value, hash and prev_hash are copied, so the
+       chain still recomputes; the oldest kept version of a key gets prev = 0
+       (layout.h, invariant 9). Its tail is written anew (layout.h,
+       amdb_version_tail): the oldest kept lies right after its node
+       (AFTER_NODE) and stores prev_hash only when it is not version 1; the
+       others are LINKED and store their node.
   - Memory order: the new region is written with plain stores, except the
     roots in its header (release stores, as at any generation's start);
     nobody reads it before the owner's switch, which follows the owner's
@@ -104,6 +107,7 @@ cdef int _build(PartitionView *src, PartitionView *dst, uint64_t keep, uint64_t 
     cdef amdb_node *nn
     cdef amdb_version *v
     cdef amdb_version *nv
+    cdef uint32_t flags
     cdef amdb_ledger_base_block *base
     cdef amdb_sha256 seal
     cdef int status
@@ -180,12 +184,23 @@ cdef int _build(PartitionView *src, PartitionView *dst, uint64_t keep, uint64_t 
         while i > 0:
             i -= 1
             v = version_at(src.arena, kept[i])
-            new_version = alloc_block(dst, AMDB_BLOCK_VERSION, amdb_version_bytes(v.value_len))
+            flags = v.flags & ~(<uint32_t>(AMDB_VERSION_LINKED | AMDB_VERSION_AFTER_NODE))
+            if new_prev == 0:
+                flags |= AMDB_VERSION_AFTER_NODE
+                if amdb_version_tail_of(v).version_no == 1:
+                    flags |= AMDB_VERSION_LINKED
+            else:
+                flags |= AMDB_VERSION_LINKED
+            new_version = alloc_block(dst, AMDB_BLOCK_VERSION, amdb_version_block_bytes(v.value_len, flags))
             nv = version_at(dst.arena, new_version)
             memcpy(<char *>nv + sizeof(amdb_block), <char *>v + sizeof(amdb_block),
-                   amdb_version_bytes(v.value_len) - sizeof(amdb_block))
+                   sizeof(amdb_version) - sizeof(amdb_block) + amdb_round8(v.value_len) + sizeof(amdb_version_tail))
             nv.prev = new_prev
-            amdb_version_tail_of(nv).node = new_node
+            nv.flags = flags
+            if amdb_version_stored_prev_hash(nv) != NULL:      # a chain that starts above version 1
+                amdb_version_stored_prev_hash(nv)[0] = amdb_version_prev_hash(src.arena, v)
+            if amdb_version_stored_node(nv) != NULL:
+                amdb_version_stored_node(nv)[0] = new_node
             amdb_sha256_update(&seal, &amdb_version_tail_of(nv).hash, 8)
             new_prev = new_version
         amdb_node_init_latest(nn, new_prev)          # unpublished node: plain store

@@ -65,7 +65,7 @@ cdef inline bint version_readable(const PartitionView *p, uint64_t off) noexcept
     if not block_readable(p, off, AMDB_BLOCK_VERSION):
         return False
     v = version_at(p.arena, off)
-    return amdb_version_bytes(v.value_len) == <uint64_t>v.block.words * 8
+    return amdb_version_block_bytes(v.value_len, v.flags) == <uint64_t>v.block.words * 8
 
 
 cdef inline uint64_t off_of(const PartitionView *p, const amdb_version *v) noexcept nogil:
@@ -85,11 +85,12 @@ cdef void verify_node(const PartitionView *p, uint64_t node_off, VerifyResult *r
     cdef uint64_t base_block = amdb_load_relaxed(&amdb_arena_header_of(p.arena).base_block)
     cdef const uint8_t *key = amdb_node_key(n)
     cdef uint64_t off = amdb_node_latest_acquire(n)
-    cdef uint64_t expect_no = 0, recomputed, steps = 0
+    cdef uint64_t expect_no = 0, recomputed, steps = 0, prev_hash, after_node
     cdef uint64_t max_steps = amdb_load_relaxed(&p.ctrl.arena_used) // sizeof(amdb_version) + 1
     cdef amdb_version *v
     cdef amdb_version_tail *t
     cdef amdb_version_tail *pt
+    cdef uint64_t *stored
     r.keys += 1
     recomputed = amdb_xxh64(key, n.key_len, 0)
     if recomputed != n.hash:
@@ -104,27 +105,40 @@ cdef void verify_node(const PartitionView *p, uint64_t node_off, VerifyResult *r
         v = version_at(p.arena, off)
         t = amdb_version_tail_of(v)
         r.versions += 1
-        recomputed = chain_hash(t.prev_hash, key, n.key_len, t.version_no, v.flags,
+        # prev_hash: stored, or (LINKED) the hash of prev, read only once
+        # prev is known to be a whole version (an unreadable prev is
+        # reported by the next iteration).
+        stored = amdb_version_stored_prev_hash(v)
+        if stored != NULL:
+            prev_hash = stored[0]
+        elif v.prev != 0 and version_readable(p, v.prev):
+            prev_hash = amdb_version_tail_of(version_at(p.arena, v.prev)).hash
+        else:
+            prev_hash = 0
+        recomputed = chain_hash(prev_hash, key, n.key_len, t.version_no, v.flags,
                                 amdb_version_value(v), v.value_len)
         if recomputed != t.hash:
             add_break(r, node_off, t.version_no, BREAK_HASH, recomputed, t.hash)
-        if t.node != node_off:
-            add_break(r, node_off, t.version_no, BREAK_NODE, node_off, t.node)
+        after_node = node_off + <uint64_t>n.block.words * 8
+        if amdb_version_stored_node(v) != NULL:
+            if amdb_version_stored_node(v)[0] != node_off:
+                add_break(r, node_off, t.version_no, BREAK_NODE, node_off, amdb_version_stored_node(v)[0])
+        elif off != after_node:          # AFTER_NODE: its node is the block right before it
+            add_break(r, node_off, t.version_no, BREAK_NODE, after_node, off)
         if expect_no != 0 and t.version_no != expect_no:
             add_break(r, node_off, t.version_no, BREAK_VERSION_NO, expect_no, t.version_no)
         expect_no = t.version_no - 1 if t.version_no > 1 else 0
         off = v.prev
         if off != 0:
-            if version_readable(p, off):
+            if stored != NULL and version_readable(p, off):
                 pt = amdb_version_tail_of(version_at(p.arena, off))
-                if pt.hash != t.prev_hash:
-                    add_break(r, node_off, t.version_no, BREAK_LINK, pt.hash, t.prev_hash)
-            # an unreadable prev is reported by the next iteration
+                if pt.hash != prev_hash:
+                    add_break(r, node_off, t.version_no, BREAK_LINK, pt.hash, prev_hash)
         elif t.version_no == 1:
-            if t.prev_hash != 0:
-                add_break(r, node_off, t.version_no, BREAK_FIRST, 0, t.prev_hash)
-        elif not (base_block != 0 and off_of(p, v) < base_block
-                  and off_of(p, v) == node_off + <uint64_t>n.block.words * 8):
+            if prev_hash != 0:
+                add_break(r, node_off, t.version_no, BREAK_FIRST, 0, prev_hash)
+        elif stored == NULL or not (base_block != 0 and off_of(p, v) < base_block
+                                    and off_of(p, v) == after_node):
             # Older versions exist (version_no > 1) but are not linked, and
             # compaction did not cut the chain here: it writes a key's oldest
             # kept version right after the key's node.

@@ -8,7 +8,10 @@ first, through `prev`, and a hash chain:
 
 (prev_hash, version_no: 8 bytes little-endian; flags: 4 bytes little-endian;
 prev_hash = 0 for a key's first version). The chain is computed for every
-version, whatever the batch size.
+version, whatever the batch size. A version's tail stores prev_hash and its
+node only where they cannot be found otherwise (layout.h, amdb_version_tail):
+version_append writes neither prev_hash (it is `prev`'s hash) nor, right
+after a new node, the node.
 
 Process safety: written only by the partition's worker, published through
 node.latest (release store, by the caller); immutable afterwards.
@@ -22,6 +25,17 @@ from amdb.native.hashing cimport amdb_xxh64, amdb_xxh64_state, amdb_xxh64_reset,
 
 cdef enum:
     SMALL_RECORD = 512   # chain input up to this size is hashed in one shot from the stack
+
+# Tests only (debug_full_tails): write every field of every tail, as versions
+# written before LINKED and AFTER_NODE existed (an old arena, in a test).
+cdef bint full_tails = False
+
+
+def debug_full_tails(bint on):
+    """Tests: make this process's version_append write full tails (the
+    worker sets it from AMDB_DEBUG_FULL_TAILS)."""
+    global full_tails
+    full_tails = on
 
 
 cdef extern from *:
@@ -89,10 +103,18 @@ cdef uint64_t version_append(PartitionView *p, uint64_t node_off, uint32_t flags
     # Relaxed: the worker is the only writer of node.latest.
     cdef uint64_t prev_off = amdb_node_latest_relaxed(node)
     cdef amdb_version_tail *prev_tail
-    cdef uint64_t off = alloc_block(p, AMDB_BLOCK_VERSION, amdb_version_bytes(value_len))
-    cdef amdb_version *v = version_at(p.arena, off)
+    cdef uint64_t off, prev_hash
+    cdef amdb_version *v
     cdef amdb_version_tail *tail
     cdef uint8_t *value_out
+    if not full_tails:
+        # prev_hash is prev's hash (or 0: version 1); a version right after
+        # its node (a new key's first) finds its node there.
+        flags |= AMDB_VERSION_LINKED
+        if p.ctrl.arena_used == node_off + <uint64_t>node.block.words * 8:
+            flags |= AMDB_VERSION_AFTER_NODE
+    off = alloc_block(p, AMDB_BLOCK_VERSION, amdb_version_block_bytes(value_len, flags))
+    v = version_at(p.arena, off)
     v.prev = prev_off
     v.seq = seq
     v.flags = flags
@@ -102,15 +124,18 @@ cdef uint64_t version_append(PartitionView *p, uint64_t node_off, uint32_t flags
         memcpy(value_out, value, value_len)
     memset(value_out + value_len, 0, amdb_round8(value_len) - value_len)
     tail = amdb_version_tail_of(v)
-    tail.node = node_off
     tail.timestamp_ns = timestamp_ns
     if prev_off != 0:
         prev_tail = amdb_version_tail_of(version_at(p.arena, prev_off))
         tail.version_no = prev_tail.version_no + 1
-        tail.prev_hash = prev_tail.hash
+        prev_hash = prev_tail.hash
     else:
         tail.version_no = 1
-        tail.prev_hash = 0
-    tail.hash = chain_hash(tail.prev_hash, amdb_node_key(node), node.key_len, tail.version_no,
+        prev_hash = 0
+    if amdb_version_stored_prev_hash(v) != NULL:
+        amdb_version_stored_prev_hash(v)[0] = prev_hash
+    if amdb_version_stored_node(v) != NULL:
+        amdb_version_stored_node(v)[0] = node_off
+    tail.hash = chain_hash(prev_hash, amdb_node_key(node), node.key_len, tail.version_no,
                            flags, value, value_len)
     return off

@@ -536,7 +536,7 @@ cdef int checkpoint_load(PartitionView *p, int dir_fd, const char *name) noexcep
     if (header.magic != AMDB_CHECKPOINT_MAGIC
             or not (header.format_version == AMDB_FORMAT_VERSION
                     or header.format_version == AMDB_CHECKPOINT_FORMAT_UNDO)
-            or not (header.layout_version == AMDB_LAYOUT_VERSION or header.layout_version == 1)
+            or not (1 <= header.layout_version <= AMDB_LAYOUT_VERSION)
             or header.header_check != amdb_xxh64(&header, sizeof(header) - 8, 0)
             or header.arena_used < AMDB_ARENA_FIRST_BLOCK or header.arena_used % 8
             or header.skiplist_head >= header.arena_used or header.hash_table >= header.arena_used):

@@ -61,7 +61,10 @@
 
 #define AMDB_PARTITION_MAGIC 0x5452415042444d41ULL /* "AMDBPART" little-endian */
 #define AMDB_DATABASE_MAGIC  0x4244424442444d41ULL /* "AMDBDBDB" */
-#define AMDB_LAYOUT_VERSION  2     /* 2: roots in the arena header, LEDGER_BASE blocks (compaction) */
+#define AMDB_LAYOUT_VERSION  3     /* 2: roots in the arena header, LEDGER_BASE blocks (compaction);
+                                    * 3: version tails without prev_hash or node (LINKED, AFTER_NODE),
+                                    * outgrown tables given back (AMDB_TABLE_RELEASED). Each reads
+                                    * the arenas of the layouts before it as they are */
 
 #define AMDB_SLOT_COUNT 16384        /* hash slots: slot = xxh64(key) % 16384 */
 #define AMDB_MAX_WORKERS 256         /* workers of one database (per-worker arrays are sized to it) */
@@ -543,8 +546,13 @@ enum {
     AMDB_VERSION_TOMBSTONE = 1,
     AMDB_VERSION_SOLO = 2,          /* written by a SOLO chunk: visible to reads as of now as soon as
                                      * published (one record: atomic by itself), whatever visible_seq */
+    /* What the tail leaves out (amdb_version_tail). Versions written before
+     * these existed have neither: their tails hold every field. */
+    AMDB_VERSION_LINKED = 4,        /* no prev_hash: it is the hash of `prev` (0 for version 1) */
+    AMDB_VERSION_AFTER_NODE = 8,    /* no node: its node is the block right before it */
 };
-/* The flags a version's chain hash covers (SOLO is how it was applied, not data). */
+/* The flags a version's chain hash covers (SOLO, LINKED, AFTER_NODE say how it
+ * was applied or stored, not what it holds). */
 #define AMDB_VERSION_HASHED_FLAGS AMDB_VERSION_TOMBSTONE
 
 /* The link fields of a node, by ordering (invariant 3; LevelDB's Next and
@@ -593,13 +601,24 @@ typedef struct amdb_version {
     /* value bytes, zero padding to 8, then amdb_version_tail */
 } amdb_version;
 
+/* The tail holds version_no, timestamp_ns and hash, then the fields its
+ * version's flags do not leave out, in this order:
+ *   prev_hash  hash of the version before (0 for version 1); left out
+ *              (LINKED) when that version is `prev`, whose hash is in the
+ *              arena: every version but the oldest kept by a compaction,
+ *              which starts its chain above version 1 (invariant 9)
+ *   node       the owning node (rollback, verification); left out
+ *              (AFTER_NODE) for the version written right after its node:
+ *              a key's first version, and compaction's oldest kept one.
+ *              Rollback walks the arena forward, so it knows that block.
+ * Read them with amdb_version_prev_hash / amdb_version_node_after. */
 typedef struct amdb_version_tail {
     uint64_t version_no;            /* 1, 2, 3, ... per key */
     uint64_t timestamp_ns;          /* CLOCK_REALTIME when its chunk was applied */
     uint64_t hash;                  /* xxh64(prev_hash | key | version_no | flags | value) */
-    uint64_t prev_hash;             /* hash of `prev` (0 for the first version) */
-    uint64_t node;                  /* owning node (rollback, verification) */
+    uint64_t rest[];                /* prev_hash unless LINKED, then node unless AFTER_NODE */
 } amdb_version_tail;
+#define AMDB_VERSION_TAIL_MAX 40    /* bytes of a tail with every field */
 
 /* Hash index slot: one 8-byte word, 0 = empty:
  *   bits 63..43  the top 21 bits of the key's xxh64 (the tag)
@@ -645,8 +664,17 @@ static inline uint64_t amdb_round8(uint64_t n) { return (n + 7) & ~7ULL; }
 static inline uint64_t amdb_node_bytes(uint32_t height, uint32_t key_len) {
     return amdb_round8(sizeof(amdb_node) + 8ULL * height + key_len);
 }
+static inline uint64_t amdb_version_tail_bytes(uint32_t flags) {
+    return sizeof(amdb_version_tail) + (flags & AMDB_VERSION_LINKED ? 0 : 8)
+           + (flags & AMDB_VERSION_AFTER_NODE ? 0 : 8);
+}
+/* Bytes of a version block with these flags. */
+static inline uint64_t amdb_version_block_bytes(uint32_t value_len, uint32_t flags) {
+    return sizeof(amdb_version) + amdb_round8(value_len) + amdb_version_tail_bytes(flags);
+}
+/* The most a version of value_len bytes takes (what reservations count). */
 static inline uint64_t amdb_version_bytes(uint32_t value_len) {
-    return sizeof(amdb_version) + amdb_round8(value_len) + sizeof(amdb_version_tail);
+    return sizeof(amdb_version) + amdb_round8(value_len) + AMDB_VERSION_TAIL_MAX;
 }
 /* Worst-case arena bytes of one SOLO record: a full-height node,
  * a version, the chunk's ledger block (hash-table growth is reserved apart). */
@@ -665,6 +693,28 @@ static inline const uint8_t *amdb_version_value(const amdb_version *v) {
 }
 static inline amdb_version_tail *amdb_version_tail_of(const amdb_version *v) {
     return (amdb_version_tail *)((const uint8_t *)(v + 1) + amdb_round8(v->value_len));
+}
+/* Where the stored prev_hash is, or NULL (LINKED). */
+static inline uint64_t *amdb_version_stored_prev_hash(const amdb_version *v) {
+    return v->flags & AMDB_VERSION_LINKED ? NULL : &amdb_version_tail_of(v)->rest[0];
+}
+/* Where the stored node is, or NULL (AFTER_NODE). */
+static inline uint64_t *amdb_version_stored_node(const amdb_version *v) {
+    return v->flags & AMDB_VERSION_AFTER_NODE ? NULL
+           : &amdb_version_tail_of(v)->rest[v->flags & AMDB_VERSION_LINKED ? 0 : 1];
+}
+/* The hash of the version before `v` in its chain. REQUIRES (LINKED) that
+ * v->prev, when not 0, is a whole version of the same arena. */
+static inline uint64_t amdb_version_prev_hash(const char *arena, const amdb_version *v) {
+    const uint64_t *stored = amdb_version_stored_prev_hash(v);
+    if (stored) return *stored;
+    return v->prev ? amdb_version_tail_of((const amdb_version *)(arena + v->prev))->hash : 0;
+}
+/* v's node: the stored one, or (AFTER_NODE) `before`, the offset of the
+ * block right before v, which only a forward walk of the arena knows. */
+static inline uint64_t amdb_version_node_after(const amdb_version *v, uint64_t before) {
+    const uint64_t *stored = amdb_version_stored_node(v);
+    return stored ? *stored : before;
 }
 
 /* Big-endian 8-byte prefix, zero padded: comparing prefixes as integers
@@ -704,7 +754,7 @@ _Static_assert(sizeof(amdb_ring_record) == 24, "ring record header is 24 bytes")
 _Static_assert(sizeof(amdb_ring_chunk) == 40, "chunk header is 40 bytes");
 _Static_assert(sizeof(amdb_node) == 40, "node header is 40 bytes");
 _Static_assert(sizeof(amdb_version) == 32, "version hot header is 32 bytes");
-_Static_assert(sizeof(amdb_version_tail) == 40, "version tail is 40 bytes");
+_Static_assert(sizeof(amdb_version_tail) == 24, "version tail is 24 bytes before its optional fields");
 _Static_assert(sizeof(amdb_ledger_block) == 56, "ledger block is 56 bytes");
 _Static_assert(sizeof(amdb_ledger_base_block) == 88, "ledger base block is 88 bytes");
 _Static_assert(sizeof(amdb_arena_header) == AMDB_ARENA_FIRST_BLOCK, "arena header fills bytes 0..63");

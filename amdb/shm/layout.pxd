@@ -67,6 +67,8 @@ cdef extern from "layout.h" nogil:
         AMDB_BLOCK_GARBAGE
         AMDB_BLOCK_LEDGER_BASE
         AMDB_VERSION_TOMBSTONE
+        AMDB_VERSION_LINKED
+        AMDB_VERSION_AFTER_NODE
         AMDB_HASH_MAX_LOAD_NUM
         AMDB_HASH_MAX_LOAD_DEN
         AMDB_HASH_HARD_LOAD_NUM
@@ -231,8 +233,6 @@ cdef extern from "layout.h" nogil:
         uint64_t version_no
         uint64_t timestamp_ns
         uint64_t hash
-        uint64_t prev_hash
-        uint64_t node
 
     ctypedef uint64_t amdb_hash_slot
     uint64_t amdb_slot_tag(uint64_t hash) noexcept
@@ -279,11 +279,17 @@ cdef extern from "layout.h" nogil:
     uint64_t amdb_round8(uint64_t n) noexcept
     uint64_t amdb_node_bytes(uint32_t height, uint32_t key_len) noexcept
     uint64_t amdb_version_bytes(uint32_t value_len) noexcept
+    uint64_t amdb_version_block_bytes(uint32_t value_len, uint32_t flags) noexcept
+    uint64_t amdb_version_tail_bytes(uint32_t flags) noexcept
     uint64_t amdb_record_bytes(uint32_t key_len, uint32_t value_len) noexcept
     uint64_t amdb_async_charge(uint32_t key_len, uint32_t value_len) noexcept
     const uint8_t *amdb_node_key(const amdb_node *n) noexcept
     const uint8_t *amdb_version_value(const amdb_version *v) noexcept
     amdb_version_tail *amdb_version_tail_of(const amdb_version *v) noexcept
+    uint64_t *amdb_version_stored_prev_hash(const amdb_version *v) noexcept
+    uint64_t *amdb_version_stored_node(const amdb_version *v) noexcept
+    uint64_t amdb_version_prev_hash(const char *arena, const amdb_version *v) noexcept
+    uint64_t amdb_version_node_after(const amdb_version *v, uint64_t before) noexcept
     uint64_t amdb_key_prefix(const uint8_t *key, uint32_t length) noexcept
     bint amdb_op_is_rmw(uint32_t op) noexcept
     int64_t amdb_counter_decode(const uint8_t *value) noexcept

@@ -125,7 +125,9 @@ def debug_layout(Attachment att, key):
                 "prev_off": off + <size_t>&v.prev - <size_t>v,
                 "value_off": off + sizeof(amdb_version), "value_len": v.value_len,
                 "hash_off": <size_t>&t.hash - <size_t>arena,
-                "prev_hash_off": <size_t>&t.prev_hash - <size_t>arena,
+                # None: not stored (LINKED: it is the hash of the version before)
+                "prev_hash_off": (None if amdb_version_stored_prev_hash(v) == NULL
+                                  else <size_t>amdb_version_stored_prev_hash(v) - <size_t>arena),
             })
             off = v.prev
         return {"worker": worker, "node_off": node_off,

@@ -292,7 +292,7 @@ cdef class Reader:
                     deleted = bool(v.flags & AMDB_VERSION_TOMBSTONE)
                     out.append((tail.version_no, v.seq, tail.timestamp_ns,
                                 None if deleted else PyBytes_FromStringAndSize(<char *>amdb_version_value(v), v.value_len),
-                                deleted, tail.hash, tail.prev_hash))
+                                deleted, tail.hash, amdb_version_prev_hash(arena, v)))
                 if v.prev == 0 and tail.version_no > 1:
                     oldest = tail.version_no
                     oldest_seq = v.seq

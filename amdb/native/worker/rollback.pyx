@@ -39,7 +39,7 @@ cdef bint version_plausible(PartitionView *p, uint64_t off, uint64_t used) noexc
     if off < AMDB_ARENA_FIRST_BLOCK or off & 7 or off + sizeof(amdb_version) > used:
         return False
     v = version_at(p.arena, off)
-    return v.block.kind == AMDB_BLOCK_VERSION and off + amdb_version_bytes(v.value_len) <= used
+    return v.block.kind == AMDB_BLOCK_VERSION and off + amdb_version_block_bytes(v.value_len, v.flags) <= used
 
 
 cdef void undo_open_batch(Worker *w) noexcept nogil:
@@ -62,7 +62,8 @@ cdef void undo_open_batch(Worker *w) noexcept nogil:
     cdef uint64_t start = w.batch_start_off
     cdef uint64_t off = start
     cdef uint64_t end = c.arena_used
-    cdef uint64_t latest, restored, bytes_left
+    cdef uint64_t before = 0               # the block before `off` (a version's node: AFTER_NODE)
+    cdef uint64_t latest, restored, bytes_left, node_off
     cdef amdb_block *block
     cdef amdb_version *v
     cdef amdb_node *node
@@ -73,8 +74,9 @@ cdef void undo_open_batch(Worker *w) noexcept nogil:
             break                      # the header a crashed predecessor was writing
         if block.kind == AMDB_BLOCK_VERSION and version_plausible(p, off, end):
             v = version_at(p.arena, off)
-            if node_plausible(p, amdb_version_tail_of(v).node, end):
-                node = node_at(p.arena, amdb_version_tail_of(v).node)
+            node_off = amdb_version_node_after(v, before)
+            if node_plausible(p, node_off, end):
+                node = node_at(p.arena, node_off)
                 latest = amdb_node_latest_relaxed(node)
                 if latest >= start:
                     # Down the chain to the newest version from before the
@@ -93,6 +95,7 @@ cdef void undo_open_batch(Worker *w) noexcept nogil:
         if block.kind == AMDB_BLOCK_VERSION or block.kind == AMDB_BLOCK_LEDGER:
             note_arena_write(p, block)
             block.kind = AMDB_BLOCK_GARBAGE
+        before = off
         off += <uint64_t>block.words * 8
     memcpy(c.ledger_head, w.batch_ledger_head, 32)
     amdb_store_relaxed(&c.ledger_chunks, w.batch_ledger_chunks)
