@@ -1,8 +1,17 @@
 # cython: language_level=3
 from libc.stdint cimport uint32_t, uint64_t
-from amdb.shm.layout cimport PartitionView
+from amdb.shm.layout cimport PartitionView, AMDB_COMMIT_MIN_STEP, AMDB_COMMIT_STEP
 
 cdef uint64_t shm_free_bytes(int fd) noexcept nogil
+
+
+cdef inline uint64_t commit_step(uint64_t committed) noexcept nogil:
+    """Bytes committed at a time with `committed` committed: an eighth,
+    within AMDB_COMMIT_MIN_STEP .. AMDB_COMMIT_STEP (layout.h)."""
+    cdef uint64_t step = committed // 8 // AMDB_COMMIT_MIN_STEP * AMDB_COMMIT_MIN_STEP
+    if step < AMDB_COMMIT_MIN_STEP:
+        return AMDB_COMMIT_MIN_STEP
+    return step if step < AMDB_COMMIT_STEP else AMDB_COMMIT_STEP
 cdef int commit_pages(PartitionView *p, uint64_t nbytes) noexcept nogil
 cdef int commit_pages_by(PartitionView *p, uint64_t nbytes, uint64_t step) noexcept nogil
 cdef uint64_t region_init_bytes(uint64_t table_capacity) noexcept nogil

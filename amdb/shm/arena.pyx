@@ -8,7 +8,8 @@ invariants 2-3), and never touch memory past arena_committed (invariant 6),
 which is the only memory guaranteed to exist in /dev/shm.
 
 Memory order: arena_used and arena_committed are written by the worker alone
-and read by the owner only for statistics (arena_committed: relaxed;
+(arena_committed also by its committer thread, both by an atomic max:
+worker/committer.pyx) and read by the owner only for statistics (arena_committed: relaxed;
 arena_used: release, for a successor's walk of a crashed worker's arena). Publication of
 blocks happens through the structures' own release stores (skip list, hash
 index, node.latest, the roots in the arena header), never through arena_used.
@@ -24,7 +25,8 @@ from libc.string cimport memset
 from libc.errno cimport errno
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 from amdb.shm.layout cimport *
-from amdb.shm.atomic cimport amdb_load_relaxed, amdb_store_relaxed, amdb_store_release
+from amdb.shm.atomic cimport (amdb_load_relaxed, amdb_load_acquire, amdb_store_relaxed, amdb_store_release,
+                              amdb_fetch_max_seqcst)
 from amdb.shm.check cimport AMDB_ASSERT, AMDB_DEBUG_BUILD
 
 cdef extern from "fcntl.h" nogil:
@@ -76,8 +78,7 @@ cdef int commit_pages(PartitionView *p, uint64_t nbytes) noexcept nogil:
     /dev/shm holds little more than the arena uses; when a full step does
     not fit, retries with just what is needed.
     """
-    cdef uint64_t step = p.ctrl.arena_committed // 8 // AMDB_COMMIT_MIN_STEP * AMDB_COMMIT_MIN_STEP
-    return commit_pages_by(p, nbytes, min(max(step, AMDB_COMMIT_MIN_STEP), AMDB_COMMIT_STEP))
+    return commit_pages_by(p, nbytes, commit_step(amdb_load_acquire(&p.ctrl.arena_committed)))
 
 
 cdef int commit_pages_by(PartitionView *p, uint64_t nbytes, uint64_t step) noexcept nogil:
@@ -94,7 +95,7 @@ cdef int commit_pages_by(PartitionView *p, uint64_t nbytes, uint64_t step) noexc
     sibling's failing attempt), for SHM_RETRY_NS at most."""
     cdef amdb_control *c = p.ctrl
     cdef uint64_t used = c.arena_used
-    cdef uint64_t committed = c.arena_committed
+    cdef uint64_t committed = amdb_load_acquire(&c.arena_committed)
     cdef uint64_t need = used + nbytes
     cdef uint64_t target, exact, waited = 0, pause = SHM_RETRY_FIRST_PAUSE_NS
     if need <= committed:
@@ -115,7 +116,8 @@ cdef int commit_pages_by(PartitionView *p, uint64_t nbytes, uint64_t step) noexc
     # Map the new pages into this process now, in one call, rather than
     # taking a page fault per 4 KiB page while applying (best effort).
     madvise(p.arena + committed, target - committed, MADV_POPULATE_WRITE_OR_ZERO)
-    amdb_store_relaxed(&c.arena_committed, target)
+    # A max: the committer thread may have committed further meanwhile.
+    amdb_fetch_max_seqcst(&c.arena_committed, target)
     return AMDB_STATUS_OK
 
 

@@ -387,7 +387,7 @@ cdef void publish_credit(Worker *w) noexcept nogil:
     Never lowers credit_records; credit_bytes goes down only after a batch
     or a compaction took room (the producer rereads it after those)."""
     cdef amdb_control *c = w.p.ctrl
-    cdef uint64_t committed = amdb_load_relaxed(&c.arena_committed)
+    cdef uint64_t committed = amdb_load_acquire(&c.arena_committed)    # the committer thread raises it too
     cdef uint64_t used = amdb_load_relaxed(&c.arena_used)
     cdef uint64_t room = min(committed - used if committed > used else 0, AMDB_ASYNC_CREDIT_BYTES)
     cdef uint64_t records = amdb_load_relaxed(&c.refunded_records) + min(hashindex_slots_left(&w.p),

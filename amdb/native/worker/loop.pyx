@@ -24,6 +24,8 @@ from amdb.shm.ring cimport ring_wait_data, ring_release, progress_publish, ring_
 from amdb.native.hashing cimport ring_chunk_fingerprint
 from amdb.native.skiplist cimport skiplist_finger_reset
 from amdb.native.hashindex cimport hashindex_collect_outgrown, hashindex_release_outgrown
+from amdb.native.worker.committer cimport (committer_start, committer_poke, committer_hold, committer_release,
+                                           committer_stop)
 from amdb.native.wal cimport *
 from amdb.native.compact cimport CompactResult, compact_prepare, compact_recover, compact_adopt
 from amdb.native.worker.state cimport Worker
@@ -124,8 +126,10 @@ cdef void handle_compact(Worker *w, amdb_ring_chunk *header) noexcept nogil:
         amdb_store_release(&c.failed_chunk, header.chunk_no)
     else:
         fault_check_mid_compact()      # the new generation whole, the switch not made
+        committer_hold(&w.committer)        # it must not commit into one region's counters for another
         compact_recover(c)                  # the switch: the same code a new worker would replay
         compact_adopt(&w.p, w.arena_base, &w.finger, &result, header.seq)
+        committer_release(&w.committer)
         publish_credit(w)
         w.batch_first_seq = 0
         w.batch_start_off = 0
@@ -310,6 +314,7 @@ cdef int worker_loop(Worker *w) noexcept nogil:
             take_record(c, tail, &header)
             if op == AMDB_OP_CHUNK:
                 handle_chunk(w, &header, tail)
+                committer_poke(&w.committer)
                 tail = header.end
             elif op == AMDB_OP_ABORT:
                 handle_abort(w, &header)
@@ -460,6 +465,7 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=
     hashindex_collect_outgrown(&w.p, respawn is not None)
     hashindex_release_outgrown(&w.p)
     arm_fault(fault, c.worker_index, parent_pid)
+    committer_start(&w.committer, &w.p)
     publish_credit(&w)
     amdb_store_release(&c.worker_state, AMDB_WORKER_READY)
     progress_publish(c)
@@ -467,6 +473,7 @@ def run_worker(int fd, size_t segment_size, int parent_pid, durable=None, fault=
         with nogil:
             result = worker_loop(&w)
     finally:
+        committer_stop(&w.committer)
         free(w.entries)
         free(w.chunk_hashes)
         free(w.poison)

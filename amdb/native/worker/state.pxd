@@ -5,6 +5,7 @@ from amdb.shm.layout cimport PartitionView, amdb_ring_record
 from amdb.native.skiplist cimport SkipFinger
 from amdb.native.wal cimport LogWriter, BackgroundCheckpoint
 from amdb.native.hashindex cimport RetiredTables
+from amdb.native.worker.committer cimport Committer
 from amdb.shm.ring cimport ring_at
 
 
@@ -45,6 +46,7 @@ ctypedef struct Worker:
     LogWriter log                # the write-ahead log (log.dir_fd < 0: memory-only)
     BackgroundCheckpoint *bg     # the checkpoint being written (wal.pyx), or NULL
     RetiredTables retired        # outgrown hash tables not given back yet (p.retired points here)
+    Committer committer          # commits arena memory ahead in a thread of its own (committer.pyx)
 
 
 cdef inline amdb_ring_record *record_at(Worker *w, uint64_t pos) noexcept nogil:
