@@ -22,13 +22,15 @@ B/key is that over the number of keys; "x payload" is that over the key and
 value bytes. The goals of issue 16 are printed beside AmDb's figures.
 """
 import argparse
-import json
 import os
 import random
 import shutil
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from suites import write_report  # noqa: E402
 
 BATCH = 1_000
 
@@ -162,16 +164,7 @@ def main(argv=None):
         lines.append(f"| {row['value_bytes']:,} B | {row['keys']:,} | {row['engine']} | {row['bytes_per_key']:.1f} "
                      f"| {row['x_payload']:.3f} | {notes} |")
     text = "\n".join(lines) + "\n"
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "memory.json"), "w") as f:
-        json.dump({"meta": vars(args), "rows": rows}, f, indent=1)
-    with open(os.path.join(out, "memory.md"), "w") as f:
-        f.write(text)
-    print()
-    print(text)
-    print(f"wrote {out}/memory.json and .md")
+    write_report(args.out, "memory", {"meta": vars(args), "rows": rows}, text)
     return 0
 
 

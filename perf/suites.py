@@ -487,6 +487,20 @@ def run(suite, engines, n, repeat, workers, durable, seed, progress=print, only=
     return results
 
 
+def write_report(out, stem, data, text):
+    """Write <stem>.json and <stem>.md to `out` (default perf/results/<time>/)
+    and print the text."""
+    out = out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{stem}.json"), "w") as f:
+        json.dump(data, f, indent=1)
+    with open(os.path.join(out, f"{stem}.md"), "w") as f:
+        f.write(text)
+    print()
+    print(text)
+    print(f"wrote {out}/{stem}.json and .md")
+
+
 def summarize(suite, results, engines, meta):
     rows, lines = [], []
     head = "| workload | " + " | ".join(engines) + " | AmDb / best peer | AmDb p50 / p99 (us) |"
@@ -536,16 +550,7 @@ def main(argv=None):
     only = None if not args.workloads else {w.strip() for w in args.workloads.split(",")}
     results = run(args.suite, engines, n, args.repeat, args.workers, args.durable, args.seed, only=only)
     rows, text = summarize(args.suite, results, engines, meta)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, f"suite-{args.suite}.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    with open(os.path.join(out, f"suite-{args.suite}.md"), "w") as f:
-        f.write(text)
-    print()
-    print(text)
-    print(f"wrote {out}/suite-{args.suite}.json and .md")
+    write_report(args.out, f"suite-{args.suite}", {"meta": meta, "rows": rows}, text)
     return 0
 
 

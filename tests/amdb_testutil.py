@@ -169,6 +169,17 @@ def reap(proc, timeout=10.0):
                 pass
 
 
+def assert_tables_given_back_after_a_write(db, keys, value):
+    """Once no reader can be in the hash tables a database outgrew: its next
+    write finishes the owner's drain, and the worker gives the tables back
+    before it applies that write (it looks each time it wakes; layout.h,
+    "Outgrown hash tables"). Every key still reads `value`."""
+    db.batch_put([(b"after", b"x")])
+    assert db.stats()["memory"]["total"]["released"] > 0
+    assert db.batch_get(keys) == [value] * len(keys)
+    assert db.verify().ok
+
+
 def private_shm_available():
     """True when this process may run a child with its own small /dev/shm
     (root, util-linux unshare, tmpfs mounts allowed), as a container has."""

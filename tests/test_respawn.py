@@ -24,7 +24,7 @@ import pytest
 
 import amdb
 from amdb.native.hashing import slot_of
-from amdb_testutil import children_of, is_alive, shm_entries, wait_until
+from amdb_testutil import assert_tables_given_back_after_a_write, children_of, is_alive, shm_entries, wait_until
 
 GONE_WITHIN_S = 5.0
 UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
@@ -58,6 +58,22 @@ def assert_nothing_left(pids):
 
 def pids(db):
     return [w["pid"] for w in db.stats()["workers"]]
+
+
+def kill_worker_and_write_until_replaced(db, probe):
+    """SIGKILL worker 0 between calls, then call probe() (a write) until a
+    successor runs (a write that met the death raises WorkerCrashedError and
+    is retried). True when one does within 10 s."""
+    victim = pids(db)[0]
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(lambda: not is_alive(victim), GONE_WITHIN_S)
+    deadline = time.monotonic() + 10
+    while db.stats()["worker_restarts"] == 0 and time.monotonic() < deadline:
+        try:
+            probe()
+        except amdb.WorkerCrashedError:
+            pass
+    return db.stats()["worker_restarts"] > 0
 
 
 # ---- durable ---------------------------------------------------------------------
@@ -109,15 +125,7 @@ def test_a_torn_log_frame_of_a_dead_worker_is_cut(tmp_path):
         name = path / ("wal-0000-%08d.log" % segment)
         with open(name, "ab") as f:
             f.write(b"AMLG" + b"\0" * 20)        # a torn frame header
-        victim = pids(db)[0]
-        os.kill(victim, signal.SIGKILL)
-        assert wait_until(lambda: not is_alive(victim), GONE_WITHIN_S)
-        deadline = time.monotonic() + 10
-        while db.stats()["worker_restarts"] == 0 and time.monotonic() < deadline:
-            try:
-                db.put(b"probe", b"p")
-            except amdb.WorkerCrashedError:
-                pass
+        kill_worker_and_write_until_replaced(db, lambda: db.put(b"probe", b"p"))
         db.batch_put([(b"k%04d" % i, b"w") for i in range(200)])
         assert os.path.getsize(name) % 8 == 0
         digest = db.digest()
@@ -323,22 +331,10 @@ def test_a_successor_gives_back_the_hash_tables_its_predecessor_outgrew():
         slot = db._debug_enter_read()     # a reader may be in the tables: nothing is given back
         try:
             db.batch_put([(b"k%06d" % i, b"v") for i in range(20_000)])     # outgrows 4,096 slots 3 times
-            victim = pids(db)[0]
-            os.kill(victim, signal.SIGKILL)
-            assert wait_until(lambda: not is_alive(victim), GONE_WITHIN_S)
-            deadline = time.monotonic() + 10
-            while db.stats()["worker_restarts"] == 0 and time.monotonic() < deadline:
-                try:
-                    db.batch_put([(b"probe", b"p")])
-                except amdb.WorkerCrashedError:
-                    pass
-            assert db.stats()["worker_restarts"] == 1
+            assert kill_worker_and_write_until_replaced(db, lambda: db.batch_put([(b"probe", b"p")]))
             assert db.stats()["memory"]["total"]["released"] == 0
         finally:
             db._debug_leave_read(slot)
-        db.batch_put([(b"after", b"x")])
-        assert db.stats()["memory"]["total"]["released"] > 0
-        assert db.batch_get([b"k%06d" % i for i in range(20_000)]) == [b"v"] * 20_000
-        assert db.verify().ok
+        assert_tables_given_back_after_a_write(db, [b"k%06d" % i for i in range(20_000)], b"v")
     finally:
         db.close()

@@ -450,6 +450,7 @@ cdef void worker_init(Worker *w, Mapping mapping, int fd, int parent_pid) noexce
     w.p.undo = NULL
     w.retired.count = 0
     w.p.retired = &w.retired
+    w.compacted = False
     w.bg = NULL
     w.records = w.p.ring
     w.records_mask = c.ring_capacity - 1

@@ -20,7 +20,9 @@ Process safety:
   - The thread reads the view's region (p.arena, p.region_offset) and the
     control block's counters only under `lock`. A compaction's region switch
     takes it (committer_hold / committer_release), so the thread never
-    commits a step of one region into another's counters.
+    commits a step of one region into another's counters; and a poke made
+    before a switch is dropped (the new generation was committed by the
+    compaction; the worker's next chunk pokes again if it needs more).
   - It never commits past the reservation, nor when /dev/shm has less than
     eight times the step free: a nearly full /dev/shm is left to the data
     (the worker's own exact commits, which report a full /dev/shm).
@@ -90,6 +92,7 @@ cdef void *_committer_main(void *arg) noexcept nogil:
     cdef Committer *k = <Committer *>arg
     cdef uint32_t seen = amdb_load32_seqcst(&k.wake)
     cdef uint32_t now
+    cdef uint64_t switches = 0
     while True:
         amdb_futex_wait(&k.wake, seen, IDLE_WAIT_NS)
         if amdb_load32_seqcst(&k.stop):
@@ -99,7 +102,9 @@ cdef void *_committer_main(void *arg) noexcept nogil:
             continue                       # the wait timed out: nobody asked
         seen = now
         pthread_mutex_lock(&k.lock)
-        _commit_ahead(k)
+        if k.switches == switches:
+            _commit_ahead(k)
+        switches = k.switches
         pthread_mutex_unlock(&k.lock)
 
 
@@ -110,6 +115,7 @@ cdef void committer_start(Committer *k, PartitionView *p) noexcept nogil:
     k.wake = 0
     k.stop = 0
     k.commits = 0
+    k.switches = 0
     k.running = False
     if pthread_mutex_init(&k.lock, NULL) != 0:
         return
@@ -135,6 +141,7 @@ cdef void committer_hold(Committer *k) noexcept nogil:
 
 cdef void committer_release(Committer *k) noexcept nogil:
     if k.running:
+        k.switches += 1
         pthread_mutex_unlock(&k.lock)
 
 

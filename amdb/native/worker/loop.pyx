@@ -116,6 +116,10 @@ cdef void handle_compact(Worker *w, amdb_ring_chunk *header) noexcept nogil:
     cdef amdb_control *c = w.p.ctrl
     cdef CompactResult result
     cdef int status
+    # The committer stays out until the switch is done: it must not commit
+    # into one region's counters for another, nor memory into the region
+    # this compaction retires.
+    committer_hold(&w.committer)
     finish_checkpoint(w)                # it copies the region this compaction retires
     # The owner wrote the horizon before it published the record (our
     # acquire of ring_head orders it): no seq above header.seq.
@@ -126,15 +130,15 @@ cdef void handle_compact(Worker *w, amdb_ring_chunk *header) noexcept nogil:
         amdb_store_release(&c.failed_chunk, header.chunk_no)
     else:
         fault_check_mid_compact()      # the new generation whole, the switch not made
-        committer_hold(&w.committer)        # it must not commit into one region's counters for another
         compact_recover(c)                  # the switch: the same code a new worker would replay
         compact_adopt(&w.p, w.arena_base, &w.finger, &result, header.seq)
-        committer_release(&w.committer)
+        w.compacted = True
         publish_credit(w)
         w.batch_first_seq = 0
         w.batch_start_off = 0
         w.refusing = False
         amdb_store_release(&c.applied_chunk, header.chunk_no)
+    committer_release(&w.committer)
     progress_publish(c)
 
 
@@ -160,15 +164,19 @@ cdef void handle_checkpoint(Worker *w, amdb_ring_chunk *header) noexcept nogil:
     acknowledge at once: the owner waits for checkpoint_done only when the
     caller asked for a finished checkpoint. One at a time: a running one is
     waited for first. A checkpoint of this very seq already written is not
-    written again (nothing changed since)."""
+    written again, unless a compaction rewrote the arena since (without a
+    new seq: two compactions in a row, the second keeping fewer versions,
+    reopened as the first had left it)."""
     cdef amdb_control *c = w.p.ctrl
     cdef int status = AMDB_STATUS_OK
     finish_checkpoint(w)
-    if amdb_load_relaxed(&c.checkpoint_seq) == header.seq and header.seq != 0:
+    if amdb_load_relaxed(&c.checkpoint_seq) == header.seq and header.seq != 0 and not w.compacted:
         amdb_store_relaxed(&c.checkpoint_status, AMDB_STATUS_OK)
         amdb_store_release(&c.checkpoint_done, header.seq)
     else:
         status = checkpoint_begin(&w.p, &w.log, header.seq, &w.bg)
+        if status == AMDB_STATUS_OK:
+            w.compacted = False
     if status != AMDB_STATUS_OK:
         amdb_store_relaxed(&c.failed_status, <uint64_t>status)
         amdb_store_release(&c.failed_chunk, header.chunk_no)

@@ -47,6 +47,7 @@ ctypedef struct Worker:
     BackgroundCheckpoint *bg     # the checkpoint being written (wal.pyx), or NULL
     RetiredTables retired        # outgrown hash tables not given back yet (p.retired points here)
     Committer committer          # commits arena memory ahead in a thread of its own (committer.pyx)
+    bint compacted               # a compaction rewrote the arena since the last checkpoint began
 
 
 cdef inline amdb_ring_record *record_at(Worker *w, uint64_t pos) noexcept nogil:
