@@ -25,9 +25,15 @@ cdef void hashindex_release_outgrown(PartitionView *p) noexcept nogil
 cdef void hashindex_collect_outgrown(PartitionView *p, bint readers_exist) noexcept nogil
 
 
+cdef inline uint64_t table_release_start(uint64_t off) noexcept nogil:
+    """Where the memory that releasing the table block at `off` gives back
+    starts: the first whole page after its header (regions start on a page)."""
+    return (off + sizeof(amdb_hash_table) + AMDB_PAGE - 1) // AMDB_PAGE * AMDB_PAGE
+
+
 cdef inline uint64_t table_released_bytes(uint64_t off, uint64_t nbytes) noexcept nogil:
-    """Bytes of a table block at `off` that releasing it gives back: the
-    whole pages after its header (arena regions start on a page)."""
-    cdef uint64_t start = (off + sizeof(amdb_hash_table) + AMDB_PAGE - 1) // AMDB_PAGE * AMDB_PAGE
+    """Bytes that releasing the table block at `off` gives back: its whole
+    pages after the header."""
+    cdef uint64_t start = table_release_start(off)
     cdef uint64_t end = (off + nbytes) // AMDB_PAGE * AMDB_PAGE
     return end - start if end > start else 0

@@ -138,14 +138,12 @@ cdef void _release_table(PartitionView *p, uint64_t off) noexcept nogil:
     cdef amdb_hash_table *table = table_at(p.arena, off)
     cdef uint64_t nbytes = <uint64_t>table.block.words * 8
     cdef uint64_t length = table_released_bytes(off, nbytes)
-    cdef uint64_t start
     if table.flags & AMDB_TABLE_RELEASED:
         return
     note_arena_write(p, <uint64_t *>&table.log2_capacity)   # log2_capacity and flags: one word
     table.flags = table.flags | AMDB_TABLE_RELEASED
     if length:
-        start = (off + sizeof(amdb_hash_table) + AMDB_PAGE - 1) // AMDB_PAGE * AMDB_PAGE
-        if punch_arena(p, start, length) == 0:
+        if punch_arena(p, table_release_start(off), length) == 0:
             amdb_store_relaxed(&p.ctrl.tables_released_bytes, p.ctrl.tables_released_bytes + length)
     amdb_store_relaxed(&p.ctrl.tables_released, p.ctrl.tables_released + 1)
 

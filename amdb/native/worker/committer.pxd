@@ -16,7 +16,6 @@ ctypedef struct Committer:
     uint32_t stop                # 1: leave
     bint running
     uint64_t switches            # region switches (under `lock`): a poke from before one is dropped
-    uint64_t commits             # steps it committed (statistics, tests)
 
 cdef void committer_start(Committer *k, PartitionView *p) noexcept nogil
 cdef void committer_poke(Committer *k) noexcept nogil

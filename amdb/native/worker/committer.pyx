@@ -85,7 +85,6 @@ cdef void _commit_ahead(Committer *k) noexcept nogil:
         return
     madvise(p.arena + committed, target - committed, MADV_POPULATE_WRITE_OR_ZERO)
     amdb_fetch_max_seqcst(&c.arena_committed, target)
-    k.commits += 1
 
 
 cdef void *_committer_main(void *arg) noexcept nogil:
@@ -114,7 +113,6 @@ cdef void committer_start(Committer *k, PartitionView *p) noexcept nogil:
     k.p = p
     k.wake = 0
     k.stop = 0
-    k.commits = 0
     k.switches = 0
     k.running = False
     if pthread_mutex_init(&k.lock, NULL) != 0:
