@@ -3,9 +3,9 @@ LevelDB db_bench's records (16-byte keys, 100-byte values) and YCSB's
 (1,000-byte values), in one run.
 
     python perf/bench_memory.py [--keys 1000000] [--big-keys 300000] [--workers 2]
-                                [--engines amdb,plyvel,rocksdict,lmdb,dict]
+                                [--batch 1000] [--engines amdb,plyvel,rocksdict,lmdb,dict]
 
-Each engine is loaded with the same keys (random order, batches of 1,000)
+Each engine is loaded with the same keys (random order, batches of --batch)
 and values of random bytes, which no engine can compress (db_bench's values
 compress to half: LevelDB and RocksDB would then store less than the data).
 Then, per engine:
@@ -32,7 +32,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from suites import write_report  # noqa: E402
 
-BATCH = 1_000
 
 
 def records(count, value_size, seed):
@@ -47,11 +46,11 @@ def dir_bytes(path):
     return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
 
 
-def measure_amdb(items, workers):
+def measure_amdb(items, workers, batch):
     import amdb
     with amdb.ParallelDB(workers=workers) as db:
-        for start in range(0, len(items), BATCH):
-            db.batch_put(items[start:start + BATCH])
+        for start in range(0, len(items), batch):
+            db.batch_put(items[start:start + batch])
         db.flush()
         memory = db.stats()["memory"]
         total = memory["total"]
@@ -61,43 +60,43 @@ def measure_amdb(items, workers):
                 "parts": parts, "released": total["released"]}
 
 
-def measure_lmdb(items, tmp):
+def measure_lmdb(items, tmp, batch):
     import lmdb
     env = lmdb.open(tempfile.mkdtemp(dir=tmp), map_size=64 << 30, sync=False, metasync=False)
     try:
-        for start in range(0, len(items), BATCH):
+        for start in range(0, len(items), batch):
             with env.begin(write=True) as txn:
-                txn.cursor().putmulti(items[start:start + BATCH])
+                txn.cursor().putmulti(items[start:start + batch])
         return {"bytes": (env.info()["last_pgno"] + 1) * env.stat()["psize"]}
     finally:
         env.close()
 
 
-def measure_plyvel(items, tmp):
+def measure_plyvel(items, tmp, batch):
     import plyvel
     path = tempfile.mkdtemp(dir=tmp)
     db = plyvel.DB(path, create_if_missing=True)
     try:
-        for start in range(0, len(items), BATCH):
-            with db.write_batch() as batch:
-                for key, value in items[start:start + BATCH]:
-                    batch.put(key, value)
+        for start in range(0, len(items), batch):
+            with db.write_batch() as wb:
+                for key, value in items[start:start + batch]:
+                    wb.put(key, value)
         db.compact_range()
     finally:
         db.close()
     return {"bytes": dir_bytes(path)}
 
 
-def measure_rocksdict(items, tmp):
+def measure_rocksdict(items, tmp, batch):
     import rocksdict
     path = tempfile.mkdtemp(dir=tmp)
     db = rocksdict.Rdict(path, rocksdict.Options(raw_mode=True))
     try:
-        for start in range(0, len(items), BATCH):
-            batch = rocksdict.WriteBatch(raw_mode=True)
-            for key, value in items[start:start + BATCH]:
-                batch.put(key, value)
-            db.write(batch)
+        for start in range(0, len(items), batch):
+            wb = rocksdict.WriteBatch(raw_mode=True)
+            for key, value in items[start:start + batch]:
+                wb.put(key, value)
+            db.write(wb)
         db.flush()
         db.compact_range(None, None)
     finally:
@@ -115,6 +114,7 @@ def main(argv=None):
     parser.add_argument("--keys", type=int, default=1_000_000, help="records of 100-byte values")
     parser.add_argument("--big-keys", type=int, default=300_000, help="records of 1,000-byte values")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=1_000, help="records per write batch")
     parser.add_argument("--engines", default="amdb,plyvel,rocksdict,lmdb,dict")
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--out", help="directory for memory.json and .md (default perf/results/<time>/)")
@@ -132,11 +132,11 @@ def main(argv=None):
                 try:
                     started = time.perf_counter()
                     if name == "amdb":
-                        measured = measure_amdb(items, args.workers)
+                        measured = measure_amdb(items, args.workers, args.batch)
                     elif name == "dict":
                         measured = measure_dict(items)
                     else:
-                        measured = globals()["measure_" + name](items, tmp)
+                        measured = globals()["measure_" + name](items, tmp, args.batch)
                 except ImportError:
                     print(f"{name}: not installed, skipped", file=sys.stderr)
                     continue
@@ -153,7 +153,7 @@ def main(argv=None):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    lines = [f"# Bytes per key ({args.workers} workers; keys 16 B, values random bytes)", "",
+    lines = [f"# Bytes per key ({args.workers} workers; keys 16 B, values random bytes; batches of {args.batch:,})", "",
              "| values | keys | engine | B/key | x payload | notes |", "|---|---|---|---|---|---|"]
     for row in rows:
         notes = ""
