@@ -568,9 +568,8 @@ class Supervisor:
         finished late begins the next at once: tables were outgrown meanwhile."""
         for _ in range(2):
             if self.tables_drain is None:
-                controls = self.controls[:self.o.workers]
-                pending = [(w, n) for w, n in enumerate(map(control.tables_retired, controls)) if n]
-                if not pending:
+                pending = self.att.outgrown_tables()
+                if pending is None:
                     return
                 self.tables_drain = (pending, self.att.bump_shared_read_epoch())
             pending, epoch = self.tables_drain

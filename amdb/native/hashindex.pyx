@@ -133,19 +133,18 @@ cdef void _grow(PartitionView *p) noexcept nogil:
 
 
 cdef void _release_table(PartitionView *p, uint64_t off) noexcept nogil:
-    """Give back the slots of the outgrown table at `off`: flag it first
-    (a walk of the arena then knows its slots read as zeros), then punch."""
+    """Give back the slots of the outgrown table at `off`, then flag it, so
+    that a walk of the arena (stats, a successor's) knows they are gone. A
+    punch that fails leaves the table as it was: in memory, and unflagged."""
     cdef amdb_hash_table *table = table_at(p.arena, off)
     cdef uint64_t nbytes = <uint64_t>table.block.words * 8
     cdef uint64_t length = table_released_bytes(off, nbytes)
     if table.flags & AMDB_TABLE_RELEASED:
         return
+    if length and punch_arena(p, table_release_start(off), length) != 0:
+        return
     note_arena_write(p, <uint64_t *>&table.log2_capacity)   # log2_capacity and flags: one word
     table.flags = table.flags | AMDB_TABLE_RELEASED
-    if length:
-        if punch_arena(p, table_release_start(off), length) == 0:
-            amdb_store_relaxed(&p.ctrl.tables_released_bytes, p.ctrl.tables_released_bytes + length)
-    amdb_store_relaxed(&p.ctrl.tables_released, p.ctrl.tables_released + 1)
 
 
 cdef void hashindex_release_outgrown(PartitionView *p) noexcept nogil:

@@ -14,6 +14,7 @@ cdef inline uint64_t commit_step(uint64_t committed) noexcept nogil:
     return step if step < AMDB_COMMIT_STEP else AMDB_COMMIT_STEP
 cdef int commit_pages(PartitionView *p, uint64_t nbytes) noexcept nogil
 cdef int commit_pages_by(PartitionView *p, uint64_t nbytes, uint64_t step) noexcept nogil
+cdef int commit_range(PartitionView *p, uint64_t committed, uint64_t target) noexcept nogil
 cdef uint64_t region_init_bytes(uint64_t table_capacity) noexcept nogil
 cdef void region_init(PartitionView *p, uint64_t table_capacity, uint32_t log2_capacity,
                       uint64_t generation) noexcept nogil

@@ -105,20 +105,29 @@ cdef int commit_pages_by(PartitionView *p, uint64_t nbytes, uint64_t step) noexc
     exact = min((need + AMDB_PAGE - 1) // AMDB_PAGE * AMDB_PAGE, c.arena_capacity)
     target = min((need + step - 1) // step * step, c.arena_capacity)
     if not (target > exact and shm_free_bytes(p.fd) >= 8 * (target - committed)
-            and posix_fallocate(p.fd, <long>(p.region_offset + committed), <long>(target - committed)) == 0):
-        target = exact
-        while posix_fallocate(p.fd, <long>(p.region_offset + committed), <long>(target - committed)) != 0:
-            if waited >= SHM_RETRY_NS or shm_free_bytes(p.fd) < target - committed:
+            and commit_range(p, committed, target) == 0):
+        while commit_range(p, committed, exact) != 0:
+            if waited >= SHM_RETRY_NS or shm_free_bytes(p.fd) < exact - committed:
                 return AMDB_STATUS_SHM_FULL
             usleep(<unsigned int>(pause // 1000))
             waited += pause
             pause = min(pause * 2, SHM_RETRY_MAX_PAUSE_NS)
-    # Map the new pages into this process now, in one call, rather than
-    # taking a page fault per 4 KiB page while applying (best effort).
-    madvise(p.arena + committed, target - committed, MADV_POPULATE_WRITE_OR_ZERO)
-    # A max: the committer thread may have committed further meanwhile.
-    amdb_fetch_max_seqcst(&c.arena_committed, target)
     return AMDB_STATUS_OK
+
+
+cdef int commit_range(PartitionView *p, uint64_t committed, uint64_t target) noexcept nogil:
+    """Back arena bytes [committed, target) of the region with memory, map
+    them into this process, and raise arena_committed to `target`: 0, or the
+    errno of a posix_fallocate that failed (nothing raised then)."""
+    cdef int err = posix_fallocate(p.fd, <long>(p.region_offset + committed), <long>(target - committed))
+    if err != 0:
+        return err
+    # Map the new pages now, in one call, rather than taking a page fault
+    # per 4 KiB page while applying (best effort).
+    madvise(p.arena + committed, target - committed, MADV_POPULATE_WRITE_OR_ZERO)
+    # A max: the worker and its committer thread both raise it.
+    amdb_fetch_max_seqcst(&p.ctrl.arena_committed, target)
+    return 0
 
 
 cdef uint64_t alloc_block(PartitionView *p, uint32_t kind, uint64_t nbytes) noexcept nogil:

@@ -87,15 +87,6 @@ def request_shutdown(Mapping m):
     amdb_futex_wake_all(&c.ring_data_event)
 
 
-def tables_retired(Mapping m):
-    """How many hash tables the partition has outgrown, when some are not
-    drained yet (layout.h, "Outgrown hash tables", 2), else 0. Acquire: the
-    grown tables' roots are published before."""
-    cdef amdb_control *c = <amdb_control *>m.base
-    cdef uint64_t retired = amdb_load_acquire(&c.tables_retired)
-    return retired if retired > amdb_load_relaxed(&c.tables_drained) else 0
-
-
 def mark_tables_drained(Mapping m, uint64_t retired):
     """No reader is left in the first `retired` outgrown tables: tell the
     worker (release) and wake it, so that an idle one gives them back now."""

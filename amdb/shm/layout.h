@@ -298,8 +298,6 @@ typedef struct amdb_control {
      * store). */
     AMDB_LINE uint64_t tables_retired; /* hash tables this partition has outgrown, ever */
     uint64_t tables_drained;        /* no reader is left in any of the first tables_drained */
-    uint64_t tables_released;       /* worker: of them, those whose memory it gave back (statistics) */
-    uint64_t tables_released_bytes; /* worker: the bytes that gave back (statistics) */
 
     /* Lines 12.. — results of read-modify-write records that asked for one
      * (ticket != 0), by ticket % AMDB_RMW_RESULTS: written by the worker
@@ -352,7 +350,7 @@ enum {
  *      loaded the root after the worker published the new one.
  *   3. The worker gives back (fallocate PUNCH_HOLE) the whole pages of the
  *      slots of every noted table numbered <= tables_drained (acquire),
- *      having first set AMDB_TABLE_RELEASED in its header — never while a
+ *      then sets AMDB_TABLE_RELEASED in its header — never while a
  *      background checkpoint copies the arena, whose copy may need the old
  *      table as the root it restores (undo.pxd). The header stays, so the
  *      arena can still be walked; reading the slots gives zeros.

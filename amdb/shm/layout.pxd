@@ -164,8 +164,6 @@ cdef extern from "layout.h" nogil:
         uint32_t checkpoint_held
         uint64_t tables_retired
         uint64_t tables_drained
-        uint64_t tables_released
-        uint64_t tables_released_bytes
         amdb_rmw_result rmw_results[128]   # AMDB_RMW_RESULTS
 
     ctypedef struct amdb_reader_slot:

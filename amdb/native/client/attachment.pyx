@@ -481,6 +481,24 @@ cdef class Attachment:
         that could hold an offset or a root loaded before now is over."""
         return amdb_load_seqcst(&self.readers[0]) == 0 and amdb_load_seqcst(&self.readers[1]) == 0
 
+    def outgrown_tables(self):
+        """[(worker, tables_retired)] of the partitions with outgrown hash
+        tables no drain covers yet (layout.h, "Outgrown hash tables", 2), or
+        None: one loop in C, asked before every write. Acquire: the grown
+        tables' roots are published before the count."""
+        cdef int i
+        cdef uint64_t retired
+        cdef amdb_control *c
+        out = None
+        for i in range(self.nworkers):
+            c = self.parts[i].ctrl
+            retired = amdb_load_acquire(&c.tables_retired)
+            if retired > amdb_load_relaxed(&c.tables_drained):
+                if out is None:
+                    out = []
+                out.append((i, retired))
+        return out
+
     def bump_shared_read_epoch(self):
         """Move the shared read epoch on (seq_cst) and return it: a reader
         slot that holds it or a later one entered after the bump (layout.h,

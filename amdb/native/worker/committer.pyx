@@ -30,7 +30,7 @@ Process safety:
 from libc.stdint cimport uint32_t, uint64_t
 from amdb.shm.layout cimport *
 from amdb.shm.atomic cimport *
-from amdb.shm.arena cimport shm_free_bytes, commit_step
+from amdb.shm.arena cimport shm_free_bytes, commit_step, commit_range
 
 cdef extern from "<pthread.h>" nogil:
     int pthread_create(pthread_t *thread, const void *attr, void *(*start)(void *) noexcept nogil, void *arg)
@@ -39,22 +39,6 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_destroy(pthread_mutex_t *m)
     int pthread_mutex_lock(pthread_mutex_t *m)
     int pthread_mutex_unlock(pthread_mutex_t *m)
-
-cdef extern from "fcntl.h" nogil:
-    int posix_fallocate(int fd, long offset, long length)
-
-cdef extern from "sys/mman.h" nogil:
-    int madvise(void *addr, size_t length, int advice)
-    enum: MADV_POPULATE_WRITE_OR_ZERO "AMDB_MADV_POPULATE_WRITE"
-
-cdef extern from *:
-    """
-    #ifdef MADV_POPULATE_WRITE
-    #define AMDB_MADV_POPULATE_WRITE MADV_POPULATE_WRITE
-    #else
-    #define AMDB_MADV_POPULATE_WRITE 23
-    #endif
-    """
 
 cdef enum:
     IDLE_WAIT_NS = 1000000000     # 1 s: a wait re-checks `stop` this often
@@ -79,12 +63,8 @@ cdef void _commit_ahead(Committer *k) noexcept nogil:
         target = c.arena_capacity
     if target <= committed:
         return
-    if shm_free_bytes(p.fd) < 8 * (target - committed):
-        return
-    if posix_fallocate(p.fd, <long>(p.region_offset + committed), <long>(target - committed)) != 0:
-        return
-    madvise(p.arena + committed, target - committed, MADV_POPULATE_WRITE_OR_ZERO)
-    amdb_fetch_max_seqcst(&c.arena_committed, target)
+    if shm_free_bytes(p.fd) >= 8 * (target - committed):
+        commit_range(p, committed, target)
 
 
 cdef void *_committer_main(void *arg) noexcept nogil:
