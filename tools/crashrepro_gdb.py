@@ -9,7 +9,8 @@ there, and no attach permission (Yama ptrace_scope) is needed.
 On a fatal signal (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGSYS) in any
 process it logs `bt`, the faulting instruction and address, and `py-bt` when
 CPython's gdb extension is loaded, then lets the signal through (so that
-faulthandler prints its Python traceback and the owner sees the death) and
+faulthandler prints its Python traceback and the owner sees the death): a
+crashed worker is detached with it (let_die), the owner goes on with it. It
 goes on until every process has exited. On SIGINT (crashrepro's timeout: a
 hang) it logs every thread of every process, then kills them all.
 
@@ -25,6 +26,7 @@ import gdb  # noqa: F401  (provided by gdb)
 
 FATAL_SIGNALS = {"SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT", "SIGSYS"}
 MAX_FRAMES = 60
+MAX_FAILED_CONTINUES = 20   # in a row, with no dead process to let go: give up
 
 log = open(os.environ.get("CRASHREPRO_GDB_LOG", "gdb-backtraces.txt"), "a")
 result = {"crashes": [], "exits": {}, "hang": False, "py_bt": None, "owner_exit": None,
@@ -126,6 +128,22 @@ def record_crash(signal_name):
                               "frames": frames(), "time": when, "python": py})
 
 
+def let_die(inferior):
+    """Detach from a crashed process other than the owner: gdb delivers the
+    signal it stopped with as it lets go, so the process dies of it outside
+    gdb (faulthandler prints its traceback first) and the owner sees the death
+    as it would without gdb. Under gdb, the death of a process with several
+    threads (each worker has a committer thread) can leave gdb 13 unable to
+    resume the others ("Couldn't get registers: No such process")."""
+    pid = inferior.pid
+    out = run(f"detach inferiors {inferior.num}")
+    if out.startswith("(detach"):
+        note(out.strip())
+    else:
+        note(f"--- pid {pid}: detached, to die of its signal outside gdb")
+        pids.pop(inferior.num, None)
+
+
 def dump_everything(reason):
     note(f"=== {reason}: every thread of every process")
     for inferior in gdb.inferiors():
@@ -148,6 +166,28 @@ def live_inferiors():
     return live
 
 
+def process_gone(pid):
+    """The process has exited (a zombie its parent has not reaped yet, or reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def forget_dead_inferiors():
+    """gdb 13 can keep a process whose threads died at once (a fatal signal in a
+    process with several threads) as live, with the selected thread's
+    registers unreadable, so every `continue` fails ("Couldn't get registers:
+    No such process"). Tell gdb to let such processes go; True if any."""
+    dead = [i for i in gdb.inferiors() if i.pid and process_gone(i.pid)]
+    for inferior in dead:
+        note(f"--- pid {inferior.pid}: exited, but gdb still listed it; let go")
+        if run(f"kill inferiors {inferior.num}").startswith("(kill"):
+            run(f"detach inferiors {inferior.num}")
+    return bool(dead)
+
+
 def main():
     try:
         gdb.execute("run")
@@ -155,12 +195,15 @@ def main():
         note(f"gdb could not start the program: {exc}")
         result["error"] = str(exc)
         return
+    failed_continues = 0
     while True:
         live_inferiors()
         while pending_signals:
             name = pending_signals.pop(0)
             if name in FATAL_SIGNALS:
                 record_crash(name)
+                if gdb.selected_inferior().num != 1:
+                    let_die(gdb.selected_inferior())
             elif name == "SIGINT":
                 result["hang"] = True
                 dump_everything("interrupted (crashrepro timeout: hang?)")
@@ -172,9 +215,16 @@ def main():
             run(f"inferior {live[0].num}")
         try:
             gdb.execute("continue")
+            failed_continues = 0
         except gdb.error as exc:
             note(f"continue: {exc}")
             if not live_inferiors():
+                return
+            failed_continues += 1
+            if not forget_dead_inferiors() and failed_continues >= MAX_FAILED_CONTINUES:
+                note(f"=== gdb could not resume the processes {failed_continues} times: killing them")
+                result["error"] = f"continue failed {failed_continues} times: {exc}"
+                run("kill inferiors " + " ".join(str(i.num) for i in gdb.inferiors() if i.pid))
                 return
 
 
