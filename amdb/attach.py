@@ -42,8 +42,15 @@ from amdb.errors import Error, OwnerGoneError
 SOCKET_NAME = "attach.sock"
 PROTOCOL = 1
 REQUEST = b"AMDB-ATTACH %d read\n" % PROTOCOL
+WRITE_REQUEST = b"AMDB-ATTACH %d write\n" % PROTOCOL  # an attach that writes: with a channel
+CALL_REQUEST = b"AMDB-CALL %d\n" % PROTOCOL    # a connection of calls the owner runs for its client
 ADMIN_REQUEST = b"AMDB-ADMIN %d " % PROTOCOL    # + the call's name + newline: run it in the owner
 ADMIN_CALLS = ("stats", "verify", "digest")       # what a client may ask its owner to run
+# What a writing client's calls the owner runs for it (ClientLink.call); its
+# put() and delete() go through its channel instead (layout.h, "Client channels").
+WRITE_CALLS = ("put", "delete", "batch_put", "batch_delete", "put_array", "put_packed", "increment",
+               "put_if_absent", "compare_and_set", "apply_client_batch", "compact", "checkpoint", "backup",
+               "verify", "stats", "digest")
 HANDSHAKE_TIMEOUT = 5.0             # seconds a connect waits for the owner's answer
 OWNER_POLL = 1.0                    # seconds between a client's checks that its owner's pid runs
 _UCRED = struct.Struct("3i")        # struct ucred: pid, uid, gid
@@ -113,6 +120,16 @@ def _receive_message(sock, max_fds):
         raise
 
 
+def _receive_exactly(sock, length):
+    data = bytearray()
+    while len(data) < length:
+        more = sock.recv(min(length - len(data), 1 << 20))
+        if not more:
+            raise ConnectionError("the connection ended")
+        data += more
+    return bytes(data)
+
+
 # ---- the owner's side -----------------------------------------------------------
 
 class AttachServer:
@@ -121,10 +138,14 @@ class AttachServer:
     needs, `fds` the descriptors to hand over (db control, then one per
     partition); both stay valid until stop()."""
 
-    def __init__(self, address, describe, fds, admin=None):
+    def __init__(self, address, describe, fds, admin=None, services=None):
         self.address = address
         self.describe = describe
         self.admin = admin              # admin(name) -> result: an ADMIN_CALLS call on the owner's database
+        # services: writing clients (Supervisor): open_channel(pid) -> (fd, entry, capacity),
+        # close_channel(entry), call(name, args, kwargs) -> result, stopped()
+        self.services = services
+        self.channels = {}              # connection -> its client's channel entry
         self.fds = list(fds)
         self.clients = {}               # connection -> peer pid
         self.attaches = 0
@@ -191,12 +212,25 @@ class AttachServer:
                                               f"uid {os.getuid()}", "code": "attach_refused"})
                 conn.close()
                 return
+            if request == CALL_REQUEST and self.services is not None:
+                threading.Thread(target=self._serve_calls, args=(conn, pid), name="amdb-calls",
+                                 daemon=True).start()
+                return
             if request.startswith(ADMIN_REQUEST) and self.admin is not None:
                 # Its own thread: a verify() can take a while, and attaches go on meanwhile.
                 threading.Thread(target=self._serve_admin, args=(conn, request[len(ADMIN_REQUEST):-1]),
                                  name="amdb-admin", daemon=True).start()
                 return
-            if request != REQUEST:
+            channel = None
+            if request == WRITE_REQUEST and self.services is not None:
+                try:
+                    channel = self.services.open_channel(pid)
+                except Exception as exc:
+                    _send_message(conn, {"error": f"the owner could not give this client a channel: {exc}",
+                                         "code": getattr(exc, "code", None) or "attach_refused"})
+                    conn.close()
+                    return
+            elif request != REQUEST:
                 self.refused += 1
                 _send_message(conn, {"error": f"unknown attach request {request[:64]!r} (protocol {PROTOCOL})",
                                      "code": "attach_refused"})
@@ -205,12 +239,54 @@ class AttachServer:
             # Counted before the answer: once attached, the client is listed.
             self.clients[conn] = pid
             self.attaches += 1
-            _send_message(conn, dict(self.describe(), protocol=PROTOCOL), self.fds)
+            description = dict(self.describe(), protocol=PROTOCOL)
+            if channel is None:
+                _send_message(conn, description, self.fds)
+            else:
+                fd, entry, capacity = channel
+                self.channels[conn] = entry
+                try:
+                    _send_message(conn, dict(description, channel_capacity=capacity), self.fds + [fd])
+                finally:
+                    os.close(fd)        # the client has its copy; the owner keeps its mapping
             conn.setblocking(False)
             self._selector.register(conn, selectors.EVENT_READ, "client")
         except OSError:
             if self.clients.pop(conn, None) is not None:
                 self.attaches -= 1
+            entry = self.channels.pop(conn, None)
+            if entry is not None:
+                self.services.close_channel(entry)
+            conn.close()
+
+    def _serve_calls(self, conn, pid):
+        """A writing client's calls (WRITE_CALLS), run here on the owner's
+        database one after another, each answered with its result or its
+        exception, pickled (the peer is a process of the same user), until
+        the client closes the connection."""
+        import pickle
+        try:
+            conn.settimeout(None)
+            _send_message(conn, {"calls": PROTOCOL})      # the client sends calls only after this
+            while not self._stopping:
+                try:
+                    header = _receive_exactly(conn, _LENGTH.size)
+                except ConnectionError:
+                    return
+                name, args, kwargs = pickle.loads(_receive_exactly(conn, _LENGTH.unpack(header)[0]))
+                try:
+                    if name not in WRITE_CALLS:
+                        raise Error(f"unknown call {name!r}", code="attach_refused")
+                    reply = pickle.dumps(("result", self.services.call(name, args, kwargs)))
+                except Exception as exc:
+                    try:
+                        reply = pickle.dumps(("exception", exc))
+                    except Exception:
+                        reply = pickle.dumps(("exception", Error(f"{type(exc).__name__}: {exc}")))
+                conn.sendall(_LENGTH.pack(len(reply)) + reply)
+        except OSError:
+            pass
+        finally:
             conn.close()
 
     def _serve_admin(self, conn, name):
@@ -248,6 +324,9 @@ class AttachServer:
         except (KeyError, ValueError):
             pass
         self.clients.pop(conn, None)
+        entry = self.channels.pop(conn, None)
+        if entry is not None:
+            self.services.close_channel(entry)     # what it published still goes on
         conn.close()
 
     def client_pids(self):
@@ -261,6 +340,8 @@ class AttachServer:
             return
         self._stopping = True
         if os.getpid() == self._owner_pid:
+            if self.services is not None:
+                self.services.stopped()
             try:
                 os.write(self._wake_w, b"x")
             except OSError:
@@ -367,10 +448,10 @@ def _request(address, request, max_fds, answer_timeout=HANDSHAKE_TIMEOUT):
         where.close()
 
 
-def connect(address, max_fds):
+def connect(address, max_fds, write=False):
     """Attach: (socket, description, [fd]); the socket stays open for the
-    client's life (Watch)."""
-    sock, description, fds = _request(address, REQUEST, max_fds)
+    client's life (Watch). `write`: ask for a channel too (its fd last)."""
+    sock, description, fds = _request(address, WRITE_REQUEST if write else REQUEST, max_fds)
     sock.settimeout(None)
     return sock, description, fds
 
@@ -469,16 +550,50 @@ class ClientLink:
     client collected without close(), the finalizer that frees its reader
     slot (it holds the database control block's Mapping for that)."""
 
-    def __init__(self, handle, watch, finalizer):
+    def __init__(self, handle, watch, finalizer, channel=None):
         self.handle = handle
         self.watch = watch
         self.finalizer = finalizer
+        self.channel = channel          # a writing client's channel Mapping, or None (reads only)
+        self._calls = None              # the connection its calls go through, opened at the first
+        self._calls_lock = threading.Lock()
 
     def close(self):
         """close(): the attachment itself lets its slot and memory go
-        (Attachment.close_foreign); this ends the connection."""
+        (Attachment.close_foreign); this ends the connections (the owner then
+        sends on what the channel holds, and lets it go)."""
         self.finalizer.detach()
+        with self._calls_lock:
+            if self._calls is not None:
+                self._calls.close()
+                self._calls = None
         self.watch.close()
+
+    def call(self, name, args, kwargs, att):
+        """Run WRITE_CALLS `name` on the owner's database, for this client:
+        its result, or its exception raised here. One call at a time per
+        client (a lock): the owner runs them in order."""
+        import pickle
+        if att.closed:
+            raise att.closed_error()
+        request = pickle.dumps((name, args, kwargs))
+        with self._calls_lock:
+            try:
+                if self._calls is None:
+                    self._calls = _open_calls(self.handle.address)
+                self._calls.sendall(_LENGTH.pack(len(request)) + request)
+                header = _receive_exactly(self._calls, _LENGTH.size)
+                kind, value = pickle.loads(_receive_exactly(self._calls, _LENGTH.unpack(header)[0]))
+            except (NoOwner, ConnectionError, OSError):
+                if self._calls is not None:
+                    self._calls.close()
+                    self._calls = None
+                if att.closed:
+                    raise att.closed_error() from None
+                raise owner_gone_error(self.handle.path, "its owner no longer answers") from None
+        if kind == "exception":
+            raise value
+        return value
 
     def admin(self, name, att):
         """An ADMIN_CALLS call run by the owner (stats, verify, digest)."""
@@ -490,6 +605,33 @@ class ClientLink:
             raise owner_gone_error(self.handle.path, "its owner no longer answers") from None
 
 
+def _open_calls(address):
+    """A connection for a client's calls (CALL_REQUEST): the owner answers
+    nothing until the first call."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    where = _Address(address)
+    try:
+        sock.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            sock.connect(where.value)
+        except OSError as exc:
+            raise NoOwner(str(exc)) from None
+        sock.sendall(CALL_REQUEST)
+        try:
+            answer, fds = _receive_message(sock, 0)
+        except (ConnectionError, socket.timeout) as exc:
+            raise NoOwner(f"no answer from the owner: {exc}") from None
+        if "error" in answer:
+            raise Error(answer["error"], code=answer.get("code", "attach_refused"))
+        sock.settimeout(None)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        where.close()
+
+
 def _release_client(watch, db_mapping, slot, pid):
     from amdb.native.client.attachment import release_reader_slot
     watch.close()
@@ -497,19 +639,23 @@ def _release_client(watch, db_mapping, slot, pid):
         release_reader_slot(db_mapping, slot, pid)
 
 
-def attach_client(att, handle):
+def attach_client(att, handle, write=False):
     """Attach `att` (a fresh Attachment) to the database the owner at
     handle.address serves: map what it hands over, take a reader slot, start
-    the watch. Returns (description, ClientLink). Raises NoOwner when no
+    the watch. `write`: with a channel for its writes (layout.h, "Client
+    channels"). Returns (description, ClientLink). Raises NoOwner when no
     owner answers."""
-    from amdb.native.constants import MAX_WORKERS
+    from amdb.native.constants import MAX_WORKERS, CONTROL_BYTES
     from amdb.shm.arena import Mapping
-    sock, description, fds = connect(handle.address, 1 + MAX_WORKERS)
+    sock, description, fds = connect(handle.address, 2 + MAX_WORKERS, write)
+    channel = None
     try:
         workers = description["workers"]
-        if len(fds) != 1 + workers:
+        if len(fds) != 1 + workers + (1 if write else 0):
             raise Error(f"the owner handed over {len(fds)} descriptors for {workers} workers",
                         code="attach_refused")
+        if write:
+            channel = Mapping(fds[-1], 0, CONTROL_BYTES + description["channel_capacity"], True)
         db_mapping = Mapping(fds[0], 0, description["db_control_bytes"], True)
         controls, arenas = [], []
         for index in range(workers):
@@ -535,4 +681,4 @@ def attach_client(att, handle):
 
     watch = Watch(sock, handle.owner_pid, on_gone)
     finalizer = weakref.finalize(att, _release_client, watch, db_mapping, slot, os.getpid())
-    return description, ClientLink(handle, watch, finalizer)
+    return description, ClientLink(handle, watch, finalizer, channel)

@@ -13,6 +13,7 @@ Options are checked once, by amdb.options.parse_options. docs/API.md is the
 contract; docs/ARCHITECTURE.md shows where each part lives.
 """
 import contextlib
+import functools
 import os
 from collections import abc
 import shutil
@@ -21,13 +22,14 @@ import time
 from typing import NamedTuple
 
 from amdb import attach, storage
-from amdb.errors import ClosedError, InvalidArgumentError, InvalidTypeError, StorageError
+from amdb.errors import ClosedError, InvalidArgumentError, InvalidTypeError, LockedError, StorageError
 from amdb.history import Break, Snapshot, VerifyReport, Version
 from amdb.native.client import inspect
 from amdb.native.client.attachment import Attachment
 from amdb.native.client.batch import WriteBatch
+from amdb.native.client.channel import ClientWriter
 from amdb.native.client.reader import Reader
-from amdb.native.client.writer import BatchResult, Writer
+from amdb.native.client.writer import BatchResult, Writer, WriteLock
 from amdb.options import DEFAULTS, Options, keep_versions_option, parse_options
 from amdb.supervisor import Supervisor
 from amdb.views import MappingViews
@@ -77,7 +79,13 @@ class ParallelDB(MappingViews, abc.MutableMapping):
                 return                  # attached as a client of the open database
         else:
             supervisor = Supervisor(options, self._att, self._write_lock)
-            supervisor.open(owner=self)
+            try:
+                supervisor.open(owner=self)
+            except LockedError:
+                # Open in another process: attach to it, as a client that writes.
+                if not self._attach_to_owner(options, workers):
+                    raise
+                return
         self._supervisor = supervisor
         self._bind(supervisor.writer, supervisor.reader)
         if options.audit is not None:
@@ -95,7 +103,7 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         """The state every ParallelDB starts with, owner or client."""
         # An RLock only so that a write can tell that its own thread holds it
         # (Writer.enter_exclusive): never entered twice.
-        self._write_lock = threading.RLock()
+        self._write_lock = WriteLock()
         self._att = Attachment()
         self._corrupted = False         # _debug_flip_bit was used: verify() is expected to find breaks
         self._client = None             # attached to another process's database (amdb/attach.py)
@@ -133,10 +141,26 @@ class ParallelDB(MappingViews, abc.MutableMapping):
                     raise
             time.sleep(0.02)
 
-    def _open_client(self, handle, workers=None):
+    def _attach_to_owner(self, options, workers):
+        """ParallelDB(path) while another process has it open: attach to that
+        process as a client that writes (True), unless none serves attaches
+        there, or it is this very process (False: LockedError stands)."""
+        handle = attach.Handle(attach.socket_path(options.path), options.path, 0)
+        try:
+            self._open_client(handle, workers, write=True)
+        except attach.NoOwner:
+            return False
+        if self._client.handle.owner_pid == os.getpid():
+            self.close()
+            self._fresh()
+            return False
+        return True
+
+    def _open_client(self, handle, workers=None, write=False):
         """Attach to the database whose owner serves `handle` (amdb/attach.py):
-        reads only, straight from the shared memory."""
-        description, self._client = attach.attach_client(self._att, handle)
+        reads straight from the shared memory; with `write`, writes too
+        (put and delete through a channel, the rest run by the owner)."""
+        description, self._client = attach.attach_client(self._att, handle, write)
         owner = description["options"]
         if workers is not None and workers != description["workers"]:
             self._client.close()
@@ -144,23 +168,35 @@ class ParallelDB(MappingViews, abc.MutableMapping):
             raise InvalidArgumentError(
                 f"the database is open with workers={description['workers']}, not workers={workers}",
                 code="workers_changed", hint="attach with workers=None")
-        self._options = Options(**dict(owner, read_only=True, audit=None, manifest=None))
+        self._options = Options(**dict(owner, read_only=not write, audit=None, manifest=None))
         self._supervisor = None
-        self._bind(Writer(self._att, self._options.max_batch, self._options.max_key_size,
-                          self._options.max_value_size, self._write_lock, self._options.path is not None, None),
-                   Reader(self._att, None))
+        if not write:
+            self._bind(Writer(self._att, self._options.max_batch, self._options.max_key_size,
+                              self._options.max_value_size, self._write_lock, self._options.path is not None,
+                              None),
+                       Reader(self._att, None))
+            return
+        writer = ClientWriter(self._att, self._client.channel, self._client, self._options.max_key_size,
+                              self._options.max_value_size)
+        self._bind(writer, Reader(self._att, None))
+        # The writes that are not put or delete run in the owner (attach.WRITE_CALLS).
+        for name in CLIENT_CALLS:
+            setattr(self, name, functools.partial(writer.call, name))
+        self.write_batch = functools.partial(ClientWriteBatch, writer)
 
     @classmethod
-    def attach(cls, handle):
+    def attach(cls, handle, *, read_only=False):
         """Attach to a database open in another process, from its
-        ``db.handle()``: reads only, zero-copy, as fast as the owner's own.
-        Raises OwnerGoneError when that process no longer serves it."""
+        ``db.handle()``: reads zero-copy, as fast as the owner's own; writes
+        (unless read_only) through a channel of its own (put, delete) or run
+        by the owner (the rest). Raises OwnerGoneError when that process no
+        longer serves it."""
         if not isinstance(handle, attach.Handle):
             raise InvalidTypeError(f"attach() takes an amdb.Handle (from db.handle()), not {type(handle).__name__}")
         db = cls.__new__(cls)
         db._fresh()
         try:
-            db._open_client(handle)
+            db._open_client(handle, write=not read_only)
         except attach.NoOwner:
             raise attach.owner_gone_error(handle.path, f"no process serves it any more (owner was process "
                                                        f"{handle.owner_pid})") from None
@@ -225,6 +261,8 @@ class ParallelDB(MappingViews, abc.MutableMapping):
             return
         if self._write_lock._is_owned():
             self._writer.enter_exclusive("close()")     # raises: called back from a write of this thread
+        # What attached clients published goes on first (the write lock would pause it).
+        self._writer.stop_forwarder()
         with self._write_lock:
             # Async writes already in a ring are applied: the workers drain
             # their rings before they stop. New ones see `closed`.
@@ -290,6 +328,26 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         and made visible whole at the end of the ``with`` block (rolled back
         whole if the block raises). See docs/API.md, "Write batches"."""
         return WriteBatch(self._writer)
+
+    def apply_client_batch(self, ops):
+        """A writing client's write_batch(), written here as one batch
+        (attach.WRITE_CALLS): [(op, key, args...)] as ClientWriteBatch keeps
+        them. Its BatchResult."""
+        with self.write_batch() as wb:
+            for op, key, *args in ops:
+                if op == "put":
+                    wb.put(key, args[0])
+                elif op == "delete":
+                    wb.delete(key)
+                elif op == "increment":
+                    wb.increment(key, args[0], initial=args[1])
+                elif op == "put_if_absent":
+                    wb.put_if_absent(key, args[0])
+                elif op == "compare_and_set":
+                    wb.compare_and_set(key, args[0], args[1])
+                else:
+                    raise InvalidArgumentError(f"unknown batch operation {op!r}")
+        return wb.result
 
     def put_array(self, keys, values):
         """Columnar batch put from two 1-D numpy arrays (S<n> or unsigned ints)."""
@@ -664,6 +722,94 @@ class ParallelDB(MappingViews, abc.MutableMapping):
 
     def _regions(self):
         return self._att.regions()
+
+
+# A writing client's calls run by its owner (attach.WRITE_CALLS; put and
+# delete go through its channel).
+CLIENT_CALLS = ("batch_put", "batch_delete", "put_array", "put_packed", "compact", "checkpoint", "backup",
+                "verify")
+
+
+class ClientWriteBatch:
+    """write_batch() in a writing client: the records are kept here and the
+    owner writes them as one batch when the block ends (apply_client_batch),
+    visible whole or not at all; nothing is sent when the block raises.
+    Each record's key and value are checked as it is added."""
+
+    def __init__(self, writer):
+        self._writer = writer
+        self._ops = []
+        self.open = True
+        self.result = None
+
+    def _add(self, op, key, *args):
+        if not self.open:
+            raise InvalidArgumentError("this write batch is already written or discarded",
+                                       hint="start a new one: db.write_batch()")
+        key = _client_bytes(key, "key", self._writer.max_key_size)
+        self._ops.append((op, key) + args)
+
+    def put(self, key, value):
+        self._add("put", key, _client_bytes(value, "value", self._writer.max_value_size))
+
+    def delete(self, key):
+        self._add("delete", key)
+
+    def increment(self, key, delta=1, *, initial=0):
+        self._add("increment", key, delta, initial)
+
+    def put_if_absent(self, key, value):
+        self._add("put_if_absent", key, _client_bytes(value, "value", self._writer.max_value_size))
+
+    def compare_and_set(self, key, expected, new):
+        self._add("compare_and_set", key,
+                  None if expected is None else _client_bytes(expected, "expected", self._writer.max_value_size),
+                  _client_bytes(new, "new", self._writer.max_value_size))
+
+    @property
+    def count(self):
+        return len(self._ops)
+
+    def write(self):
+        if not self.open:
+            raise InvalidArgumentError("this write batch is already written or discarded")
+        self.open = False
+        self.result = self._writer.call("apply_client_batch", self._ops)
+        self._ops = []
+        return self.result
+
+    def discard(self):
+        self.open = False
+        self._ops = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if not self.open:
+            return False
+        if exc_type is None:
+            self.write()
+        else:
+            self.discard()
+        return False
+
+
+def _client_bytes(obj, what, limit):
+    """bytes of a bytes-like key or value, checked against its limit before
+    anything is sent."""
+    from amdb.errors import KeyTooLargeError, ValueTooLargeError
+    if isinstance(obj, bytes):
+        data = obj
+    else:
+        try:
+            data = bytes(memoryview(obj))
+        except TypeError:
+            raise InvalidTypeError(f"{what} must be bytes-like, not {type(obj).__name__}") from None
+    if len(data) > limit:
+        cls = KeyTooLargeError if what == "key" else ValueTooLargeError
+        raise cls(f"{what} of {len(data)} bytes exceeds max_{'key' if what == 'key' else 'value'}_size={limit}")
+    return data
 
 
 def _attach_from_handle(handle):

@@ -27,9 +27,9 @@ from amdb import SLOT_COUNT, attach, storage
 from amdb.errors import (ClosedError, Error, InvalidArgumentError, StorageError, WorkerCrashedError,
                          WorkerStartError, raise_for_status)
 from amdb.native.client import inspect
-from amdb.native.constants import STATUS, WORKER_READY
+from amdb.native.constants import CHANNEL_BYTES, READER_SLOTS, STATUS, WORKER_READY
 from amdb.native.client.reader import Reader
-from amdb.native.client.writer import Writer
+from amdb.native.client.writer import Writer, WriteLock
 from amdb.shm import control, segment
 from amdb.shm.arena import Mapping, punch_hole
 
@@ -51,6 +51,51 @@ SUCCESSOR_ATTEMPTS = 3              # successors started for one dead worker bef
 def _close_all(fds):
     while fds:
         os.close(fds.pop())
+
+
+class _ClientServices:
+    """What the attach server does for writing clients (amdb/attach.py): a
+    channel each (layout.h, "Client channels", forwarded by the Writer), and
+    their other writes run here on the owner's database."""
+
+    def __init__(self, supervisor):
+        self.sup = weakref.proxy(supervisor)
+
+    def open_channel(self, pid):
+        """A new channel for client `pid`: (fd, entry, capacity)."""
+        writer = self.sup.writer
+        size = control.CONTROL_BYTES + CHANNEL_BYTES
+        fd = os.memfd_create("amdb-channel", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            os.posix_fallocate(fd, 0, size)     # memory now: a write into it never faults
+            entry = writer.add_channel(Mapping(fd, 0, size, True), CHANNEL_BYTES, pid)
+            if entry < 0:
+                raise Error(f"every one of the {READER_SLOTS} client channels is taken",
+                            code="attach_refused")
+            writer.start_forwarder()
+            return fd, entry, CHANNEL_BYTES
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def close_channel(self, entry):
+        self.sup.writer.close_channel(entry)
+
+    def call(self, name, args, kwargs):
+        """A writing client's call (attach.WRITE_CALLS), run on the owner's database."""
+        db = self.sup.owner_ref() if self.sup.owner_ref is not None else None
+        if db is None or self.sup.att.closed:
+            raise ClosedError("the owner closed the database")
+        return getattr(db, name)(*args, **kwargs)
+
+    def stopped(self):
+        """The server stops (close, exit, collection): the forwarder sends on
+        what clients published, then stops, before the workers are asked to."""
+        try:
+            self.sup.writer.stop_forwarder()
+        except ReferenceError:
+            pass
 
 
 def _reap(owner_pid, controls, procs, timeout, fds, servers):
@@ -299,6 +344,7 @@ class Supervisor:
         self.att.attach(db_mapping, list(self.controls), arenas)
         self.writer = Writer(self.att, self.o.max_batch, self.o.max_key_size, self.o.max_value_size,
                              self.write_lock, plan is not None, self)
+        self.write_lock.writer = self.writer      # holding it keeps the forwarder of clients' writes out
         self.writer.set_ring_files(self.segment_fds[:self.o.workers], self.ring_offset,
                                    min(self.o.ring_size, control.RING_COMMIT_STEP))
         self.reader = Reader(self.att, self.writer)
@@ -325,8 +371,9 @@ class Supervisor:
         address = attach.memory_only_address() if self.path is None else attach.socket_path(self.path)
         fds = [db_fd] + self.segment_fds[:self.o.workers]
         try:
-            self.attach_servers.append(attach.AttachServer(address, self.describe_for_clients, fds,
-                                                           self._admin_for_client))
+            self.attach_servers.append(attach.AttachServer(
+                address, self.describe_for_clients, fds, self._admin_for_client,
+                None if self.o.read_only else _ClientServices(self)))
         except OSError as exc:
             self.attach_refused = f"its socket could not be made ({exc.strerror or exc})"
 
@@ -875,6 +922,7 @@ class Supervisor:
             return
         if self.att.closed and (self.finalizer is None or not self.finalizer.alive):
             return
+        self.writer.stop_forwarder()        # what attached clients published goes on first
         self.att.mark_closed()              # a call in another thread now raises ClosedError at its next check
         got = self.write_lock.acquire(timeout=EXIT_LOCK_TIMEOUT)
         try:
@@ -1027,7 +1075,7 @@ def _reshard(path, manifest, workers, options):
         os.close(lock_fd)
     from amdb.native.client.attachment import Attachment
     from amdb.options import parse_options
-    attachment, write_lock = Attachment(), threading.RLock()
+    attachment, write_lock = Attachment(), WriteLock()
     supervisor = Supervisor(parse_options(path, workers=wide, **options), attachment, write_lock)
     supervisor.open(owner=attachment)           # sweeps what an earlier try left
     with write_lock:

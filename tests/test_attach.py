@@ -22,6 +22,8 @@ import amdb
 how, arg = sys.argv[1], sys.argv[2]
 if how == "handle":
     db = amdb.ParallelDB.attach(pickle.loads(bytes.fromhex(arg)))
+elif how == "handle_read_only":
+    db = amdb.ParallelDB.attach(pickle.loads(bytes.fromhex(arg)), read_only=True)
 elif how == "pickle":
     db = pickle.loads(bytes.fromhex(arg))
 else:
@@ -173,21 +175,25 @@ def test_read_only_attaches_while_a_writer_has_it_open(tmp_path, make_db):
         reap(proc)
 
 
-def test_a_second_writer_is_refused_with_a_hint_to_attach(tmp_path, make_db):
+def test_a_second_opener_in_another_process_attaches_as_a_client_that_writes(tmp_path, make_db):
     path = str(tmp_path / "db")
-    make_db(path=path, workers=2)
-    script = ("import amdb, sys\ntry:\n    amdb.ParallelDB(sys.argv[1])\nexcept amdb.LockedError as e:\n"
-              "    print(e.code, 'read_only=True' in e.hint)\n")
+    db = make_db(path=path, workers=2)
+    script = ("import amdb, sys\ndb = amdb.ParallelDB(sys.argv[1])\ndb.put(b'from', b'client')\n"
+              "db.flush()\nprint(db._client is not None, db.get(b'from'), flush=True)\n")
     proc = python_child(script, path, stdin=False)
     try:
-        assert read_line(proc) == "locked True"
+        assert read_line(proc) == "True b'client'"
     finally:
         reap(proc)
+    db.flush()
+    assert db.get(b"from") == b"client"
+    with pytest.raises(amdb.LockedError):      # the same process: one owner
+        amdb.ParallelDB(path)
 
 
-def test_client_writes_are_refused_before_anything_is_written(owner):
+def test_read_only_client_writes_are_refused_before_anything_is_written(owner):
     digest = owner.digest()
-    proc, _ = start_client("handle", handle_hex(owner))
+    proc, _ = start_client("handle_read_only", handle_hex(owner))
     try:
         proc.stdin.write("write\n")
         proc.stdin.flush()

@@ -410,9 +410,59 @@ typedef struct amdb_db_control {
      * every seq below it is whole. */
     AMDB_LINE uint64_t solo_seq;
     AMDB_LINE uint64_t solo_chunk[AMDB_MAX_WORKERS];
+    /* The owner's forwarder of clients' writes ("Client channels" below):
+     * forwarder_sleeping is the forwarder's (1 while it is about to sleep,
+     * seq_cst); forward_event is bumped by a client that published records
+     * while it slept (seq_cst), then woken (futex). */
+    AMDB_LINE uint32_t forward_event;
+    uint32_t forwarder_sleeping;
     AMDB_LINE amdb_reader_slot readers[AMDB_READER_SLOTS];
     AMDB_LINE uint16_t slot_owner[AMDB_SLOT_COUNT]; /* slot -> worker index */
 } amdb_db_control;
+
+/* ---- Client channels: the async single writes of attached clients ----------
+ *
+ * An attached client's put() and delete() travel through a channel of its own
+ * (one memfd the owner creates at the attach and hands over with the
+ * segments; no name in /dev/shm): a byte ring of amdb_ring_record records
+ * (PUT or DELETE, key, value; WRAP to skip to the start), written by the
+ * client only, read by the owner's forwarder only (writer.pyx, "Forwarding"),
+ * which sends each record on as a SOLO chunk of the owner's own (layout
+ * "Async single writes"), under the same rules: no SOLO chunk inside a batch
+ * (the forwarder pauses while the owner holds its write lock), credit first.
+ *   1. The client fills a record past `head`, then publishes head (seq_cst),
+ *      then wakes the forwarder if db control's forwarder_sleeping is set.
+ *      The put is acknowledged then: the forwarder sends on every record
+ *      published, also after the client died.
+ *   2. The forwarder trusts no byte: it checks each record's op and lengths
+ *      (a bad one breaks the channel: status, nothing more is forwarded),
+ *      hashes the key again, then advances `tail` (release) past the records
+ *      it sent on. Their chunks are then in the workers' rings, and solo_seq
+ *      / solo_chunk cover them, so a read that waits for tail >= the client's
+ *      head, then catches up (client_catch_up), sees its own writes.
+ *   3. A record the forwarder could not send (the worker refused it, /dev/shm
+ *      full) is counted in `refused`, its status in `refused_status`: the
+ *      client's next write or flush raises it (it was acknowledged: like an
+ *      owner's async write that failed after it returned). */
+#define AMDB_CHANNEL_MAGIC 0x4c4e4e4843424d41ULL /* "AMBCHNNL" little-endian */
+#define AMDB_CHANNEL_BYTES (1ULL << 20)         /* ring bytes of a client's channel */
+typedef struct amdb_channel {
+    /* Line 0 — written by the owner before handing it over; read-only after. */
+    uint64_t magic;
+    uint64_t capacity;              /* ring bytes, a power of two; the ring starts at AMDB_CONTROL_BYTES */
+    uint64_t client_pid;
+    uint64_t reserved0[5];
+    /* Line 1 — the client. */
+    AMDB_LINE uint64_t head;        /* bytes ever published; seq_cst store */
+    uint32_t client_waiting;        /* 1 while the client waits for tail (seq_cst) */
+    uint32_t reserved1;
+    /* Line 2 — the forwarder. */
+    AMDB_LINE uint64_t tail;        /* bytes ever sent on (or refused); release store */
+    uint32_t tail_event;            /* futex word: bumped after tail moved while client_waiting */
+    uint32_t broken;                /* 1: a malformed record; nothing more is forwarded */
+    uint64_t refused;               /* records that could not be sent on (point 3) */
+    uint64_t refused_status;        /* AMDB_STATUS_* of the last of them */
+} amdb_channel;
 
 /* ---- Ring records (owner -> worker), 8-byte aligned ---------------------- */
 
@@ -747,6 +797,7 @@ static inline void amdb_counter_encode(int64_t n, uint8_t *out) {
 _Static_assert(sizeof(amdb_control) <= AMDB_CONTROL_BYTES, "control block fits a page");
 _Static_assert(AMDB_MAX_WORKERS <= 65536, "a slot owner is a uint16");
 _Static_assert(sizeof(amdb_reader_slot) == 64, "a reader slot is one cache line");
+_Static_assert(sizeof(amdb_channel) <= AMDB_CONTROL_BYTES, "a channel's header fits a page");
 _Static_assert(sizeof(amdb_rmw_result) == 16, "a read-modify-write result is 16 bytes");
 _Static_assert(sizeof(amdb_ring_record) == 24, "ring record header is 24 bytes");
 _Static_assert(sizeof(amdb_ring_chunk) == 40, "chunk header is 40 bytes");

@@ -42,6 +42,8 @@ cdef extern from "layout.h" nogil:
         AMDB_WORKER_STOPPED
         AMDB_WORKER_FAILED
         AMDB_READER_SLOTS
+        AMDB_CHANNEL_MAGIC
+        AMDB_CHANNEL_BYTES
         AMDB_OP_PUT
         AMDB_OP_DELETE
         AMDB_OP_CHUNK
@@ -179,8 +181,22 @@ cdef extern from "layout.h" nogil:
         uint64_t read_epoch
         uint64_t solo_seq
         uint64_t solo_chunk[AMDB_MAX_WORKERS]
+        uint32_t forward_event
+        uint32_t forwarder_sleeping
         amdb_reader_slot readers[AMDB_READER_SLOTS]
         uint16_t slot_owner[16384]
+
+    ctypedef struct amdb_channel:
+        uint64_t magic
+        uint64_t capacity
+        uint64_t client_pid
+        uint64_t head
+        uint32_t client_waiting
+        uint64_t tail
+        uint32_t tail_event
+        uint32_t broken
+        uint64_t refused
+        uint64_t refused_status
 
     ctypedef struct amdb_ring_record:
         uint32_t op

@@ -2,7 +2,7 @@
 """The attachment: one process's view of an open database's shared memory
 (see attachment.pyx for who writes what and the reader protocol)."""
 from libc.stdint cimport uint64_t
-from amdb.shm.layout cimport PartitionView, amdb_db_control
+from amdb.shm.layout cimport PartitionView, amdb_db_control, amdb_channel
 
 
 from amdb.native.seek_index cimport SeekIndex
@@ -39,6 +39,10 @@ cdef class Attachment:
     cdef readonly bint client
     cdef readonly object gone_reason
     cdef readonly object gone_path
+    # A writing client's channel (layout.h, "Client channels"), or NULL: its
+    # reads wait until the owner sent on what it published (drain_channel).
+    cdef amdb_channel *channel
+    cdef object channel_mapping
     cdef int reader_slot
     cdef uint64_t foreign_inside
     cdef uint64_t foreign_epoch
@@ -71,6 +75,7 @@ cdef class Attachment:
     cdef int leave_read(self, int slot) except -1
     cdef int enter_foreign(self, int catch_up=*) except -1
     cdef int client_catch_up(self, int worker) except -1
+    cdef int drain_channel(self) except -1
     cdef int leave_foreign(self) except -1
     cdef int wait_parent_writes(self) except -1
     cdef int claim_reader_slot(self) except -1

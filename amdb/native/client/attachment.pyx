@@ -354,6 +354,13 @@ cdef class Attachment:
                 self.foreign_epoch = epoch
                 self.refresh_len()
         self.foreign_inside += 1
+        if (self.channel != NULL and catch_up != -2
+                and amdb_load_acquire(&self.channel.tail) != amdb_load_relaxed(&self.channel.head)):
+            try:
+                self.drain_channel()        # read-your-writes: what we published is in the rings first
+            except BaseException:
+                self.leave_foreign()
+                raise
         if self.client and catch_up != -2:
             # The common case of a read of one key: nothing of its worker's
             # left to wait for (client_catch_up says why it may wait).
@@ -366,6 +373,46 @@ cdef class Attachment:
                 self.leave_foreign()
                 raise
         return 0
+
+    def set_channel(self, Mapping mapping):
+        """A writing client: its channel (ClientWriter writes it)."""
+        self.channel_mapping = mapping
+        self.channel = <amdb_channel *>mapping.base
+
+    cdef int drain_channel(self) except -1:
+        """Wait until the owner's forwarder sent on every record this client
+        published in its channel (layout.h, "Client channels", point 2).
+        Raises OwnerGoneError (or ClosedError) when the owner goes meanwhile."""
+        cdef amdb_channel *ch = self.channel
+        cdef uint64_t head
+        cdef uint32_t seen
+        cdef int i
+        cdef bint done = False
+        if ch == NULL:
+            return 0
+        head = amdb_load_relaxed(&ch.head)
+        while True:
+            with nogil:
+                for i in range(AMDB_SPIN_STEPS + 1):
+                    if amdb_load_acquire(&ch.tail) >= head:
+                        done = True
+                        break
+                    if i == AMDB_SPIN_STEPS:
+                        seen = amdb_load32_seqcst(&ch.tail_event)
+                        amdb_store32_seqcst(&ch.client_waiting, 1)
+                        if amdb_load_acquire(&ch.tail) < head:
+                            amdb_futex_wait(&ch.tail_event, seen, 50000000)
+                        amdb_store32_seqcst(&ch.client_waiting, 0)
+                    else:
+                        amdb_spin_step(i)
+            if done:
+                return 0
+            PyErr_CheckSignals()
+            if self.closed:
+                raise self.closed_error()
+            if amdb_load32_seqcst(&ch.broken):
+                raise Error("the owner found a malformed record in this client's channel and stopped "
+                            "forwarding it", code="corrupt", hint="report this bug; reattach to write again")
 
     cdef int client_catch_up(self, int worker) except -1:
         """A client, inside a read (enter_foreign): wait until worker `worker`

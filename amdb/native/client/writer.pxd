@@ -2,8 +2,24 @@
 """The ring producer (writer.pyx)."""
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from amdb.shm.ring cimport RingProducer
-from amdb.shm.layout cimport amdb_control
+from amdb.shm.layout cimport amdb_control, amdb_channel
 from amdb.native.client.attachment cimport Attachment
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+
+cdef enum:
+    MAX_FORWARDS = 128               # client channels at once (AMDB_READER_SLOTS: one per client)
+
+ctypedef struct Forward:             # an attached client's channel, as the forwarder sees it
+    amdb_channel *ch                 # NULL: a free entry
+    char *ring
+    uint64_t capacity
+    uint64_t mask
+    uint64_t tail                    # what the forwarder sent on so far (ch.tail is its publication)
+    bint closing                     # the client is gone: send on what it published, then let go
+    bint done                        # closing and drained, or broken: the Python side lets it go
 
 
 cdef class Writer:
@@ -41,12 +57,32 @@ cdef class Writer:
     cdef uint64_t *credit_records
     cdef uint64_t last_async_seq
     cdef object _async_error
+    # Forwarding (writer.pyx, "Forwarding"; layout.h, "Client channels"):
+    # producer_mutex is held by every SOLO send (the owner's and the
+    # forwarder's) and by pause_forwarding; `paused` counts the holders of
+    # the write lock (the forwarder sends nothing meanwhile).
+    cdef pthread_mutex_t producer_mutex
+    cdef int paused
+    cdef Forward forwards[MAX_FORWARDS]
+    cdef int forward_count           # entries in use are below it
+    cdef int forward_next            # where the next pass starts (fairness)
+    cdef uint64_t forward_deadline   # stopping: monotonic ns until which it still drains
+    cdef bint forwarder_stop
+    cdef object forward_mappings     # entry -> its channel's Mapping (kept mapped while in use)
+    cdef object forwarder_thread
+    cdef readonly uint64_t forwarded # records sent on for clients (statistics)
 
     cdef int _check_writable(self) except -1
     cdef int _refuse_reentrant(self, str what) except -1
     cdef object _write(self, str name, int source, object data)
     cdef bint _write_async(self, uint32_t op, const uint8_t *key, uint64_t key_len,
                            const uint8_t *value, uint64_t value_len, str name, uint32_t ticket) except -1
+    cdef int _solo_core(self, uint32_t op, const uint8_t *key, uint64_t key_len, const uint8_t *value,
+                        uint64_t value_len, uint64_t h, int w, uint32_t ticket, uint64_t *seq_out) noexcept nogil
+    cdef int _forward_pass(self, int *stuck, int *stuck_worker, uint64_t *stuck_bytes) noexcept nogil
+    cdef void _forwarder_sleep(self) noexcept nogil
+    cdef int _forward_sync(self, int index) except -1
+    cdef int _forward_sync_locked(self, Forward *f, uint32_t op, bytes key, bytes value) except -1
     cdef int _send_solo(self, uint32_t op, const uint8_t *key, uint64_t key_len,
                         const uint8_t *value, uint64_t value_len, str name, int *worker_out,
                         uint32_t ticket) except -1

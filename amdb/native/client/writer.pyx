@@ -37,6 +37,7 @@ from amdb.shm.ring cimport (RingProducer, ring_wait_space, ring_commit_ahead, ri
 from amdb.native.hashing cimport amdb_xxh64, SLOT_MASK, SLOT_COUNT
 from amdb.native.client.attachment cimport Attachment, pending_key_entry
 from amdb.native.client.keys cimport bytes_view, as_key
+from amdb.shm.arena cimport Mapping
 
 from amdb.errors import (ClosedError, Error, WorkerCrashedError, InvalidArgumentError, InvalidTypeError,
                          KeyTooLargeError, ValueTooLargeError, ArenaFullError, SHM_FULL_HINT, raise_for_status,
@@ -45,9 +46,30 @@ from amdb.errors import (ClosedError, Error, WorkerCrashedError, InvalidArgument
 cdef extern from "Python.h":
     int PyErr_CheckSignals() except -1
 
+cdef extern from "<pthread.h>" nogil:
+    int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+
+cdef extern from "<unistd.h>" nogil:
+    int usleep(unsigned int usec)
+
 cdef enum:
     WAIT_SLICE_NS = 50000000      # 50 ms: waits wake up this often to check liveness and Ctrl-C
     FIRST_CHUNK_RECORDS = 512     # records in a batch's first chunk per worker; doubles per chunk
+    FORWARD_BUDGET = 256          # records one forwarding pass sends on before it lets the mutex go
+    FORWARD_SLEEP_NS = 100000000  # 100 ms: an idle forwarder's sleep (it checks `forwarder_stop` after)
+    FORWARD_PAUSED_US = 200       # the forwarder's poll while the owner holds its write lock
+    FORWARD_DRAIN_NS = 2000000000 # 2 s: what close() gives the forwarder to send on what clients published
+
+cdef enum ForwardResult:          # what one forwarding pass did or met (flags)
+    FWD_SENT = 1                  # sent records on
+    FWD_SHORT = 2                 # a record waits for its worker's credit or ring room (stuck_*)
+    FWD_SYNC = 4                  # a record must be written synchronously (stuck: its channel)
+    FWD_PAUSED = 8                # the owner holds its write lock, or is closed
+    FWD_CHECKS = 16               # the supervisor's periodic checks are due
+    FWD_DONE = 32                 # a channel is done (drained after its client left, or broken)
 
 cdef enum WaitResult:
     WAIT_DONE = 0
@@ -144,6 +166,59 @@ def compare_and_set_argument(expected, new):
     return PyBytes_FromStringAndSize(<char *>&header, 8) + (want or b"") + value
 
 
+cdef uint64_t _status_of(exc):
+    """The AMDB_STATUS_* an error of a forwarded write stands for (what the
+    client raises again: amdb.errors.raise_for_status); CORRUPT when none."""
+    from amdb.errors import _STATUS_ERRORS
+    code = getattr(exc, "code", None)
+    for status, (cls, status_code, message) in _STATUS_ERRORS.items():
+        if status_code == code:
+            return status
+    return AMDB_STATUS_CORRUPT
+
+
+class WriteLock(object):
+    """The owner's write lock: a reentrant lock that also keeps the forwarder
+    of clients' writes out while it is held (Writer.pause_forwarding), so
+    that what the holder does (a batch, a checkpoint, a compaction, a worker
+    replaced) never has a client's SOLO chunk land in the middle of it."""
+
+    def __init__(self):
+        import threading
+        self._lock = threading.RLock()
+        self._depth = 0
+        self.writer = None              # set once the Writer exists (the owner's only)
+
+    def acquire(self, blocking=True, timeout=-1):
+        if not self._lock.acquire(blocking, timeout):
+            return False
+        self._depth += 1
+        if self._depth == 1 and self.writer is not None:
+            try:
+                self.writer.pause_forwarding()
+            except BaseException:
+                self._depth -= 1
+                self._lock.release()
+                raise
+        return True
+
+    def release(self):
+        self._depth -= 1
+        if self._depth == 0 and self.writer is not None:
+            self.writer.resume_forwarding()
+        self._lock.release()
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def _is_owned(self):
+        return self._lock._is_owned()
+
+
 cdef class Writer:
     """Every write of the database (see the module docstring)."""
 
@@ -191,6 +266,16 @@ cdef class Writer:
         self._async_error = None
         self.async_enabled = False       # the supervisor turns async single writes on
         self.next_check_ns = 0
+        if pthread_mutex_init(&self.producer_mutex, NULL) != 0:
+            raise MemoryError()
+        self.paused = 0
+        self.forward_count = 0
+        self.forward_next = 0
+        self.forwarder_stop = False
+        self.forward_mappings = {}
+        self.forwarder_thread = None
+        self.forwarded = 0
+        memset(self.forwards, 0, sizeof(self.forwards))
         # The charges so far: what the worker refunded (control line 9) is
         # what this process charged, as of the start.
         for i in range(att.nworkers):
@@ -199,6 +284,7 @@ cdef class Writer:
             self.charged_records[i] = amdb_load_relaxed(&c.refunded_records)
 
     def __dealloc__(self):
+        pthread_mutex_destroy(&self.producer_mutex)
         free(self.producers)
         free(self.charged_bytes)
         free(self.charged_records)
@@ -474,12 +560,10 @@ cdef class Writer:
         every condition holds (SOLO_SENT), else say why nothing was sent.
         Never releases the GIL, so no other thread's call can come between its
         checks and its publication; no batch or admin call is in progress
-        (exclusive == 0), so the chunk never lands inside another batch."""
-        cdef uint64_t h, nbytes, charge, offset, need, seq, header_pos, pos
-        cdef int w
-        cdef RingProducer *r
-        cdef amdb_control *c
-        cdef amdb_ring_chunk *header
+        (exclusive == 0), so the chunk never lands inside another batch. The
+        producer mutex keeps the forwarder out meanwhile."""
+        cdef uint64_t h, seq = 0
+        cdef int w, outcome
         if (not self.async_enabled or self.exclusive or self.att.closed or self.att.foreign
                 or self._async_error is not None or key_len > self.max_key_size
                 or value_len > self.max_value_size):
@@ -489,7 +573,22 @@ cdef class Writer:
         h = amdb_xxh64(key, key_len, 0)
         w = self.att.dbc.slot_owner[h & SLOT_MASK]
         worker_out[0] = w
-        r = &self.producers[w]
+        pthread_mutex_lock(&self.producer_mutex)
+        outcome = self._solo_core(op, key, key_len, value, value_len, h, w, ticket, &seq)
+        pthread_mutex_unlock(&self.producer_mutex)
+        if outcome == SOLO_SENT and self.audit is not None:
+            self.audit.write_op(name, 1, seq, seq, h)
+        return outcome
+
+    cdef int _solo_core(self, uint32_t op, const uint8_t *key, uint64_t key_len, const uint8_t *value,
+                        uint64_t value_len, uint64_t h, int w, uint32_t ticket, uint64_t *seq_out) noexcept nogil:
+        """The SOLO chunk itself, for the owner's put (_send_solo) and the
+        forwarder: SOLO_SENT, or why not (SOLO_SYNC, SOLO_SHORT). REQUIRES
+        producer_mutex, and no batch or admin call in progress."""
+        cdef uint64_t nbytes, charge, offset, need, seq, header_pos, pos
+        cdef RingProducer *r = &self.producers[w]
+        cdef amdb_control *c
+        cdef amdb_ring_chunk *header
         if r.abort_to_send or r.abort_to_ack or r.chunk_open:
             return SOLO_SYNC             # a rollback must be settled first (_begin_batch)
         c = r.ctrl
@@ -542,8 +641,7 @@ cdef class Writer:
         self.att.async_pending = True
         self.att.last_async_seq = seq    # what a forked child makes visible (wait_parent_writes)
         self.last_async_seq = seq
-        if self.audit is not None:
-            self.audit.write_op(name, 1, seq, seq, h)
+        seq_out[0] = seq
         return SOLO_SENT
 
     cdef bint _wait_room(self, int w, uint64_t key_len, uint64_t value_len) except -1:
@@ -691,6 +789,329 @@ cdef class Writer:
         if self._async_error is not None:
             exc, self._async_error = self._async_error, None
             raise exc
+        return 0
+
+    # ---- forwarding: attached clients' async single writes (layout.h, "Client channels") ----
+    #
+    # A daemon thread of the owner (run_forwarder) takes the records clients
+    # publish in their channels and sends each on as a SOLO chunk of the
+    # owner's own (_solo_core), under producer_mutex, in passes of at most
+    # FORWARD_BUDGET records that start at the next channel each time (no
+    # client starves another). It sends nothing while the owner holds its
+    # write lock (pause_forwarding, by WriteLock), so no SOLO chunk lands
+    # inside a batch, a checkpoint or a compaction. It needs the GIL only for
+    # what a write of the owner would do in Python: the supervisor's periodic
+    # checks, backpressure, and a record that must be written synchronously.
+
+    def pause_forwarding(self):
+        """The write lock was taken (WriteLock): wait for the forwarder's pass
+        in progress, then keep it out until resume_forwarding."""
+        if self.att.foreign:
+            return                         # a forked child: no forwarder (the mutex may be the parent's)
+        with nogil:
+            pthread_mutex_lock(&self.producer_mutex)
+        self.paused += 1
+        pthread_mutex_unlock(&self.producer_mutex)
+
+    def resume_forwarding(self):
+        if self.att.foreign:
+            return
+        pthread_mutex_lock(&self.producer_mutex)
+        self.paused -= 1
+        pthread_mutex_unlock(&self.producer_mutex)
+
+    def add_channel(self, mapping, uint64_t capacity, uint64_t client_pid):
+        """Forward a new client's channel (a writable, zeroed Mapping: header,
+        then `capacity` ring bytes): its header is written here. Returns its
+        entry, for close_channel; -1 when every entry is taken."""
+        cdef Mapping m = mapping
+        cdef amdb_channel *ch = <amdb_channel *>m.base
+        cdef int i, index = -1
+        ch.magic = AMDB_CHANNEL_MAGIC
+        ch.capacity = capacity
+        ch.client_pid = client_pid
+        pthread_mutex_lock(&self.producer_mutex)
+        for i in range(MAX_FORWARDS):
+            if self.forwards[i].ch == NULL:
+                index = i
+                break
+        if index >= 0:
+            self.forwards[index].ch = <amdb_channel *>m.base
+            self.forwards[index].ring = m.base + AMDB_CONTROL_BYTES
+            self.forwards[index].capacity = capacity
+            self.forwards[index].mask = capacity - 1
+            self.forwards[index].tail = amdb_load_acquire(&self.forwards[index].ch.tail)
+            self.forwards[index].closing = False
+            self.forwards[index].done = False
+            if index >= self.forward_count:
+                self.forward_count = index + 1
+            self.forward_mappings[index] = mapping
+        pthread_mutex_unlock(&self.producer_mutex)
+        return index
+
+    def close_channel(self, int index):
+        """The client of entry `index` is gone: send on what it published
+        (acknowledged writes), then let the channel go."""
+        pthread_mutex_lock(&self.producer_mutex)
+        if 0 <= index < MAX_FORWARDS and self.forwards[index].ch != NULL:
+            self.forwards[index].closing = True
+        pthread_mutex_unlock(&self.producer_mutex)
+        self._wake_forwarder()
+
+    def channels_open(self):
+        """Client channels still forwarded (statistics, tests)."""
+        return len(self.forward_mappings)
+
+    def _wake_forwarder(self):
+        amdb_fetch_add32_seqcst(&self.att.dbc.forward_event, 1)
+        amdb_futex_wake_all(&self.att.dbc.forward_event)
+
+    def start_forwarder(self):
+        import threading
+        if self.forwarder_thread is None:
+            self.forwarder_stop = False
+            self.forwarder_thread = threading.Thread(target=self.run_forwarder, name="amdb-forwarder",
+                                                     daemon=True)
+            self.forwarder_thread.start()
+
+    def stop_forwarder(self):
+        """Send on what clients published (FORWARD_DRAIN_NS at most: their
+        acknowledged writes), then stop the thread. Called by close() before
+        it takes the write lock (which would pause the forwarder)."""
+        thread = self.forwarder_thread
+        if thread is None:
+            return
+        self.forward_deadline = amdb_monotonic_ns() + FORWARD_DRAIN_NS
+        self.forwarder_stop = True
+        self._wake_forwarder()
+        thread.join()                      # bounded: its waits for the write lock are (WAIT_SLICE_NS)
+        self.forwarder_thread = None
+
+    def run_forwarder(self):
+        """The forwarder thread's body (see above)."""
+        cdef int stuck = -1, stuck_worker = -1, result = 0
+        cdef uint64_t stuck_bytes = 0
+        while True:
+            if self.forwarder_stop and (not result & (FWD_SENT | FWD_SHORT | FWD_SYNC)
+                                        or amdb_monotonic_ns() > self.forward_deadline or self.att.closed):
+                return
+            with nogil:
+                result = self._forward_pass(&stuck, &stuck_worker, &stuck_bytes)
+            try:
+                if result & FWD_DONE:
+                    self._release_done_channels()
+                if result & FWD_CHECKS:
+                    self._forwarder_checks()
+                elif result & FWD_SYNC:
+                    self._forward_sync(stuck)
+                elif result & FWD_SHORT and not result & FWD_SENT:
+                    if not self._wait_room(stuck_worker, stuck_bytes, 0):
+                        self._forward_sync(stuck)
+                elif result & FWD_PAUSED:
+                    if self.forwarder_stop:
+                        return
+                    with nogil:
+                        usleep(FORWARD_PAUSED_US)
+                elif not result & FWD_SENT and not self.forwarder_stop:
+                    with nogil:
+                        self._forwarder_sleep()
+            except Exception:
+                # A check or a synchronous write raised (a worker being
+                # replaced, say): the records wait, and the next pass retries.
+                with nogil:
+                    usleep(FORWARD_PAUSED_US)
+
+    def _forwarder_checks(self):
+        """The supervisor's periodic checks (liveness, outgrown tables), as an
+        owner's async write runs them; never more than once per interval."""
+        try:
+            # Never blocks for long: a close() holding the lock may be
+            # waiting for this thread to stop (stop_forwarder).
+            if self.write_lock.acquire(True, WAIT_SLICE_NS / 1e9):
+                try:
+                    if not self.att.closed and not self.forwarder_stop:
+                        self.supervisor.before_write()
+                finally:
+                    self.write_lock.release()
+        finally:
+            if self.next_check_ns <= amdb_monotonic_ns():
+                self.next_check_ns = amdb_monotonic_ns() + WAIT_SLICE_NS
+
+    def _release_done_channels(self):
+        cdef int i
+        cdef list gone = []
+        pthread_mutex_lock(&self.producer_mutex)
+        for i in range(self.forward_count):
+            if self.forwards[i].ch != NULL and self.forwards[i].done and self.forwards[i].closing:
+                self.forwards[i].ch = NULL
+                gone.append(i)
+        while self.forward_count and self.forwards[self.forward_count - 1].ch == NULL:
+            self.forward_count -= 1
+        pthread_mutex_unlock(&self.producer_mutex)
+        for i in gone:
+            self.forward_mappings.pop(i, None)
+
+    cdef int _forward_pass(self, int *stuck, int *stuck_worker, uint64_t *stuck_bytes) noexcept nogil:
+        """Send on what clients published, FORWARD_BUDGET records at most;
+        ForwardResult flags. A malformed record breaks its channel (layout.h,
+        "Client channels", point 2)."""
+        cdef int k, i, w, outcome, result = 0
+        cdef int budget = FORWARD_BUDGET
+        cdef Forward *f
+        cdef amdb_ring_record *rec
+        cdef const uint8_t *key
+        cdef uint64_t head, tail, nbytes, offset, h, seq
+        cdef uint32_t op
+        pthread_mutex_lock(&self.producer_mutex)
+        if self.paused or self.att.closed or self.exclusive:
+            pthread_mutex_unlock(&self.producer_mutex)
+            return FWD_PAUSED
+        if amdb_monotonic_ns() >= self.next_check_ns:
+            pthread_mutex_unlock(&self.producer_mutex)
+            return FWD_CHECKS
+        for k in range(self.forward_count):
+            i = (self.forward_next + k) % self.forward_count
+            f = &self.forwards[i]
+            if f.ch == NULL or f.done:
+                continue
+            head = amdb_load_seqcst(&f.ch.head)
+            tail = f.tail
+            while tail != head and budget > 0:
+                offset = tail & f.mask
+                if head - tail > f.capacity or offset & 7:
+                    f.ch.broken = 1
+                    break
+                op = (<uint32_t *>(f.ring + offset))[0]
+                if op == AMDB_OP_WRAP:
+                    tail += f.capacity - offset
+                    continue
+                rec = <amdb_ring_record *>(f.ring + offset)
+                if offset + sizeof(amdb_ring_record) > f.capacity:
+                    f.ch.broken = 1
+                    break
+                nbytes = amdb_record_bytes(rec.key_len, rec.value_len)
+                if ((op != AMDB_OP_PUT and op != AMDB_OP_DELETE) or rec.key_len > self.max_key_size
+                        or rec.value_len > self.max_value_size or (op == AMDB_OP_DELETE and rec.value_len)
+                        or offset + nbytes > f.capacity or nbytes > head - tail):
+                    f.ch.broken = 1
+                    break
+                if not self.async_enabled:
+                    stuck[0] = i
+                    result |= FWD_SYNC
+                    break
+                key = <const uint8_t *>(rec + 1)
+                h = amdb_xxh64(key, rec.key_len, 0)       # the client's hash is not trusted
+                w = self.att.dbc.slot_owner[h & SLOT_MASK]
+                outcome = self._solo_core(op, key, rec.key_len, key + rec.key_len, rec.value_len, h, w, 0, &seq)
+                if outcome == SOLO_SENT:
+                    tail += nbytes
+                    budget -= 1
+                    self.forwarded += 1
+                    result |= FWD_SENT
+                    continue
+                stuck[0] = i
+                if outcome == SOLO_SHORT:
+                    stuck_worker[0] = w
+                    stuck_bytes[0] = rec.key_len + rec.value_len
+                    result |= FWD_SHORT
+                else:
+                    result |= FWD_SYNC
+                break
+            if tail != f.tail:
+                f.tail = tail
+                amdb_store_release(&f.ch.tail, tail)
+                if amdb_load32_seqcst(&f.ch.client_waiting):
+                    amdb_fetch_add32_seqcst(&f.ch.tail_event, 1)
+                    amdb_futex_wake_all(&f.ch.tail_event)
+            if f.ch.broken or (f.closing and tail == head):
+                f.done = True
+                result |= FWD_DONE
+            if result & FWD_SYNC:
+                break
+        if self.forward_count:
+            self.forward_next = (self.forward_next + 1) % self.forward_count
+        pthread_mutex_unlock(&self.producer_mutex)
+        return result
+
+    cdef void _forwarder_sleep(self) noexcept nogil:
+        """Nothing to send on: spin a little, then sleep until a client
+        publishes (it wakes us: forward_event) or FORWARD_SLEEP_NS pass."""
+        cdef amdb_db_control *dbc = self.att.dbc
+        cdef uint32_t seen
+        cdef int i, spin
+        cdef bint pending = False
+        for spin in range(AMDB_SPIN_STEPS + 1):
+            pthread_mutex_lock(&self.producer_mutex)
+            for i in range(self.forward_count):
+                if (self.forwards[i].ch != NULL and not self.forwards[i].done
+                        and amdb_load_seqcst(&self.forwards[i].ch.head) != self.forwards[i].tail):
+                    pending = True
+                    break
+            pthread_mutex_unlock(&self.producer_mutex)
+            if pending or self.forwarder_stop:
+                break
+            if spin == AMDB_SPIN_STEPS - 1:
+                seen = amdb_load32_seqcst(&dbc.forward_event)
+                amdb_store32_seqcst(&dbc.forwarder_sleeping, 1)   # then a last look (Dekker with the client)
+            elif spin == AMDB_SPIN_STEPS:
+                amdb_futex_wait(&dbc.forward_event, seen, FORWARD_SLEEP_NS)
+            else:
+                amdb_spin_step(spin)
+        amdb_store32_seqcst(&dbc.forwarder_sleeping, 0)
+
+    cdef int _forward_sync(self, int index) except -1:
+        """The record at the tail of channel `index` could not go as a SOLO
+        chunk (async writes off, /dev/shm full, the worker short even with
+        nothing of ours left to apply): write it synchronously, as an owner's
+        put would be. If that fails, the client's next write raises it
+        (layout.h, "Client channels", point 3)."""
+        cdef Forward *f = &self.forwards[index]
+        cdef amdb_ring_record *rec
+        cdef uint64_t offset, nbytes, tail
+        cdef bytes key, value
+        cdef uint32_t op
+        if f.ch == NULL or f.done:
+            return 0
+        tail = f.tail
+        offset = tail & f.mask
+        rec = <amdb_ring_record *>(f.ring + offset)
+        op = rec.op
+        nbytes = amdb_record_bytes(rec.key_len, rec.value_len)
+        key = PyBytes_FromStringAndSize(<char *>(rec + 1), rec.key_len)
+        value = PyBytes_FromStringAndSize(<char *>(rec + 1) + rec.key_len, rec.value_len)
+        if not self.write_lock.acquire(True, WAIT_SLICE_NS / 1e9):
+            return 0                       # the next pass comes back to it
+        try:
+            if self.att.closed or self.forwarder_stop and amdb_monotonic_ns() > self.forward_deadline:
+                return 0
+            self._forward_sync_locked(f, op, key, value)
+        finally:
+            self.write_lock.release()
+        pthread_mutex_lock(&self.producer_mutex)
+        if f.ch != NULL and f.tail == tail:
+            f.tail = tail + nbytes
+            amdb_store_release(&f.ch.tail, f.tail)
+            amdb_fetch_add32_seqcst(&f.ch.tail_event, 1)
+            amdb_futex_wake_all(&f.ch.tail_event)
+        pthread_mutex_unlock(&self.producer_mutex)
+        return 0
+
+    cdef int _forward_sync_locked(self, Forward *f, uint32_t op, bytes key, bytes value) except -1:
+        for attempt in range(2):
+            try:
+                if op == AMDB_OP_DELETE:
+                    self._write("delete", DELETES, (key,))
+                else:
+                    self._write("put", PAIRS, ((key, value),))
+                break
+            except WorkerCrashedError:
+                if attempt:
+                    f.ch.refused_status = AMDB_STATUS_TIMEOUT
+                    f.ch.refused += 1
+            except Error as exc:
+                f.ch.refused_status = _status_of(exc)
+                f.ch.refused += 1
+                break
         return 0
 
     def invalidate_credit(self, int worker=-1):

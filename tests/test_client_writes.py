@@ -1,0 +1,226 @@
+"""Writes from attached clients (issue 15): put and delete through a channel
+of the client's own, forwarded by the owner (layout.h, "Client channels");
+batches, write_batch() and read-modify-write run by the owner. Every client
+is a real other process that talks to the test over pipes."""
+import multiprocessing
+import os
+import pickle
+import signal
+
+import pytest
+
+import amdb
+from amdb_testutil import python_child, read_line, reap, shm_entries, wait_until
+
+WRITER = r'''
+import os, pickle, sys
+import amdb
+how, arg = sys.argv[1], sys.argv[2]
+db = amdb.ParallelDB.attach(pickle.loads(bytes.fromhex(arg))) if how == "handle" else amdb.ParallelDB(arg)
+print("attached", os.getpid(), flush=True)
+for line in sys.stdin:
+    cmd, _, rest = line.strip().partition(" ")
+    try:
+        if cmd == "put_many":                  # put_many PREFIX N: print once every put returned
+            prefix, n = rest.split()
+            for i in range(int(n)):
+                db.put(b"%s%d" % (prefix.encode(), i), b"value-%d" % i)
+            print("acknowledged", n, flush=True)
+        elif cmd == "get":
+            print(repr(db.get(rest.encode())), flush=True)
+        elif cmd == "delete":
+            db.delete(rest.encode())
+            print("deleted", flush=True)
+        elif cmd == "flush":
+            db.flush()
+            print("flushed", flush=True)
+        elif cmd == "batch":
+            print(db.batch_put([(b"b%d" % i, b"batch") for i in range(int(rest))]).results.count, flush=True)
+        elif cmd == "write_batch":
+            with db.write_batch() as wb:
+                wb.put(b"wb-put", b"1")
+                wb.delete(b"b0")
+                wb.increment(b"wb-counter", 7)
+            print(wb.result.count, flush=True)
+        elif cmd == "write_batch_raises":
+            try:
+                with db.write_batch() as wb:
+                    wb.put(b"never", b"1")
+                    raise KeyError("the block fails")
+            except KeyError:
+                print("raised", flush=True)
+        elif cmd == "rmw":
+            print(db.increment(b"counter", 3), db.increment(b"counter", 4), db.put_if_absent(b"pia", b"first"),
+                  db.put_if_absent(b"pia", b"second"), db.compare_and_set(b"pia", b"first", b"third"), flush=True)
+        elif cmd == "bad":
+            for name, call in (("key_too_large", lambda: db.put(b"k" * (db.max_key_size + 1), b"v")),
+                               ("value_too_large", lambda: db.put(b"k", b"v" * (db.max_value_size + 1))),
+                               ("not_bytes", lambda: db.put("str", b"v")),
+                               ("batch_value_too_large",
+                                lambda: db.write_batch().put(b"k", b"v" * (db.max_value_size + 1)))):
+                try:
+                    call()
+                    print(name, "WROTE", flush=True)
+                except (amdb.Error, TypeError) as exc:
+                    print(name, type(exc).__name__, flush=True)
+        elif cmd == "close":
+            db.close()
+            print("closed", flush=True)
+        elif cmd == "after_gone":
+            try:
+                db.put(b"late", b"x")
+                db.flush()
+                print("wrote", flush=True)
+            except amdb.OwnerGoneError as exc:
+                print("gone", flush=True)
+        else:
+            print("unknown", cmd, flush=True)
+    except amdb.Error as exc:
+        print("error", type(exc).__name__, exc.code, flush=True)
+'''
+
+
+def start_writer(db=None, path=None):
+    if path is not None:
+        proc = python_child(WRITER, "path", path)
+    else:
+        proc = python_child(WRITER, "handle", pickle.dumps(db.handle()).hex())
+    assert read_line(proc).startswith("attached")
+    return proc
+
+
+def ask(proc, command, timeout=60.0):
+    proc.stdin.write(command + "\n")
+    proc.stdin.flush()
+    return read_line(proc, timeout)
+
+
+def test_a_clients_puts_are_read_back_at_once_by_itself_and_after_flush_by_others(make_db):
+    db = make_db(workers=2)
+    one, two = start_writer(db), start_writer(db)
+    try:
+        assert ask(one, "put_many k 2000") == "acknowledged 2000"
+        assert ask(one, "get k1999") == "b'value-1999'"      # its own write, no flush
+        assert ask(one, "delete k7") == "deleted"
+        assert ask(one, "get k7") == "None"
+        assert ask(one, "flush") == "flushed"
+        assert ask(two, "get k1998") == "b'value-1998'"
+        assert ask(two, "get k7") == "None"
+        db.flush()
+        assert db.get(b"k0") == b"value-0" and db.get(b"k7") is None
+        assert len(db) == 1999
+    finally:
+        reap(one)
+        reap(two)
+    assert wait_until(lambda: db._writer.channels_open() == 0)
+
+
+def test_client_batches_write_batches_and_read_modify_write_run_in_the_owner(make_db):
+    db = make_db(workers=2)
+    proc = start_writer(db)
+    try:
+        assert ask(proc, "put_many p 10") == "acknowledged 10"
+        assert ask(proc, "batch 100") == "100"
+        assert db.get(b"b99") == b"batch"
+        assert db.get(b"p9") == b"value-9"        # the batch went after the puts before it
+        assert ask(proc, "write_batch") == "3"
+        assert db.get(b"wb-put") == b"1" and db.get(b"b0") is None
+        assert db.get(b"wb-counter") == (7).to_bytes(8, "big")
+        assert ask(proc, "write_batch_raises") == "raised"
+        assert db.get(b"never") is None
+        assert ask(proc, "rmw") == "3 7 True False True"
+        assert db.get(b"pia") == b"third"
+    finally:
+        reap(proc)
+
+
+def test_bad_input_in_a_client_raises_before_anything_is_written(make_db):
+    db = make_db(workers=2)
+    db.put(b"x", b"y")
+    digest = db.digest()
+    proc = start_writer(db)
+    try:
+        assert ask(proc, "bad") == "key_too_large KeyTooLargeError"
+        assert [read_line(proc) for _ in range(3)] == ["value_too_large ValueTooLargeError",
+                                                        "not_bytes InvalidTypeError",
+                                                        "batch_value_too_large ValueTooLargeError"]
+        assert ask(proc, "flush") == "flushed"
+    finally:
+        reap(proc)
+    assert db.digest() == digest
+
+
+def test_a_killed_clients_acknowledged_puts_are_all_applied(make_db):
+    db = make_db(workers=2)
+    proc = start_writer(db)
+    try:
+        assert ask(proc, "put_many dead 20000") == "acknowledged 20000"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        reap(proc)
+    assert wait_until(lambda: db._writer.channels_open() == 0, timeout=30)
+    db.flush()
+    assert len(db) == 20000
+    assert db.batch_get([b"dead%d" % i for i in range(0, 20000, 997)]) == \
+        [b"value-%d" % i for i in range(0, 20000, 997)]
+
+
+def test_closing_the_owner_applies_what_clients_published_and_they_see_it_gone(tmp_path, make_db):
+    path = str(tmp_path / "db")
+    db = make_db(path=path, workers=2)
+    proc = start_writer(path=path)
+    try:
+        assert ask(proc, "put_many c 5000") == "acknowledged 5000"
+        owner_pid = db._supervisor.owner_pid
+        db.close()
+        assert ask(proc, "after_gone") == "gone"
+    finally:
+        reap(proc)
+    assert shm_entries(owner_pid) == []
+    with amdb.ParallelDB(path, workers=2) as again:
+        assert len(again) == 5000 and again.get(b"c4999") == b"value-4999"
+
+
+def _pool_put(args):
+    prefix, n = args
+    for i in range(n):
+        _pool_db.put(b"%s-%d" % (prefix, i), b"v")
+    _pool_db.flush()
+    return n
+
+
+def _pool_init(db):
+    global _pool_db
+    _pool_db = db
+
+
+def test_a_spawn_pool_writes_through_a_pickled_database(make_db):
+    db = make_db(workers=2)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2, initializer=_pool_init, initargs=(db,)) as pool:
+        done = pool.map(_pool_put, [(b"w%d" % j, 500) for j in range(4)])
+    assert done == [500] * 4
+    assert wait_until(lambda: db._writer.channels_open() == 0, timeout=30)
+    db.flush()
+    assert len(db) == 2000
+
+
+def test_owner_writes_batches_and_compacts_while_clients_put(make_db):
+    db = make_db(workers=2)
+    procs = [start_writer(db) for _ in range(2)]
+    try:
+        for p, prefix in zip(procs, ("x", "y")):
+            p.stdin.write(f"put_many {prefix} 30000\n")
+            p.stdin.flush()
+        for round_no in range(20):               # batches and admin calls meanwhile: no SOLO lands inside
+            db.batch_put([(b"owner%d-%d" % (round_no, i), b"o") for i in range(200)])
+        db.compact()
+        assert [read_line(p) for p in procs] == ["acknowledged 30000"] * 2
+        assert [ask(p, "flush") for p in procs] == ["flushed"] * 2
+    finally:
+        for p in procs:
+            reap(p)
+    db.flush()
+    assert len(db) == 60000 + 4000
+    assert db.verify().ok
