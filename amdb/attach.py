@@ -19,8 +19,11 @@ is free again because its pid no longer runs.
 What a client may do: read (get, batch_get, scans, iterators, snapshots,
 history, len), and ask its owner to run stats(), verify() or digest() for it
 (an admin request on a connection of its own, answered by a thread of the
-owner). Writes from attached processes are not built yet; they are refused
-before anything is written (Error code "attached_read_only").
+owner). A writing client (WRITE_REQUEST) also gets a channel (layout.h,
+"Client channels"; its fd after the segments') for put and delete, and runs
+its other writes in the owner over a connection of calls (CALL_REQUEST,
+WRITE_CALLS). A read-only client's writes are refused before anything is
+written (Error code "attached_read_only").
 
 Who calls it: amdb.supervisor.Supervisor starts and stops the server;
 amdb.db.ParallelDB attaches (read_only=True while an owner is open,

@@ -206,7 +206,7 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         """A small picklable token (amdb.Handle) that attaches to this database
         from another process of the same user: ``ParallelDB.attach(handle)``.
         ``pickle.dumps(db)`` carries one, so a ParallelDB passed to a process
-        pool or a spawned Process arrives attached (reads only, for now)."""
+        pool or a spawned Process arrives attached (it reads and writes)."""
         if self._client is not None:
             return self._client.handle
         if self._att.foreign:

@@ -1,5 +1,6 @@
-"""Many processes reading one database: an attached client against the owner,
-two reader processes against one, and what attaching costs.
+"""Many processes on one database: an attached client's reads and single puts
+against the owner's, two reader (and writer) processes against one, and what
+attaching costs.
 
     python perf/bench_attach.py [--keys 100000] [--ops 200000] [--repeat 3] [--workers 2]
 
@@ -8,8 +9,11 @@ values. Then, each timed --repeat times (medians):
   - owner get / batch_get(100): in the owner's own process;
   - client get / batch_get(100): in another process, attached with
     ParallelDB.attach(db.handle()) (reads straight from the shared memory);
+  - owner put / client put: single put() of 100-byte values, then flush()
+    (timed: everything applied), in the owner and in an attached client
+    (whose puts go through its channel and the owner's forwarder);
   - 1 vs 2 reader processes: get throughput of one client process alone,
-    then of two at once (their sum);
+    then of two at once (their sum); the same for 2 writer processes;
   - lmdb, the peer whose readers also share one database across processes:
     the same 1 vs 2 reader processes on an LMDB environment of the same data;
   - attach and close: milliseconds per ParallelDB.attach() and per close()
@@ -50,10 +54,10 @@ else:
     def batch_get(ks, get=get):
         return [get(k) for k in ks]
 sys.path.insert(0, sys.argv[6])
-from bench_attach import timed_reads
+from bench_attach import timed_reads, timed_puts
 print("ready", flush=True)
 sys.stdin.readline()
-elapsed = timed_reads(get, batch_get, order, mode)
+elapsed = timed_puts(db.put, db.flush, order) if mode == "put" else timed_reads(get, batch_get, order, mode)
 if kind == "amdb":
     t_attach, t_close = [], []
     handle = db.handle()
@@ -107,9 +111,22 @@ def timed_reads(get, batch_get, order, mode):
     return time.perf_counter() - start
 
 
+def timed_puts(put, flush, order):
+    """Seconds to put a 100-byte value under every key of `order`, then
+    flush() (every put applied)."""
+    value = b"w" * 100
+    start = time.perf_counter()
+    for k in order:
+        put(k, value)
+    flush()
+    return time.perf_counter() - start
+
+
 def owner_loop(db, keys, ops, mode):
     random.seed(7)
     order = [keys[random.randrange(len(keys))] for _ in range(ops)]
+    if mode == "put":
+        return ops / timed_puts(db.put, db.flush, order)
     return ops / timed_reads(db.get, db.batch_get, order, mode)
 
 
@@ -155,6 +172,10 @@ def main():
                      run_readers("amdb", handle_hex, args.ops, "batch", args.keys, 1)[0]["ops_per_s"])
                 note("amdb 2 reader processes get (sum)",
                      sum(r["ops_per_s"] for r in run_readers("amdb", handle_hex, args.ops, "get", args.keys, 2)))
+                note("owner put", owner_loop(db, keys, args.ops, "put"))
+                note("client put", run_readers("amdb", handle_hex, args.ops, "put", args.keys, 1)[0]["ops_per_s"])
+                note("amdb 2 writer processes put (sum)",
+                     sum(r["ops_per_s"] for r in run_readers("amdb", handle_hex, args.ops, "put", args.keys, 2)))
                 if lmdb_path:
                     note("lmdb 1 reader process get",
                          run_readers("lmdb", lmdb_path, args.ops, "get", args.keys, 1)[0]["ops_per_s"])
@@ -172,6 +193,8 @@ def main():
     print(f"client get / owner get:               {med['client get'] / med['owner get']:.2f}")
     print(f"client batch_get / owner batch_get:   {med['client batch_get(100)'] / med['owner batch_get(100)']:.2f}")
     print(f"amdb 2 reader processes / 1:          {med['amdb 2 reader processes get (sum)'] / med['client get']:.2f}")
+    print(f"client put / owner put:               {med['client put'] / med['owner put']:.2f}")
+    print(f"amdb 2 writer processes / 1:          {med['amdb 2 writer processes put (sum)'] / med['client put']:.2f}")
     if "lmdb 1 reader process get" in med:
         print(f"lmdb 2 reader processes / 1:          "
               f"{med['lmdb 2 reader processes get (sum)'] / med['lmdb 1 reader process get']:.2f}")

@@ -124,7 +124,7 @@ amdb\.attach\.(?!Handle$).*
 amdb\.shm(\..*)?
 amdb\.native\.(compact|constants|hashindex|seek_index|skiplist|testing|verify|versions|wal)
 amdb\.native\.worker(\..*)?
-amdb\.native\.client\.(attachment|inspect|keys|reader)
+amdb\.native\.client\.(attachment|channel|inspect|keys|reader)
 amdb\.distributed\.(coordinator|node|packing|rebalance|scan)
 # writer.pyx: only BatchResult is public (the stub's __getattr__ covers the rest)
 amdb\.native\.client\.writer\.(?!BatchResult$).*
