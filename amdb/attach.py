@@ -52,7 +52,7 @@ ADMIN_CALLS = ("stats", "verify", "digest")       # what a client may ask its ow
 # What a writing client's calls the owner runs for it (ClientLink.call); its
 # put() and delete() go through its channel instead (layout.h, "Client channels").
 WRITE_CALLS = ("put", "delete", "batch_put", "batch_delete", "put_array", "put_packed", "increment",
-               "put_if_absent", "compare_and_set", "apply_client_batch", "compact", "checkpoint", "backup",
+               "put_if_absent", "compare_and_set", "_apply_client_batch", "compact", "checkpoint", "backup",
                "verify", "stats", "digest")
 HANDSHAKE_TIMEOUT = 5.0             # seconds a connect waits for the owner's answer
 OWNER_POLL = 1.0                    # seconds between a client's checks that its owner's pid runs

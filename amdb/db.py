@@ -22,7 +22,7 @@ import time
 from typing import NamedTuple
 
 from amdb import attach, storage
-from amdb.errors import ClosedError, InvalidArgumentError, InvalidTypeError, LockedError, StorageError
+from amdb.errors import ClosedError, Error, InvalidArgumentError, InvalidTypeError, LockedError, StorageError
 from amdb.history import Break, Snapshot, VerifyReport, Version
 from amdb.native.client import inspect
 from amdb.native.client.attachment import Attachment
@@ -149,6 +149,10 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         try:
             self._open_client(handle, workers, write=True)
         except attach.NoOwner:
+            return False
+        except Error as exc:
+            if exc.code != "attach_refused":     # a read-only holder serves no writers: LockedError
+                raise
             return False
         if self._client.handle.owner_pid == os.getpid():
             self.close()
@@ -329,7 +333,7 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         whole if the block raises). See docs/API.md, "Write batches"."""
         return WriteBatch(self._writer)
 
-    def apply_client_batch(self, ops):
+    def _apply_client_batch(self, ops):
         """A writing client's write_batch(), written here as one batch
         (attach.WRITE_CALLS): [(op, key, args...)] as ClientWriteBatch keeps
         them. Its BatchResult."""
@@ -732,7 +736,7 @@ CLIENT_CALLS = ("batch_put", "batch_delete", "put_array", "put_packed", "compact
 
 class ClientWriteBatch:
     """write_batch() in a writing client: the records are kept here and the
-    owner writes them as one batch when the block ends (apply_client_batch),
+    owner writes them as one batch when the block ends (_apply_client_batch),
     visible whole or not at all; nothing is sent when the block raises.
     Each record's key and value are checked as it is added."""
 
@@ -774,7 +778,7 @@ class ClientWriteBatch:
         if not self.open:
             raise InvalidArgumentError("this write batch is already written or discarded")
         self.open = False
-        self.result = self._writer.call("apply_client_batch", self._ops)
+        self.result = self._writer.call("_apply_client_batch", self._ops)
         self._ops = []
         return self.result
 

@@ -526,25 +526,32 @@ import amdb
 handle = pickle.loads(bytes.fromhex(sys.argv[1]))
 cycles = int(sys.argv[2])
 bad = 0
+acked_r, acked_w = os.pipe()
 for i in range(cycles):
     pid = os.fork()
     if pid == 0:
         db = amdb.ParallelDB.attach(handle)
         ok = db.get(b"a1") is not None and len(db) >= 50
+        for j in range(20):
+            db.put(b"c%d-%d" % (i, j), b"%d" % j)
+        os.write(acked_w, b"A")             # these 20 puts returned: acknowledged
+        for j in range(20, 40):
+            db.put(b"c%d-%d" % (i, j), b"%d" % j)
         if ok and i % 2:
             it = db.iterator()              # dies holding a pin and a read epoch
             next(it)
         os.kill(os.getpid(), signal.SIGKILL if ok else signal.SIGTERM)
     _, status = os.waitpid(pid, 0)
-    if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
+    if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL) or os.read(acked_r, 1) != b"A":
         bad += 1
 print("done", bad, flush=True)
 '''
 
 
 def _attach_kill_cycles(db, cycles):
-    """`cycles` processes attach, read and die by SIGKILL while the owner
-    writes; more of them than there are reader slots (128)."""
+    """`cycles` processes attach, read, put 20 keys (acknowledged) and 20 more,
+    and die by SIGKILL while the owner writes; more of them than there are
+    reader slots and client channels (128). Every acknowledged put is applied."""
     proc = python_child(ATTACH_AND_DIE, handle_hex(db), cycles, stdin=False)
     server = db._supervisor.attach_servers[0]
     written = 0
@@ -556,8 +563,10 @@ def _attach_kill_cycles(db, cycles):
     finally:
         reap(proc)
     assert wait_until(lambda: not server.client_pids(), 10)
+    assert wait_until(lambda: db._writer.channels_open() == 0, 10)
     db.flush()
     assert all(db.get(b"n%d" % i) == b"%d" % i for i in range(written))
+    assert all(db.get(b"c%d-%d" % (i, j)) == b"%d" % j for i in range(cycles) for j in range(20))
     client = amdb.ParallelDB.attach(db.handle())     # a slot is still free
     assert client.get(b"a1") == db.get(b"a1")
     client.close()

@@ -224,3 +224,49 @@ def test_owner_writes_batches_and_compacts_while_clients_put(make_db):
     db.flush()
     assert len(db) == 60000 + 4000
     assert db.verify().ok
+
+
+FULL_DISK_CLIENT = r"""
+import os, pickle, subprocess, sys, amdb
+base = sys.argv[1]
+db = amdb.ParallelDB(os.path.join(base, "full"), workers=2, checkpoint_bytes=None)
+client = subprocess.Popen([sys.executable, "-c", sys.argv[2], pickle.dumps(db.handle()).hex()],
+                          stdout=subprocess.PIPE, text=True)
+out = client.communicate(timeout=120)[0].strip()
+assert client.returncode == 0, out
+print(out)
+db.close()
+"""
+
+FULL_DISK_WRITER = r"""
+import pickle, sys, amdb
+db = amdb.ParallelDB.attach(pickle.loads(bytes.fromhex(sys.argv[1])))
+try:
+    for i in range(200000):               # far more than a 1 MiB log holds
+        db.put(b"k%d" % i, b"x" * 200)
+        if i % 1000 == 999:
+            db.flush()
+    print("never refused")
+except amdb.StorageError as exc:
+    print("refused", exc.code, type(exc).__name__, "after" if "that had returned was refused" in str(exc) else "forwarder")
+"""
+
+
+def test_a_put_a_worker_refuses_after_it_was_sent_on_is_raised_by_the_clients_flush(tmp_path):
+    """Real ENOSPC (a 1 MiB tmpfs in a private mount namespace): the worker
+    cannot log the forwarded puts and refuses them; the client that made
+    them hears of it at its next flush (layout.h, "Client channels", point 3)."""
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs unshare(1) as root to mount a small tmpfs")
+    (tmp_path / "full").mkdir()
+    script = (f"mount -t tmpfs -o size=1m tmpfs {tmp_path}/full && "
+              f'exec {sys.executable} -c "$0" {tmp_path} "$1"')
+    out = subprocess.run(["unshare", "-m", "sh", "-c", script, FULL_DISK_CLIENT, FULL_DISK_WRITER],
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip() == "refused io_error StorageError after", out.stdout + out.stderr

@@ -440,10 +440,18 @@ typedef struct amdb_db_control {
  *      it sent on. Their chunks are then in the workers' rings, and solo_seq
  *      / solo_chunk cover them, so a read that waits for tail >= the client's
  *      head, then catches up (client_catch_up), sees its own writes.
- *   3. A record the forwarder could not send (the worker refused it, /dev/shm
- *      full) is counted in `refused`, its status in `refused_status`: the
- *      client's next write or flush raises it (it was acknowledged: like an
- *      owner's async write that failed after it returned). */
+ *   3. A record the forwarder could not send (/dev/shm full, say) is counted
+ *      in `refused`, its status in `refused_status`: the client's next write
+ *      or flush raises it (it was acknowledged: like an owner's async write
+ *      that failed after it returned). One a worker refused after it was sent
+ *      on (a poison chunk, a broken log) is found by the client's flush:
+ *      forwarded_chunk[w] not applied while failed_chunk reached it.
+ *   4. Stopping (close), the forwarder sends on what was published, stores
+ *      closed = 1 (seq_cst), and makes one last pass. A client loads closed
+ *      (seq_cst) after it published head: when it finds 1, its record may
+ *      have come after that pass, so the put raises OwnerGoneError instead
+ *      of returning (Dekker: the last pass saw the record, or the client
+ *      sees closed). An acknowledged put is never dropped by a close. */
 #define AMDB_CHANNEL_MAGIC 0x4c4e4e4843424d41ULL /* "AMBCHNNL" little-endian */
 #define AMDB_CHANNEL_BYTES (1ULL << 20)         /* ring bytes of a client's channel */
 typedef struct amdb_channel {
@@ -451,7 +459,8 @@ typedef struct amdb_channel {
     uint64_t magic;
     uint64_t capacity;              /* ring bytes, a power of two; the ring starts at AMDB_CONTROL_BYTES */
     uint64_t client_pid;
-    uint64_t reserved0[5];
+    uint64_t closed;                /* the forwarder, stopping (seq_cst), before its last pass: point 4 */
+    uint64_t reserved0[4];
     /* Line 1 — the client. */
     AMDB_LINE uint64_t head;        /* bytes ever published; seq_cst store */
     uint32_t client_waiting;        /* 1 while the client waits for tail (seq_cst) */
@@ -462,6 +471,9 @@ typedef struct amdb_channel {
     uint32_t broken;                /* 1: a malformed record; nothing more is forwarded */
     uint64_t refused;               /* records that could not be sent on (point 3) */
     uint64_t refused_status;        /* AMDB_STATUS_* of the last of them */
+    /* Lines 3.. — the forwarder: per worker, the chunk_no of the last SOLO
+     * chunk it sent on for this client (published by the release of tail). */
+    AMDB_LINE uint64_t forwarded_chunk[AMDB_MAX_WORKERS];
 } amdb_channel;
 
 /* ---- Ring records (owner -> worker), 8-byte aligned ---------------------- */

@@ -190,6 +190,7 @@ cdef extern from "layout.h" nogil:
         uint64_t magic
         uint64_t capacity
         uint64_t client_pid
+        uint64_t closed
         uint64_t head
         uint32_t client_waiting
         uint64_t tail
@@ -197,6 +198,7 @@ cdef extern from "layout.h" nogil:
         uint32_t broken
         uint64_t refused
         uint64_t refused_status
+        uint64_t forwarded_chunk[AMDB_MAX_WORKERS]
 
     ctypedef struct amdb_ring_record:
         uint32_t op

@@ -28,7 +28,7 @@ from amdb.native.hashing cimport amdb_xxh64
 from amdb.native.client.attachment cimport Attachment
 from amdb.native.client.keys cimport bytes_view
 
-from amdb.errors import Error, KeyTooLargeError, ValueTooLargeError, raise_for_status
+from amdb.errors import Error, KeyTooLargeError, OwnerGoneError, ValueTooLargeError, raise_for_status
 
 cdef extern from "Python.h":
     int PyErr_CheckSignals() except -1
@@ -53,6 +53,7 @@ cdef class ClientWriter:
     cdef readonly uint64_t max_key_size
     cdef readonly uint64_t max_value_size
     cdef object lock
+    cdef uint64_t reported[AMDB_MAX_WORKERS]  # per worker: the refused chunk flush() raised for last
 
     def __cinit__(self, Attachment att, Mapping mapping, link, uint64_t max_key_size, uint64_t max_value_size):
         import threading
@@ -125,6 +126,9 @@ cdef class ClientWriter:
         cdef uint8_t *out
         if self.att.closed:
             raise self.att.closed_error()
+        if amdb_load_seqcst(&self.ch.closed):
+            raise OwnerGoneError("the owner closed the database: this client can no longer write",
+                                 hint="reopen the database")
         if key_len > self.max_key_size:
             raise KeyTooLargeError(f"key of {key_len} bytes exceeds max_key_size={self.max_key_size}")
         if value_len > self.max_value_size:
@@ -164,6 +168,11 @@ cdef class ClientWriter:
             if amdb_load32_seqcst(&self.att.dbc.forwarder_sleeping):
                 amdb_fetch_add32_seqcst(&self.att.dbc.forward_event, 1)
                 amdb_futex_wake_all(&self.att.dbc.forward_event)
+            if amdb_load_seqcst(&self.ch.closed):
+                # The owner is closing: its last pass may have missed this
+                # record (layout.h, "Client channels", point 4). Not acknowledged.
+                raise OwnerGoneError("the owner closed the database while this write was being sent: it may "
+                                     "not have been applied", hint="reopen the database and check")
         return True
 
     cdef int _wait_room(self, uint64_t need) except -1:
@@ -210,11 +219,27 @@ cdef class ClientWriter:
         """Wait until every write of this client so far is applied and
         visible to every read; raise the error of one the owner could not
         apply."""
+        cdef int w
+        cdef uint64_t target
+        cdef amdb_control *c
         self.att.check_open()
         self.att.enter_foreign(-1)         # drains the channel, then catches up on every worker
-        self.att.leave_foreign()
-        if amdb_load_relaxed(&self.ch.refused) != self.refused_seen:
-            self._raise_refused()
+        try:
+            if amdb_load_relaxed(&self.ch.refused) != self.refused_seen:
+                self._raise_refused()
+            # A record a worker refused after it was sent on (layout.h,
+            # "Client channels", point 3): the last one sent to it not
+            # applied, while its refusals reached it.
+            for w in range(self.att.nworkers):
+                target = amdb_load_relaxed(&self.ch.forwarded_chunk[w])
+                c = self.att.parts[w].ctrl
+                if (target > self.reported[w] and amdb_load_acquire(&c.applied_chunk) < target
+                        and amdb_load_acquire(&c.failed_chunk) >= target):
+                    self.reported[w] = target
+                    raise_for_status(<int>amdb_load_relaxed(&c.failed_status),
+                                     f"an async write of this client to worker {w} that had returned was refused")
+        finally:
+            self.att.leave_foreign()
 
     def increment(self, key, delta=1, *, initial=0, wait=True):
         result = self.call("increment", key, delta, initial=initial, wait=True)

@@ -802,16 +802,21 @@ cdef class Writer:
     # inside a batch, a checkpoint or a compaction. It needs the GIL only for
     # what a write of the owner would do in Python: the supervisor's periodic
     # checks, backpressure, and a record that must be written synchronously.
+    # Lock order: the GIL, then producer_mutex; a holder of producer_mutex
+    # never waits for the GIL (the forwarder holds it only without the GIL,
+    # the owner's threads only while they keep the GIL they have).
 
     def pause_forwarding(self):
         """The write lock was taken (WriteLock): wait for the forwarder's pass
         in progress, then keep it out until resume_forwarding."""
         if self.att.foreign:
             return                         # a forked child: no forwarder (the mutex may be the parent's)
+        # All inside nogil: a thread holding the mutex must never wait for the
+        # GIL (the owner's put holds the GIL while it waits for the mutex).
         with nogil:
             pthread_mutex_lock(&self.producer_mutex)
-        self.paused += 1
-        pthread_mutex_unlock(&self.producer_mutex)
+            self.paused += 1
+            pthread_mutex_unlock(&self.producer_mutex)
 
     def resume_forwarding(self):
         if self.att.foreign:
@@ -888,15 +893,27 @@ cdef class Writer:
         self.forwarder_thread = None
 
     def run_forwarder(self):
-        """The forwarder thread's body (see above)."""
+        """The forwarder thread's body (see above). Asked to stop, it goes on
+        until what clients published is sent on (or FORWARD_DRAIN_NS pass, or
+        the owner holds its write lock), then seals the channels and makes
+        one last pass (layout.h, "Client channels", point 4)."""
         cdef int stuck = -1, stuck_worker = -1, result = 0
         cdef uint64_t stuck_bytes = 0
+        cdef bint stopping, sealed = False
         while True:
-            if self.forwarder_stop and (not result & (FWD_SENT | FWD_SHORT | FWD_SYNC)
-                                        or amdb_monotonic_ns() > self.forward_deadline or self.att.closed):
-                return
+            stopping = self.forwarder_stop
             with nogil:
                 result = self._forward_pass(&stuck, &stuck_worker, &stuck_bytes)
+            if stopping:
+                if sealed:
+                    if result & FWD_DONE:
+                        self._release_done_channels()
+                    return
+                if (not result & (FWD_SENT | FWD_SHORT | FWD_SYNC) or result & FWD_PAUSED or self.att.closed
+                        or amdb_monotonic_ns() > self.forward_deadline):
+                    self._seal_channels()
+                    sealed = True
+                    continue
             try:
                 if result & FWD_DONE:
                     self._release_done_channels()
@@ -908,11 +925,9 @@ cdef class Writer:
                     if not self._wait_room(stuck_worker, stuck_bytes, 0):
                         self._forward_sync(stuck)
                 elif result & FWD_PAUSED:
-                    if self.forwarder_stop:
-                        return
                     with nogil:
                         usleep(FORWARD_PAUSED_US)
-                elif not result & FWD_SENT and not self.forwarder_stop:
+                elif not result & FWD_SENT and not stopping:
                     with nogil:
                         self._forwarder_sleep()
             except Exception:
@@ -920,6 +935,15 @@ cdef class Writer:
                 # replaced, say): the records wait, and the next pass retries.
                 with nogil:
                     usleep(FORWARD_PAUSED_US)
+
+    def _seal_channels(self):
+        """Stopping: every channel says so (closed, seq_cst) before the last pass."""
+        cdef int i
+        pthread_mutex_lock(&self.producer_mutex)
+        for i in range(self.forward_count):
+            if self.forwards[i].ch != NULL:
+                amdb_store_seqcst(&self.forwards[i].ch.closed, 1)
+        pthread_mutex_unlock(&self.producer_mutex)
 
     def _forwarder_checks(self):
         """The supervisor's periodic checks (liveness, outgrown tables), as an
@@ -1004,6 +1028,7 @@ cdef class Writer:
                 w = self.att.dbc.slot_owner[h & SLOT_MASK]
                 outcome = self._solo_core(op, key, rec.key_len, key + rec.key_len, rec.value_len, h, w, 0, &seq)
                 if outcome == SOLO_SENT:
+                    f.ch.forwarded_chunk[w] = self.producers[w].chunks_published   # published by tail's release
                     tail += nbytes
                     budget -= 1
                     self.forwarded += 1
