@@ -985,7 +985,7 @@ cdef class Writer:
         cdef amdb_ring_record *rec
         cdef const uint8_t *key
         cdef uint64_t head, tail, nbytes, offset, h, seq
-        cdef uint32_t op
+        cdef uint32_t op, key_len, value_len
         pthread_mutex_lock(&self.producer_mutex)
         if self.paused or self.att.closed or self.exclusive:
             pthread_mutex_unlock(&self.producer_mutex)
@@ -1013,9 +1013,13 @@ cdef class Writer:
                 if offset + sizeof(amdb_ring_record) > f.capacity:
                     f.ch.broken = 1
                     break
-                nbytes = amdb_record_bytes(rec.key_len, rec.value_len)
-                if ((op != AMDB_OP_PUT and op != AMDB_OP_DELETE) or rec.key_len > self.max_key_size
-                        or rec.value_len > self.max_value_size or (op == AMDB_OP_DELETE and rec.value_len)
+                # Each length read once: what is checked is what is used,
+                # whatever the client's memory says a moment later.
+                key_len = (<volatile uint32_t *>&rec.key_len)[0]
+                value_len = (<volatile uint32_t *>&rec.value_len)[0]
+                nbytes = amdb_record_bytes(key_len, value_len)
+                if ((op != AMDB_OP_PUT and op != AMDB_OP_DELETE) or key_len > self.max_key_size
+                        or value_len > self.max_value_size or (op == AMDB_OP_DELETE and value_len)
                         or offset + nbytes > f.capacity or nbytes > head - tail):
                     f.ch.broken = 1
                     break
@@ -1024,9 +1028,9 @@ cdef class Writer:
                     result |= FWD_SYNC
                     break
                 key = <const uint8_t *>(rec + 1)
-                h = amdb_xxh64(key, rec.key_len, 0)       # the client's hash is not trusted
+                h = amdb_xxh64(key, key_len, 0)           # the client's hash is not trusted
                 w = self.att.dbc.slot_owner[h & SLOT_MASK]
-                outcome = self._solo_core(op, key, rec.key_len, key + rec.key_len, rec.value_len, h, w, 0, &seq)
+                outcome = self._solo_core(op, key, key_len, key + key_len, value_len, h, w, 0, &seq)
                 if outcome == SOLO_SENT:
                     f.ch.forwarded_chunk[w] = self.producers[w].chunks_published   # published by tail's release
                     tail += nbytes
@@ -1037,7 +1041,7 @@ cdef class Writer:
                 stuck[0] = i
                 if outcome == SOLO_SHORT:
                     stuck_worker[0] = w
-                    stuck_bytes[0] = rec.key_len + rec.value_len
+                    stuck_bytes[0] = key_len + value_len
                     result |= FWD_SHORT
                 else:
                     result |= FWD_SYNC
@@ -1094,16 +1098,21 @@ cdef class Writer:
         cdef amdb_ring_record *rec
         cdef uint64_t offset, nbytes, tail
         cdef bytes key, value
-        cdef uint32_t op
+        cdef uint32_t op, key_len, value_len
         if f.ch == NULL or f.done:
             return 0
         tail = f.tail
         offset = tail & f.mask
         rec = <amdb_ring_record *>(f.ring + offset)
         op = rec.op
-        nbytes = amdb_record_bytes(rec.key_len, rec.value_len)
-        key = PyBytes_FromStringAndSize(<char *>(rec + 1), rec.key_len)
-        value = PyBytes_FromStringAndSize(<char *>(rec + 1) + rec.key_len, rec.value_len)
+        key_len = (<volatile uint32_t *>&rec.key_len)[0]       # read once (_forward_pass checked them)
+        value_len = (<volatile uint32_t *>&rec.value_len)[0]
+        if key_len > self.max_key_size or value_len > self.max_value_size:
+            f.ch.broken = 1
+            return 0
+        nbytes = amdb_record_bytes(key_len, value_len)
+        key = PyBytes_FromStringAndSize(<char *>(rec + 1), key_len)
+        value = PyBytes_FromStringAndSize(<char *>(rec + 1) + key_len, value_len)
         if not self.write_lock.acquire(True, WAIT_SLICE_NS / 1e9):
             return 0                       # the next pass comes back to it
         try:
