@@ -63,6 +63,22 @@ for line in sys.stdin:
                     print(name, "WROTE", flush=True)
                 except (amdb.Error, TypeError) as exc:
                     print(name, type(exc).__name__, flush=True)
+        elif cmd == "fork_child":
+            db.put(b"before-fork", b"1")
+            pid = os.fork()
+            if pid == 0:
+                seen = db.get(b"before-fork")
+                try:
+                    db.put(b"child", b"x")
+                    code = 3
+                except amdb.Error as exc:
+                    code = 0 if exc.code == "forked" and seen == b"1" else 4
+                db.close()                          # the child's handle only
+                os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            db.put(b"after-fork", b"1")
+            db.flush()
+            print(os.WEXITSTATUS(status), flush=True)
         elif cmd == "close":
             db.close()
             print("closed", flush=True)
@@ -132,6 +148,18 @@ def test_client_batches_write_batches_and_read_modify_write_run_in_the_owner(mak
         assert db.get(b"pia") == b"third"
     finally:
         reap(proc)
+
+
+def test_a_forked_child_of_a_client_reads_its_parents_writes_and_cannot_write_through_its_channel(make_db):
+    db = make_db(workers=2)
+    proc = start_writer(db)
+    try:
+        assert ask(proc, "fork_child") == "0"
+        assert ask(proc, "get after-fork") == "b'1'"      # the parent's channel still works
+    finally:
+        reap(proc)
+    db.flush()
+    assert db.get(b"child") is None and db.get(b"before-fork") == b"1"
 
 
 def test_bad_input_in_a_client_raises_before_anything_is_written(make_db):

@@ -230,6 +230,7 @@ cdef class Attachment:
         it exits (the mappings are private to it), never too early."""
         cdef int w
         cdef bint parent_pending = False
+        cdef uint64_t head, deadline
         self.foreign = True
         self.reader_slot = -1
         self.foreign_inside = 0
@@ -250,6 +251,16 @@ cdef class Attachment:
         # now: what they read is held for the child, through its reader slot.
         if self.pins and self.attached and not self.closed:
             self.publish_pin()
+        if self.channel != NULL:
+            # A writing client's child: the channel stays the parent's (one
+            # producer). What the parent published before the fork is waited
+            # for (PARENT_WRITES_WAIT_NS at most), so the child's reads see it.
+            deadline = amdb_monotonic_ns() + PARENT_WRITES_WAIT_NS
+            head = amdb_load_relaxed(&self.channel.head)
+            with nogil:
+                while amdb_load_acquire(&self.channel.tail) < head and amdb_monotonic_ns() < deadline:
+                    usleep(20)
+            self.channel = NULL
 
     def became_client(self, path):
         """This attachment was made from descriptors the owner handed over

@@ -124,8 +124,7 @@ cdef class ClientWriter:
         cdef uint64_t nbytes, offset, need
         cdef amdb_ring_record *rec
         cdef uint8_t *out
-        if self.att.closed:
-            raise self.att.closed_error()
+        self._check_own()
         if amdb_load_seqcst(&self.ch.closed):
             raise OwnerGoneError("the owner closed the database: this client can no longer write",
                                  hint="reopen the database")
@@ -175,6 +174,17 @@ cdef class ClientWriter:
                                      "not have been applied", hint="reopen the database and check")
         return True
 
+    cdef int _check_own(self) except -1:
+        """Open, and this process's: a forked child of a client has no
+        channel of its own (Attachment.became_foreign took it away)."""
+        if self.att.closed:
+            raise self.att.closed_error()
+        if self.att.channel == NULL:
+            raise Error("this ParallelDB was attached by another process; a forked child cannot write "
+                        "through it (it may read, and close its handle)", code="forked",
+                        hint="attach again in the child: ParallelDB.attach(handle)")
+        return 0
+
     cdef int _wait_room(self, uint64_t need) except -1:
         """The channel is full: wait until the forwarder sent enough on."""
         cdef uint32_t seen
@@ -209,7 +219,7 @@ cdef class ClientWriter:
     def call(self, str name, *args, **kwargs):
         """Run the database's method `name` in the owner (attach.WRITE_CALLS),
         once every write published in the channel is sent on: its result."""
-        self.att.check_open()
+        self._check_own()
         self.att.drain_channel()
         if amdb_load_relaxed(&self.ch.refused) != self.refused_seen:
             self._raise_refused()
@@ -222,6 +232,8 @@ cdef class ClientWriter:
         cdef int w
         cdef uint64_t target
         cdef amdb_control *c
+        if self.att.channel == NULL:
+            return                         # a forked child: none of these writes are its own
         self.att.check_open()
         self.att.enter_foreign(-1)         # drains the channel, then catches up on every worker
         try:
@@ -254,7 +266,7 @@ cdef class ClientWriter:
     def enter_exclusive(self, str what):
         """The guard of the database's other writes: a writing client runs
         them in the owner (ParallelDB binds them to call)."""
-        self.att.check_open()
+        self._check_own()
         return None
 
     def published(self):
