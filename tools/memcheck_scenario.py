@@ -95,6 +95,20 @@ client = amdb.ParallelDB.attach(db.handle())
 db.put(b"k00002", b"async")
 assert client.get(b"k00002") == b"async" and client.batch_get([b"k00001"]) == [b"third"]
 assert len(list(client.scan(prefix=b"k001"))) > 50 and next(client.iterator(prefix=b"s"))[0] == b"s00000"
+# Its writes (layout.h, "Client channels"): puts and deletes through its
+# channel, past its end (a wrap), sent on by the owner's forwarder; a batch,
+# a write batch and a read-modify-write run by the owner.
+for i in range(12000):
+    client.put(b"c%05d" % i, b"v" * 100)
+client.delete(b"c00000")
+assert client.get(b"c11999") == b"v" * 100 and client.get(b"c00000") is None
+client.batch_put([(b"cb%d" % i, b"b") for i in range(50)])
+with client.write_batch() as wb:
+    wb.put(b"cw", b"w")
+    wb.increment(b"cn", 2)
+assert client.increment(b"cn") == 3
+client.flush()
+assert db.get(b"c11998") == b"v" * 100 and db.get(b"cb49") == b"b" and db.get(b"cw") == b"w"
 client.close()
 import gc
 lost = amdb.ParallelDB.attach(db.handle())
