@@ -995,7 +995,9 @@ class Supervisor:
             "worker_restarts": sum(self.restarts),
             "clients": ({"attached": self.attach_servers[0].client_pids(),
                          "attaches": self.attach_servers[0].attaches,
-                         "refused": self.attach_servers[0].refused} if self.attach_servers else None),
+                         "refused": self.attach_servers[0].refused,
+                         "channels": self.writer.channels_open(),       # writing clients' (layout.h)
+                         "forwarded": self.writer.forwarded} if self.attach_servers else None),
             "memory": self.memory(per_worker),
             "compaction": dict(self.compaction, keep_versions=self.o.keep_versions,
                                compact_min_versions=self.o.compact_min_versions,

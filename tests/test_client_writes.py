@@ -122,6 +122,8 @@ def test_a_clients_puts_are_read_back_at_once_by_itself_and_after_flush_by_other
         assert ask(one, "flush") == "flushed"
         assert ask(two, "get k1998") == "b'value-1998'"
         assert ask(two, "get k7") == "None"
+        clients = db.stats()["clients"]
+        assert clients["channels"] == 2 and clients["forwarded"] == 2001   # 2000 puts and a delete
         db.flush()
         assert db.get(b"k0") == b"value-0" and db.get(b"k7") is None
         assert len(db) == 1999
