@@ -609,30 +609,11 @@ class ClientLink:
 
 
 def _open_calls(address):
-    """A connection for a client's calls (CALL_REQUEST): the owner answers
-    nothing until the first call."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    where = _Address(address)
-    try:
-        sock.settimeout(HANDSHAKE_TIMEOUT)
-        try:
-            sock.connect(where.value)
-        except OSError as exc:
-            raise NoOwner(str(exc)) from None
-        sock.sendall(CALL_REQUEST)
-        try:
-            answer, fds = _receive_message(sock, 0)
-        except (ConnectionError, socket.timeout) as exc:
-            raise NoOwner(f"no answer from the owner: {exc}") from None
-        if "error" in answer:
-            raise Error(answer["error"], code=answer.get("code", "attach_refused"))
-        sock.settimeout(None)
-        return sock
-    except BaseException:
-        sock.close()
-        raise
-    finally:
-        where.close()
+    """A connection for a client's calls (CALL_REQUEST), once the owner
+    answered that it serves them."""
+    sock, _answer, _fds = _request(address, CALL_REQUEST, 0)
+    sock.settimeout(None)
+    return sock
 
 
 def _release_client(watch, db_mapping, slot, pid):
