@@ -760,6 +760,8 @@ class ClientWriteBatch:
         self._add("delete", key)
 
     def increment(self, key, delta=1, *, initial=0):
+        from amdb.native.client.writer import increment_argument
+        increment_argument(delta, initial)          # checked now: ints in the signed 64-bit range
         self._add("increment", key, delta, initial)
 
     def put_if_absent(self, key, value):

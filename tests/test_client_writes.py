@@ -57,7 +57,8 @@ for line in sys.stdin:
                                ("value_too_large", lambda: db.put(b"k", b"v" * (db.max_value_size + 1))),
                                ("not_bytes", lambda: db.put("str", b"v")),
                                ("batch_value_too_large",
-                                lambda: db.write_batch().put(b"k", b"v" * (db.max_value_size + 1)))):
+                                lambda: db.write_batch().put(b"k", b"v" * (db.max_value_size + 1))),
+                               ("batch_delta_not_int", lambda: db.write_batch().increment(b"n", "1"))):
                 try:
                     call()
                     print(name, "WROTE", flush=True)
@@ -171,9 +172,10 @@ def test_bad_input_in_a_client_raises_before_anything_is_written(make_db):
     proc = start_writer(db)
     try:
         assert ask(proc, "bad") == "key_too_large KeyTooLargeError"
-        assert [read_line(proc) for _ in range(3)] == ["value_too_large ValueTooLargeError",
+        assert [read_line(proc) for _ in range(4)] == ["value_too_large ValueTooLargeError",
                                                         "not_bytes InvalidTypeError",
-                                                        "batch_value_too_large ValueTooLargeError"]
+                                                        "batch_value_too_large ValueTooLargeError",
+                                                        "batch_delta_not_int InvalidTypeError"]
         assert ask(proc, "flush") == "flushed"
     finally:
         reap(proc)
