@@ -883,12 +883,15 @@ cdef class Writer:
         """Send on what clients published (FORWARD_DRAIN_NS at most: their
         acknowledged writes), then stop the thread. Called by close() before
         it takes the write lock (which would pause the forwarder)."""
+        import threading
         thread = self.forwarder_thread
         if thread is None:
             return
         self.forward_deadline = amdb_monotonic_ns() + FORWARD_DRAIN_NS
         self.forwarder_stop = True
         self._wake_forwarder()
+        if thread is threading.current_thread():
+            return                         # a collection run by the forwarder itself: it stops after this
         thread.join()                      # bounded: its waits for the write lock are (WAIT_SLICE_NS)
         self.forwarder_thread = None
 
