@@ -302,3 +302,35 @@ def test_a_put_a_worker_refuses_after_it_was_sent_on_is_raised_by_the_clients_fl
                          capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.strip() == "refused io_error StorageError after", out.stdout + out.stderr
+
+
+def test_a_forked_child_of_the_owner_writes_by_attaching(make_db):
+    """README, "The patterns": the child's inherited copy only reads; a
+    handle taken before the fork attaches it as a client that writes."""
+    db = make_db(workers=2)
+    db.put(b"before", b"1")
+    handle = db.handle()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            try:
+                db.put(b"inherited", b"x")
+                code = 2
+            except amdb.Error as exc:
+                if exc.code == "forked" and db.get(b"before") == b"1":
+                    child = amdb.ParallelDB.attach(handle)
+                    child.put(b"from-child", b"yes")
+                    child.flush()
+                    child.close()
+                    code = 0
+        finally:
+            os.write(w, bytes([code]))
+            os._exit(code)
+    os.close(w)
+    assert os.read(r, 1) == b"\x00"
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert db.get(b"from-child") == b"yes" and db.get(b"inherited") is None
