@@ -181,7 +181,8 @@ class ParallelDB(MappingViews, abc.MutableMapping):
                        Reader(self._att, None))
             return
         writer = ClientWriter(self._att, self._client.channel, self._client, self._options.max_key_size,
-                              self._options.max_value_size)
+                              self._options.max_value_size,
+                              not (self._options.path is not None and self._options.sync == "batch"))
         self._bind(writer, Reader(self._att, None))
         # The writes that are not put or delete run in the owner (attach.WRITE_CALLS).
         for name in CLIENT_CALLS:

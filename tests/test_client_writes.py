@@ -334,3 +334,18 @@ def test_a_forked_child_of_the_owner_writes_by_attaching(make_db):
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
     assert db.get(b"from-child") == b"yes" and db.get(b"inherited") is None
+
+
+def test_with_sync_batch_a_clients_put_returns_once_the_owner_made_it_durable(tmp_path, make_db):
+    """sync="batch": a put returns once it is in the log (the owner's own do);
+    a client's put then runs in the owner instead of going through the
+    channel, so it is applied and durable when it returns."""
+    path = str(tmp_path / "db")
+    db = make_db(path=path, workers=2, sync="batch")
+    proc = start_writer(path=path)
+    try:
+        assert ask(proc, "put_many s 50") == "acknowledged 50"
+        assert db.stats()["clients"]["forwarded"] == 0          # nothing went through the channel
+        assert db.get(b"s49") == b"value-49"                     # applied already: no flush anywhere
+    finally:
+        reap(proc)

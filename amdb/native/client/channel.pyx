@@ -54,8 +54,12 @@ cdef class ClientWriter:
     cdef readonly uint64_t max_value_size
     cdef object lock
     cdef uint64_t reported[AMDB_MAX_WORKERS]  # per worker: the refused chunk flush() raised for last
+    # False where a put must be durable before it returns (sync="batch"), as
+    # the owner's own are: then every write is run by the owner.
+    cdef readonly bint async_puts
 
-    def __cinit__(self, Attachment att, Mapping mapping, link, uint64_t max_key_size, uint64_t max_value_size):
+    def __cinit__(self, Attachment att, Mapping mapping, link, uint64_t max_key_size, uint64_t max_value_size,
+                  bint async_puts=True):
         import threading
         cdef amdb_channel *ch = <amdb_channel *>mapping.base
         if ch.magic != AMDB_CHANNEL_MAGIC or ch.capacity & (ch.capacity - 1) or ch.capacity < 4096:
@@ -73,6 +77,7 @@ cdef class ClientWriter:
         self.max_key_size = max_key_size
         self.max_value_size = max_value_size
         self.lock = threading.Lock()
+        self.async_puts = async_puts
         att.set_channel(mapping)
 
     # ---- put and delete: through the channel ---------------------------------------
@@ -135,7 +140,7 @@ cdef class ClientWriter:
         if amdb_load_relaxed(&self.ch.refused) != self.refused_seen:
             self._raise_refused()
         nbytes = amdb_record_bytes(<uint32_t>key_len, <uint32_t>value_len)
-        if nbytes > self.capacity // 4:
+        if nbytes > self.capacity // 4 or not self.async_puts:
             return False
         with self.lock:
             offset = self.head & self.mask
