@@ -188,6 +188,9 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         for name in CLIENT_CALLS:
             setattr(self, name, functools.partial(writer.call, name))
         self.write_batch = functools.partial(ClientWriteBatch, writer)
+        # A path is the client's: the owner's working directory may be another.
+        self.backup = lambda dest, *args, **kwargs: writer.call("backup", os.path.abspath(os.fspath(dest)),
+                                                               *args, **kwargs)
 
     @classmethod
     def attach(cls, handle, *, read_only=False):

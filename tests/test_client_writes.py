@@ -80,6 +80,11 @@ for line in sys.stdin:
             db.put(b"after-fork", b"1")
             db.flush()
             print(os.WEXITSTATUS(status), flush=True)
+        elif cmd == "admin_writes":               # admin_writes DIR: compact, checkpoint, backup to DIR/copy
+            os.chdir(rest)
+            db.compact()
+            seq = db.checkpoint()
+            print(db.backup("copy") >= seq, flush=True)
         elif cmd == "close":
             db.close()
             print("closed", flush=True)
@@ -349,3 +354,17 @@ def test_with_sync_batch_a_clients_put_returns_once_the_owner_made_it_durable(tm
         assert db.get(b"s49") == b"value-49"                     # applied already: no flush anywhere
     finally:
         reap(proc)
+
+
+def test_a_clients_compact_checkpoint_and_backup_run_in_the_owner_with_the_clients_paths(tmp_path, make_db):
+    path = str(tmp_path / "db")
+    db = make_db(path=path, workers=2)
+    (tmp_path / "client_cwd").mkdir()
+    proc = start_writer(path=path)
+    try:
+        assert ask(proc, "put_many b 300") == "acknowledged 300"
+        assert ask(proc, f"admin_writes {tmp_path / 'client_cwd'}") == "True"
+    finally:
+        reap(proc)
+    with amdb.ParallelDB(str(tmp_path / "client_cwd" / "copy"), workers=2) as copy:   # the client's relative path
+        assert len(copy) == 300 and copy.get(b"b299") == b"value-299"
