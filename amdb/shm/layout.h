@@ -439,7 +439,10 @@ typedef struct amdb_db_control {
  *      hashes the key again, then advances `tail` (release) past the records
  *      it sent on. Their chunks are then in the workers' rings, and solo_seq
  *      / solo_chunk cover them, so a read that waits for tail >= the client's
- *      head, then catches up (client_catch_up), sees its own writes.
+ *      head, then catches up (client_catch_up), sees its own writes. It
+ *      waits before it pins its read epoch (reader slot): the forwarder
+ *      waits while the owner holds its write lock, and a compaction that
+ *      holds it waits for pinned readers.
  *   3. A record the forwarder could not send (/dev/shm full, say) is counted
  *      in `refused`, its status in `refused_status`: the client's next write
  *      or flush raises it (it was acknowledged: like an owner's async write

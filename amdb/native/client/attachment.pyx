@@ -349,6 +349,14 @@ cdef class Attachment:
         cdef uint64_t epoch, again
         if self.closed:
             raise self.closed_error()
+        if (self.foreign_inside == 0 and self.channel != NULL and catch_up != -2
+                and amdb_load_acquire(&self.channel.tail) != amdb_load_relaxed(&self.channel.head)):
+            # Read-your-writes: what we published is in the rings first. Never
+            # with our epoch pinned: the owner's forwarder waits while the
+            # owner holds its write lock, and a compaction holding it waits
+            # for pinned readers to leave. (A read nested in another read of
+            # this process comes after that one's wait.)
+            self.drain_channel()
         if self.foreign_inside == 0:
             if self.reader_slot < 0:
                 self.claim_reader_slot()
@@ -365,13 +373,6 @@ cdef class Attachment:
                 self.foreign_epoch = epoch
                 self.refresh_len()
         self.foreign_inside += 1
-        if (self.channel != NULL and catch_up != -2
-                and amdb_load_acquire(&self.channel.tail) != amdb_load_relaxed(&self.channel.head)):
-            try:
-                self.drain_channel()        # read-your-writes: what we published is in the rings first
-            except BaseException:
-                self.leave_foreign()
-                raise
         if self.client and catch_up != -2:
             # The common case of a read of one key: nothing of its worker's
             # left to wait for (client_catch_up says why it may wait).

@@ -79,7 +79,8 @@ cdef class Writer:
                            const uint8_t *value, uint64_t value_len, str name, uint32_t ticket) except -1
     cdef int _solo_core(self, uint32_t op, const uint8_t *key, uint64_t key_len, const uint8_t *value,
                         uint64_t value_len, uint64_t h, int w, uint32_t ticket, uint64_t *seq_out) noexcept nogil
-    cdef int _forward_pass(self, int *stuck, int *stuck_worker, uint64_t *stuck_bytes) noexcept nogil
+    cdef int _forward_pass(self, int *stuck, int *stuck_worker, uint64_t *stuck_bytes,
+                           bint checks_run_next=*) noexcept nogil
     cdef void _forwarder_sleep(self) noexcept nogil
     cdef int _forward_sync(self, int index) except -1
     cdef int _forward_sync_locked(self, Forward *f, uint32_t op, bytes key, bytes value) except -1

@@ -195,6 +195,7 @@ class WriteLock(object):
         self._depth += 1
         if self._depth == 1 and self.writer is not None:
             try:
+                self.writer.forward_now()
                 self.writer.pause_forwarding()
             except BaseException:
                 self._depth -= 1
@@ -818,6 +819,18 @@ cdef class Writer:
             self.paused += 1
             pthread_mutex_unlock(&self.producer_mutex)
 
+    def forward_now(self):
+        """Before the write lock pauses the forwarder (WriteLock): send on
+        what clients published, in this thread, so that an owner taking the
+        lock again and again never starves them (one pass; what it cannot
+        send now, the forwarder does later)."""
+        cdef int stuck = -1, stuck_worker = -1
+        cdef uint64_t stuck_bytes = 0
+        if self.forward_count == 0 or self.att.foreign:
+            return
+        with nogil:
+            self._forward_pass(&stuck, &stuck_worker, &stuck_bytes, True)
+
     def resume_forwarding(self):
         if self.att.foreign:
             return
@@ -978,10 +991,13 @@ cdef class Writer:
         for i in gone:
             self.forward_mappings.pop(i, None)
 
-    cdef int _forward_pass(self, int *stuck, int *stuck_worker, uint64_t *stuck_bytes) noexcept nogil:
+    cdef int _forward_pass(self, int *stuck, int *stuck_worker, uint64_t *stuck_bytes,
+                           bint checks_run_next=False) noexcept nogil:
         """Send on what clients published, FORWARD_BUDGET records at most;
         ForwardResult flags. A malformed record breaks its channel (layout.h,
-        "Client channels", point 2)."""
+        "Client channels", point 2). `checks_run_next`: the caller is about to
+        take the write lock, whose holder runs the supervisor's checks, so
+        checks due do not stop the pass."""
         cdef int k, i, w, outcome, result = 0
         cdef int budget = FORWARD_BUDGET
         cdef Forward *f
@@ -993,7 +1009,7 @@ cdef class Writer:
         if self.paused or self.att.closed or self.exclusive:
             pthread_mutex_unlock(&self.producer_mutex)
             return FWD_PAUSED
-        if amdb_monotonic_ns() >= self.next_check_ns:
+        if not checks_run_next and amdb_monotonic_ns() >= self.next_check_ns:
             pthread_mutex_unlock(&self.producer_mutex)
             return FWD_CHECKS
         for k in range(self.forward_count):
@@ -1119,8 +1135,9 @@ cdef class Writer:
         if not self.write_lock.acquire(True, WAIT_SLICE_NS / 1e9):
             return 0                       # the next pass comes back to it
         try:
-            if self.att.closed or self.forwarder_stop and amdb_monotonic_ns() > self.forward_deadline:
-                return 0
+            if (self.att.closed or self.forwarder_stop and amdb_monotonic_ns() > self.forward_deadline
+                    or f.ch == NULL or f.tail != tail):
+                return 0                   # taking the lock sent it on (forward_now)
             self._forward_sync_locked(f, op, key, value)
         finally:
             self.write_lock.release()
@@ -1134,12 +1151,21 @@ cdef class Writer:
         return 0
 
     cdef int _forward_sync_locked(self, Forward *f, uint32_t op, bytes key, bytes value) except -1:
+        """What _write does under the write lock (which this thread holds:
+        _write itself would refuse a re-entrant call)."""
         for attempt in range(2):
             try:
-                if op == AMDB_OP_DELETE:
-                    self._write("delete", DELETES, (key,))
-                else:
-                    self._write("put", PAIRS, ((key, value),))
+                self.exclusive += 1
+                try:
+                    self._sync_async()
+                    self.supervisor.before_write()
+                    if op == AMDB_OP_DELETE:
+                        self._run_batch(DELETES, (key,))
+                    else:
+                        self._run_batch(PAIRS, ((key, value),))
+                finally:
+                    self.exclusive -= 1
+                    self.invalidate_credit()
                 break
             except WorkerCrashedError:
                 if attempt:
