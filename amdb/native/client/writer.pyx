@@ -984,12 +984,11 @@ cdef class Writer:
         for i in range(self.forward_count):
             if self.forwards[i].ch != NULL and self.forwards[i].done and self.forwards[i].closing:
                 self.forwards[i].ch = NULL
-                gone.append(i)
+                gone.append(self.forward_mappings.pop(i, None))   # under the mutex: add_channel may reuse i
         while self.forward_count and self.forwards[self.forward_count - 1].ch == NULL:
             self.forward_count -= 1
         pthread_mutex_unlock(&self.producer_mutex)
-        for i in gone:
-            self.forward_mappings.pop(i, None)
+        del gone                              # the mappings go here, outside the mutex
 
     cdef int _forward_pass(self, int *stuck, int *stuck_worker, uint64_t *stuck_bytes,
                            bint checks_run_next=False) noexcept nogil:
@@ -1015,7 +1014,11 @@ cdef class Writer:
         for k in range(self.forward_count):
             i = (self.forward_next + k) % self.forward_count
             f = &self.forwards[i]
-            if f.ch == NULL or f.done:
+            if f.ch == NULL:
+                continue
+            if f.done:
+                if f.closing:
+                    result |= FWD_DONE       # still to let go (a pass of forward_now found it done)
                 continue
             head = amdb_load_seqcst(&f.ch.head)
             tail = f.tail
