@@ -2,10 +2,12 @@
 of the client's own, forwarded by the owner (layout.h, "Client channels");
 batches, write_batch() and read-modify-write run by the owner. Every client
 is a real other process that talks to the test over pipes."""
+import contextlib
 import multiprocessing
 import os
 import pickle
 import signal
+import threading
 
 import pytest
 
@@ -376,12 +378,10 @@ def test_a_clients_compact_checkpoint_and_backup_run_in_the_owner_with_the_clien
         assert len(copy) == 300 and copy.get(b"b299") == b"value-299"
 
 
-def test_an_owner_writing_without_pause_does_not_starve_a_clients_puts(make_db):
-    """The owner takes its write lock batch after batch: each taking sends on
-    what clients published first (WriteLock, Writer.forward_now), so a
-    client's puts and its flush go through meanwhile."""
-    import threading
-    db = make_db(workers=2)
+@contextlib.contextmanager
+def owner_writing_without_pause(db, compact):
+    """A thread of the owner writes batches (and compacts) back to back,
+    taking the write lock again and again, until the block ends."""
     keys = [b"o%04d" % i for i in range(400)]
     stop = threading.Event()
 
@@ -390,17 +390,30 @@ def test_an_owner_writing_without_pause_does_not_starve_a_clients_puts(make_db):
         while not stop.is_set():
             n += 1
             db.batch_put([(k, b"%d" % n) for k in keys])
-            db.compact(keep_versions=1)     # a long hold of the lock
+            if compact:
+                db.compact(keep_versions=1)     # a long hold of the lock
 
     thread = threading.Thread(target=churn)
     thread.start()
-    proc = start_writer(db)
     try:
-        assert ask(proc, "put_many s 3000") == "acknowledged 3000"
-        assert ask(proc, "flush", timeout=30) == "flushed"     # starved: never
+        yield
     finally:
         stop.set()
         thread.join()
+
+
+def test_an_owner_writing_without_pause_does_not_starve_a_clients_puts(make_db):
+    """Each taking of the owner's write lock sends on what clients published
+    first (WriteLock, Writer.forward_now), and a client's read never waits
+    for its channel with its read epoch pinned (a compaction waits for pinned
+    readers): a client's puts and its flush go through meanwhile."""
+    db = make_db(workers=2)
+    proc = start_writer(db)
+    try:
+        with owner_writing_without_pause(db, compact=True):
+            assert ask(proc, "put_many s 3000") == "acknowledged 3000"
+            assert ask(proc, "flush", timeout=30) == "flushed"     # starved: never
+    finally:
         reap(proc)
     assert db.get(b"s2999") == b"value-2999"
 
@@ -409,23 +422,10 @@ def test_a_client_reads_its_own_puts_at_once_while_the_owner_writes_batches(make
     """Read-your-writes with the owner's batches in between (its forwarder
     waits while they hold the write lock): found with a read that waited for
     its channel with its read epoch pinned, 3 or 4 misses in 2000."""
-    import threading
     db = make_db(workers=2)
-    keys = [b"o%04d" % i for i in range(400)]
-    stop = threading.Event()
-
-    def churn():
-        n = 0
-        while not stop.is_set():
-            n += 1
-            db.batch_put([(k, b"%d" % n) for k in keys])
-
-    thread = threading.Thread(target=churn)
-    thread.start()
     proc = start_writer(db)
     try:
-        assert ask(proc, "put_get 4000") == "misses 0"
+        with owner_writing_without_pause(db, compact=False):
+            assert ask(proc, "put_get 4000") == "misses 0"
     finally:
-        stop.set()
-        thread.join()
         reap(proc)
