@@ -130,15 +130,11 @@ cdef class ClientWriter:
         cdef amdb_ring_record *rec
         cdef uint8_t *out
         self._check_own()
-        if amdb_load_seqcst(&self.ch.closed):
-            raise OwnerGoneError("the owner closed the database: this client can no longer write",
-                                 hint="reopen the database")
         if key_len > self.max_key_size:
             raise KeyTooLargeError(f"key of {key_len} bytes exceeds max_key_size={self.max_key_size}")
         if value_len > self.max_value_size:
             raise ValueTooLargeError(f"value of {value_len} bytes exceeds max_value_size={self.max_value_size}")
-        if amdb_load_relaxed(&self.ch.refused) != self.refused_seen:
-            self._raise_refused()
+        self._check_refused()
         nbytes = amdb_record_bytes(<uint32_t>key_len, <uint32_t>value_len)
         if nbytes > self.capacity // 4 or not self.async_puts:
             return False
@@ -188,6 +184,9 @@ cdef class ClientWriter:
             raise Error("this ParallelDB was attached by another process; a forked child cannot write "
                         "through it (it may read, and close its handle)", code="forked",
                         hint="attach again in the child: ParallelDB.attach(handle)")
+        if amdb_load_seqcst(&self.ch.closed):
+            raise OwnerGoneError("the owner closed the database: this client can no longer write",
+                                 hint="reopen the database")
         return 0
 
     cdef int _wait_room(self, uint64_t need) except -1:
@@ -211,9 +210,13 @@ cdef class ClientWriter:
             if amdb_load32_seqcst(&ch.broken):
                 self.att.drain_channel()      # raises what broke it
 
-    cdef int _raise_refused(self) except -1:
+    cdef int _check_refused(self) except -1:
+        """Raise what the owner could not apply of this client's acknowledged
+        writes since the last time (layout.h, "Client channels", point 3)."""
         cdef uint64_t refused = amdb_load_acquire(&self.ch.refused)
         cdef uint64_t count = refused - self.refused_seen
+        if count == 0:
+            return 0
         self.refused_seen = refused
         raise_for_status(<int>amdb_load_relaxed(&self.ch.refused_status),
                          f"{count} async write(s) of this client that had returned could not be applied "
@@ -226,8 +229,7 @@ cdef class ClientWriter:
         once every write published in the channel is sent on: its result."""
         self._check_own()
         self.att.drain_channel()
-        if amdb_load_relaxed(&self.ch.refused) != self.refused_seen:
-            self._raise_refused()
+        self._check_refused()
         return self.link.call(name, args, kwargs, self.att)
 
     def flush(self):
@@ -242,8 +244,7 @@ cdef class ClientWriter:
         self.att.check_open()
         self.att.enter_foreign(-1)         # drains the channel, then catches up on every worker
         try:
-            if amdb_load_relaxed(&self.ch.refused) != self.refused_seen:
-                self._raise_refused()
+            self._check_refused()
             # A record a worker refused after it was sent on (layout.h,
             # "Client channels", point 3): the last one sent to it not
             # applied, while its refusals reached it.
@@ -273,7 +274,3 @@ cdef class ClientWriter:
         them in the owner (ParallelDB binds them to call)."""
         self._check_own()
         return None
-
-    def published(self):
-        """Bytes this client published and the owner sent on (tests)."""
-        return self.head, amdb_load_acquire(&self.ch.tail)
