@@ -19,6 +19,7 @@ from collections import abc
 import shutil
 import threading
 import time
+import weakref
 from typing import NamedTuple
 
 from amdb import attach, storage
@@ -107,6 +108,7 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         self._att = Attachment()
         self._corrupted = False         # _debug_flip_bit was used: verify() is expected to find breaks
         self._client = None             # attached to another process's database (amdb/attach.py)
+        self._inherited = []            # a forked child that attached: its parents' views, closed at close()
 
     def _bind(self, writer, reader):
         self._writer, self._reader = writer, reader
@@ -115,6 +117,7 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         for name in writer_methods + ("batch_get", "iterator", "scan"):
             setattr(self, name, getattr(self._writer if name in writer_methods else self._reader, name))
         self.get = self._reader.get
+        _open_dbs.add(self)
 
     # ---- attached from another process (amdb/attach.py) ------------------------------
 
@@ -262,10 +265,25 @@ class ParallelDB(MappingViews, abc.MutableMapping):
 
         In a forked child it closes this process's handle only (see
         "Forking and multiprocessing" in docs/API.md)."""
+        while self._inherited:                  # a forked child that attached: its parents' views too
+            inherited_att, inherited_client = self._inherited.pop()
+            if inherited_client is not None:
+                inherited_client.close()
+            inherited_att.close_foreign()
+        failure = None
         if self._client is not None:
+            if self._client.channel is not None and not self._att.closed:
+                try:
+                    self._writer.flush()    # close() returns once this client's writes are applied
+                except ClosedError:
+                    pass                    # the owner is gone: what it got is its to apply
+                except Error as exc:
+                    failure = exc           # a write the owner refused: raised once closed
             self._client.close()
         if self._att.foreign:
             self._att.close_foreign()
+            if failure is not None:
+                raise failure
             return
         if self._write_lock._is_owned():
             self._writer.enter_exclusive("close()")     # raises: called back from a write of this thread
@@ -479,14 +497,14 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         return value
 
     def __setitem__(self, key, value):
-        self._writer.put(key, value)
+        self.put(key, value)            # the instance's own (a forked child's attaches first)
 
     def __delitem__(self, key):
         """Delete `key`, raising KeyError when it is absent (db.delete()
         does not)."""
         if not self._reader.contains(key):
             raise KeyError(key)
-        self._writer.delete(key)
+        self.delete(key)
 
     def update(self, other=(), /, **kwargs):
         """Put every pair of `other` (a mapping, or an iterable of (key,
@@ -518,7 +536,7 @@ class ParallelDB(MappingViews, abc.MutableMapping):
             if default is None:
                 raise InvalidTypeError("setdefault(key) without a default would store None; values are bytes",
                                        hint="pass a bytes default")
-            if self._writer.put_if_absent(key, default):
+            if self.put_if_absent(key, default):
                 return default
             # Another writer stored it first: read what it stored (again, if
             # yet another one deleted it meanwhile).
@@ -820,6 +838,87 @@ def _client_bytes(obj, what, limit):
         cls = KeyTooLargeError if what == "key" else ValueTooLargeError
         raise cls(f"{what} of {len(data)} bytes exceeds max_{'key' if what == 'key' else 'value'}_size={limit}")
     return data
+
+
+# ---- forked children ----------------------------------------------------------
+# A child made by os.fork() (or the "fork" start method) inherits every open
+# ParallelDB. It reads through its parent's mappings at once (Attachment.
+# became_foreign); its first write, or any call only the owner serves,
+# attaches it to the owner as a client (as ParallelDB.attach would) and runs
+# there. Only the names below start that: every other write path of the
+# class goes through one of them (__setitem__ through put, pop through
+# __delitem__ and delete, ...).
+_REATTACHING_CALLS = ("put", "delete", "batch_put", "batch_delete", "put_array", "put_packed", "write_batch",
+                      "increment", "put_if_absent", "compare_and_set", "update", "clear", "setdefault",
+                      "compact", "checkpoint", "backup", "verify", "digest", "stats", "handle")
+_open_dbs = weakref.WeakSet()           # every ParallelDB bound in this process (owner or client)
+_reattach_lock = threading.Lock()       # one attach at a time, among a child's threads
+
+
+def _arm_reattach_in_child():
+    """os.register_at_fork(after_in_child): each inherited ParallelDB that
+    writes gets, for each _REATTACHING_CALLS name, a stub that attaches first."""
+    global _reattach_lock
+    _reattach_lock = threading.Lock()   # the parent's may be held by a thread the child lacks
+    for db in list(_open_dbs):
+        if db.__dict__.get("_att") is None or db._att.closed or db._options.read_only:
+            continue
+        proxy = weakref.proxy(db)
+        for name in _REATTACHING_CALLS:
+            db.__dict__[name] = functools.partial(_attach_then_call, proxy, name)
+
+
+def _attach_then_call(db, name, *args, **kwargs):
+    _attach_forked_child(db)
+    return getattr(db, name)(*args, **kwargs)
+
+
+def _attach_forked_child(db):
+    """Turn a forked child's inherited `db` into a client of the owner (the
+    parent, or the owner its parent was a client of). Its reads went through
+    the parent's mappings until now; snapshots and iterators made before keep
+    them until close()."""
+    with _reattach_lock:
+        if not isinstance(db.__dict__.get("put"), functools.partial):
+            return                      # another thread of the child attached it meanwhile
+        if db._att.closed:
+            raise db._att.closed_error()
+        if db._client is not None:
+            handle = db._client.handle
+        elif db._supervisor is not None and db._supervisor.attach_servers:
+            handle = db._supervisor.handle()
+        else:                           # the parent serves no attaches: the refusal as before
+            db._writer.enter_exclusive("write")
+            raise Error("this forked child cannot attach to its parent's database", code="forked")
+        fresh = ParallelDB.attach(handle)       # OwnerGoneError once the owner is gone
+        inherited = db._inherited + [(db._att, db._client)]
+        for name in _REATTACHING_CALLS:
+            db.__dict__.pop(name, None)
+        db.__dict__.update(fresh.__dict__)
+        _open_dbs.discard(fresh)
+        fresh.__dict__.clear()
+        db._inherited = inherited
+
+
+def _instance_first(method):
+    """A method of the class that defers to the instance's own binding of
+    its name: a client's calls run by the owner (CLIENT_CALLS), a forked
+    child's stubs. So a method taken from the object before (``cp =
+    db.checkpoint``, then a fork) still does what db.checkpoint() does."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        own = self.__dict__.get(name)
+        if own is not None:
+            return own(*args, **kwargs)
+        return method(self, *args, **kwargs)
+    return call
+
+
+for _name in _REATTACHING_CALLS:
+    setattr(ParallelDB, _name, _instance_first(getattr(ParallelDB, _name)))
+os.register_at_fork(after_in_child=_arm_reattach_in_child)
 
 
 def _attach_from_handle(handle):

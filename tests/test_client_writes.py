@@ -77,13 +77,10 @@ for line in sys.stdin:
             pid = os.fork()
             if pid == 0:
                 seen = db.get(b"before-fork")
-                try:
-                    db.put(b"child", b"x")
-                    code = 3
-                except amdb.Error as exc:
-                    code = 0 if exc.code == "forked" and seen == b"1" else 4
-                db.close()                          # the child's handle only
-                os._exit(code)
+                db.put(b"child", b"x")              # attaches the child to the owner first
+                ok = seen == b"1" and db.get(b"child") == b"x"
+                db.close()                          # the child's own: its parent stays attached
+                os._exit(0 if ok else 3)
             _, status = os.waitpid(pid, 0)
             db.put(b"after-fork", b"1")
             db.flush()
@@ -166,7 +163,7 @@ def test_client_batches_write_batches_and_read_modify_write_run_in_the_owner(mak
         reap(proc)
 
 
-def test_a_forked_child_of_a_client_reads_its_parents_writes_and_cannot_write_through_its_channel(make_db):
+def test_a_forked_child_of_a_client_reads_its_parents_writes_and_writes_through_a_channel_of_its_own(make_db):
     db = make_db(workers=2)
     proc = start_writer(db)
     try:
@@ -174,8 +171,8 @@ def test_a_forked_child_of_a_client_reads_its_parents_writes_and_cannot_write_th
         assert ask(proc, "get after-fork") == "b'1'"      # the parent's channel still works
     finally:
         reap(proc)
-    db.flush()
-    assert db.get(b"child") is None and db.get(b"before-fork") == b"1"
+    assert db.get(b"child") == b"x" and db.get(b"before-fork") == b"1"
+    assert db.stats()["clients"]["attaches"] == 2          # the client, then its child
 
 
 def test_bad_input_in_a_client_raises_before_anything_is_written(make_db):
@@ -317,9 +314,9 @@ def test_a_put_a_worker_refuses_after_it_was_sent_on_is_raised_by_the_clients_fl
     assert out.stdout.strip() == "refused io_error StorageError after", out.stdout + out.stderr
 
 
-def test_a_forked_child_of_the_owner_writes_by_attaching(make_db):
-    """README, "The patterns": the child's inherited copy only reads; a
-    handle taken before the fork attaches it as a client that writes."""
+def test_a_forked_child_of_the_owner_writes_through_its_inherited_database(make_db):
+    """README, "The patterns": the child's first write attaches its inherited
+    copy to the owner; a handle taken before the fork attaches as well."""
     db = make_db(workers=2)
     db.put(b"before", b"1")
     handle = db.handle()
@@ -328,16 +325,16 @@ def test_a_forked_child_of_the_owner_writes_by_attaching(make_db):
     if pid == 0:
         code = 1
         try:
-            try:
-                db.put(b"inherited", b"x")
-                code = 2
-            except amdb.Error as exc:
-                if exc.code == "forked" and db.get(b"before") == b"1":
-                    child = amdb.ParallelDB.attach(handle)
-                    child.put(b"from-child", b"yes")
-                    child.flush()
-                    child.close()
-                    code = 0
+            seen = db.get(b"before")            # through the parent's mappings, not attached yet
+            db.put(b"inherited", b"x")
+            db[b"item"] = b"y"
+            db.batch_put([(b"batch", b"z")])
+            other = amdb.ParallelDB.attach(handle)
+            other.put(b"from-handle", b"yes")
+            other.close()
+            ok = seen == b"1" and db.get(b"inherited") == b"x" and db.get(b"from-handle") == b"yes"
+            db.close()                          # returns once the child's puts are applied
+            code = 0 if ok else 2
         finally:
             os.write(w, bytes([code]))
             os._exit(code)
@@ -346,7 +343,33 @@ def test_a_forked_child_of_the_owner_writes_by_attaching(make_db):
     os.close(r)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
-    assert db.get(b"from-child") == b"yes" and db.get(b"inherited") is None
+    assert db.batch_get([b"inherited", b"item", b"batch", b"from-handle"]) == [b"x", b"y", b"z", b"yes"]
+
+
+_FORK_POOL_DB = None        # inherited by the pool's processes at fork
+
+
+def _fork_pool_task(i):
+    db = _FORK_POOL_DB
+    db.put(b"task-%d" % i, b"%d" % os.getpid())
+    db.batch_put([(b"batch-%d" % i, b"b")])
+    db.flush()                  # the parent reads these next (docs/API.md, "Forking and multiprocessing")
+    return os.getpid()
+
+
+def test_a_fork_pool_writes_through_the_inherited_database(make_db):
+    # multiprocessing with the "fork" start method: each pool process attaches
+    # at its first write; no handle, no initializer.
+    import multiprocessing
+    global _FORK_POOL_DB
+    db = _FORK_POOL_DB = make_db(workers=2)
+    try:
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            pids = pool.map(_fork_pool_task, range(40), chunksize=1)
+    finally:
+        _FORK_POOL_DB = None
+    assert [db.get(b"task-%d" % i) for i in range(40)] == [b"%d" % pid for pid in pids]
+    assert db.batch_get([b"batch-%d" % i for i in range(40)]) == [b"b"] * 40
 
 
 def test_with_sync_batch_a_clients_put_returns_once_the_owner_made_it_durable(tmp_path, make_db):

@@ -3,8 +3,8 @@
 calls from inside callbacks, and /dev/shm at every fill level.
 
 Each scenario runs in a fresh interpreter (forks and exits are the point),
-and checks the promise from the outside: a forked child only reads and
-never disturbs its parent; an exit never crashes, leaks a segment or leaves
+and checks the promise from the outside: a forked child reads, writes by
+attaching to its parent, and never disturbs it; an exit never crashes, leaks a segment or leaves
 a worker behind; a callback cannot turn a batch into half a batch; a full
 /dev/shm is an ArenaFullError, never a SIGBUS or a lost acknowledged write.
 """
@@ -38,7 +38,7 @@ path = tempfile.mkdtemp() if durable else None
 db = amdb.ParallelDB(path, workers=2)
 keys = [b"k%04d" % i for i in range(400)]
 db.batch_put([(k, b"v0") for k in keys])
-inside, release = threading.Event(), threading.Event()
+inside, release, stop_churn = threading.Event(), threading.Event(), threading.Event()
 threads = []
 
 def background(target):
@@ -62,7 +62,7 @@ def registered_reader():
 
 def churn(admin):
     n = 0
-    while not release.is_set():
+    while not stop_churn.is_set():
         n += 1
         db.batch_put([(k, b"v%d" % n) for k in keys])
         admin()
@@ -93,7 +93,8 @@ else:
     inside.set()
 inside.wait()
 
-# Every public name of ParallelDB, classified: a forked child may read and close.
+# Every public name of ParallelDB, classified: a forked child reads through its
+# parent's mappings; anything else attaches it as a client first.
 READS = {
     "get": lambda: [db.get(keys[0])], "batch_get": lambda: db.batch_get(keys),
     "get_array": lambda: list(db.get_array(np.array(keys, dtype="S5"))[0]),
@@ -118,7 +119,7 @@ OTHERS = {
     "__setitem__": lambda: db.__setitem__(b"x", b"y"), "__delitem__": lambda: db.__delitem__(keys[0]),
     "increment": lambda: db.increment(b"n"), "put_if_absent": lambda: db.put_if_absent(b"x", b"y"),
     "compare_and_set": lambda: db.compare_and_set(keys[0], None, b"y"),
-    "handle": db.handle,                # a forked child hands out no handle: it is not the owner
+    "handle": db.handle,                # the owner's, once attached
 }
 HARMLESS = {"flush": db.flush}     # nothing of this process's to wait for: returns
 ATTRIBUTES = {"close", "closed", "durable", "workers", "max_batch", "max_key_size", "max_value_size",
@@ -162,27 +163,42 @@ if pid == 0:
                 problems.append(f"{name}: ClosedError")
         except Exception as exc:
             problems.append(f"{name}: {exc!r}")
+    # Its first write attaches it to its parent as a client: every call runs
+    # as in an attached process (the owner's own calls on its own workers).
     for name, call in OTHERS.items():
         try:
             call()
-            problems.append(f"{name} was allowed")
+            if state == "closed":
+                problems.append(f"{name} was allowed")
+        except KeyError:
+            if name not in ("pop", "popitem", "__delitem__"):     # keys[0] is deleted before them
+                problems.append(f"{name}: KeyError")
         except amdb.Error as exc:
-            if exc.code != ("closed" if state == "closed" else "forked"):
+            allowed = "closed" if state == "closed" else "memory_only" if path is None else None
+            if exc.code != allowed:
                 problems.append(f"{name}: {exc!r}")
-    db.close()
+        except Exception as exc:
+            problems.append(f"{name}: {exc!r}")
+    if state != "closed":
+        db.put(b"from_child", b"c")
+        if db.get(b"from_child") != b"c" or db.get(b"x") != b"y":
+            problems.append(f"child reads {db.get(b'from_child')!r} {db.get(b'x')!r}")
+    db.close()          # returns once the child's writes are applied
     db.close()
     if problems:
         print("child:", problems, file=sys.stderr, flush=True)
     os._exit(1 if problems else 0)
 
+release.set()           # the parent's blocked batch or read goes on while the child writes
 _, status = os.waitpid(pid, 0)
-release.set()
+stop_churn.set()
 for thread in threads:
     thread.join()
 assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status}"
 if state == "closed":
     print("OK")
     sys.exit(0)
+assert db.get(b"from_child") == b"c" and db.get(b"x") == b"y", (db.get(b"from_child"), db.get(b"x"))
 # The parent goes on as if nothing happened.
 db.batch_put([(k, b"after") for k in keys])
 assert db.batch_get(keys) == [b"after"] * len(keys)
