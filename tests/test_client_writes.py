@@ -34,6 +34,15 @@ for line in sys.stdin:
                 db.put(b"pg%d" % i, b"%d" % i)
                 misses += db.get(b"pg%d" % i) != b"%d" % i
             print("misses", misses, flush=True)
+        elif cmd == "put_many_set_flag":       # put_many_set_flag FILE N: N puts, flush, then FILE's byte 0 = 1
+            import mmap
+            name, n = rest.split()
+            for i in range(int(n)):
+                db.put(b"g%d" % i, b"value-%d" % i)
+            db.flush()
+            with open(name, "r+b") as f, mmap.mmap(f.fileno(), 4096) as flag:
+                flag[0] = 1
+            print("acknowledged", n, flush=True)
         elif cmd == "get":
             print(repr(db.get(rest.encode())), flush=True)
         elif cmd == "delete":
@@ -142,6 +151,34 @@ def test_a_clients_puts_are_read_back_at_once_by_itself_and_after_flush_by_other
         reap(one)
         reap(two)
     assert wait_until(lambda: db._writer.channels_open() == 0)
+
+
+def test_the_forwarder_sends_on_while_the_owner_holds_its_gil(make_db, tmp_path):
+    # An owner busy in Python holds the GIL for sys.getswitchinterval() at a
+    # time. The forwarder took it for its periodic checks and for
+    # backpressure, so such an owner held up every client's writes (client
+    # puts at 0.1-0.4x with the interval at 50 ms). Here the owner keeps the
+    # GIL, never releasing it, while a client puts 6 MB through its 1 MiB
+    # channel and flushes; with the old forwarder it never finished.
+    import mmap
+    from amdb.native.testing import hold_gil_until_set
+    db = make_db(workers=2)
+    flag_path = tmp_path / "flag"
+    flag_path.write_bytes(bytes(4096))
+    proc = start_writer(db)
+    try:
+        with open(flag_path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as flag:
+            proc.stdin.write(f"put_many_set_flag {flag_path} 50000\n")
+            proc.stdin.flush()
+            view = memoryview(flag)
+            try:
+                assert hold_gil_until_set(view, 60.0), "the client's puts waited for the owner's GIL"
+            finally:
+                view.release()
+        assert read_line(proc) == "acknowledged 50000"
+    finally:
+        reap(proc)
+    assert db.get(b"g49999") == b"value-49999" and db.stats()["clients"]["forwarded"] == 50000
 
 
 def test_client_batches_write_batches_and_read_modify_write_run_in_the_owner(make_db):

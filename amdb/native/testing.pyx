@@ -369,3 +369,16 @@ cdef void *consumer_thread(void *arg) noexcept nogil:
             i += 1
             ring_release(c, tail)
     return NULL
+
+
+def hold_gil_until_set(unsigned char[::1] flag, double timeout_s):
+    """Keep the GIL (never release it) until another process sets flag[0]
+    (a shared mmap), or timeout_s pass: True when it was set. Shows that
+    something needs no GIL of this process (tests/test_client_writes.py:
+    the owner's forwarder)."""
+    cdef volatile unsigned char *p = &flag[0]
+    cdef uint64_t deadline = amdb_monotonic_ns() + <uint64_t>(timeout_s * 1e9)
+    while p[0] == 0:
+        if amdb_monotonic_ns() > deadline:
+            return False
+    return True

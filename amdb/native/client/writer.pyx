@@ -62,13 +62,13 @@ cdef enum:
     FORWARD_SLEEP_NS = 100000000  # 100 ms: an idle forwarder's sleep (it checks `forwarder_stop` after)
     FORWARD_PAUSED_US = 200       # the forwarder's poll while the owner holds its write lock
     FORWARD_DRAIN_NS = 2000000000 # 2 s: what close() gives the forwarder to send on what clients published
+    FORWARD_ROOM_WAIT_NS = 1000000000  # 1 s: the forwarder's wait for a worker's room before it asks Python
 
 cdef enum ForwardResult:          # what one forwarding pass did or met (flags)
     FWD_SENT = 1                  # sent records on
     FWD_SHORT = 2                 # a record waits for its worker's credit or ring room (stuck_*)
     FWD_SYNC = 4                  # a record must be written synchronously (stuck: its channel)
     FWD_PAUSED = 8                # the owner holds its write lock, or is closed
-    FWD_CHECKS = 16               # the supervisor's periodic checks are due
     FWD_DONE = 32                 # a channel is done (drained after its client left, or broken)
 
 cdef enum WaitResult:
@@ -801,8 +801,10 @@ cdef class Writer:
     # client starves another). It sends nothing while the owner holds its
     # write lock (pause_forwarding, by WriteLock), so no SOLO chunk lands
     # inside a batch, a checkpoint or a compaction. It needs the GIL only for
-    # what a write of the owner would do in Python: the supervisor's periodic
-    # checks, backpressure, and a record that must be written synchronously.
+    # what a write of the owner would do in Python: backpressure with nothing
+    # sent, a record that must be written synchronously, letting a channel go
+    # (_forward_until_python). The supervisor's periodic checks run in a
+    # thread of their own (run_forwarder_checks).
     # Lock order: the GIL, then producer_mutex; a holder of producer_mutex
     # never waits for the GIL (the forwarder holds it only without the GIL,
     # the owner's threads only while they keep the GIL they have).
@@ -829,7 +831,7 @@ cdef class Writer:
         if self.forward_count == 0 or self.att.foreign:
             return
         with nogil:
-            self._forward_pass(&stuck, &stuck_worker, &stuck_bytes, True)
+            self._forward_pass(&stuck, &stuck_worker, &stuck_bytes)
 
     def resume_forwarding(self):
         if self.att.foreign:
@@ -888,9 +890,13 @@ cdef class Writer:
         import threading
         if self.forwarder_thread is None:
             self.forwarder_stop = False
+            self.checks_wake = threading.Event()
             self.forwarder_thread = threading.Thread(target=self.run_forwarder, name="amdb-forwarder",
                                                      daemon=True)
+            self.checks_thread = threading.Thread(target=self.run_forwarder_checks,
+                                                  name="amdb-forwarder-checks", daemon=True)
             self.forwarder_thread.start()
+            self.checks_thread.start()
 
     def stop_forwarder(self):
         """Send on what clients published (FORWARD_DRAIN_NS at most: their
@@ -903,10 +909,13 @@ cdef class Writer:
         self.forward_deadline = amdb_monotonic_ns() + FORWARD_DRAIN_NS
         self.forwarder_stop = True
         self._wake_forwarder()
-        if thread is threading.current_thread():
-            return                         # a collection run by the forwarder itself: it stops after this
+        self.checks_wake.set()
+        for t in (thread, self.checks_thread):
+            if t is threading.current_thread():
+                return                     # a collection run by that thread itself: it stops after this
         thread.join()                      # bounded: its waits for the write lock are (WAIT_SLICE_NS)
-        self.forwarder_thread = None
+        self.checks_thread.join()          # the same
+        self.forwarder_thread = self.checks_thread = None
 
     def run_forwarder(self):
         """The forwarder thread's body (see above). Asked to stop, it goes on
@@ -919,7 +928,7 @@ cdef class Writer:
         while True:
             stopping = self.forwarder_stop
             with nogil:
-                result = self._forward_pass(&stuck, &stuck_worker, &stuck_bytes)
+                result = self._forward_until_python(&stuck, &stuck_worker, &stuck_bytes, stopping)
             if stopping:
                 if sealed:
                     if result & FWD_DONE:
@@ -933,9 +942,7 @@ cdef class Writer:
             try:
                 if result & FWD_DONE:
                     self._release_done_channels()
-                if result & FWD_CHECKS:
-                    self._forwarder_checks()
-                elif result & FWD_SYNC:
+                if result & FWD_SYNC:
                     self._forward_sync(stuck)
                 elif result & FWD_SHORT and not result & FWD_SENT:
                     if not self._wait_room(stuck_worker, stuck_bytes, 0):
@@ -952,6 +959,69 @@ cdef class Writer:
                 with nogil:
                     usleep(FORWARD_PAUSED_US)
 
+    cdef int _forward_until_python(self, int *stuck, int *stuck_worker, uint64_t *stuck_bytes,
+                                   bint stopping) noexcept nogil:
+        """Forwarding passes, sleeps and pauses, without the GIL, until a
+        pass needs what only Python does (the result of that pass): letting
+        a channel go, a synchronous write, backpressure with nothing sent, or
+        stopping. So an owner busy in Python (which holds the GIL for up to
+        sys.getswitchinterval() at a time) slows clients' writes no more than
+        its use of the cores does (the periodic checks have a thread of
+        their own: run_forwarder_checks)."""
+        cdef int result
+        while True:
+            result = self._forward_pass(stuck, stuck_worker, stuck_bytes)
+            # forwarder_stop: set with the GIL, read after the pass's mutex
+            # (a full barrier); stop_forwarder wakes a sleeping forwarder.
+            if stopping or self.forwarder_stop or result & (FWD_DONE | FWD_SYNC):
+                return result
+            if result & FWD_SENT:
+                continue
+            if result & FWD_SHORT:
+                if self._room_within(stuck_worker[0], stuck_bytes[0], FORWARD_ROOM_WAIT_NS):
+                    continue
+                return result             # Python: liveness, or a synchronous write
+            if result & FWD_PAUSED:
+                usleep(FORWARD_PAUSED_US)
+            else:
+                self._forwarder_sleep()
+
+    cdef bint _room_within(self, int w, uint64_t nbytes, uint64_t timeout_ns) noexcept nogil:
+        """The forwarder's backpressure: wait, without the GIL, until worker w
+        has credit and ring room for a record of `nbytes` (True), for
+        timeout_ns at most, or until it applied every chunk sent to it and
+        still has none (False: _wait_room and a synchronous write decide).
+        Needs no reader registration: close() stops the forwarder before it
+        unmaps anything."""
+        cdef RingProducer *r = &self.producers[w]
+        cdef amdb_control *c = r.ctrl
+        cdef uint64_t charge = amdb_async_charge(<uint32_t>nbytes, 0)
+        cdef uint64_t need = 2 * (sizeof(amdb_ring_chunk) + amdb_record_bytes(<uint32_t>nbytes, 0))
+        cdef uint64_t deadline = amdb_monotonic_ns() + timeout_ns
+        cdef uint32_t seen
+        cdef int i = 0
+        while not self.forwarder_stop and not self.att.closed:
+            # The producer's counts change only under the mutex, which the
+            # owner's puts take too: read them as a pass would.
+            pthread_mutex_lock(&self.producer_mutex)
+            if (self.charged_bytes[w] + charge <= amdb_load_acquire(&c.credit_bytes)
+                    and self.charged_records[w] + 1 <= amdb_load_acquire(&c.credit_records)
+                    and r.capacity - (r.head - amdb_load_acquire(&c.ring_tail)) >= need):
+                pthread_mutex_unlock(&self.producer_mutex)
+                return True
+            pthread_mutex_unlock(&self.producer_mutex)
+            if (amdb_load_acquire(&c.applied_chunk) >= self.att.async_chunk[w]
+                    or amdb_load_acquire(&c.failed_chunk) >= self.att.async_chunk[w]
+                    or amdb_monotonic_ns() > deadline):
+                return False
+            if i < AMDB_SPIN_STEPS:
+                amdb_spin_step(i)
+                i += 1
+            else:
+                seen = progress_prepare_wait(c)
+                progress_sleep(c, seen, 1000000)      # 1 ms at most: the worker wakes us as it applies
+        return False
+
     def _seal_channels(self):
         """Stopping: every channel says so (closed, seq_cst) before the last pass."""
         cdef int i
@@ -961,9 +1031,22 @@ cdef class Writer:
                 amdb_store_seqcst(&self.forwards[i].ch.closed, 1)
         pthread_mutex_unlock(&self.producer_mutex)
 
+    def run_forwarder_checks(self):
+        """The supervisor's periodic checks (liveness, outgrown tables,
+        automatic checkpoints and compactions) for what the forwarder sends
+        on, as an owner's async write runs them, when due while clients are
+        attached (a worker that died under the forwarder is replaced so): in
+        a thread of their own, so that the forwarder never waits for the GIL
+        or the write lock to run them."""
+        wake = self.checks_wake
+        while not wake.wait(WAIT_SLICE_NS / 1e9):
+            if self.forward_count and amdb_monotonic_ns() >= self.next_check_ns:
+                try:
+                    self._forwarder_checks()
+                except Exception:
+                    pass                   # a worker being replaced, say: the next interval retries
+
     def _forwarder_checks(self):
-        """The supervisor's periodic checks (liveness, outgrown tables), as an
-        owner's async write runs them; never more than once per interval."""
         try:
             # Never blocks for long: a close() holding the lock may be
             # waiting for this thread to stop (stop_forwarder).
@@ -990,13 +1073,11 @@ cdef class Writer:
         pthread_mutex_unlock(&self.producer_mutex)
         del gone                              # the mappings go here, outside the mutex
 
-    cdef int _forward_pass(self, int *stuck, int *stuck_worker, uint64_t *stuck_bytes,
-                           bint checks_run_next=False) noexcept nogil:
+    cdef int _forward_pass(self, int *stuck, int *stuck_worker, uint64_t *stuck_bytes) noexcept nogil:
         """Send on what clients published, FORWARD_BUDGET records at most;
         ForwardResult flags. A malformed record breaks its channel (layout.h,
-        "Client channels", point 2). `checks_run_next`: the caller is about to
-        take the write lock, whose holder runs the supervisor's checks, so
-        checks due do not stop the pass."""
+        "Client channels", point 2). The supervisor's periodic checks are
+        run_forwarder_checks's, or the write lock holder's (forward_now)."""
         cdef int k, i, w, outcome, result = 0
         cdef int budget = FORWARD_BUDGET
         cdef Forward *f
@@ -1008,9 +1089,6 @@ cdef class Writer:
         if self.paused or self.att.closed or self.exclusive:
             pthread_mutex_unlock(&self.producer_mutex)
             return FWD_PAUSED
-        if not checks_run_next and amdb_monotonic_ns() >= self.next_check_ns:
-            pthread_mutex_unlock(&self.producer_mutex)
-            return FWD_CHECKS
         for k in range(self.forward_count):
             i = (self.forward_next + k) % self.forward_count
             f = &self.forwards[i]
