@@ -13,7 +13,11 @@ values. Then, each timed --repeat times (medians):
     (timed: everything applied), in the owner and in an attached client
     (whose puts go through its channel and the owner's forwarder);
   - 1 vs 2 reader processes: get throughput of one client process alone,
-    then of two at once (their sum); the same for 2 writer processes;
+    then of two at once (their sum); the same for 2 writer processes,
+    with the CPU time the owner's forwarder thread spent per record it sent
+    on meanwhile (1 / that: the records/s one forwarder can carry);
+  - client put, owner busy in Python: a client's puts while a thread of the
+    owner loops on get() (and so holds the owner's GIL most of the time);
   - lmdb, the peer whose readers also share one database across processes:
     the same 1 vs 2 reader processes on an LMDB environment of the same data;
   - attach and close: milliseconds per ParallelDB.attach() and per close()
@@ -57,7 +61,10 @@ sys.path.insert(0, sys.argv[6])
 from bench_attach import timed_reads, timed_puts
 print("ready", flush=True)
 sys.stdin.readline()
-elapsed = timed_puts(db.put, db.flush, order) if mode == "put" else timed_reads(get, batch_get, order, mode)
+if mode == "put":
+    elapsed = timed_puts(db.put, db.flush, order)
+else:
+    elapsed = timed_reads(get, batch_get, order, mode)
 if kind == "amdb":
     t_attach, t_close = [], []
     handle = db.handle()
@@ -78,25 +85,82 @@ else:
 '''
 
 
-def run_readers(kind, arg, ops, mode, keys, count):
-    """Start `count` reader processes, let them go at once; [result dict]."""
+def start_processes(kind, arg, ops, mode, keys, count):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     procs = [subprocess.Popen([sys.executable, "-c", READER, kind, arg, str(ops), mode, str(keys),
                                os.path.dirname(os.path.abspath(__file__))],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
              for _ in range(count)]
+    for p in procs:
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError("a reader process did not start")
+    return procs
+
+
+def go(procs):
+    """Let them go at once; [result dict]."""
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    return [json.loads(p.stdout.readline()) for p in procs]
+
+
+def end(procs):
+    for p in procs:
+        p.stdin.close()
+        p.wait(timeout=60)
+
+
+def run_readers(kind, arg, ops, mode, keys, count):
+    """Start `count` reader processes, let them go at once; [result dict]."""
+    procs = []
     try:
-        for p in procs:
-            if p.stdout.readline().strip() != "ready":
-                raise RuntimeError("a reader process did not start")
-        for p in procs:
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        return [json.loads(p.stdout.readline()) for p in procs]
+        procs = start_processes(kind, arg, ops, mode, keys, count)
+        return go(procs)
     finally:
-        for p in procs:
-            p.stdin.close()
-            p.wait(timeout=60)
+        end(procs)
+
+
+def client_put_owner_busy(db, handle_hex, ops, keys):
+    """A client's put() throughput while a thread of the owner loops on
+    get() (an owner busy in Python holds its GIL most of the time)."""
+    import threading
+    stop = threading.Event()
+
+    def busy(sample=[b"key%013d" % i for i in range(1000)]):
+        while not stop.is_set():
+            for k in sample:
+                db.get(k)
+    thread = threading.Thread(target=busy)
+    thread.start()
+    try:
+        return run_readers("amdb", handle_hex, ops, "put", keys, 1)[0]["ops_per_s"]
+    finally:
+        stop.set()
+        thread.join()
+
+
+class ForwarderCost:
+    """CPU time of the owner's forwarder thread per record it sent on, over
+    the body of a with block (/proc/self/task/TID/schedstat): what one
+    forwarding thread costs, whatever the cores it waited for meanwhile.
+    1 / ns_per_record is the records/s one forwarder can send on."""
+
+    def __init__(self, db):
+        import threading
+        self.db = db
+        self.tid = next(t.native_id for t in threading.enumerate() if t.name == "amdb-forwarder")
+
+    def _cpu_ns(self):
+        with open(f"/proc/self/task/{self.tid}/schedstat") as f:
+            return int(f.read().split()[0])
+
+    def __enter__(self):
+        self.cpu, self.records = self._cpu_ns(), self.db._writer.forwarded
+        return self
+
+    def __exit__(self, *exc):
+        self.ns_per_record = (self._cpu_ns() - self.cpu) / max(1, self.db._writer.forwarded - self.records)
 
 
 def timed_reads(get, batch_get, order, mode):
@@ -174,8 +238,11 @@ def main():
                      sum(r["ops_per_s"] for r in run_readers("amdb", handle_hex, args.ops, "get", args.keys, 2)))
                 note("owner put", owner_loop(db, keys, args.ops, "put"))
                 note("client put", run_readers("amdb", handle_hex, args.ops, "put", args.keys, 1)[0]["ops_per_s"])
-                note("amdb 2 writer processes put (sum)",
-                     sum(r["ops_per_s"] for r in run_readers("amdb", handle_hex, args.ops, "put", args.keys, 2)))
+                with ForwarderCost(db) as cost:
+                    note("amdb 2 writer processes put (sum)",
+                         sum(r["ops_per_s"] for r in run_readers("amdb", handle_hex, args.ops, "put", args.keys, 2)))
+                note("forwarder CPU per record (2 writers)", cost.ns_per_record)
+                note("client put, owner busy in Python", client_put_owner_busy(db, handle_hex, args.ops, args.keys))
                 if lmdb_path:
                     note("lmdb 1 reader process get",
                          run_readers("lmdb", lmdb_path, args.ops, "get", args.keys, 1)[0]["ops_per_s"])
@@ -188,13 +255,17 @@ def main():
     print(f"# {args.keys:,} keys (16 B / 100 B), {args.ops:,} ops, workers={args.workers}, "
           f"{os.cpu_count()} cores, medians of {args.repeat}")
     for name, v in med.items():
-        unit = "ms" if name.endswith("ms") else "ops/s"
-        print(f"{name:<36} {v:>14,.3f} {unit}" if unit == "ms" else f"{name:<36} {v:>14,.0f} {unit}")
+        unit = "ms" if name.endswith("ms") else "ns" if "per record" in name else "ops/s"
+        print(f"{name:<36} {v:>14,.3f} {unit}" if unit != "ops/s" else f"{name:<36} {v:>14,.0f} {unit}")
     print(f"client get / owner get:               {med['client get'] / med['owner get']:.2f}")
     print(f"client batch_get / owner batch_get:   {med['client batch_get(100)'] / med['owner batch_get(100)']:.2f}")
     print(f"amdb 2 reader processes / 1:          {med['amdb 2 reader processes get (sum)'] / med['client get']:.2f}")
     print(f"client put / owner put:               {med['client put'] / med['owner put']:.2f}")
     print(f"amdb 2 writer processes / 1:          {med['amdb 2 writer processes put (sum)'] / med['client put']:.2f}")
+    print(f"client put, owner busy / owner idle:  {med['client put, owner busy in Python'] / med['client put']:.2f}")
+    print(f"one forwarder's capacity / client put: {1e9 / med['forwarder CPU per record (2 writers)'] / med['client put']:.2f}"
+          f"  ({1e9 / med['forwarder CPU per record (2 writers)']:,.0f} records/s at "
+          f"{med['forwarder CPU per record (2 writers)']:.0f} ns of CPU each)")
     if "lmdb 1 reader process get" in med:
         print(f"lmdb 2 reader processes / 1:          "
               f"{med['lmdb 2 reader processes get (sum)'] / med['lmdb 1 reader process get']:.2f}")
