@@ -43,6 +43,19 @@ for line in sys.stdin:
             with open(name, "r+b") as f, mmap.mmap(f.fileno(), 4096) as flag:
                 flag[0] = 1
             print("acknowledged", n, flush=True)
+        elif cmd == "threads_put":             # threads_put N: 4 threads put N keys each, past channel wraps
+            import threading
+            n = int(rest)
+            def put_all(t):
+                for i in range(n):
+                    db.put(b"t%d-%d" % (t, i), b"%d" % i * 20)
+            threads = [threading.Thread(target=put_all, args=(t,)) for t in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            db.flush()
+            print("acknowledged", 4 * n, flush=True)
         elif cmd == "get":
             print(repr(db.get(rest.encode())), flush=True)
         elif cmd == "delete":
@@ -179,6 +192,20 @@ def test_the_forwarder_sends_on_while_the_owner_holds_its_gil(make_db, tmp_path)
     finally:
         reap(proc)
     assert db.get(b"g49999") == b"value-49999" and db.stats()["clients"]["forwarded"] == 50000
+
+
+def test_a_clients_threads_put_through_its_one_channel(make_db):
+    # The channel has one producer at a time: the thread that holds the GIL
+    # from its room check to its publication (ClientWriter._send).
+    db = make_db(workers=2)
+    proc = start_writer(db)
+    try:
+        assert ask(proc, "threads_put 10000") == "acknowledged 40000"   # about 4 MB: the 1 MiB channel wraps
+    finally:
+        reap(proc)
+    expected = [(b"t%d-%d" % (t, i), b"%d" % i * 20) for t in range(4) for i in range(10000)]
+    assert db.batch_get([k for k, _ in expected]) == [v for _, v in expected]
+    assert db.stats()["clients"]["forwarded"] == 40000
 
 
 def test_client_batches_write_batches_and_read_modify_write_run_in_the_owner(make_db):

@@ -52,7 +52,6 @@ cdef class ClientWriter:
     cdef uint64_t refused_seen        # ch.refused as of the last error raised for it
     cdef readonly uint64_t max_key_size
     cdef readonly uint64_t max_value_size
-    cdef object lock
     cdef uint64_t reported[AMDB_MAX_WORKERS]  # per worker: the refused chunk flush() raised for last
     # False where a put must be durable before it returns (sync="batch"), as
     # the owner's own are: then every write is run by the owner.
@@ -60,7 +59,6 @@ cdef class ClientWriter:
 
     def __cinit__(self, Attachment att, Mapping mapping, link, uint64_t max_key_size, uint64_t max_value_size,
                   bint async_puts=True):
-        import threading
         cdef amdb_channel *ch = <amdb_channel *>mapping.base
         if ch.magic != AMDB_CHANNEL_MAGIC or ch.capacity & (ch.capacity - 1) or ch.capacity < 4096:
             raise Error("the owner handed over a channel this client cannot read", code="attach_refused")
@@ -76,7 +74,6 @@ cdef class ClientWriter:
         self.refused_seen = amdb_load_acquire(&ch.refused)
         self.max_key_size = max_key_size
         self.max_value_size = max_value_size
-        self.lock = threading.Lock()
         self.async_puts = async_puts
         att.set_channel(mapping)
 
@@ -138,41 +135,46 @@ cdef class ClientWriter:
         nbytes = amdb_record_bytes(<uint32_t>key_len, <uint32_t>value_len)
         if nbytes > self.capacity // 4 or not self.async_puts:
             return False
-        with self.lock:
+        # One producer at a time: this thread holds the GIL from the room
+        # check to the publication. Only _wait_room lets it go; the room is
+        # then checked again, from the head as other threads left it.
+        while True:
             offset = self.head & self.mask
             need = nbytes + (self.capacity - offset if offset + nbytes > self.capacity else 0)
-            if self.capacity - (self.head - self.cached_tail) < need:
-                self.cached_tail = amdb_load_acquire(&self.ch.tail)
-                if self.capacity - (self.head - self.cached_tail) < need:
-                    self._wait_room(need)
-            if offset + nbytes > self.capacity:
-                (<uint32_t *>(self.ring + offset))[0] = AMDB_OP_WRAP
-                self.head += self.capacity - offset
-                offset = 0
-            rec = <amdb_ring_record *>(self.ring + offset)
-            rec.op = op
-            rec.key_len = <uint32_t>key_len
-            rec.value_len = <uint32_t>value_len
-            rec.reserved = 0
-            rec.hash = 0                  # the forwarder hashes the key itself
-            out = <uint8_t *>(rec + 1)
-            if key_len:
-                memcpy(out, key, key_len)
-            if value_len:
-                memcpy(out + key_len, value, value_len)
-            memset(out + key_len + value_len, 0, nbytes - sizeof(amdb_ring_record) - key_len - value_len)
-            self.head += nbytes
-            # Published (seq_cst: ordered before the load of forwarder_sleeping,
-            # which the forwarder stores before its last look: Dekker).
-            amdb_store_seqcst(&self.ch.head, self.head)
-            if amdb_load32_seqcst(&self.att.dbc.forwarder_sleeping):
-                amdb_fetch_add32_seqcst(&self.att.dbc.forward_event, 1)
-                amdb_futex_wake_all(&self.att.dbc.forward_event)
-            if amdb_load_seqcst(&self.ch.closed):
-                # The owner is closing: its last pass may have missed this
-                # record (layout.h, "Client channels", point 4). Not acknowledged.
-                raise OwnerGoneError("the owner closed the database while this write was being sent: it may "
-                                     "not have been applied", hint="reopen the database and check")
+            if self.capacity - (self.head - self.cached_tail) >= need:
+                break
+            self.cached_tail = amdb_load_acquire(&self.ch.tail)
+            if self.capacity - (self.head - self.cached_tail) >= need:
+                break
+            self._wait_room(need)
+        if offset + nbytes > self.capacity:
+            (<uint32_t *>(self.ring + offset))[0] = AMDB_OP_WRAP
+            self.head += self.capacity - offset
+            offset = 0
+        rec = <amdb_ring_record *>(self.ring + offset)
+        rec.op = op
+        rec.key_len = <uint32_t>key_len
+        rec.value_len = <uint32_t>value_len
+        rec.reserved = 0
+        rec.hash = 0                  # the forwarder hashes the key itself
+        out = <uint8_t *>(rec + 1)
+        if key_len:
+            memcpy(out, key, key_len)
+        if value_len:
+            memcpy(out + key_len, value, value_len)
+        memset(out + key_len + value_len, 0, nbytes - sizeof(amdb_ring_record) - key_len - value_len)
+        self.head += nbytes
+        # Published (seq_cst: ordered before the load of forwarder_sleeping,
+        # which the forwarder stores before its last look: Dekker).
+        amdb_store_seqcst(&self.ch.head, self.head)
+        if amdb_load32_seqcst(&self.att.dbc.forwarder_sleeping):
+            amdb_fetch_add32_seqcst(&self.att.dbc.forward_event, 1)
+            amdb_futex_wake_all(&self.att.dbc.forward_event)
+        if amdb_load_seqcst(&self.ch.closed):
+            # The owner is closing: its last pass may have missed this
+            # record (layout.h, "Client channels", point 4). Not acknowledged.
+            raise OwnerGoneError("the owner closed the database while this write was being sent: it may "
+                                 "not have been applied", hint="reopen the database and check")
         return True
 
     cdef int _check_own(self) except -1:
