@@ -413,6 +413,39 @@ def test_a_forked_child_of_the_owner_writes_through_its_inherited_database(make_
 _FORK_POOL_DB = None        # inherited by the pool's processes at fork
 
 
+def test_a_forked_childs_write_after_its_parent_closed_raises_owner_gone(make_db):
+    # The child's first write attaches it to its parent: once the parent has
+    # closed the database, that is a clear OwnerGoneError (not a hang, not
+    # a write into memory nobody serves), and the child's close() works.
+    db = make_db(workers=2)
+    db.put(b"before", b"1")
+    go_r, go_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        signal.alarm(30)                # a hang becomes a death by SIGALRM
+        try:
+            os.read(go_r, 1)
+            try:
+                db.put(b"late", b"x")
+                code = 2
+            except amdb.OwnerGoneError:
+                code = 0
+            db.close()
+        finally:
+            os.write(done_w, bytes([code]))
+            os._exit(code)
+    os.close(done_w)
+    try:
+        db.close()
+    finally:
+        os.write(go_w, b"x")
+    assert os.read(done_r, 1) == b"\x00"
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
 def _fork_pool_task(i):
     db = _FORK_POOL_DB
     db.put(b"task-%d" % i, b"%d" % os.getpid())
