@@ -14,8 +14,10 @@ values. Then, each timed --repeat times (medians):
     (whose puts go through its channel and the owner's forwarder);
   - 1 vs 2 reader processes: get throughput of one client process alone,
     then of two at once (their sum); the same for 2 writer processes,
-    with the CPU time the owner's forwarder thread spent per record it sent
-    on meanwhile (1 / that: the records/s one forwarder can carry);
+    with the CPU time spent per put meanwhile: by the writers, by the
+    owner's forwarder thread (1 / that: the records/s one forwarder can
+    carry) and by the workers (spinning included: an upper bound). Their
+    sum over the cores is what the cores can carry;
   - client put, owner busy in Python: a client's puts while a thread of the
     owner loops on get() (and so holds the owner's GIL most of the time);
   - lmdb, the peer whose readers also share one database across processes:
@@ -61,10 +63,12 @@ sys.path.insert(0, sys.argv[6])
 from bench_attach import timed_reads, timed_puts
 print("ready", flush=True)
 sys.stdin.readline()
+cpu = time.process_time()
 if mode == "put":
     elapsed = timed_puts(db.put, db.flush, order)
 else:
     elapsed = timed_reads(get, batch_get, order, mode)
+cpu = time.process_time() - cpu
 if kind == "amdb":
     t_attach, t_close = [], []
     handle = db.handle()
@@ -79,7 +83,7 @@ if kind == "amdb":
             t_attach.append(t1 - t0)
             t_close.append(t2 - t1)
     print(json.dumps({"ops_per_s": ops / elapsed, "attach_ms": [x * 1e3 for x in t_attach],
-                      "close_ms": [x * 1e3 for x in t_close]}), flush=True)
+                      "close_ms": [x * 1e3 for x in t_close], "cpu_ns_per_op": cpu * 1e9 / ops}), flush=True)
 else:
     print(json.dumps({"ops_per_s": ops / elapsed}), flush=True)
 '''
@@ -141,26 +145,37 @@ def client_put_owner_busy(db, handle_hex, ops, keys):
 
 
 class ForwarderCost:
-    """CPU time of the owner's forwarder thread per record it sent on, over
-    the body of a with block (/proc/self/task/TID/schedstat): what one
-    forwarding thread costs, whatever the cores it waited for meanwhile.
-    1 / ns_per_record is the records/s one forwarder can send on."""
+    """CPU time per record a client put, over the body of a with block: of
+    the owner's forwarder thread (/proc/self/task/TID/schedstat), whatever
+    the cores it waited for meanwhile (1 / it: the records/s one forwarder
+    can send on), and of the workers (/proc/PID/stat, every thread)."""
 
     def __init__(self, db):
         import threading
         self.db = db
         self.tid = next(t.native_id for t in threading.enumerate() if t.name == "amdb-forwarder")
+        self.worker_pids = [w["pid"] for w in db.stats()["workers"]]
 
     def _cpu_ns(self):
         with open(f"/proc/self/task/{self.tid}/schedstat") as f:
             return int(f.read().split()[0])
 
+    def _workers_cpu_ns(self):
+        total = 0
+        for pid in self.worker_pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])          # utime, stime (ticks)
+        return total * 1e9 / os.sysconf("SC_CLK_TCK")
+
     def __enter__(self):
-        self.cpu, self.records = self._cpu_ns(), self.db._writer.forwarded
+        self.cpu, self.workers, self.records = self._cpu_ns(), self._workers_cpu_ns(), self.db._writer.forwarded
         return self
 
     def __exit__(self, *exc):
-        self.ns_per_record = (self._cpu_ns() - self.cpu) / max(1, self.db._writer.forwarded - self.records)
+        records = max(1, self.db._writer.forwarded - self.records)
+        self.ns_per_record = (self._cpu_ns() - self.cpu) / records
+        self.workers_ns_per_record = (self._workers_cpu_ns() - self.workers) / records
 
 
 def timed_reads(get, batch_get, order, mode):
@@ -239,9 +254,11 @@ def main():
                 note("owner put", owner_loop(db, keys, args.ops, "put"))
                 note("client put", run_readers("amdb", handle_hex, args.ops, "put", args.keys, 1)[0]["ops_per_s"])
                 with ForwarderCost(db) as cost:
-                    note("amdb 2 writer processes put (sum)",
-                         sum(r["ops_per_s"] for r in run_readers("amdb", handle_hex, args.ops, "put", args.keys, 2)))
+                    writers = run_readers("amdb", handle_hex, args.ops, "put", args.keys, 2)
+                note("amdb 2 writer processes put (sum)", sum(r["ops_per_s"] for r in writers))
+                note("client CPU per put (2 writers)", statistics.mean(r["cpu_ns_per_op"] for r in writers))
                 note("forwarder CPU per record (2 writers)", cost.ns_per_record)
+                note("workers CPU per record (2 writers)", cost.workers_ns_per_record)
                 note("client put, owner busy in Python", client_put_owner_busy(db, handle_hex, args.ops, args.keys))
                 if lmdb_path:
                     note("lmdb 1 reader process get",
@@ -255,7 +272,7 @@ def main():
     print(f"# {args.keys:,} keys (16 B / 100 B), {args.ops:,} ops, workers={args.workers}, "
           f"{os.cpu_count()} cores, medians of {args.repeat}")
     for name, v in med.items():
-        unit = "ms" if name.endswith("ms") else "ns" if "per record" in name else "ops/s"
+        unit = "ms" if name.endswith("ms") else "ns" if "CPU per" in name else "ops/s"
         print(f"{name:<36} {v:>14,.3f} {unit}" if unit != "ops/s" else f"{name:<36} {v:>14,.0f} {unit}")
     print(f"client get / owner get:               {med['client get'] / med['owner get']:.2f}")
     print(f"client batch_get / owner batch_get:   {med['client batch_get(100)'] / med['owner batch_get(100)']:.2f}")
@@ -263,9 +280,12 @@ def main():
     print(f"client put / owner put:               {med['client put'] / med['owner put']:.2f}")
     print(f"amdb 2 writer processes / 1:          {med['amdb 2 writer processes put (sum)'] / med['client put']:.2f}")
     print(f"client put, owner busy / owner idle:  {med['client put, owner busy in Python'] / med['client put']:.2f}")
-    print(f"one forwarder's capacity / client put: {1e9 / med['forwarder CPU per record (2 writers)'] / med['client put']:.2f}"
-          f"  ({1e9 / med['forwarder CPU per record (2 writers)']:,.0f} records/s at "
-          f"{med['forwarder CPU per record (2 writers)']:.0f} ns of CPU each)")
+    forwarder_ns = med['forwarder CPU per record (2 writers)']
+    per_put = med['client CPU per put (2 writers)'] + forwarder_ns + med['workers CPU per record (2 writers)']
+    print(f"one forwarder's capacity / client put: {1e9 / forwarder_ns / med['client put']:.2f}"
+          f"  ({1e9 / forwarder_ns:,.0f} records/s at {forwarder_ns:.0f} ns of CPU each)")
+    print(f"CPU per client put, all processes:    {per_put:,.0f} ns: {os.cpu_count()} cores carry at most "
+          f"{os.cpu_count() * 1e9 / per_put:,.0f} puts/s")
     if "lmdb 1 reader process get" in med:
         print(f"lmdb 2 reader processes / 1:          "
               f"{med['lmdb 2 reader processes get (sum)'] / med['lmdb 1 reader process get']:.2f}")
