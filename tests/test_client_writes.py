@@ -413,6 +413,50 @@ def test_a_forked_child_of_the_owner_writes_through_its_inherited_database(make_
 _FORK_POOL_DB = None        # inherited by the pool's processes at fork
 
 
+def test_a_forked_childs_threads_attach_it_once_and_its_older_iterator_reads_on(make_db):
+    # Four threads of the child write at once: one attaches it, the others
+    # wait for that and write through the same client. A scan the child
+    # opened before keeps reading its parent's mappings; a write batch and
+    # pickling work as in any client.
+    db = make_db(workers=2)
+    db.batch_put([(b"k%04d" % i, b"v") for i in range(1000)])
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.alarm(30)
+            scan = db.scan(prefix=b"k")
+            first = [next(scan) for _ in range(10)]
+            errors = []
+
+            def write(t):
+                try:
+                    for i in range(200):
+                        db.put(b"t%d-%d" % (t, i), b"x")
+                except Exception as exc:          # noqa: BLE001 - reported below
+                    errors.append(exc)
+            threads = [threading.Thread(target=write, args=(t,)) for t in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            rest = list(scan)
+            with db.write_batch() as wb:
+                wb.put(b"wb", b"1")
+            other = pickle.loads(pickle.dumps(db))
+            ok = (not errors and len(first) + len(rest) == 1000 and db.get(b"wb") == b"1"
+                  and other.get(b"t3-199") == b"x")
+            other.close()
+            db.close()
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    assert db.batch_get([b"t%d-199" % t for t in range(4)] + [b"wb"]) == [b"x"] * 4 + [b"1"]
+    assert db.stats()["clients"]["attaches"] == 2        # the child once, then its pickled copy
+
+
 def test_a_forked_childs_write_after_its_parent_closed_raises_owner_gone(make_db):
     # The child's first write attaches it to its parent: once the parent has
     # closed the database, that is a clear OwnerGoneError (not a hang, not
