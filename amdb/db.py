@@ -887,9 +887,10 @@ def _attach_forked_child(db):
             handle = db._client.handle
         elif db._supervisor is not None and db._supervisor.attach_servers:
             handle = db._supervisor.handle()
-        else:                           # the parent serves no attaches: the refusal as before
-            db._writer.enter_exclusive("write")
-            raise Error("this forked child cannot attach to its parent's database", code="forked")
+        else:
+            raise Error(f"this forked child cannot write: its parent serves no attaches "
+                        f"({db._supervisor.attach_refused if db._supervisor else 'no owner'})", code="forked",
+                        hint="open the database in the child after forking, or write from the parent")
         fresh = ParallelDB.attach(handle)       # OwnerGoneError once the owner is gone
         inherited = db._inherited + [(db._att, db._client)]
         for name in _REATTACHING_CALLS:

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 
 import pytest
@@ -455,6 +456,37 @@ def test_a_forked_childs_threads_attach_it_once_and_its_older_iterator_reads_on(
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
     assert db.batch_get([b"t%d-199" % t for t in range(4)] + [b"wb"]) == [b"x"] * 4 + [b"1"]
     assert db.stats()["clients"]["attaches"] == 2        # the child once, then its pickled copy
+
+
+def test_a_forked_child_that_cannot_attach_is_told_why(make_db):
+    # Two ways a forked child still gets code "forked": a method of its
+    # parent's looked up before the fork, and a parent that serves no
+    # attaches (a directory where no socket can be made; simulated in the
+    # child's copy only). Neither writes anything.
+    db = make_db(workers=2)
+    parents_put = db.put
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.alarm(30)
+            messages = []
+            for attempt in (lambda: parents_put(b"a", b"1"), lambda: db.put(b"b", b"2")):
+                try:
+                    attempt()
+                except amdb.Error as exc:
+                    messages.append((exc.code, str(exc)))
+                db._supervisor.attach_servers.clear()       # after the first: as if none were served
+            ok = (len(messages) == 2 and messages[0][0] == messages[1][0] == "forked"
+                  and "db.put(...)" in messages[0][1] and "serves no attaches" in messages[1][1])
+            code = 0 if ok else 2
+            if not ok:
+                print(messages, file=sys.stderr, flush=True)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    assert db.batch_get([b"a", b"b"]) == [None, None]
 
 
 def test_a_forked_childs_write_after_its_parent_closed_raises_owner_gone(make_db):

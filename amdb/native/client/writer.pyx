@@ -306,14 +306,17 @@ cdef class Writer:
         if self.att.client:
             if self.att.closed:
                 self.att.check_open()
-            raise Error(f"this ParallelDB is attached to a database another process owns and only reads; "
-                        f"it cannot {what} (writes and admin calls from attached processes are not built yet)",
+            raise Error(f"this ParallelDB is attached for reads only (read_only=True); it cannot {what}",
                         code="attached_read_only",
-                        hint="call it in the process that opened the database")
+                        hint="attach without read_only=True to write, or call it in the process that opened "
+                             "the database")
         if self.att.foreign:
-            raise Error(f"this ParallelDB was opened by another process; a forked child cannot {what} "
-                        "(it may read, and close its handle)", code="forked",
-                        hint="open a new ParallelDB in the child, or create the database after forking")
+            # A forked child gets here only through a method of its parent's
+            # looked up before the fork (db.py, "forked children").
+            raise Error(f"this method belongs to the parent process's database; a forked child cannot {what} "
+                        "through it", code="forked",
+                        hint="call it on the database object in the child (db.put(...)): its first write "
+                             "attaches the child to the owner")
         self.att.check_open()
         if self.write_lock._is_owned():
             self._refuse_reentrant(what)
