@@ -432,6 +432,8 @@ typedef struct amdb_db_control {
  * (the forwarder pauses while the owner holds its write lock), credit first.
  *   1. The client fills a record past `head`, then publishes head (seq_cst),
  *      then wakes the forwarder if db control's forwarder_sleeping is set.
+ *      One of its threads at a time: the one holding the client's GIL from
+ *      its room check to its publication (ClientWriter._send).
  *      The put is acknowledged then: the forwarder sends on every record
  *      published, also after the client died.
  *   2. The forwarder trusts no byte: it checks each record's op and lengths
