@@ -239,7 +239,7 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         self._writer.enter_exclusive(what)
         with self._write_lock:
             if self._att.closed:
-                raise ClosedError("the database is closed")
+                raise self._att.closed_error()
             with self._supervisor.quiesced():
                 yield
 
@@ -378,7 +378,7 @@ class ParallelDB(MappingViews, abc.MutableMapping):
     def put_array(self, keys, values):
         """Columnar batch put from two 1-D numpy arrays (S<n> or unsigned ints)."""
         if self.closed:
-            raise ClosedError("the database is closed")
+            raise self._att.closed_error()
         key_data, key_width, strip_keys, n = _fixed_width(keys, "keys")
         value_data, value_width, strip_values, m = _fixed_width(values, "values")
         if n != m:
@@ -393,7 +393,7 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         One atomic batch, no Python object per item."""
         import numpy as np
         if self.closed:
-            raise ClosedError("the database is closed")
+            raise self._att.closed_error()
         arrays = []
         for name, array, dtype in (("keys", keys, np.uint8), ("key_offsets", key_offsets, np.int64),
                                    ("values", values, np.uint8), ("value_offsets", value_offsets, np.int64)):
@@ -412,7 +412,7 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         values read into fixed-width items. See docs/API.md for the dtypes."""
         import numpy as np
         if self.closed:
-            raise ClosedError("the database is closed")
+            raise self._att.closed_error()
         key_data, key_width, strip_keys, n = _fixed_width(keys, "keys")
         if dtype is None:
             out_dtype, width, exact = None, -1, False
@@ -600,7 +600,7 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         """A read view as of the newest finished batch: its get/batch_get/scan
         keep answering as of that moment while writes go on."""
         if self._att.closed:
-            raise ClosedError("the database is closed")
+            raise self._att.closed_error()
         self._writer.flush()                # a snapshot holds every write this process made
         self._reader.sync_reads()           # (a client: every write its owner acknowledged)
         seq = self._att.pin_visible()       # pinned before the seq is taken (Attachment.pin_visible)

@@ -262,6 +262,10 @@ def test_owner_close_gives_clients_owner_gone(make_db):
         db.close()
         assert ask(proc, "until_gone") == "gone OwnerGoneError True"
         assert ask(proc, "len") == "error OwnerGoneError owner_gone"
+        # snapshot() raised a plain ClosedError once the owner was gone (seen
+        # as a race in a client's read loop under ASan): every closed check
+        # of ParallelDB now raises the attachment's own error.
+        assert ask(proc, "snapshot") == "error OwnerGoneError owner_gone"
         assert ask(proc, "close") == "closed True"
     finally:
         reap(proc)
