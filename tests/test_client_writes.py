@@ -489,6 +489,55 @@ def test_a_forked_child_that_cannot_attach_is_told_why(make_db):
     assert db.batch_get([b"a", b"b"]) == [None, None]
 
 
+def _fork_write_kill_cycles(db, cycles):
+    """`cycles` forked children each attach at their first put, put 20 keys
+    (acknowledged: they say so), go on putting, and die by SIGKILL wherever
+    they are, while the owner writes between them. Every acknowledged put is
+    applied, every channel and slot is given back, and the owner goes on."""
+    server = db._supervisor.attach_servers[0]
+    attaches = server.attaches
+    for cycle in range(cycles):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(r)
+                for j in range(20):
+                    db.put(b"f%d-%d" % (cycle, j), b"%d" % j)
+                os.write(w, b"A")
+                for j in range(20, 10_000):
+                    db.put(b"f%d-%d" % (cycle, j), b"%d" % j)
+                os.read(os.pipe()[0], 1)         # killed by now, or waits for it
+            finally:
+                os._exit(0)
+        os.close(w)
+        try:
+            assert os.read(r, 1) == b"A"
+            db.put(b"owner-%d" % cycle, b"x")
+            os.kill(pid, signal.SIGKILL)
+        finally:
+            _, status = os.waitpid(pid, 0)
+            os.close(r)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+    assert wait_until(lambda: not server.client_pids(), 10)
+    assert wait_until(lambda: db._writer.channels_open() == 0, 10)
+    assert server.attaches - attaches == cycles
+    db.flush()
+    assert all(db.get(b"f%d-%d" % (c, j)) == b"%d" % j for c in range(cycles) for j in range(20))
+    assert all(db.get(b"owner-%d" % c) == b"x" for c in range(cycles))
+    db.put(b"after", b"1")
+    assert db.get(b"after") == b"1" and db.verify().ok
+
+
+def test_forked_children_killed_while_they_write_lose_nothing_acknowledged(make_db):
+    _fork_write_kill_cycles(make_db(workers=2), 150)
+
+
+@pytest.mark.slow
+def test_forked_children_killed_while_they_write_soak(make_db):
+    _fork_write_kill_cycles(make_db(workers=2), 1000)
+
+
 def test_a_forked_childs_write_after_its_parent_closed_raises_owner_gone(make_db):
     # The child's first write attaches it to its parent: once the parent has
     # closed the database, that is a clear OwnerGoneError (not a hang, not
