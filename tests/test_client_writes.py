@@ -97,11 +97,17 @@ for line in sys.stdin:
                     print(name, type(exc).__name__, flush=True)
         elif cmd == "fork_child":
             db.put(b"before-fork", b"1")
+            parents_put = db.put
             pid = os.fork()
             if pid == 0:
                 seen = db.get(b"before-fork")
+                try:
+                    parents_put(b"never", b"x")     # the parent's channel: refused, with the way out
+                    refused = False
+                except amdb.Error as exc:
+                    refused = exc.code == "forked" and "db.put(...)" in str(exc)
                 db.put(b"child", b"x")              # attaches the child to the owner first
-                ok = seen == b"1" and db.get(b"child") == b"x"
+                ok = refused and seen == b"1" and db.get(b"child") == b"x"
                 db.close()                          # the child's own: its parent stays attached
                 os._exit(0 if ok else 3)
             _, status = os.waitpid(pid, 0)
@@ -236,7 +242,7 @@ def test_a_forked_child_of_a_client_reads_its_parents_writes_and_writes_through_
         assert ask(proc, "get after-fork") == "b'1'"      # the parent's channel still works
     finally:
         reap(proc)
-    assert db.get(b"child") == b"x" and db.get(b"before-fork") == b"1"
+    assert db.get(b"child") == b"x" and db.get(b"before-fork") == b"1" and db.get(b"never") is None
     assert db.stats()["clients"]["attaches"] == 2          # the client, then its child
 
 

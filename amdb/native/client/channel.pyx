@@ -183,9 +183,12 @@ cdef class ClientWriter:
         if self.att.closed:
             raise self.att.closed_error()
         if self.att.channel == NULL:
-            raise Error("this ParallelDB was attached by another process; a forked child cannot write "
-                        "through it (it may read, and close its handle)", code="forked",
-                        hint="attach again in the child: ParallelDB.attach(handle)")
+            # A forked child gets here only through a method of its parent's
+            # looked up before the fork (db.py, "forked children").
+            raise Error("this method belongs to the parent process's channel; a forked child cannot write "
+                        "through it", code="forked",
+                        hint="call it on the database object in the child (db.put(...)): its first write "
+                             "attaches the child to the owner")
         if amdb_load_seqcst(&self.ch.closed):
             raise OwnerGoneError("the owner closed the database: this client can no longer write",
                                  hint="reopen the database")
