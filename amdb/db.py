@@ -879,7 +879,7 @@ def _attach_forked_child(db):
     the parent's mappings until now; snapshots and iterators made before keep
     them until close()."""
     with _reattach_lock:
-        if not isinstance(db.__dict__.get("put"), functools.partial):
+        if getattr(db.__dict__.get("put"), "func", None) is not _attach_then_call:
             return                      # another thread of the child attached it meanwhile
         if db._att.closed:
             raise db._att.closed_error()
@@ -889,7 +889,7 @@ def _attach_forked_child(db):
             handle = db._supervisor.handle()
         else:
             raise Error(f"this forked child cannot write: its parent serves no attaches "
-                        f"({db._supervisor.attach_refused if db._supervisor else 'no owner'})", code="forked",
+                        f"({db._supervisor.attach_refused})", code="forked",
                         hint="open the database in the child after forking, or write from the parent")
         fresh = ParallelDB.attach(handle)       # OwnerGoneError once the owner is gone
         inherited = db._inherited + [(db._att, db._client)]

@@ -82,8 +82,8 @@ cdef class Writer:
     cdef int _solo_core(self, uint32_t op, const uint8_t *key, uint64_t key_len, const uint8_t *value,
                         uint64_t value_len, uint64_t h, int w, uint32_t ticket, uint64_t *seq_out) noexcept nogil
     cdef int _forward_pass(self, int *stuck, int *stuck_worker, uint64_t *stuck_bytes) noexcept nogil
-    cdef int _forward_until_python(self, int *stuck, int *stuck_worker, uint64_t *stuck_bytes,
-                                   bint stopping) noexcept nogil
+    cdef int _forward_until_python(self, int *stuck, int *stuck_worker, uint64_t *stuck_bytes) noexcept nogil
+    cdef int _room_state(self, int w, uint64_t key_len, uint64_t value_len) noexcept nogil
     cdef bint _room_within(self, int w, uint64_t nbytes, uint64_t timeout_ns) noexcept nogil
     cdef void _forwarder_sleep(self) noexcept nogil
     cdef int _forward_sync(self, int index) except -1

@@ -76,6 +76,11 @@ cdef enum WaitResult:
     WAIT_FAILED = 1
     WAIT_TIMEOUT = 2
 
+cdef enum RoomState:              # what _room_state found
+    NO_ROOM_YET = 0
+    ROOM = 1
+    DRAINED = 2                   # every async chunk of ours applied, and still no room
+
 cdef enum SoloOutcome:            # what _send_solo did
     SOLO_SENT = 0
     SOLO_SYNC = 1                 # write synchronously (no async now: a batch, a closed database...)
@@ -663,32 +668,41 @@ cdef class Writer:
         finally:
             self.att.leave_read(slot)
 
-    cdef bint _wait_room_registered(self, int w, uint64_t key_len, uint64_t value_len) except -1:
+    cdef int _room_state(self, int w, uint64_t key_len, uint64_t value_len) noexcept nogil:
+        """Backpressure's question: ROOM when worker w has credit and ring
+        room for one more record of this size; DRAINED when it applied (or
+        refused) every async chunk of ours and still has not (a synchronous
+        write must ask for memory); NO_ROOM_YET otherwise."""
         cdef RingProducer *r = &self.producers[w]
         cdef amdb_control *c = r.ctrl
         cdef uint64_t charge = amdb_async_charge(<uint32_t>key_len, <uint32_t>value_len)
         cdef uint64_t need = 2 * (sizeof(amdb_ring_chunk) + amdb_record_bytes(<uint32_t>key_len, <uint32_t>value_len))
+        if (self.charged_bytes[w] + charge <= amdb_load_acquire(&c.credit_bytes)
+                and self.charged_records[w] + 1 <= amdb_load_acquire(&c.credit_records)
+                and r.capacity - (r.head - amdb_load_acquire(&c.ring_tail)) >= need):
+            return ROOM
+        if (amdb_load_acquire(&c.applied_chunk) >= self.att.async_chunk[w]
+                or amdb_load_acquire(&c.failed_chunk) >= self.att.async_chunk[w]):
+            return DRAINED
+        return NO_ROOM_YET
+
+    cdef bint _wait_room_registered(self, int w, uint64_t key_len, uint64_t value_len) except -1:
+        cdef amdb_control *c = self.producers[w].ctrl
         cdef uint32_t seen
         cdef int i
-        cdef int state = 0                # 1: room; 2: drained without room
+        cdef int state = NO_ROOM_YET
         while True:
             with nogil:
                 for i in range(AMDB_SPIN_STEPS + 1):
-                    if (self.charged_bytes[w] + charge <= amdb_load_acquire(&c.credit_bytes)
-                            and self.charged_records[w] + 1 <= amdb_load_acquire(&c.credit_records)
-                            and r.capacity - (r.head - amdb_load_acquire(&c.ring_tail)) >= need):
-                        state = 1
-                    elif amdb_load_acquire(&c.applied_chunk) >= self.att.async_chunk[w] \
-                            or amdb_load_acquire(&c.failed_chunk) >= self.att.async_chunk[w]:
-                        state = 2
-                    if state:
+                    state = self._room_state(w, key_len, value_len)
+                    if state != NO_ROOM_YET:
                         break
                     if i == AMDB_SPIN_STEPS:
                         seen = progress_prepare_wait(c)
                         progress_sleep(c, seen, WAIT_SLICE_NS)
                     amdb_spin_step(i)
-            if state:
-                return state == 1
+            if state != NO_ROOM_YET:
+                return state == ROOM
             PyErr_CheckSignals()
             if self.att.closed:
                 return False
@@ -931,7 +945,7 @@ cdef class Writer:
         while True:
             stopping = self.forwarder_stop
             with nogil:
-                result = self._forward_until_python(&stuck, &stuck_worker, &stuck_bytes, stopping)
+                result = self._forward_until_python(&stuck, &stuck_worker, &stuck_bytes)
             if stopping:
                 if sealed:
                     if result & FWD_DONE:
@@ -950,20 +964,13 @@ cdef class Writer:
                 elif result & FWD_SHORT and not result & FWD_SENT:
                     if not self._wait_room(stuck_worker, stuck_bytes, 0):
                         self._forward_sync(stuck)
-                elif result & FWD_PAUSED:
-                    with nogil:
-                        usleep(FORWARD_PAUSED_US)
-                elif not result & FWD_SENT and not stopping:
-                    with nogil:
-                        self._forwarder_sleep()
             except Exception:
                 # A check or a synchronous write raised (a worker being
                 # replaced, say): the records wait, and the next pass retries.
                 with nogil:
                     usleep(FORWARD_PAUSED_US)
 
-    cdef int _forward_until_python(self, int *stuck, int *stuck_worker, uint64_t *stuck_bytes,
-                                   bint stopping) noexcept nogil:
+    cdef int _forward_until_python(self, int *stuck, int *stuck_worker, uint64_t *stuck_bytes) noexcept nogil:
         """Forwarding passes, sleeps and pauses, without the GIL, until a
         pass needs what only Python does (the result of that pass): letting
         a channel go, a synchronous write, backpressure with nothing sent, or
@@ -976,7 +983,7 @@ cdef class Writer:
             result = self._forward_pass(stuck, stuck_worker, stuck_bytes)
             # forwarder_stop: set with the GIL, read after the pass's mutex
             # (a full barrier); stop_forwarder wakes a sleeping forwarder.
-            if stopping or self.forwarder_stop or result & (FWD_DONE | FWD_SYNC):
+            if self.forwarder_stop or result & (FWD_DONE | FWD_SYNC):
                 return result
             if result & FWD_SENT:
                 continue
@@ -996,26 +1003,19 @@ cdef class Writer:
         still has none (False: _wait_room and a synchronous write decide).
         Needs no reader registration: close() stops the forwarder before it
         unmaps anything."""
-        cdef RingProducer *r = &self.producers[w]
-        cdef amdb_control *c = r.ctrl
-        cdef uint64_t charge = amdb_async_charge(<uint32_t>nbytes, 0)
-        cdef uint64_t need = 2 * (sizeof(amdb_ring_chunk) + amdb_record_bytes(<uint32_t>nbytes, 0))
+        cdef amdb_control *c = self.producers[w].ctrl
         cdef uint64_t deadline = amdb_monotonic_ns() + timeout_ns
         cdef uint32_t seen
-        cdef int i = 0
+        cdef int i = 0, state
         while not self.forwarder_stop and not self.att.closed:
             # The producer's counts change only under the mutex, which the
             # owner's puts take too: read them as a pass would.
             pthread_mutex_lock(&self.producer_mutex)
-            if (self.charged_bytes[w] + charge <= amdb_load_acquire(&c.credit_bytes)
-                    and self.charged_records[w] + 1 <= amdb_load_acquire(&c.credit_records)
-                    and r.capacity - (r.head - amdb_load_acquire(&c.ring_tail)) >= need):
-                pthread_mutex_unlock(&self.producer_mutex)
-                return True
+            state = self._room_state(w, nbytes, 0)
             pthread_mutex_unlock(&self.producer_mutex)
-            if (amdb_load_acquire(&c.applied_chunk) >= self.att.async_chunk[w]
-                    or amdb_load_acquire(&c.failed_chunk) >= self.att.async_chunk[w]
-                    or amdb_monotonic_ns() > deadline):
+            if state != NO_ROOM_YET:
+                return state == ROOM
+            if amdb_monotonic_ns() > deadline:
                 return False
             if i < AMDB_SPIN_STEPS:
                 amdb_spin_step(i)
