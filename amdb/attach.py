@@ -654,8 +654,13 @@ def attach_client(att, handle, write=False):
         for fd in fds:
             os.close(fd)
     handle = Handle(handle.address, description["path"], description["owner_pid"])
-    att.attach(db_mapping, controls, arenas)
-    slot = att.became_client(handle.path)
+    try:
+        att.attach(db_mapping, controls, arenas)
+        slot = att.became_client(handle.path)
+    except BaseException:               # no reader slot (max_clients): the owner lets the channel go
+        sock.close()
+        att.close_foreign()
+        raise
     att_ref = weakref.ref(att)
 
     def on_gone(reason):

@@ -65,14 +65,14 @@ class ParallelDB(MappingViews, abc.MutableMapping):
                  checkpoint_bytes=DEFAULTS["checkpoint_bytes"], read_only=DEFAULTS["read_only"],
                  keep_versions=DEFAULTS["keep_versions"], compact_min_versions=DEFAULTS["compact_min_versions"],
                  hang_timeout=DEFAULTS["hang_timeout"], poison_after=DEFAULTS["poison_after"],
-                 shm_dir=DEFAULTS["shm_dir"]):
+                 shm_dir=DEFAULTS["shm_dir"], max_clients=DEFAULTS["max_clients"]):
         self._options = options = parse_options(
             path, workers=workers, max_batch=max_batch, ring_size=ring_size, arena_size=arena_size,
             max_key_size=max_key_size, max_value_size=max_value_size, start_timeout=start_timeout, audit=audit,
             audit_max_bytes=audit_max_bytes, sync=sync, sync_interval_ms=sync_interval_ms,
             log_segment_bytes=log_segment_bytes, checkpoint_bytes=checkpoint_bytes, read_only=read_only,
             keep_versions=keep_versions, compact_min_versions=compact_min_versions, hang_timeout=hang_timeout,
-            poison_after=poison_after, shm_dir=shm_dir)
+            poison_after=poison_after, shm_dir=shm_dir, max_clients=max_clients)
         self._fresh()
         if options.read_only:
             supervisor = self._open_read_only(options, workers)

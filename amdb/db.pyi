@@ -51,7 +51,7 @@ class ParallelDB(MappingViews, MutableMapping[bytes, bytes]):
                  log_segment_bytes: int = 67108864, checkpoint_bytes: int | None = 536870912, read_only: bool = False,
                  keep_versions: int | None = 1, compact_min_versions: int = 10_000,
                  hang_timeout: float | None = 60.0, poison_after: int = 3,
-                 shm_dir: StrPath | None = None) -> None: ...
+                 shm_dir: StrPath | None = None, max_clients: int = 512) -> None: ...
 
     # ---- lifecycle
     @property

@@ -11,7 +11,7 @@ from typing import Optional
 
 from amdb import storage
 from amdb.errors import InvalidArgumentError, InvalidTypeError
-from amdb.native.constants import MAX_WORKERS    # per-worker arrays of the client are sized to it
+from amdb.native.constants import MAX_READER_SLOTS, MAX_WORKERS  # per-worker arrays of the client are sized to it
 from amdb.shm.control import RECORD_HEADER_BYTES
 
 MIN_RING_SIZE = 64 << 10            # bytes
@@ -24,6 +24,10 @@ DEFAULT_LOG_SEGMENT_BYTES = 64 << 20
 DEFAULT_CHECKPOINT_BYTES = 512 << 20  # log bytes (any worker) past which a checkpoint is written
 DEFAULT_COMPACT_MIN_VERSIONS = 10_000  # reclaimable versions below which no automatic compaction runs
 DEFAULT_KEEP_VERSIONS = 1             # bounded history by default: see docs/API.md, "Retention"
+# Processes besides the owner that may use the database at once (attached
+# clients, forked children that read): a 64-byte reader slot each in shared
+# memory (32 KiB in all), and a channel (1 MiB) for each one that writes.
+DEFAULT_MAX_CLIENTS = 512
 
 # Every keyword of ParallelDB with its default (the signature repeats them for help()).
 DEFAULTS = dict(workers=None, max_batch=100_000, ring_size=DEFAULT_RING_SIZE, arena_size=DEFAULT_ARENA_SIZE,
@@ -32,7 +36,8 @@ DEFAULTS = dict(workers=None, max_batch=100_000, ring_size=DEFAULT_RING_SIZE, ar
                 log_segment_bytes=DEFAULT_LOG_SEGMENT_BYTES, checkpoint_bytes=DEFAULT_CHECKPOINT_BYTES,
                 read_only=False, keep_versions=DEFAULT_KEEP_VERSIONS,
                 compact_min_versions=DEFAULT_COMPACT_MIN_VERSIONS,
-                hang_timeout=DEFAULT_HANG_TIMEOUT, poison_after=DEFAULT_POISON_AFTER, shm_dir=None)
+                hang_timeout=DEFAULT_HANG_TIMEOUT, poison_after=DEFAULT_POISON_AFTER, shm_dir=None,
+                max_clients=DEFAULT_MAX_CLIENTS)
 
 
 @dataclass(frozen=True)
@@ -59,12 +64,14 @@ class Options:
     compact_min_versions: int
     hang_timeout: Optional[float]
     poison_after: int
+    max_clients: int                # reader slots: processes besides the owner at once
 
     def reopen_kwargs(self):
         """The keywords that reopen a database like this one (resharding)."""
         return dict(max_batch=self.max_batch, ring_size=self.ring_size, arena_size=self.arena_size,
                     start_timeout=self.start_timeout, sync=self.sync, sync_interval_ms=self.sync_interval_ms,
-                    log_segment_bytes=self.log_segment_bytes, checkpoint_bytes=self.checkpoint_bytes)
+                    log_segment_bytes=self.log_segment_bytes, checkpoint_bytes=self.checkpoint_bytes,
+                    max_clients=self.max_clients)
 
 
 def int_option(name, value, low, high):
@@ -179,6 +186,7 @@ def parse_options(path=None, **kwargs):
     keep_versions = keep_versions_option(o["keep_versions"])
     compact_min_versions = int_option("compact_min_versions", o["compact_min_versions"], 1, 1 << 62)
     shm_dir = shm_dir_option(o["shm_dir"])
+    max_clients = int_option("max_clients", o["max_clients"], 1, MAX_READER_SLOTS)
     audit = o["audit"]
     if audit is not None and not isinstance(audit, (str, os.PathLike)):
         raise InvalidTypeError(f"audit= must be a file path or None, not {type(audit).__name__}",
@@ -189,4 +197,5 @@ def parse_options(path=None, **kwargs):
                    audit_max_bytes=o["audit_max_bytes"], sync=sync, sync_interval_ms=sync_interval_ms,
                    log_segment_bytes=log_segment_bytes, checkpoint_bytes=checkpoint_bytes, read_only=read_only,
                    keep_versions=keep_versions, compact_min_versions=compact_min_versions,
-                   hang_timeout=hang_timeout, poison_after=poison_after, shm_dir=shm_dir)
+                   hang_timeout=hang_timeout, poison_after=poison_after, shm_dir=shm_dir,
+                   max_clients=max_clients)

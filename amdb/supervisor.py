@@ -27,7 +27,7 @@ from amdb import SLOT_COUNT, attach, storage
 from amdb.errors import (ClosedError, Error, InvalidArgumentError, StorageError, WorkerCrashedError,
                          WorkerStartError, raise_for_status)
 from amdb.native.client import inspect
-from amdb.native.constants import CHANNEL_BYTES, READER_SLOTS, STATUS, WORKER_READY
+from amdb.native.constants import CHANNEL_BYTES, STATUS, WORKER_READY
 from amdb.native.client.reader import Reader
 from amdb.native.client.writer import Writer, WriteLock
 from amdb.shm import control, segment
@@ -71,8 +71,8 @@ class _ClientServices:
             os.posix_fallocate(fd, 0, size)     # memory now: a write into it never faults
             entry = writer.add_channel(Mapping(fd, 0, size, True), CHANNEL_BYTES, pid)
             if entry < 0:
-                raise Error(f"every one of the {READER_SLOTS} client channels is taken",
-                            code="attach_refused")
+                raise Error(f"every one of the {writer.max_forwards} client channels is taken",
+                            code="attach_refused", hint="open the owner with a larger max_clients=")
             writer.start_forwarder()
             return fd, entry, CHANNEL_BYTES
         except BaseException:
@@ -276,12 +276,13 @@ class Supervisor:
         db_fd = -1
         try:
             db_name = prefix + "_db"
-            db_shm = segment.create(db_name, control.DB_CONTROL_BYTES, control.DB_CONTROL_BYTES, shm_dir)
+            db_bytes = self.db_control_bytes = control.db_control_bytes(self.o.max_clients)
+            db_shm = segment.create(db_name, db_bytes, db_bytes, shm_dir)
             names.append(db_name)
-            db_mapping = Mapping(db_shm.fd, 0, control.DB_CONTROL_BYTES, True)
+            db_mapping = Mapping(db_shm.fd, 0, db_bytes, True)
             db_fd = os.dup(db_shm.fd)               # handed to clients (amdb/attach.py)
             db_shm.close_fd()
-            control.init_db_control(db_mapping, self.o.workers, slot_owner,
+            control.init_db_control(db_mapping, self.o.workers, slot_owner, self.o.max_clients,
                                     plan.recovered_seq if plan is not None else 0)
             ring_offset = control.CONTROL_BYTES
             arena_offset = ring_offset + self.o.ring_size
@@ -389,7 +390,7 @@ class Supervisor:
         """What a client needs to map the segments the owner hands over."""
         import dataclasses
         options = {f.name: getattr(self.o, f.name) for f in dataclasses.fields(self.o) if f.name != "manifest"}
-        return {"workers": self.o.workers, "db_control_bytes": control.DB_CONTROL_BYTES,
+        return {"workers": self.o.workers, "db_control_bytes": self.db_control_bytes,
                 "arena_offset": self.arena_offset, "arena_size": self.o.arena_size,
                 "regions": control.ARENA_REGIONS, "owner_pid": self.owner_pid, "path": self.path,
                 "options": options}
@@ -734,7 +735,7 @@ class Supervisor:
         total["shm_bytes_per_key"] = total["shm_bytes"] / keys if keys else None
         shm_size, shm_free = self._shm_space()
         return {"workers": workers, "total": total, "shm_dir": self.o.shm_dir or segment.SHM_DIR,
-                "shm_size": shm_size, "shm_free": shm_free, "db_control_bytes": control.DB_CONTROL_BYTES}
+                "shm_size": shm_size, "shm_free": shm_free, "db_control_bytes": self.db_control_bytes}
 
     def _punch(self, worker, region):
         """Give the memory of `region` of `worker` back (layout.h, "Arena regions").

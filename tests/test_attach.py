@@ -555,7 +555,8 @@ print("done", bad, flush=True)
 def _attach_kill_cycles(db, cycles):
     """`cycles` processes attach, read, put 20 keys (acknowledged) and 20 more,
     and die by SIGKILL while the owner writes; more of them than there are
-    reader slots and client channels (128). Every acknowledged put is applied."""
+    reader slots and client channels (max_clients). Every acknowledged put is
+    applied."""
     proc = python_child(ATTACH_AND_DIE, handle_hex(db), cycles, stdin=False)
     server = db._supervisor.attach_servers[0]
     written = 0
@@ -576,10 +577,72 @@ def _attach_kill_cycles(db, cycles):
     client.close()
 
 
-def test_attach_and_kill_cycles_leak_nothing(owner):
-    _attach_kill_cycles(owner, 150)
+@pytest.fixture
+def few_slots_owner(make_db):
+    db = make_db(workers=2, max_clients=8)
+    db.batch_put([(b"a%d" % i, b"v%d" % i) for i in range(50)])
+    return db
+
+
+def test_attach_and_kill_cycles_leak_nothing(few_slots_owner):
+    _attach_kill_cycles(few_slots_owner, 150)
 
 
 @pytest.mark.slow
-def test_attach_and_kill_soak(owner):
-    _attach_kill_cycles(owner, 1000)
+def test_attach_and_kill_soak(few_slots_owner):
+    _attach_kill_cycles(few_slots_owner, 1000)
+
+
+def test_max_clients_bounds_the_processes_attached_at_once(make_db):
+    db = make_db(workers=2, max_clients=2)
+    db.put(b"k", b"v")
+    first = amdb.ParallelDB.attach(db.handle())
+    second = amdb.ParallelDB.attach(db.handle(), read_only=True)
+    assert db._writer.channels_open() == 1 and db._writer.max_forwards == 2
+    with pytest.raises(amdb.Error) as refused:
+        amdb.ParallelDB.attach(db.handle())
+    assert refused.value.code == "too_many_readers" and "max_clients" in refused.value.hint
+    # The refused attach gave its channel back; the two attached read and write on.
+    assert wait_until(lambda: db._writer.channels_open() == 1, 10)
+    first.put(b"k", b"first")
+    first.flush()
+    assert second.get(b"k") == b"first"
+    first.close()
+    third = amdb.ParallelDB.attach(db.handle())          # the slot first held is free again
+    third.put(b"k", b"third")
+    third.flush()
+    assert db.get(b"k") == b"third" and second.get(b"k") == b"third"
+    third.close()
+    second.close()
+
+
+def test_a_forked_child_past_max_clients_is_told_why(make_db):
+    db = make_db(workers=2, max_clients=1)
+    db.put(b"k", b"v")
+    client = amdb.ParallelDB.attach(db.handle(), read_only=True)    # holds the one slot
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            db.get(b"k")
+            answer = b"read"
+        except amdb.Error as exc:
+            answer = exc.code.encode()
+        os.write(w, answer)
+        os._exit(0)
+    os.close(w)
+    try:
+        assert os.read(r, 100) == b"too_many_readers"
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    assert client.get(b"k") == b"v"
+    client.close()
+
+
+@pytest.mark.parametrize("bad, error", [(0, amdb.InvalidArgumentError), (16385, amdb.InvalidArgumentError),
+                                        ("8", amdb.InvalidTypeError), (True, amdb.InvalidTypeError)])
+def test_max_clients_is_checked_before_anything_opens(tmp_path, bad, error):
+    with pytest.raises(error, match="max_clients"):
+        amdb.ParallelDB(str(tmp_path / "db"), max_clients=bad)
+    assert not (tmp_path / "db").exists()

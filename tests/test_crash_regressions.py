@@ -876,7 +876,7 @@ NEARLY_FULL_SHM = r"""
 import os
 import amdb
 outcomes = []
-for free_kib in (96, 100, 104, 108, 112, 120, 128, 136, 160):
+for free_kib in (96, 104, 112, 120, 128, 136, 152, 168, 184, 200, 256):
     st = os.statvfs("/dev/shm")
     filler = os.open("/dev/shm/filler", os.O_RDWR | os.O_CREAT, 0o600)
     os.posix_fallocate(filler, 0, st.f_bavail * st.f_frsize - free_kib * 1024)

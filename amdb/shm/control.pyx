@@ -20,21 +20,30 @@ from amdb.native.constants import COMPACT_STATES, RECORD_OPS
 CONTROL_BYTES = AMDB_CONTROL_BYTES
 ARENA_REGIONS = AMDB_ARENA_REGIONS
 RING_COMMIT_STEP = AMDB_RING_COMMIT_STEP
-DB_CONTROL_BYTES = (sizeof(amdb_db_control) + AMDB_PAGE - 1) // AMDB_PAGE * AMDB_PAGE
+MAX_READER_SLOTS = AMDB_MAX_READER_SLOTS
+
+
+def db_control_bytes(uint64_t reader_slots):
+    """Bytes of a database control block with `reader_slots` reader slots."""
+    return amdb_db_control_bytes(reader_slots)
 RECORD_HEADER_BYTES = sizeof(amdb_ring_record)
 CHUNK_HEADER_BYTES = sizeof(amdb_ring_chunk)
 
 
-def init_db_control(Mapping m, int worker_count, slot_owner, uint64_t visible_seq=0):
-    """Fill the database control block: header, visible_seq, slot table."""
+def init_db_control(Mapping m, int worker_count, slot_owner, uint64_t reader_slots, uint64_t visible_seq=0):
+    """Fill the database control block (a zeroed mapping of
+    db_control_bytes(reader_slots)): header, visible_seq, slot table."""
     cdef amdb_db_control *d = <amdb_db_control *>m.base
     cdef int slot
     if len(slot_owner) != AMDB_SLOT_COUNT:
         raise ValueError("slot table must have 16384 entries")
+    if not 1 <= reader_slots <= AMDB_MAX_READER_SLOTS or m.length < amdb_db_control_bytes(reader_slots):
+        raise ValueError(f"{reader_slots} reader slots do not fit a control block of {m.length} bytes")
     d.magic = AMDB_DATABASE_MAGIC
     d.layout_version = AMDB_LAYOUT_VERSION
     d.worker_count = worker_count
     d.slot_count = AMDB_SLOT_COUNT
+    d.reader_slot_count = reader_slots
     for slot in range(AMDB_SLOT_COUNT):
         d.slot_owner[slot] = <uint16_t>slot_owner[slot]
     d.read_epoch = 1                     # 0 in a reader slot means "not reading"

@@ -54,6 +54,7 @@
 #ifndef AMDB_LAYOUT_H
 #define AMDB_LAYOUT_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -379,8 +380,11 @@ enum {
  *   - The owner never takes a slot: its own readers are counted in process
  *     (engine.pyx, "Process safety").
  * A dead process's slot holds at most a stale epoch: the owner skips slots
- * whose pid no longer runs. */
-#define AMDB_READER_SLOTS 128
+ * whose pid no longer runs.
+ * How many slots: reader_slot_count (db control), the owner's max_clients=,
+ * written before the control block is handed to any process and never
+ * changed; the slots follow the fixed part of the block (readers[]). */
+#define AMDB_MAX_READER_SLOTS 16384    /* max_clients= at most: 1 MiB of slots */
 typedef struct amdb_reader_slot {
     uint64_t pid;                   /* holder; 0 = free; claimed by CAS */
     uint64_t epoch;                 /* read_epoch its reads entered in; 0 = not reading */
@@ -396,6 +400,7 @@ typedef struct amdb_db_control {
     uint64_t layout_version;
     uint64_t worker_count;
     uint64_t slot_count;
+    uint64_t reader_slot_count;       /* readers[] entries (max_clients=); read-only once handed over */
     AMDB_LINE uint64_t visible_seq;   /* newest seq every reader may see; release store */
     AMDB_LINE uint64_t read_epoch;    /* owner: +1 after each region switch; seq_cst */
     /* The owner's async single writes, for clients (attachment.pyx,
@@ -416,9 +421,15 @@ typedef struct amdb_db_control {
      * while it slept (seq_cst), then woken (futex). */
     AMDB_LINE uint32_t forward_event;
     uint32_t forwarder_sleeping;
-    AMDB_LINE amdb_reader_slot readers[AMDB_READER_SLOTS];
     AMDB_LINE uint16_t slot_owner[AMDB_SLOT_COUNT]; /* slot -> worker index */
+    AMDB_LINE amdb_reader_slot readers[];   /* reader_slot_count of them */
 } amdb_db_control;
+
+/* Bytes of a database control block with `reader_slots` reader slots, whole pages. */
+static inline uint64_t amdb_db_control_bytes(uint64_t reader_slots) {
+    uint64_t bytes = offsetof(amdb_db_control, readers) + reader_slots * sizeof(amdb_reader_slot);
+    return (bytes + AMDB_PAGE - 1) / AMDB_PAGE * AMDB_PAGE;
+}
 
 /* ---- Client channels: the async single writes of attached clients ----------
  *
@@ -814,6 +825,7 @@ static inline void amdb_counter_encode(int64_t n, uint8_t *out) {
 _Static_assert(sizeof(amdb_control) <= AMDB_CONTROL_BYTES, "control block fits a page");
 _Static_assert(AMDB_MAX_WORKERS <= 65536, "a slot owner is a uint16");
 _Static_assert(sizeof(amdb_reader_slot) == 64, "a reader slot is one cache line");
+_Static_assert(offsetof(amdb_db_control, readers) % 64 == 0, "reader slots start on a cache line");
 _Static_assert(sizeof(amdb_channel) <= AMDB_CONTROL_BYTES, "a channel's header fits a page");
 _Static_assert(sizeof(amdb_rmw_result) == 16, "a read-modify-write result is 16 bytes");
 _Static_assert(sizeof(amdb_ring_record) == 24, "ring record header is 24 bytes");

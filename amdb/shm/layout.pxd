@@ -41,7 +41,7 @@ cdef extern from "layout.h" nogil:
         AMDB_WORKER_READY
         AMDB_WORKER_STOPPED
         AMDB_WORKER_FAILED
-        AMDB_READER_SLOTS
+        AMDB_MAX_READER_SLOTS
         AMDB_CHANNEL_MAGIC
         AMDB_CHANNEL_BYTES
         AMDB_OP_PUT
@@ -177,14 +177,17 @@ cdef extern from "layout.h" nogil:
         uint64_t layout_version
         uint64_t worker_count
         uint64_t slot_count
+        uint64_t reader_slot_count
         uint64_t visible_seq
         uint64_t read_epoch
         uint64_t solo_seq
         uint64_t solo_chunk[AMDB_MAX_WORKERS]
         uint32_t forward_event
         uint32_t forwarder_sleeping
-        amdb_reader_slot readers[AMDB_READER_SLOTS]
         uint16_t slot_owner[16384]
+        amdb_reader_slot readers[1]     # reader_slot_count of them (a flexible array in C)
+
+    uint64_t amdb_db_control_bytes(uint64_t reader_slots)
 
     ctypedef struct amdb_channel:
         uint64_t magic

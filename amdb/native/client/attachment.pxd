@@ -21,6 +21,7 @@ cdef class Attachment:
     cdef readonly int nworkers
     cdef PartitionView *parts          # per worker: control block, ring, current arena region
     cdef amdb_db_control *dbc
+    cdef readonly uint64_t reader_slots  # dbc.readers[] entries (the owner's max_clients=)
     cdef list mappings                 # the Mappings parts[] and dbc point into: kept while attached
     cdef readonly bint closed
     cdef readonly bint attached

@@ -84,9 +84,20 @@ def release_reader_slot(Mapping db_mapping, int slot, uint64_t pid):
     collected without close(): its finalizer). The Mapping keeps the control
     block mapped for the call."""
     cdef amdb_db_control *dbc = <amdb_db_control *>db_mapping.base
-    if dbc == NULL or not 0 <= slot < AMDB_READER_SLOTS:
+    if dbc == NULL or not 0 <= slot < reader_slots_within(db_mapping):
         return False
     return bool(amdb_cas_seqcst(&dbc.readers[slot].pid, pid, 0))
+
+
+cdef uint64_t reader_slots_within(Mapping db_mapping):
+    """The reader slots of the control block db_mapping maps, as many as its
+    owner made and the mapping covers (a client trusts its owner's count only
+    that far)."""
+    cdef amdb_db_control *dbc = <amdb_db_control *>db_mapping.base
+    cdef uint64_t n = min(dbc.reader_slot_count, <uint64_t>AMDB_MAX_READER_SLOTS)
+    while n and amdb_db_control_bytes(n) > db_mapping.length:
+        n -= 1
+    return n
 
 
 def _after_fork_in_child():
@@ -149,6 +160,7 @@ cdef class Attachment:
                 or self.pending_key_chunk == NULL or self.seek_index == NULL):
             raise MemoryError()
         self.dbc = <amdb_db_control *>db_mapping.base
+        self.reader_slots = reader_slots_within(db_mapping)
         for i in range(self.nworkers):
             cm = controls[i]
             am = arenas[i]
@@ -326,7 +338,7 @@ cdef class Attachment:
         cdef int i
         cdef uint64_t me = <uint64_t>getpid()
         cdef uint64_t holder
-        for i in range(AMDB_READER_SLOTS):
+        for i in range(self.reader_slots):
             holder = amdb_load_seqcst(&self.dbc.readers[i].pid)
             if holder != 0 and (holder == me or pid_alive(<long>holder)):
                 continue
@@ -335,8 +347,10 @@ cdef class Attachment:
                 amdb_store_seqcst(&self.dbc.readers[i].pin_seq, 0)
                 self.reader_slot = i
                 return 0
-        raise Error(f"more than {AMDB_READER_SLOTS} processes read this database at once",
-                    code="too_many_readers", hint="close the database in processes that no longer use it")
+        raise Error(f"more than {self.reader_slots} processes read this database at once",
+                    code="too_many_readers",
+                    hint="close the database in processes that no longer use it, or open the owner "
+                         f"with a larger max_clients= (at most {AMDB_MAX_READER_SLOTS})")
 
     cdef int enter_foreign(self, int catch_up=-2) except -1:
         """Begin a read in a forked child or a client: pin the read epoch in
@@ -572,7 +586,7 @@ cdef class Attachment:
         cdef int i
         cdef uint64_t pid, held
         out = []
-        for i in range(AMDB_READER_SLOTS):
+        for i in range(self.reader_slots):
             pid = amdb_load_seqcst(&self.dbc.readers[i].pid)
             held = amdb_load_seqcst(&self.dbc.readers[i].epoch)
             if pid != 0 and 0 < held < epoch and pid_alive(<long>pid):
@@ -703,7 +717,7 @@ cdef class Attachment:
         horizon = amdb_load_seqcst(&self.dbc.visible_seq)
         if self.pins:
             horizon = min(horizon, min(self.pins))
-        for i in range(AMDB_READER_SLOTS):
+        for i in range(self.reader_slots):
             pinned = amdb_load_seqcst(&self.dbc.readers[i].pin_seq)
             if pinned != 0 and pinned < horizon:
                 holder = amdb_load_seqcst(&self.dbc.readers[i].pid)

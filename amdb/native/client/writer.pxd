@@ -9,9 +9,6 @@ cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
         pass
 
-cdef enum:
-    MAX_FORWARDS = 128               # client channels at once (AMDB_READER_SLOTS: one per client)
-
 ctypedef struct Forward:             # an attached client's channel, as the forwarder sees it
     amdb_channel *ch                 # NULL: a free entry
     char *ring
@@ -63,7 +60,8 @@ cdef class Writer:
     # the write lock (the forwarder sends nothing meanwhile).
     cdef pthread_mutex_t producer_mutex
     cdef int paused
-    cdef Forward forwards[MAX_FORWARDS]
+    cdef Forward *forwards           # max_forwards entries: one per reader slot (a client holds one)
+    cdef readonly int max_forwards
     cdef int forward_count           # entries in use are below it
     cdef int forward_next            # where the next pass starts (fairness)
     cdef uint64_t forward_deadline   # stopping: monotonic ns until which it still drains

@@ -240,7 +240,9 @@ cdef class Writer:
         self.credit_records = <uint64_t *>calloc(max(att.nworkers, 1), sizeof(uint64_t))
         self.rmw_next_ticket = <uint32_t *>calloc(max(att.nworkers, 1), sizeof(uint32_t))
         self.rmw_busy = <uint8_t *>calloc(max(att.nworkers, 1) * AMDB_RMW_RESULTS, 1)
-        if (self.producers == NULL or self.charged_bytes == NULL or self.charged_records == NULL
+        self.max_forwards = <int>att.reader_slots
+        self.forwards = <Forward *>calloc(max(self.max_forwards, 1), sizeof(Forward))
+        if (self.forwards == NULL or self.producers == NULL or self.charged_bytes == NULL or self.charged_records == NULL
                 or self.credit_bytes == NULL or self.credit_records == NULL
                 or self.rmw_next_ticket == NULL or self.rmw_busy == NULL):
             raise MemoryError()
@@ -281,7 +283,6 @@ cdef class Writer:
         self.forward_mappings = {}
         self.forwarder_thread = None
         self.forwarded = 0
-        memset(self.forwards, 0, sizeof(self.forwards))
         # The charges so far: what the worker refunded (control line 9) is
         # what this process charged, as of the start.
         for i in range(att.nworkers):
@@ -298,6 +299,7 @@ cdef class Writer:
         free(self.credit_records)
         free(self.rmw_next_ticket)
         free(self.rmw_busy)
+        free(self.forwards)
 
     # ---- the guard ------------------------------------------------------------
 
@@ -868,7 +870,7 @@ cdef class Writer:
         ch.capacity = capacity
         ch.client_pid = client_pid
         pthread_mutex_lock(&self.producer_mutex)
-        for i in range(MAX_FORWARDS):
+        for i in range(self.max_forwards):
             if self.forwards[i].ch == NULL:
                 index = i
                 break
@@ -890,7 +892,7 @@ cdef class Writer:
         """The client of entry `index` is gone: send on what it published
         (acknowledged writes), then let the channel go."""
         pthread_mutex_lock(&self.producer_mutex)
-        if 0 <= index < MAX_FORWARDS and self.forwards[index].ch != NULL:
+        if 0 <= index < self.max_forwards and self.forwards[index].ch != NULL:
             self.forwards[index].closing = True
         pthread_mutex_unlock(&self.producer_mutex)
         self._wake_forwarder()
