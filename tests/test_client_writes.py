@@ -57,6 +57,24 @@ for line in sys.stdin:
                 thread.join()
             db.flush()
             print("acknowledged", 4 * n, flush=True)
+        elif cmd == "flood":                   # flood N: a thread puts without pause; print once N returned
+            import threading
+            flood = {"stop": False, "n": 0, "started": threading.Event()}
+            def put_forever(n=int(rest)):
+                while not flood["stop"]:
+                    db.put(b"f%d" % (flood["n"] % 50_000), b"x" * 100)
+                    flood["n"] += 1
+                    if flood["n"] == n:
+                        flood["started"].set()
+            flood["thread"] = threading.Thread(target=put_forever)
+            flood["thread"].start()
+            flood["started"].wait()
+            print("flooding", flush=True)
+        elif cmd == "flood_stop":
+            flood["stop"] = True
+            flood["thread"].join()
+            db.flush()
+            print("flooded", flood["n"], flush=True)
         elif cmd == "get":
             print(repr(db.get(rest.encode())), flush=True)
         elif cmd == "delete":
@@ -667,6 +685,26 @@ def test_an_owner_writing_without_pause_does_not_starve_a_clients_puts(make_db):
     finally:
         reap(proc)
     assert db.get(b"s2999") == b"value-2999"
+
+
+def test_a_client_flooding_its_channel_does_not_starve_another_clients_puts(make_db):
+    """The forwarder serves the channels in turn (writer.pyx, "Forwarding"):
+    a client that keeps its channel full (a 1 MiB ring, about 7,000 of these
+    records, filled several times over before the other starts) delays
+    another's puts by a share, never blocks them."""
+    db = make_db(workers=2)
+    flooder, other = start_writer(db), start_writer(db)
+    try:
+        assert ask(flooder, "flood 30000") == "flooding"
+        assert ask(other, "put_many o 3000") == "acknowledged 3000"
+        assert ask(other, "flush", timeout=30) == "flushed"      # starved: never
+        assert db.get(b"o2999") == b"value-2999"
+        answer = ask(flooder, "flood_stop").split()
+        assert answer[0] == "flooded" and int(answer[1]) > 30000
+    finally:
+        reap(flooder)
+        reap(other)
+    assert db.get(b"f0") == b"x" * 100
 
 
 def test_a_client_reads_its_own_puts_at_once_while_the_owner_writes_batches(make_db):
