@@ -230,7 +230,8 @@ class AttachServer:
                     channel = self.services.open_channel(pid)
                 except Exception as exc:
                     _send_message(conn, {"error": f"the owner could not give this client a channel: {exc}",
-                                         "code": getattr(exc, "code", None) or "attach_refused"})
+                                         "code": getattr(exc, "code", None) or "attach_refused",
+                                         "hint": getattr(exc, "hint", None) or ""})
                     conn.close()
                     return
             elif request != REQUEST:
@@ -442,7 +443,7 @@ def _request(address, request, max_fds, answer_timeout=HANDSHAKE_TIMEOUT):
             for fd in fds:
                 os.close(fd)
             raise Error(payload["error"], code=payload.get("code", "attach_refused"),
-                        hint="attach from a process of the user that opened the database")
+                        hint=payload.get("hint") or "attach from a process of the user that opened the database")
         return sock, payload, fds
     except BaseException:
         sock.close()

@@ -71,8 +71,10 @@ class _ClientServices:
             os.posix_fallocate(fd, 0, size)     # memory now: a write into it never faults
             entry = writer.add_channel(Mapping(fd, 0, size, True), CHANNEL_BYTES, pid)
             if entry < 0:
-                raise Error(f"every one of the {writer.max_forwards} client channels is taken",
-                            code="attach_refused", hint="open the owner with a larger max_clients=")
+                raise Error(f"every one of its {writer.max_forwards} client channels is taken (max_clients)",
+                            code="too_many_readers",
+                            hint="close the database in processes that no longer use it, or open the owner "
+                                 "with a larger max_clients=")
             writer.start_forwarder()
             return fd, entry, CHANNEL_BYTES
         except BaseException:

@@ -640,6 +640,67 @@ def test_a_forked_child_past_max_clients_is_told_why(make_db):
     client.close()
 
 
+RACE_FOR_SLOTS = r'''
+import os, pickle, sys
+import amdb
+handle = pickle.loads(bytes.fromhex(sys.argv[1]))
+n = int(sys.argv[2])
+go_r, go_w = os.pipe()
+done_r, done_w = os.pipe()
+told_r, told_w = os.pipe()
+kids = []
+for i in range(n):
+    pid = os.fork()
+    if pid == 0:
+        os.read(go_r, 1)                        # every child attaches at once
+        try:
+            db = amdb.ParallelDB.attach(handle)
+            for j in range(10):
+                db.put(b"r%d-%d" % (i, j), b"%d" % j)
+            db.flush()
+            os.write(told_w, b"A")
+            os.read(done_r, 1)                  # holds its slot until every child answered
+            db.close()
+        except amdb.Error as exc:
+            os.write(told_w, b"R" if exc.code == "too_many_readers" else b"?")
+        os._exit(0)
+    kids.append(pid)
+os.write(go_w, b"g" * n)
+answers = b"".join(os.read(told_r, 1) for _ in range(n))
+os.write(done_w, b"d" * n)
+bad = sum(os.waitpid(pid, 0)[1] != 0 for pid in kids)
+print(answers.count(b"A"), answers.count(b"R"), answers.count(b"?"), bad, flush=True)
+'''
+
+
+def test_processes_racing_for_the_last_slots_attach_or_are_refused_cleanly(make_db):
+    db = make_db(workers=2, max_clients=4)
+    proc = python_child(RACE_FOR_SLOTS, handle_hex(db), 16, stdin=False)
+    try:
+        attached, refused, other, bad = map(int, read_line(proc).split())
+    finally:
+        reap(proc)
+    assert (attached, refused, other, bad) == (4, 12, 0, 0)
+    assert wait_until(lambda: db._writer.channels_open() == 0, 10)
+    assert sum(db.get(b"r%d-9" % i) == b"9" for i in range(16)) == 4     # every attached child's puts
+    client = amdb.ParallelDB.attach(db.handle())          # every slot is free again
+    client.close()
+
+
+def test_a_second_opener_past_max_clients_is_told_so_not_locked_out(tmp_path, make_db):
+    path = str(tmp_path / "db")
+    db = make_db(path=path, workers=2, max_clients=1)
+    client = amdb.ParallelDB.attach(db.handle())          # holds the one slot and channel
+    script = ("import sys, amdb\ntry:\n    amdb.ParallelDB(sys.argv[1])\n    print('opened')\n"
+              "except amdb.Error as exc:\n    print(type(exc).__name__, exc.code, 'max_clients' in exc.hint)\n")
+    proc = python_child(script, path, stdin=False)
+    try:
+        assert read_line(proc) == "Error too_many_readers True"
+    finally:
+        reap(proc)
+    client.close()
+
+
 @pytest.mark.parametrize("bad, error", [(0, amdb.InvalidArgumentError), (16385, amdb.InvalidArgumentError),
                                         ("8", amdb.InvalidTypeError), (True, amdb.InvalidTypeError)])
 def test_max_clients_is_checked_before_anything_opens(tmp_path, bad, error):
