@@ -37,6 +37,7 @@ import selectors
 import socket
 import struct
 import threading
+import time
 import weakref
 from typing import NamedTuple, Optional
 
@@ -73,6 +74,17 @@ class Handle(NamedTuple):
 
 def socket_path(directory):
     return os.path.join(directory, SOCKET_NAME)
+
+
+class _Handshake:
+    """A connection whose request line is still being read."""
+    __slots__ = ("pid", "uid", "deadline", "request")
+
+    def __init__(self, pid, uid, deadline):
+        self.pid = pid
+        self.uid = uid                  # SO_PEERCRED: another user's request is refused
+        self.deadline = deadline        # time.monotonic() past which it is let go
+        self.request = b""
 
 
 class _Address:
@@ -151,6 +163,7 @@ class AttachServer:
         self.channels = {}              # connection -> its client's channel entry
         self.fds = list(fds)
         self.clients = {}               # connection -> peer pid
+        self._handshakes = {}           # connection -> _Handshake: its request not read whole yet
         self.attaches = 0
         self.refused = 0
         self._selector = selectors.DefaultSelector()
@@ -185,15 +198,26 @@ class AttachServer:
 
     def _serve(self):
         while not self._stopping:
-            for key, _events in self._selector.select():
+            timeout = None
+            if self._handshakes:
+                timeout = max(0.0, min(h.deadline for h in self._handshakes.values()) - time.monotonic())
+            for key, _events in self._selector.select(timeout):
                 if key.data == "listen":
                     self._accept()
                 elif key.data == "wake":
                     return
+                elif key.data == "handshake":
+                    self._handshake_event(key.fileobj)
                 else:
                     self._client_event(key.fileobj)
+            now = time.monotonic()
+            for conn in [c for c, h in self._handshakes.items() if h.deadline <= now]:
+                self._end_handshake(conn)           # connected, never asked: let it go
 
     def _accept(self):
+        """A new connection: its peer's credentials, then its request line,
+        read as it comes, so that a peer that connects and says nothing holds
+        up no other attach (it is let go after HANDSHAKE_TIMEOUT)."""
         try:
             conn, _ = self._listener.accept()
         except (BlockingIOError, InterruptedError):
@@ -201,18 +225,48 @@ class AttachServer:
         except OSError:
             return
         try:
-            conn.settimeout(HANDSHAKE_TIMEOUT)
             pid, uid, _gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-            request = b""
-            while not request.endswith(b"\n") and len(request) < 256:
-                more = conn.recv(256)
-                if not more:
-                    raise ConnectionError("closed before its request")
-                request += more
-            if uid != os.getuid():
+            conn.setblocking(False)
+            self._handshakes[conn] = _Handshake(pid, uid, time.monotonic() + HANDSHAKE_TIMEOUT)
+            self._selector.register(conn, selectors.EVENT_READ, "handshake")
+        except OSError:
+            self._end_handshake(conn)
+
+    def _end_handshake(self, conn):
+        self._handshakes.pop(conn, None)
+        try:
+            self._selector.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        conn.close()
+
+    def _handshake_event(self, conn):
+        """More of a request line: answer it once whole."""
+        handshake = self._handshakes[conn]
+        try:
+            more = conn.recv(256)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            more = b""
+        handshake.request += more
+        if not more or len(handshake.request) > 256:        # gone, or no request of ours
+            self._end_handshake(conn)
+            return
+        if not handshake.request.endswith(b"\n"):
+            return
+        self._handshakes.pop(conn)
+        self._selector.unregister(conn)
+        self._answer(conn, handshake)
+
+    def _answer(self, conn, handshake):
+        pid, request = handshake.pid, handshake.request
+        try:
+            conn.settimeout(HANDSHAKE_TIMEOUT)
+            if handshake.uid != os.getuid():
                 self.refused += 1
-                _send_message(conn, {"error": f"process {pid} runs as uid {uid}; this database belongs to "
-                                              f"uid {os.getuid()}", "code": "attach_refused"})
+                _send_message(conn, {"error": f"process {pid} runs as uid {handshake.uid}; this database "
+                                              f"belongs to uid {os.getuid()}", "code": "attach_refused"})
                 conn.close()
                 return
             if request == CALL_REQUEST and self.services is not None:
@@ -375,6 +429,9 @@ class AttachServer:
                     pass
             conn.close()
         self.clients.clear()
+        for conn in list(self._handshakes):
+            conn.close()
+        self._handshakes.clear()
         self._listener.close()
         if end_connections:
             self._selector.close()

@@ -511,6 +511,35 @@ def test_handles_and_their_errors(make_db):
         amdb.ParallelDB.attach(gone)
 
 
+def test_peers_that_connect_and_say_nothing_or_garbage_hold_up_no_attach(make_db, monkeypatch):
+    """The owner read each request line before it served the next connection:
+    three peers that connected and said nothing held every attach up for 3 x 5 s
+    (the attach gave up after its own 5 s, NoOwner). Now a silent peer is let
+    go after HANDSHAKE_TIMEOUT and nobody waits for it."""
+    monkeypatch.setattr(attach, "HANDSHAKE_TIMEOUT", 1.0)      # the owner's patience, for a shorter test
+    db = make_db(workers=2)
+    db.put(b"k", b"v")
+    address = db.handle().address
+    silent = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+    garbage = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        for peer in silent + [garbage]:
+            peer.connect(address)
+        garbage.sendall(b"x" * 300)                          # no newline within 256 bytes
+        client = amdb.ParallelDB.attach(db.handle())
+        assert client.get(b"k") == b"v"
+        client.close()
+        garbage.settimeout(30)
+        assert garbage.recv(1) == b""                        # let go at once
+        silent[0].settimeout(30)
+        assert silent[0].recv(1) == b""                      # let go after HANDSHAKE_TIMEOUT
+    finally:
+        for peer in silent + [garbage]:
+            peer.close()
+    server = db._supervisor.attach_servers[0]
+    assert wait_until(lambda: not server._handshakes and not server.client_pids(), 10)
+
+
 def test_a_client_in_the_owners_own_process_reads_and_goes(make_db):
     db = make_db(workers=2)
     db.put(b"k", b"v")
