@@ -41,7 +41,7 @@ import time
 import weakref
 from typing import NamedTuple, Optional
 
-from amdb.errors import Error, OwnerGoneError
+from amdb.errors import Error, OwnerGoneError, StorageError
 
 SOCKET_NAME = "attach.sock"
 PROTOCOL = 1
@@ -283,7 +283,8 @@ class AttachServer:
                 try:
                     channel = self.services.open_channel(pid)
                 except Exception as exc:
-                    _send_message(conn, {"error": f"the owner could not give this client a channel: {exc}",
+                    why = exc.args[0] if isinstance(exc, Error) and exc.args else exc     # its hint goes apart
+                    _send_message(conn, {"error": f"the owner could not give this client a channel: {why}",
                                          "code": getattr(exc, "code", None) or "attach_refused",
                                          "hint": getattr(exc, "hint", None) or ""})
                     conn.close()
@@ -499,8 +500,10 @@ def _request(address, request, max_fds, answer_timeout=HANDSHAKE_TIMEOUT):
         if "error" in payload:
             for fd in fds:
                 os.close(fd)
-            raise Error(payload["error"], code=payload.get("code", "attach_refused"),
-                        hint=payload.get("hint") or "attach from a process of the user that opened the database")
+            code = payload.get("code", "attach_refused")
+            raise (StorageError if code == "io_error" else Error)(
+                payload["error"], code=code,
+                hint=payload.get("hint") or "attach from a process of the user that opened the database")
         return sock, payload, fds
     except BaseException:
         sock.close()

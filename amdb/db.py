@@ -97,7 +97,8 @@ class ParallelDB(MappingViews, abc.MutableMapping):
             audit_log.event("open", workers=options.workers, max_batch=options.max_batch,
                             ring_size=options.ring_size, arena_size=options.arena_size, path=options.path,
                             recovered_seq=recovery["recovered_seq"] if recovery else None)
-            if recovery and (recovery["logs_cut"] or recovery["checkpoints_rejected"]):
+            if recovery and (recovery["logs_cut"] or recovery["checkpoints_rejected"]
+                             or recovery.get("channel_records_replayed")):
                 audit_log.event("recovery", **recovery)
 
     def _fresh(self):

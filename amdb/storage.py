@@ -55,6 +55,36 @@ SEGMENT_NAME = re.compile(r"^wal-(\d{4})-(\d{8})\.log$")
 CHECKPOINT_NAME = re.compile(r"^ckpt-(\d{4})-(\d{16})\.ckpt$")
 
 
+CHANNEL_NAME = re.compile(r"^client-[0-9a-f]{16}\.channel$")
+
+
+def create_channel_file(directory):
+    """A new, empty file for a writing client's channel (layout.h, "Client
+    channels", point 5): (path, fd). Its name is random: channels of
+    successive owners never meet."""
+    while True:
+        path = os.path.join(directory, f"client-{os.urandom(8).hex()}.channel")
+        try:
+            return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise StorageError(f"cannot create a client's channel in {directory}: {exc.strerror}",
+                               code="io_error") from None
+
+
+def channel_files(directory):
+    """The channel files a directory holds (a dead owner's left them), sorted."""
+    return sorted(name for name in os.listdir(directory) if CHANNEL_NAME.match(name))
+
+
+def remove_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def segment_name(worker, number):
     return f"wal-{worker:04d}-{number:08d}.log"
 

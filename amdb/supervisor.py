@@ -29,7 +29,7 @@ from amdb.errors import (ClosedError, Error, InvalidArgumentError, StorageError,
 from amdb.native.client import inspect
 from amdb.native.constants import CHANNEL_BYTES, STATUS, WORKER_READY
 from amdb.native.client.reader import Reader
-from amdb.native.client.writer import Writer, WriteLock
+from amdb.native.client.writer import Writer, WriteLock, channel_unsent_bytes, take_over_channel
 from amdb.shm import control, segment
 from amdb.shm.arena import Mapping, punch_hole
 
@@ -60,16 +60,33 @@ class _ClientServices:
 
     def __init__(self, supervisor):
         self.sup = weakref.proxy(supervisor)
+        # A durable database's channels are files in its directory (layout.h,
+        # "Client channels", point 5): Mapping -> path, until let go drained.
+        self.channel_files = {}
+        self.files_lock = threading.Lock()      # the forwarder's thread and close() both let go
+        supervisor.writer.on_channel_released = self.released
 
     def open_channel(self, pid):
         """A new channel for client `pid`: (fd, entry, capacity)."""
         writer = self.sup.writer
         size = control.CONTROL_BYTES + CHANNEL_BYTES
-        fd = os.memfd_create("amdb-channel", os.MFD_CLOEXEC)
+        path = mapping = None
+        if self.sup.path is None:
+            fd = os.memfd_create("amdb-channel", os.MFD_CLOEXEC)
+        else:
+            path, fd = storage.create_channel_file(self.sup.path)
         try:
-            os.ftruncate(fd, size)
-            os.posix_fallocate(fd, 0, size)     # memory now: a write into it never faults
-            entry = writer.add_channel(Mapping(fd, 0, size, True), CHANNEL_BYTES, pid)
+            try:
+                os.ftruncate(fd, size)
+                os.posix_fallocate(fd, 0, size)     # memory now: a write into it never faults
+            except OSError as exc:
+                raise StorageError(f"no room for a client's channel of {size} bytes: {exc.strerror}",
+                                   code="io_error", hint="free space where the database lives") from None
+            mapping = Mapping(fd, 0, size, True)
+            if path is not None:
+                with self.files_lock:
+                    self.channel_files[mapping] = path
+            entry = writer.add_channel(mapping, CHANNEL_BYTES, pid)
             if entry < 0:
                 raise Error(f"every one of its {writer.max_forwards} client channels is taken (max_clients)",
                             code="too_many_readers",
@@ -79,7 +96,20 @@ class _ClientServices:
             return fd, entry, CHANNEL_BYTES
         except BaseException:
             os.close(fd)
+            if path is not None:
+                with self.files_lock:
+                    self.channel_files.pop(mapping, None)
+                storage.remove_quietly(path)
             raise
+
+    def released(self, mappings):
+        """The forwarder let these channels go, drained (or broken): their
+        files go too."""
+        with self.files_lock:
+            paths = [self.channel_files.pop(m, None) for m in mappings]
+        for path in paths:
+            if path is not None:
+                storage.remove_quietly(path)
 
     def close_channel(self, entry):
         self.sup.writer.close_channel(entry)
@@ -98,6 +128,14 @@ class _ClientServices:
             self.sup.writer.stop_forwarder()
         except ReferenceError:
             pass
+        # A channel's file goes once everything in it was sent on; one with
+        # records left stays, and the next opening applies them (point 5).
+        with self.files_lock:
+            left = list(self.channel_files.items())
+            self.channel_files.clear()
+        for mapping, path in left:
+            if channel_unsent_bytes(mapping) == 0:
+                storage.remove_quietly(path)
 
 
 def _reap(owner_pid, controls, procs, timeout, fds, servers):
@@ -219,17 +257,69 @@ class Supervisor:
         except BaseException:
             self._release_lock()
             raise
-        if self.sweep_pending:
-            try:
+        try:
+            if self.sweep_pending:
                 with self.write_lock:
                     self.sweep_locked()
                     manifest = storage.read_manifest(self.path)
                     storage.write_manifest(self.path, manifest["workers"], manifest["slot_owner"],
                                            manifest["options"])
-            except BaseException:
-                with self.write_lock:
-                    self.close_locked()
-                raise
+            if plan is not None and not o.read_only:
+                self._replay_channels(plan.recovered_seq)
+        except BaseException:
+            with self.write_lock:
+                self.close_locked()
+            raise
+        # Served only now: no client writes before what a dead owner's clients wrote is back.
+        self._serve_attaches(self.db_fd)
+
+    def _replay_channels(self, recovered_seq):
+        """Apply what clients of a dead owner published and it had not sent on
+        (layout.h, "Client channels", point 5): each channel file it left, its
+        records in order (runs of puts, runs of deletes, as batches), then the
+        file goes. Before attaches are served and before the owner's caller
+        has the database: nothing else is written meanwhile. Counted in
+        stats()["durability"]["recovery"]."""
+        report = self.recovery if self.recovery is not None else {}
+        for key in ("channels_replayed", "channel_records_replayed", "channel_records_refused"):
+            report.setdefault(key, 0)
+        for name in storage.channel_files(self.path):
+            path = os.path.join(self.path, name)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    mapping = Mapping(fd, 0, os.fstat(fd).st_size, True)
+                finally:
+                    os.close(fd)
+                records, problem = take_over_channel(mapping, recovered_seq)
+            except (OSError, ValueError, Error) as exc:
+                records, problem = [], f"unreadable: {exc}"
+            if problem is not None:
+                report.setdefault("channel_problems", []).append({"file": name, "problem": problem})
+            self._apply_channel_records(records, report)
+            report["channels_replayed"] += 1
+            storage.remove_quietly(path)
+
+    def _apply_channel_records(self, records, report):
+        """Runs of puts and runs of deletes, in order, max_batch at most each.
+        A record this opening's limits refuse (max_key_size, max_value_size
+        lowered since) is counted, not applied."""
+        o = self.o
+        run, run_op = [], None
+        for op, key, value in records + [(None, None, None)]:
+            if op is not None and (len(key) > o.max_key_size or len(value) > o.max_value_size):
+                report["channel_records_refused"] += 1
+                continue
+            if run and (op != run_op or len(run) == o.max_batch):
+                if run_op == "delete":
+                    self.writer.batch_delete(run)
+                else:
+                    self.writer.batch_put(run)
+                report["channel_records_replayed"] += len(run)
+                run = []
+            run_op = op
+            if op is not None:
+                run.append(key if op == "delete" else (key, value))
 
     def _open_directory(self, path, manifest, max_key_size, max_value_size):
         """Create or lock the directory and plan recovery. Returns (plan, slot table).
@@ -359,7 +449,7 @@ class Supervisor:
             self.segment_fds.append(self.lock_fd)
             self.lock_fd = None
         self.segment_fds.append(db_fd)
-        self._serve_attaches(db_fd)
+        self.db_fd = db_fd
         # self.procs itself, not a copy: successors of crashed workers join it.
         self.finalizer = weakref.finalize(owner, _reap, self.owner_pid, list(self.controls),
                                            self.procs, SHUTDOWN_TIMEOUT, self.segment_fds, self.attach_servers)

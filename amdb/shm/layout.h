@@ -434,8 +434,8 @@ static inline uint64_t amdb_db_control_bytes(uint64_t reader_slots) {
 /* ---- Client channels: the async single writes of attached clients ----------
  *
  * An attached client's put() and delete() travel through a channel of its own
- * (one memfd the owner creates at the attach and hands over with the
- * segments; no name in /dev/shm): a byte ring of amdb_ring_record records
+ * (a memfd the owner creates at the attach and hands over with the segments,
+ * no name in /dev/shm; a file in the directory of a durable database: 5): a byte ring of amdb_ring_record records
  * (PUT or DELETE, key, value; WRAP to skip to the start), written by the
  * client only, read by the owner's forwarder only (writer.pyx, "Forwarding"),
  * which sends each record on as a SOLO chunk of the owner's own (layout
@@ -467,7 +467,22 @@ static inline uint64_t amdb_db_control_bytes(uint64_t reader_slots) {
  *      (seq_cst) after it published head: when it finds 1, its record may
  *      have come after that pass, so the put raises OwnerGoneError instead
  *      of returning (Dekker: the last pass saw the record, or the client
- *      sees closed). An acknowledged put is never dropped by a close. */
+ *      sees closed). An acknowledged put is never dropped by a close.
+ *   5. A durable database's channel is a file in its directory
+ *      (client-<random>.channel), so that an owner killed before it sent on
+ *      what a client published loses none of it. In a channel record `hash`
+ *      is the forwarder's: the seq it gave the record, stored (release)
+ *      before the chunk is published (0: not sent on). A record whose mark
+ *      is <= the recovered seq of the next opening is in the database
+ *      (recovery keeps a prefix of seqs, and one forwarder assigns them in
+ *      the order it publishes); from the first record that is not, the
+ *      next opening applies them in order (Supervisor._replay_channels,
+ *      writer.pyx take_over_channel: it stores closed first, as in 4, then
+ *      reads head), before it serves attaches or returns; it clears their
+ *      marks and moves tail to the first of them before applying any, so a
+ *      crash of that opening repeats them rather than skips one. A channel
+ *      let go drained, or left drained at a close, loses its file; one with
+ *      records left keeps it for the next opening. */
 #define AMDB_CHANNEL_MAGIC 0x4c4e4e4843424d41ULL /* "AMBCHNNL" little-endian */
 #define AMDB_CHANNEL_BYTES (1ULL << 20)         /* ring bytes of a client's channel */
 typedef struct amdb_channel {
@@ -523,7 +538,8 @@ typedef struct amdb_ring_record {   /* a put, a delete, a read-modify-write */
     uint32_t key_len;
     uint32_t value_len;
     uint32_t reserved;              /* read-modify-write: the result ticket (0: none); else 0 */
-    uint64_t hash;                  /* xxh64(key), computed once by the owner */
+    uint64_t hash;                  /* xxh64(key), computed once by the owner; in a client's channel,
+                                     * the seq the forwarder gave it ("Client channels", 5) */
     /* key bytes, value bytes, zero padding to 8 */
 } amdb_ring_record;
 

@@ -156,7 +156,7 @@ cdef class ClientWriter:
         rec.key_len = <uint32_t>key_len
         rec.value_len = <uint32_t>value_len
         rec.reserved = 0
-        rec.hash = 0                  # the forwarder hashes the key itself
+        rec.hash = 0                  # not sent on yet (the forwarder hashes the key itself)
         out = <uint8_t *>(rec + 1)
         if key_len:
             memcpy(out, key, key_len)

@@ -68,6 +68,7 @@ cdef class Writer:
     cdef bint forwarder_stop
     cdef object forward_mappings     # entry -> its channel's Mapping (kept mapped while in use)
     cdef object forwarder_thread
+    cdef public object on_channel_released  # callable([Mapping]): channels let go (their files may go)
     cdef object checks_thread      # run_forwarder_checks, while the forwarder runs
     cdef object checks_wake        # threading.Event: stop_forwarder sets it
     cdef readonly uint64_t forwarded # records sent on for clients (statistics)
@@ -78,14 +79,16 @@ cdef class Writer:
     cdef bint _write_async(self, uint32_t op, const uint8_t *key, uint64_t key_len,
                            const uint8_t *value, uint64_t value_len, str name, uint32_t ticket) except -1
     cdef int _solo_core(self, uint32_t op, const uint8_t *key, uint64_t key_len, const uint8_t *value,
-                        uint64_t value_len, uint64_t h, int w, uint32_t ticket, uint64_t *seq_out) noexcept nogil
+                        uint64_t value_len, uint64_t h, int w, uint32_t ticket, uint64_t *seq_out,
+                        uint64_t *seq_mark) noexcept nogil
     cdef int _forward_pass(self, int *stuck, int *stuck_worker, uint64_t *stuck_bytes) noexcept nogil
     cdef int _forward_until_python(self, int *stuck, int *stuck_worker, uint64_t *stuck_bytes) noexcept nogil
     cdef int _room_state(self, int w, uint64_t key_len, uint64_t value_len) noexcept nogil
     cdef bint _room_within(self, int w, uint64_t nbytes, uint64_t timeout_ns) noexcept nogil
     cdef void _forwarder_sleep(self) noexcept nogil
     cdef int _forward_sync(self, int index) except -1
-    cdef int _forward_sync_locked(self, Forward *f, uint32_t op, bytes key, bytes value) except -1
+    cdef int _forward_sync_locked(self, Forward *f, uint32_t op, bytes key, bytes value,
+                                  uint64_t *seq_mark) except -1
     cdef int _send_solo(self, uint32_t op, const uint8_t *key, uint64_t key_len,
                         const uint8_t *value, uint64_t value_len, str name, int *worker_out,
                         uint32_t ticket) except -1

@@ -182,6 +182,88 @@ cdef uint64_t _status_of(exc):
     return AMDB_STATUS_CORRUPT
 
 
+# ---- Channels a dead owner left (layout.h, "Client channels", point 5) -------------
+
+cdef amdb_channel *_channel_of(Mapping m) except NULL:
+    cdef amdb_channel *ch = <amdb_channel *>m.base
+    if (m.length < AMDB_CONTROL_BYTES or ch.magic != AMDB_CHANNEL_MAGIC or ch.capacity < 4096
+            or ch.capacity & (ch.capacity - 1) or m.length < AMDB_CONTROL_BYTES + ch.capacity):
+        raise ValueError("not a channel")
+    return ch
+
+
+def channel_unsent_bytes(Mapping m):
+    """Bytes a channel's client published that the forwarder has not sent on."""
+    cdef amdb_channel *ch = _channel_of(m)
+    return amdb_load_seqcst(&ch.head) - amdb_load_acquire(&ch.tail)
+
+
+def take_over_channel(Mapping m, uint64_t recovered_seq):
+    """A channel file a dead owner left: seal it (closed, seq_cst, before
+    head is read: a client still writing into it sees that and raises,
+    point 4), then return what its client published that may be missing
+    from the recovered database, in order: the records from the first one
+    not marked with a seq <= recovered_seq on.
+    Before returning, those records' marks are cleared and tail is moved to
+    the first of them, so that a crash of this opening while it replays
+    them makes the next opening replay them all again, never skip one by a
+    mark that seqs of this opening's own may reach. Returns (records,
+    problem): records as ("put" or "delete", key, value); problem says where
+    a malformed record cut the walk, else None."""
+    cdef amdb_channel *ch = _channel_of(m)
+    cdef char *ring = m.base + AMDB_CONTROL_BYTES
+    cdef uint64_t capacity = ch.capacity, mask = ch.capacity - 1
+    cdef uint64_t head, tail, pos, offset, nbytes, first_pending
+    cdef uint32_t op, key_len, value_len
+    cdef amdb_ring_record *rec
+    cdef bint pending = False
+    amdb_store_seqcst(&ch.closed, 1)
+    head = amdb_load_seqcst(&ch.head)
+    tail = amdb_load_acquire(&ch.tail)
+    if head < tail or head - tail > capacity:
+        return [], f"head {head} and tail {tail} out of range"
+    records, marks, problem = [], [], None
+    pos = first_pending = tail
+    while pos != head:
+        offset = pos & mask
+        if offset & 7:
+            problem = f"a record at {pos} is misaligned"
+            break
+        op = (<uint32_t *>(ring + offset))[0]
+        if op == AMDB_OP_WRAP:
+            if capacity - offset > head - pos:
+                problem = f"a wrap at {pos} past the head"
+                break
+            pos += capacity - offset
+            continue
+        if offset + sizeof(amdb_ring_record) > capacity:
+            problem = f"a record at {pos} is cut by the ring's end"
+            break
+        rec = <amdb_ring_record *>(ring + offset)
+        key_len = rec.key_len
+        value_len = rec.value_len
+        nbytes = amdb_record_bytes(key_len, value_len)
+        if ((op != AMDB_OP_PUT and op != AMDB_OP_DELETE) or key_len > 65536 or value_len > capacity
+                or offset + nbytes > capacity or nbytes > head - pos):
+            problem = f"a malformed record at {pos}"
+            break
+        if not pending and (rec.hash == 0 or rec.hash > recovered_seq):
+            pending = True
+            first_pending = pos
+        if pending:
+            key = PyBytes_FromStringAndSize(<char *>(rec + 1), key_len)
+            value = PyBytes_FromStringAndSize(<char *>(rec + 1) + key_len, value_len)
+            records.append(("delete" if op == AMDB_OP_DELETE else "put", key, value))
+            marks.append(offset)
+        pos += nbytes
+    if not pending:
+        first_pending = pos
+    for offset in marks:
+        (<amdb_ring_record *>(ring + offset)).hash = 0
+    amdb_store_release(&ch.tail, first_pending)
+    return records, problem
+
+
 class WriteLock(object):
     """The owner's write lock: a reentrant lock that also keeps the forwarder
     of clients' writes out while it is held (Writer.pause_forwarding), so
@@ -282,6 +364,7 @@ cdef class Writer:
         self.forwarder_stop = False
         self.forward_mappings = {}
         self.forwarder_thread = None
+        self.on_channel_released = None
         self.forwarded = 0
         # The charges so far: what the worker refunded (control line 9) is
         # what this process charged, as of the start.
@@ -585,17 +668,20 @@ cdef class Writer:
         w = self.att.dbc.slot_owner[h & SLOT_MASK]
         worker_out[0] = w
         pthread_mutex_lock(&self.producer_mutex)
-        outcome = self._solo_core(op, key, key_len, value, value_len, h, w, ticket, &seq)
+        outcome = self._solo_core(op, key, key_len, value, value_len, h, w, ticket, &seq, NULL)
         pthread_mutex_unlock(&self.producer_mutex)
         if outcome == SOLO_SENT and self.audit is not None:
             self.audit.write_op(name, 1, seq, seq, h)
         return outcome
 
     cdef int _solo_core(self, uint32_t op, const uint8_t *key, uint64_t key_len, const uint8_t *value,
-                        uint64_t value_len, uint64_t h, int w, uint32_t ticket, uint64_t *seq_out) noexcept nogil:
+                        uint64_t value_len, uint64_t h, int w, uint32_t ticket, uint64_t *seq_out,
+                        uint64_t *seq_mark) noexcept nogil:
         """The SOLO chunk itself, for the owner's put (_send_solo) and the
         forwarder: SOLO_SENT, or why not (SOLO_SYNC, SOLO_SHORT). REQUIRES
-        producer_mutex, and no batch or admin call in progress."""
+        producer_mutex, and no batch or admin call in progress. `seq_mark`
+        (or NULL): where the chunk's seq is stored before it is published
+        (a channel record's, layout.h "Client channels", point 5)."""
         cdef uint64_t nbytes, charge, offset, need, seq, header_pos, pos
         cdef RingProducer *r = &self.producers[w]
         cdef amdb_control *c
@@ -640,6 +726,8 @@ cdef class Writer:
         header.end = r.head
         r.chunks_published += 1
         header.chunk_no = r.chunks_published
+        if seq_mark != NULL:
+            amdb_store_release(seq_mark, seq)     # before the publication: a crash leaves it marked
         ring_publish(r)
         r.last_chunk_sent = r.chunks_published
         # For clients: what the owner acknowledged (layout.h, solo_seq).
@@ -1076,6 +1164,8 @@ cdef class Writer:
         while self.forward_count and self.forwards[self.forward_count - 1].ch == NULL:
             self.forward_count -= 1
         pthread_mutex_unlock(&self.producer_mutex)
+        if gone and self.on_channel_released is not None:
+            self.on_channel_released(gone)    # by their Mappings: an entry may be reused already
         del gone                              # the mappings go here, outside the mutex
 
     cdef int _forward_pass(self, int *stuck, int *stuck_worker, uint64_t *stuck_bytes) noexcept nogil:
@@ -1135,7 +1225,7 @@ cdef class Writer:
                 key = <const uint8_t *>(rec + 1)
                 h = amdb_xxh64(key, key_len, 0)           # the client's hash is not trusted
                 w = self.att.dbc.slot_owner[h & SLOT_MASK]
-                outcome = self._solo_core(op, key, key_len, key + key_len, value_len, h, w, 0, &seq)
+                outcome = self._solo_core(op, key, key_len, key + key_len, value_len, h, w, 0, &seq, &rec.hash)
                 if outcome == SOLO_SENT:
                     f.ch.forwarded_chunk[w] = self.producers[w].chunks_published   # published by tail's release
                     tail += nbytes
@@ -1224,7 +1314,7 @@ cdef class Writer:
             if (self.att.closed or self.forwarder_stop and amdb_monotonic_ns() > self.forward_deadline
                     or f.ch == NULL or f.tail != tail):
                 return 0                   # taking the lock sent it on (forward_now)
-            self._forward_sync_locked(f, op, key, value)
+            self._forward_sync_locked(f, op, key, value, &rec.hash)
         finally:
             self.write_lock.release()
         pthread_mutex_lock(&self.producer_mutex)
@@ -1236,15 +1326,19 @@ cdef class Writer:
         pthread_mutex_unlock(&self.producer_mutex)
         return 0
 
-    cdef int _forward_sync_locked(self, Forward *f, uint32_t op, bytes key, bytes value) except -1:
+    cdef int _forward_sync_locked(self, Forward *f, uint32_t op, bytes key, bytes value,
+                                  uint64_t *seq_mark) except -1:
         """What _write does under the write lock (which this thread holds:
-        _write itself would refuse a re-entrant call)."""
+        _write itself would refuse a re-entrant call). The channel record is
+        marked with the seq its batch takes (_begin_batch: next_seq), as a
+        SOLO chunk's is."""
         for attempt in range(2):
             try:
                 self.exclusive += 1
                 try:
                     self._sync_async()
                     self.supervisor.before_write()
+                    amdb_store_release(seq_mark, self.next_seq)
                     if op == AMDB_OP_DELETE:
                         self._run_batch(DELETES, (key,))
                     else:
