@@ -189,6 +189,9 @@ def info(args):
     for w in report["per_worker"]:
         print(f"  worker {w['worker']}: checkpoint {w['checkpoint_loaded'] or 'none'}, "
               f"{len(w['log_segments'])} log segment(s), {w['log_bytes']:,} log bytes")
+    if report["client_channels"]:
+        print(f"  {len(report['client_channels'])} client channel file(s): an open owner's clients write "
+              "through them; what a dead owner left in them the next opening that writes applies")
     if args.memory:
         print(format_memory(report["memory"]))
     return 0

@@ -635,7 +635,7 @@ def describe(directory):
         })
     return {"path": os.path.abspath(directory), "format_version": manifest["format_version"],
             "workers": workers, "options": manifest["options"], "recovered_seq": plan.recovered_seq,
-            "recovery": plan.report, "per_worker": per_worker}
+            "recovery": plan.report, "per_worker": per_worker, "client_channels": channel_files(directory)}
 
 
 def copy_files(directory, names, dest):

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import subprocess
 import sys
 import threading
 
@@ -455,6 +456,9 @@ def test_an_opening_applies_a_left_channel_before_anything_else_and_removes_it(t
     write_channel(os.path.join(path, "client-0123456789abcdef.channel"),
                   [(1, b"a", b"new", 0), (1, b"x" * 5000, b"too long a key", 0), (2, b"gone", b"", 0)],
                   capacity=16384)
+    info = subprocess.run([sys.executable, "-m", "amdb", "info", path], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert "1 client channel file(s)" in info.stdout, info.stdout + info.stderr
     with amdb.ParallelDB(path, workers=2, max_key_size=100) as db:
         recovery = db.stats()["durability"]["recovery"]
         assert (recovery["channels_replayed"], recovery["channel_records_replayed"],
@@ -572,8 +576,6 @@ db.close()
 
 def test_a_writer_that_finds_no_room_for_its_channel_is_told_and_readers_attach(tmp_path):
     import shutil
-    import subprocess
-    import sys
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.skip("needs unshare(1) as root to mount a small tmpfs")
     (tmp_path / "full").mkdir()
@@ -592,8 +594,6 @@ def test_a_put_a_worker_refuses_after_it_was_sent_on_is_raised_by_the_clients_fl
     refuses them; the client that made them hears of it at its next flush
     (layout.h, "Client channels", point 3)."""
     import shutil
-    import subprocess
-    import sys
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.skip("needs unshare(1) as root to mount a small tmpfs")
     (tmp_path / "full").mkdir()

@@ -443,7 +443,7 @@ def test_command_line_info_and_verify(tmp_path):
     out = run("info", str(path), "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert report["workers"] == 2 and report["recovered_seq"] == seq
+    assert report["workers"] == 2 and report["recovered_seq"] == seq and report["client_channels"] == []
     out = run("info", str(path))
     assert out.returncode == 0 and f"up to seq {seq}" in out.stdout
     before = {(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir()}
