@@ -371,6 +371,69 @@ def test_a_killed_owners_clients_acknowledged_puts_are_applied_by_the_next_openi
         db.close()
 
 
+KILLED_OWNER_CLIENT = r'''
+import sys
+import amdb
+db = amdb.ParallelDB(sys.argv[1])              # attaches to the owner
+cycle = int(sys.argv[2])
+print("attached", db._client is not None, flush=True)
+i = 0
+try:
+    while True:
+        db.put(b"c%03d-%07d" % (cycle, i), b"%d" % i)
+        i += 1
+        if i % 500 == 0:
+            print("acked", i, flush=True)       # puts 0 .. i-1 returned
+except amdb.OwnerGoneError:
+    print("acked", i, flush=True)
+    print("gone", flush=True)
+'''
+
+
+def _owner_kill_cycles(path, cycles):
+    """Each cycle: an owner, a client putting as fast as it can, the owner
+    killed (SIGKILL) once the client acknowledged 5,000 puts, the client told
+    OwnerGoneError; the next opening has every acknowledged put, each once."""
+    for cycle in range(cycles):
+        owner = python_child(OWNER, path)
+        client = None
+        try:
+            assert read_line(owner) == "ready"
+            client = python_child(KILLED_OWNER_CLIENT, path, cycle, stdin=False)
+            assert read_line(client) == "attached True"
+            acked = 0
+            while acked < 5000:
+                acked = int(read_line(client).split()[1])
+            os.kill(owner.pid, signal.SIGKILL)
+            owner.wait(timeout=30)
+            line = read_line(client, timeout=30)
+            while line != "gone":
+                acked = int(line.split()[1])
+                line = read_line(client, timeout=30)
+        finally:
+            reap(owner)
+            if client is not None:
+                reap(client)
+        db = open_after_its_owner_died(path, keep_versions=None)
+        try:
+            assert channel_files(path) == []
+            keys = [b"c%03d-%07d" % (cycle, i) for i in range(acked)]
+            assert db.batch_get(keys) == [b"%d" % i for i in range(acked)], f"cycle {cycle}"
+            assert all(len(list(db.history(k))) == 1 for k in keys[::97]), f"cycle {cycle}: applied twice"
+            assert db.verify().ok
+        finally:
+            db.close()
+
+
+def test_owners_killed_under_a_writing_client_lose_nothing_it_acknowledged(tmp_path):
+    _owner_kill_cycles(str(tmp_path / "db"), 3)
+
+
+@pytest.mark.slow
+def test_owners_killed_under_a_writing_client_soak(tmp_path):
+    _owner_kill_cycles(str(tmp_path / "db"), 100)
+
+
 CHANNEL_MAGIC = 0x4C4E4E4843424D41          # layout.h AMDB_CHANNEL_MAGIC
 
 
