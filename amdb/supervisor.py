@@ -80,8 +80,9 @@ class _ClientServices:
                 os.ftruncate(fd, size)
                 os.posix_fallocate(fd, 0, size)     # memory now: a write into it never faults
             except OSError as exc:
+                where = "memory (/dev/shm)" if path is None else f"space in {self.sup.path}"
                 raise StorageError(f"no room for a client's channel of {size} bytes: {exc.strerror}",
-                                   code="io_error", hint="free space where the database lives") from None
+                                   code="io_error", hint=f"free {where}") from None
             mapping = Mapping(fd, 0, size, True)
             if path is not None:
                 with self.files_lock:
@@ -279,8 +280,9 @@ class Supervisor:
         records in order (runs of puts, runs of deletes, as batches), then the
         file goes. Before attaches are served and before the owner's caller
         has the database: nothing else is written meanwhile. Counted in
-        stats()["durability"]["recovery"]."""
-        report = self.recovery if self.recovery is not None else {}
+        stats()["durability"]["recovery"]; a damaged file is renamed
+        *.rejected once what came before the damage is applied."""
+        report = self.recovery
         for key in ("channels_replayed", "channel_records_replayed", "channel_records_refused"):
             report.setdefault(key, 0)
         for name in storage.channel_files(self.path):
@@ -294,11 +296,16 @@ class Supervisor:
                 records, problem = take_over_channel(mapping, recovered_seq)
             except (OSError, ValueError, Error) as exc:
                 records, problem = [], f"unreadable: {exc}"
-            if problem is not None:
-                report.setdefault("channel_problems", []).append({"file": name, "problem": problem})
             self._apply_channel_records(records, report)
             report["channels_replayed"] += 1
-            storage.remove_quietly(path)
+            if problem is None:
+                storage.remove_quietly(path)
+            else:                           # what came before the damage is applied; the file is kept aside
+                report.setdefault("channel_problems", []).append({"file": name, "problem": problem})
+                try:
+                    os.replace(path, path + ".rejected")
+                except OSError:
+                    storage.remove_quietly(path)
 
     def _apply_channel_records(self, records, report):
         """Runs of puts and runs of deletes, in order, max_batch at most each.

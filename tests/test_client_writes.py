@@ -519,14 +519,20 @@ def test_an_opening_applies_a_left_channel_before_anything_else_and_removes_it(t
     write_channel(os.path.join(path, "client-0123456789abcdef.channel"),
                   [(1, b"a", b"new", 0), (1, b"x" * 5000, b"too long a key", 0), (2, b"gone", b"", 0)],
                   capacity=16384)
+    write_channel(os.path.join(path, "client-fedcba9876543210.channel"),
+                  [(1, b"before-damage", b"1", 0), (77, b"damaged", b"", 0), (1, b"after-damage", b"1", 0)])
     info = subprocess.run([sys.executable, "-m", "amdb", "info", path], capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert "1 client channel file(s)" in info.stdout, info.stdout + info.stderr
+    assert "2 client channel file(s)" in info.stdout, info.stdout + info.stderr
     with amdb.ParallelDB(path, workers=2, max_key_size=100) as db:
         recovery = db.stats()["durability"]["recovery"]
         assert (recovery["channels_replayed"], recovery["channel_records_replayed"],
-                recovery["channel_records_refused"]) == (1, 2, 1)
+                recovery["channel_records_refused"]) == (2, 3, 1)
         assert db.get(b"a") == b"new" and db.get(b"gone") is None and channel_files(path) == []
+        # Up to the damage, applied; the file kept aside, never applied again.
+        assert db.get(b"before-damage") == b"1" and db.get(b"after-damage") is None
+        assert [p["file"] for p in recovery["channel_problems"]] == ["client-fedcba9876543210.channel"]
+        assert os.path.exists(os.path.join(path, "client-fedcba9876543210.channel.rejected"))
 
 
 def open_after_its_owner_died(path, **options):
