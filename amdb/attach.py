@@ -135,6 +135,17 @@ def _receive_message(sock, max_fds):
         raise
 
 
+def _receive_nowait(conn, size):
+    """What a non-blocking connection holds: bytes; b"" once its peer is
+    gone; None when nothing came yet."""
+    try:
+        return conn.recv(size)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
 def _receive_exactly(sock, length):
     data = bytearray()
     while len(data) < length:
@@ -243,12 +254,9 @@ class AttachServer:
     def _handshake_event(self, conn):
         """More of a request line: answer it once whole."""
         handshake = self._handshakes[conn]
-        try:
-            more = conn.recv(256)
-        except (BlockingIOError, InterruptedError):
+        more = _receive_nowait(conn, 256)
+        if more is None:
             return
-        except OSError:
-            more = b""
         handshake.request += more
         if not more or len(handshake.request) > 256:        # gone, or no request of ours
             self._end_handshake(conn)
@@ -368,13 +376,8 @@ class AttachServer:
             conn.close()
 
     def _client_event(self, conn):
-        try:
-            data = conn.recv(64)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:                    # the client closed, or its process is gone
+        data = _receive_nowait(conn, 64)
+        if data == b"":                 # the client closed, or its process is gone
             self._drop(conn)
 
     def _drop(self, conn):

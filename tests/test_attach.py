@@ -124,6 +124,15 @@ def ask(proc, command):
     return read_line(proc)
 
 
+def first_line_of(script, *args):
+    """The first line a child process running `script` prints; the child is reaped."""
+    proc = python_child(script, *args, stdin=False)
+    try:
+        return read_line(proc)
+    finally:
+        reap(proc)
+
+
 def handle_hex(db):
     return pickle.dumps(db.handle()).hex()
 
@@ -180,11 +189,7 @@ def test_a_second_opener_in_another_process_attaches_as_a_client_that_writes(tmp
     db = make_db(path=path, workers=2)
     script = ("import amdb, sys\ndb = amdb.ParallelDB(sys.argv[1])\ndb.put(b'from', b'client')\n"
               "db.flush()\nprint(db._client is not None, db.get(b'from'), flush=True)\n")
-    proc = python_child(script, path, stdin=False)
-    try:
-        assert read_line(proc) == "True b'client'"
-    finally:
-        reap(proc)
+    assert first_line_of(script, path) == "True b'client'"
     db.flush()
     assert db.get(b"from") == b"client"
     with pytest.raises(amdb.LockedError):      # the same process: one owner
@@ -722,11 +727,7 @@ def test_a_second_opener_past_max_clients_is_told_so_not_locked_out(tmp_path, ma
     client = amdb.ParallelDB.attach(db.handle())          # holds the one slot and channel
     script = ("import sys, amdb\ntry:\n    amdb.ParallelDB(sys.argv[1])\n    print('opened')\n"
               "except amdb.Error as exc:\n    print(type(exc).__name__, exc.code, 'max_clients' in exc.hint)\n")
-    proc = python_child(script, path, stdin=False)
-    try:
-        assert read_line(proc) == "Error too_many_readers True"
-    finally:
-        reap(proc)
+    assert first_line_of(script, path) == "Error too_many_readers True"
     client.close()
 
 

@@ -456,6 +456,15 @@ def write_channel(path, records, tail_index=0, capacity=4096):
     return positions
 
 
+def map_file(path):
+    from amdb.shm.arena import Mapping
+    fd = os.open(path, os.O_RDWR)
+    try:
+        return Mapping(fd, 0, os.fstat(fd).st_size, True)
+    finally:
+        os.close(fd)
+
+
 def read_channel(path):
     import struct
     from amdb.native.constants import CONTROL_BYTES
@@ -474,16 +483,11 @@ def test_a_left_channel_gives_back_what_recovery_lacks_and_a_second_look_gives_i
     seqs passed those marks, has the next opening apply them all again."""
     import struct
     from amdb.native.client.writer import take_over_channel
-    from amdb.shm.arena import Mapping
     path = str(tmp_path / "client-0123456789abcdef.channel")
     put, delete = 1, 2
     positions = write_channel(path, [(put, b"a", b"1", 3), (put, b"b", b"2", 4), (delete, b"a", b"", 5),
                                      (put, b"c", b"3", 6), (put, b"d", b"4", 0), (delete, b"b", b"", 0)])
-    fd = os.open(path, os.O_RDWR)
-    try:
-        mapping = Mapping(fd, 0, os.fstat(fd).st_size, True)
-    finally:
-        os.close(fd)
+    mapping = map_file(path)
     records, problem = take_over_channel(mapping, 5)
     assert problem is None
     assert records == [("put", b"c", b"3"), ("put", b"d", b"4"), ("delete", b"b", b"")]
@@ -498,14 +502,9 @@ def test_a_left_channel_gives_back_what_recovery_lacks_and_a_second_look_gives_i
 
 def test_a_left_channel_with_a_malformed_record_gives_back_what_comes_before_it(tmp_path):
     from amdb.native.client.writer import take_over_channel
-    from amdb.shm.arena import Mapping
     path = str(tmp_path / "client-0123456789abcdef.channel")
     write_channel(path, [(1, b"a", b"1", 0), (9, b"b", b"2", 0), (1, b"c", b"3", 0)])
-    fd = os.open(path, os.O_RDWR)
-    try:
-        mapping = Mapping(fd, 0, os.fstat(fd).st_size, True)
-    finally:
-        os.close(fd)
+    mapping = map_file(path)
     records, problem = take_over_channel(mapping, 0)
     assert records == [("put", b"a", b"1")] and "malformed" in problem
     mapping.close()
