@@ -23,7 +23,9 @@ values. Then, each timed --repeat times (medians):
   - lmdb, the peer whose readers also share one database across processes:
     the same 1 vs 2 reader processes on an LMDB environment of the same data;
   - attach and close: milliseconds per ParallelDB.attach() and per close()
-    in a client process (50 of each).
+    in a client process (50 of each);
+  - owner put / client put again on a durable database (a directory in the
+    temporary directory, sync="none"): the client's channel is a file there.
 Prints a table and the ratios the attach issue asks for.
 """
 import argparse
@@ -265,6 +267,13 @@ def main():
                          run_readers("lmdb", lmdb_path, args.ops, "get", args.keys, 1)[0]["ops_per_s"])
                     note("lmdb 2 reader processes get (sum)",
                          sum(r["ops_per_s"] for r in run_readers("lmdb", lmdb_path, args.ops, "get", args.keys, 2)))
+        with amdb.ParallelDB(os.path.join(tmp, "durable"), workers=args.workers) as db:
+            db.batch_put([(k, value) for k in keys])
+            durable_hex = pickle.dumps(db.handle()).hex()
+            for _ in range(args.repeat):
+                note("owner put (durable)", owner_loop(db, keys, args.ops, "put"))
+                note("client put (durable)",
+                     run_readers("amdb", durable_hex, args.ops, "put", args.keys, 1)[0]["ops_per_s"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -280,6 +289,7 @@ def main():
     print(f"client put / owner put:               {med['client put'] / med['owner put']:.2f}")
     print(f"amdb 2 writer processes / 1:          {med['amdb 2 writer processes put (sum)'] / med['client put']:.2f}")
     print(f"client put, owner busy / owner idle:  {med['client put, owner busy in Python'] / med['client put']:.2f}")
+    print(f"client put / owner put, durable:      {med['client put (durable)'] / med['owner put (durable)']:.2f}")
     forwarder_ns = med['forwarder CPU per record (2 writers)']
     per_put = med['client CPU per put (2 writers)'] + forwarder_ns + med['workers CPU per record (2 writers)']
     print(f"one forwarder's capacity / client put: {1e9 / forwarder_ns / med['client put']:.2f}"
