@@ -430,6 +430,11 @@ static inline uint64_t amdb_db_control_bytes(uint64_t reader_slots) {
     uint64_t bytes = offsetof(amdb_db_control, readers) + reader_slots * sizeof(amdb_reader_slot);
     return (bytes + AMDB_PAGE - 1) / AMDB_PAGE * AMDB_PAGE;
 }
+/* Reader slots that `length` mapped bytes of a database control block hold whole. */
+static inline uint64_t amdb_db_control_slots_within(uint64_t length) {
+    uint64_t fixed = offsetof(amdb_db_control, readers);
+    return length < fixed ? 0 : (length - fixed) / sizeof(amdb_reader_slot);
+}
 
 /* ---- Client channels: the async single writes of attached clients ----------
  *

@@ -188,6 +188,7 @@ cdef extern from "layout.h" nogil:
         amdb_reader_slot readers[1]     # reader_slot_count of them (a flexible array in C)
 
     uint64_t amdb_db_control_bytes(uint64_t reader_slots)
+    uint64_t amdb_db_control_slots_within(uint64_t length)
 
     ctypedef struct amdb_channel:
         uint64_t magic

@@ -94,10 +94,8 @@ cdef uint64_t reader_slots_within(Mapping db_mapping):
     owner made and the mapping covers (a client trusts its owner's count only
     that far)."""
     cdef amdb_db_control *dbc = <amdb_db_control *>db_mapping.base
-    cdef uint64_t n = min(dbc.reader_slot_count, <uint64_t>AMDB_MAX_READER_SLOTS)
-    while n and amdb_db_control_bytes(n) > db_mapping.length:
-        n -= 1
-    return n
+    return min(dbc.reader_slot_count, <uint64_t>AMDB_MAX_READER_SLOTS,
+               amdb_db_control_slots_within(db_mapping.length))
 
 
 def _after_fork_in_child():
