@@ -1097,6 +1097,8 @@ class Supervisor:
                          "attaches": self.attach_servers[0].attaches,
                          "refused": self.attach_servers[0].refused,
                          "channels": self.writer.channels_open(),       # writing clients' (layout.h)
+                         "max_clients": self.o.max_clients,
+                         "reader_slots_held": self.att.reader_slots_held(),
                          "forwarded": self.writer.forwarded} if self.attach_servers else None),
             "memory": self.memory(per_worker),
             "compaction": dict(self.compaction, keep_versions=self.o.keep_versions,

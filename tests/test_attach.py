@@ -633,6 +633,8 @@ def test_max_clients_bounds_the_processes_attached_at_once(make_db):
     first = amdb.ParallelDB.attach(db.handle())
     second = amdb.ParallelDB.attach(db.handle(), read_only=True)
     assert db._writer.channels_open() == 1 and db._writer.max_forwards == 2
+    clients = db.stats()["clients"]
+    assert (clients["max_clients"], clients["reader_slots_held"]) == (2, 2)
     with pytest.raises(amdb.Error) as refused:
         amdb.ParallelDB.attach(db.handle())
     assert refused.value.code == "too_many_readers" and "max_clients" in refused.value.hint
@@ -642,6 +644,7 @@ def test_max_clients_bounds_the_processes_attached_at_once(make_db):
     first.flush()
     assert second.get(b"k") == b"first"
     first.close()
+    assert db.stats()["clients"]["reader_slots_held"] == 1
     third = amdb.ParallelDB.attach(db.handle())          # the slot first held is free again
     third.put(b"k", b"third")
     third.flush()

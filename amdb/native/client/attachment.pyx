@@ -577,6 +577,17 @@ cdef class Attachment:
         which have not changed."""
         return amdb_fetch_add_seqcst(&self.dbc.read_epoch, 1) + 1
 
+    def reader_slots_held(self):
+        """Reader slots a live process holds (of reader_slots: max_clients)."""
+        from amdb.shm.segment import pid_alive
+        cdef uint64_t i, pid
+        held = 0
+        for i in range(self.reader_slots):
+            pid = amdb_load_seqcst(&self.dbc.readers[i].pid)
+            if pid != 0 and pid_alive(<long>pid):
+                held += 1
+        return held
+
     def foreign_readers_before(self, uint64_t epoch):
         """[pid] of live processes whose reader slot holds a read epoch below
         `epoch`: they may still read a region retired before it."""
