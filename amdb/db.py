@@ -204,7 +204,9 @@ class ParallelDB(MappingViews, abc.MutableMapping):
         by the owner (the rest). Raises OwnerGoneError when that process no
         longer serves it."""
         if not isinstance(handle, attach.Handle):
-            raise InvalidTypeError(f"attach() takes an amdb.Handle (from db.handle()), not {type(handle).__name__}")
+            raise InvalidTypeError(f"attach() takes an amdb.Handle (from db.handle()), not {type(handle).__name__}",
+                                   hint="call db.handle() in the process that has the database open and pass "
+                                        "what it returns (or pass the pickled ParallelDB itself)")
         db = cls.__new__(cls)
         db._fresh()
         try:

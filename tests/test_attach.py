@@ -509,8 +509,9 @@ def test_handles_and_their_errors(make_db):
     handle = db.handle()
     assert isinstance(handle, amdb.Handle) and handle.path is None and handle.owner_pid == os.getpid()
     assert pickle.loads(pickle.dumps(handle)) == handle
-    with pytest.raises(amdb.InvalidTypeError):
+    with pytest.raises(amdb.InvalidTypeError) as wrong:
         amdb.ParallelDB.attach("not a handle")
+    assert "db.handle()" in wrong.value.hint          # not the default hint about bytes-like keys
     gone = handle._replace(address="\0amdb-no-such-owner")
     with pytest.raises(amdb.OwnerGoneError):
         amdb.ParallelDB.attach(gone)
