@@ -16,6 +16,7 @@ can be in them. Everything else it only reads.
 """
 import atexit
 import contextlib
+import itertools
 import os
 import subprocess
 import sys
@@ -312,21 +313,17 @@ class Supervisor:
         A record this opening's limits refuse (max_key_size, max_value_size
         lowered since) is counted, not applied."""
         o = self.o
-        run, run_op = [], None
-        for op, key, value in records + [(None, None, None)]:
-            if op is not None and (len(key) > o.max_key_size or len(value) > o.max_value_size):
-                report["channel_records_refused"] += 1
-                continue
-            if run and (op != run_op or len(run) == o.max_batch):
-                if run_op == "delete":
-                    self.writer.batch_delete(run)
+        fits = [r for r in records if len(r[1]) <= o.max_key_size and len(r[2]) <= o.max_value_size]
+        report["channel_records_refused"] += len(records) - len(fits)
+        for op, run in itertools.groupby(fits, key=lambda r: r[0]):
+            run = list(run)
+            for start in range(0, len(run), o.max_batch):
+                part = run[start:start + o.max_batch]
+                if op == "delete":
+                    self.writer.batch_delete([key for _, key, _ in part])
                 else:
-                    self.writer.batch_put(run)
-                report["channel_records_replayed"] += len(run)
-                run = []
-            run_op = op
-            if op is not None:
-                run.append(key if op == "delete" else (key, value))
+                    self.writer.batch_put([(key, value) for _, key, value in part])
+                report["channel_records_replayed"] += len(part)
 
     def _open_directory(self, path, manifest, max_key_size, max_value_size):
         """Create or lock the directory and plan recovery. Returns (plan, slot table).

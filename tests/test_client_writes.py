@@ -434,6 +434,39 @@ def test_owners_killed_under_a_writing_client_soak(tmp_path):
     _owner_kill_cycles(str(tmp_path / "db"), 100)
 
 
+def test_a_malformed_record_in_a_channel_breaks_that_channel_only(tmp_path, make_db):
+    """The forwarder trusts no byte of a client's channel (writer.pyx,
+    channel_record): a record with an unknown op stops that channel, the
+    client's flush says so, and the owner and another client go on."""
+    import mmap
+    import struct
+    from amdb.native.constants import CONTROL_BYTES
+    path = str(tmp_path / "db")
+    db = make_db(path=path, workers=2)
+    bad = amdb.ParallelDB.attach(db.handle())
+    bad.put(b"before", b"1")
+    bad.flush()
+    (name,) = channel_files(path)
+    with open(os.path.join(path, name), "r+b") as f, mmap.mmap(f.fileno(), 0) as channel:
+        capacity, = struct.unpack_from("<Q", channel, 8)
+        head, = struct.unpack_from("<Q", channel, 64)
+        struct.pack_into("<IIIIQ", channel, CONTROL_BYTES + head % capacity, 77, 1, 0, 0, 0)
+        struct.pack_into("<Q", channel, 64, head + 32)       # published: a record of 32 bytes
+    with pytest.raises(amdb.Error) as broken:
+        bad.flush()
+    assert broken.value.code == "corrupt"
+    good = amdb.ParallelDB.attach(db.handle())
+    good.put(b"after", b"2")
+    good.flush()
+    db.put(b"owner", b"3")
+    assert db.get(b"before") == b"1" and db.get(b"after") == b"2" and db.verify().ok
+    good.close()
+    with pytest.raises(amdb.Error) as again:            # close() raises it too, once closed
+        bad.close()
+    assert again.value.code == "corrupt" and bad.closed
+    assert wait_until(lambda: channel_files(path) == [], 10)    # a broken channel is let go with its file
+
+
 CHANNEL_MAGIC = 0x4C4E4E4843424D41          # layout.h AMDB_CHANNEL_MAGIC
 
 

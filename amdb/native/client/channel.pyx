@@ -13,10 +13,10 @@ of `head` and `client_waiting`; it reads `tail`, `broken`, `refused` (the
 owner's forwarder writes them), and wakes the forwarder through the
 database control block (forward_event, when forwarder_sleeping).
 
-Process safety: one thread at a time fills the channel (`lock`: a pthread
-mutex, taken without the GIL held while it waits). A client killed at any
-instruction leaves at worst a record it had not published: the forwarder
-never sees it; everything published before is sent on.
+Process safety: one thread at a time fills the channel: the one holding
+the GIL from its room check to its publication (_send). A client killed at
+any instruction leaves at worst a record it had not published: the
+forwarder never sees it; everything published before is sent on.
 """
 from cpython.buffer cimport PyBuffer_Release
 from libc.stdint cimport uint8_t, uint32_t, uint64_t

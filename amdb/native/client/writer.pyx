@@ -182,6 +182,34 @@ cdef uint64_t _status_of(exc):
     return AMDB_STATUS_CORRUPT
 
 
+# ---- Channel records (layout.h, "Client channels", points 2 and 5) ------------------
+
+cdef inline uint64_t channel_record(const char *ring, uint64_t capacity, uint64_t pos, uint64_t head,
+                                    uint64_t max_key, uint64_t max_value, uint32_t *op, uint32_t *key_len,
+                                    uint32_t *value_len) noexcept nogil:
+    """The bytes the record at `pos` (tail <= pos < head) of a channel's ring
+    takes, with its op and lengths (a WRAP: to the ring's end); 0 when it is
+    malformed. Trusts no byte, and reads each once: what is checked is what
+    the caller uses, whatever the client's memory says a moment later."""
+    cdef uint64_t offset = pos & (capacity - 1), nbytes
+    cdef amdb_ring_record *rec
+    if head - pos > capacity or offset & 7:
+        return 0
+    op[0] = (<volatile uint32_t *>(ring + offset))[0]
+    if op[0] == AMDB_OP_WRAP:
+        return capacity - offset if capacity - offset <= head - pos else 0
+    if offset + sizeof(amdb_ring_record) > capacity:
+        return 0
+    rec = <amdb_ring_record *>(ring + offset)
+    key_len[0] = (<volatile uint32_t *>&rec.key_len)[0]
+    value_len[0] = (<volatile uint32_t *>&rec.value_len)[0]
+    nbytes = amdb_record_bytes(key_len[0], value_len[0])
+    if ((op[0] != AMDB_OP_PUT and op[0] != AMDB_OP_DELETE) or key_len[0] > max_key or value_len[0] > max_value
+            or (op[0] == AMDB_OP_DELETE and value_len[0]) or offset + nbytes > capacity or nbytes > head - pos):
+        return 0
+    return nbytes
+
+
 # ---- Channels a dead owner left (layout.h, "Client channels", point 5) -------------
 
 cdef amdb_channel *_channel_of(Mapping m) except NULL:
@@ -214,7 +242,7 @@ def take_over_channel(Mapping m, uint64_t recovered_seq):
     cdef char *ring = m.base + AMDB_CONTROL_BYTES
     cdef uint64_t capacity = ch.capacity, mask = ch.capacity - 1
     cdef uint64_t head, tail, pos, offset, nbytes, first_pending
-    cdef uint32_t op, key_len, value_len
+    cdef uint32_t op = 0, key_len = 0, value_len = 0
     cdef amdb_ring_record *rec
     cdef bint pending = False
     amdb_store_seqcst(&ch.closed, 1)
@@ -225,28 +253,14 @@ def take_over_channel(Mapping m, uint64_t recovered_seq):
     records, marks, problem = [], [], None
     pos = first_pending = tail
     while pos != head:
-        offset = pos & mask
-        if offset & 7:
-            problem = f"a record at {pos} is misaligned"
-            break
-        op = (<uint32_t *>(ring + offset))[0]
-        if op == AMDB_OP_WRAP:
-            if capacity - offset > head - pos:
-                problem = f"a wrap at {pos} past the head"
-                break
-            pos += capacity - offset
-            continue
-        if offset + sizeof(amdb_ring_record) > capacity:
-            problem = f"a record at {pos} is cut by the ring's end"
-            break
-        rec = <amdb_ring_record *>(ring + offset)
-        key_len = rec.key_len
-        value_len = rec.value_len
-        nbytes = amdb_record_bytes(key_len, value_len)
-        if ((op != AMDB_OP_PUT and op != AMDB_OP_DELETE) or key_len > 65536 or value_len > capacity
-                or offset + nbytes > capacity or nbytes > head - pos):
+        nbytes = channel_record(ring, capacity, pos, head, 65536, capacity, &op, &key_len, &value_len)
+        if nbytes == 0:
             problem = f"a malformed record at {pos}"
             break
+        if op == AMDB_OP_WRAP:
+            pos += nbytes
+            continue
+        rec = <amdb_ring_record *>(ring + (pos & mask))
         if not pending and (rec.hash == 0 or rec.hash > recovered_seq):
             pending = True
             first_pending = pos
@@ -254,7 +268,7 @@ def take_over_channel(Mapping m, uint64_t recovered_seq):
             key = PyBytes_FromStringAndSize(<char *>(rec + 1), key_len)
             value = PyBytes_FromStringAndSize(<char *>(rec + 1) + key_len, value_len)
             records.append(("delete" if op == AMDB_OP_DELETE else "put", key, value))
-            marks.append(offset)
+            marks.append(pos & mask)
         pos += nbytes
     if not pending:
         first_pending = pos
@@ -1178,7 +1192,7 @@ cdef class Writer:
         cdef Forward *f
         cdef amdb_ring_record *rec
         cdef const uint8_t *key
-        cdef uint64_t head, tail, nbytes, offset, h, seq
+        cdef uint64_t head, tail, nbytes, h, seq
         cdef uint32_t op, key_len, value_len
         pthread_mutex_lock(&self.producer_mutex)
         if self.paused or self.att.closed or self.exclusive:
@@ -1196,28 +1210,15 @@ cdef class Writer:
             head = amdb_load_seqcst(&f.ch.head)
             tail = f.tail
             while tail != head and budget > 0:
-                offset = tail & f.mask
-                if head - tail > f.capacity or offset & 7:
+                nbytes = channel_record(f.ring, f.capacity, tail, head, self.max_key_size, self.max_value_size,
+                                        &op, &key_len, &value_len)
+                if nbytes == 0:
                     f.ch.broken = 1
                     break
-                op = (<uint32_t *>(f.ring + offset))[0]
                 if op == AMDB_OP_WRAP:
-                    tail += f.capacity - offset
+                    tail += nbytes
                     continue
-                rec = <amdb_ring_record *>(f.ring + offset)
-                if offset + sizeof(amdb_ring_record) > f.capacity:
-                    f.ch.broken = 1
-                    break
-                # Each length read once: what is checked is what is used,
-                # whatever the client's memory says a moment later.
-                key_len = (<volatile uint32_t *>&rec.key_len)[0]
-                value_len = (<volatile uint32_t *>&rec.value_len)[0]
-                nbytes = amdb_record_bytes(key_len, value_len)
-                if ((op != AMDB_OP_PUT and op != AMDB_OP_DELETE) or key_len > self.max_key_size
-                        or value_len > self.max_value_size or (op == AMDB_OP_DELETE and value_len)
-                        or offset + nbytes > f.capacity or nbytes > head - tail):
-                    f.ch.broken = 1
-                    break
+                rec = <amdb_ring_record *>(f.ring + (tail & f.mask))
                 if not self.async_enabled:
                     stuck[0] = i
                     result |= FWD_SYNC
@@ -1291,21 +1292,19 @@ cdef class Writer:
         (layout.h, "Client channels", point 3)."""
         cdef Forward *f = &self.forwards[index]
         cdef amdb_ring_record *rec
-        cdef uint64_t offset, nbytes, tail
+        cdef uint64_t nbytes, tail
         cdef bytes key, value
-        cdef uint32_t op, key_len, value_len
+        cdef uint32_t op = 0, key_len = 0, value_len = 0
         if f.ch == NULL or f.done:
             return 0
         tail = f.tail
-        offset = tail & f.mask
-        rec = <amdb_ring_record *>(f.ring + offset)
-        op = rec.op
-        key_len = (<volatile uint32_t *>&rec.key_len)[0]       # read once (_forward_pass checked them)
-        value_len = (<volatile uint32_t *>&rec.value_len)[0]
-        if key_len > self.max_key_size or value_len > self.max_value_size:
+        # Checked again, as read now: the client's memory may have changed since the pass.
+        nbytes = channel_record(f.ring, f.capacity, tail, amdb_load_seqcst(&f.ch.head), self.max_key_size,
+                                self.max_value_size, &op, &key_len, &value_len)
+        if nbytes == 0 or op == AMDB_OP_WRAP:
             f.ch.broken = 1
             return 0
-        nbytes = amdb_record_bytes(key_len, value_len)
+        rec = <amdb_ring_record *>(f.ring + (tail & f.mask))
         key = PyBytes_FromStringAndSize(<char *>(rec + 1), key_len)
         value = PyBytes_FromStringAndSize(<char *>(rec + 1) + key_len, value_len)
         if not self.write_lock.acquire(True, WAIT_SLICE_NS / 1e9):
